@@ -1,0 +1,73 @@
+"""The LangChain chain: prompt (system, history, message) | fit to context | model | parser."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage, SystemMessage
+from langchain_core.messages.utils import trim_messages
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompt_values import PromptValue
+from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+from langchain_core.runnables import Runnable, RunnableLambda
+
+from chatllm.errors import ContextOverflow
+
+TokenCounter = Callable[[Sequence[BaseMessage]], int]
+
+PROMPT = ChatPromptTemplate.from_messages(
+    [
+        ("system", "{system}"),
+        MessagesPlaceholder("history"),
+        ("human", "{message}"),
+    ]
+)
+
+
+def fit_to_context(
+    messages: Sequence[BaseMessage], *, budget: int, count: TokenCounter
+) -> list[BaseMessage]:
+    """Drop the oldest history, a whole exchange at a time, until the prompt fits `budget`.
+
+    The system prompt and the new message always stay; if they alone do not fit, the
+    message cannot be answered and `ContextOverflow` says by how much.
+    """
+    messages = [m for m in messages if not (isinstance(m, SystemMessage) and not m.text.strip())]
+    if count(messages) <= budget:
+        return messages
+    latest = messages[-1]
+    system = [m for m in messages[:1] if isinstance(m, SystemMessage)]
+    needed = count([*system, latest])
+    if needed > budget:
+        raise ContextOverflow(needed=needed, available=max(budget, 0))
+    trimmed = trim_messages(
+        messages,
+        max_tokens=budget,
+        token_counter=count,
+        strategy="last",
+        include_system=bool(system),
+        start_on="human",
+        allow_partial=False,
+    )
+    if not trimmed or trimmed[-1] is not latest:
+        # trim_messages keeps a suffix; the newest message is in it whenever it fits.
+        raise ContextOverflow(needed=needed, available=max(budget, 0))
+    return trimmed
+
+
+def build_chain(
+    model: BaseChatModel, *, context_tokens: int, reply_tokens: int, count: TokenCounter
+) -> Runnable[dict[str, object], str]:
+    """The chain for one turn; its input is {"system", "history", "message"}."""
+    budget = context_tokens - reply_tokens
+
+    def fit(prompt: PromptValue) -> list[BaseMessage]:
+        return fit_to_context(prompt.to_messages(), budget=budget, count=count)
+
+    return PROMPT | RunnableLambda(fit, name="fit_to_context") | model | StrOutputParser()
+
+
+def chain_input(system: str, history: Sequence[BaseMessage], message: str) -> dict[str, object]:
+    return {"system": system, "history": list(history), "message": message}
+

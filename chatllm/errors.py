@@ -1,0 +1,91 @@
+"""Narrow exception types. Each is turned into plain words once, at the Chainlit hook."""
+
+from __future__ import annotations
+
+
+class ChatLLMError(Exception):
+    """Base of every error this app raises on purpose."""
+
+
+class ConfigError(ChatLLMError):
+    """The settings cannot work (a missing model file, an unsafe combination)."""
+
+
+class InvalidSampling(ChatLLMError):
+    """A slider value arrived out of range or malformed."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+class BackendError(ChatLLMError):
+    """The model backend could not produce a reply."""
+
+
+class BackendUnreachable(BackendError):
+    """The endpoint refused the connection or could not be reached."""
+
+    def __init__(self, url: str, detail: str) -> None:
+        self.url = url
+        self.detail = detail
+        super().__init__(f"cannot reach {url}: {detail}")
+
+
+class BackendTimeout(BackendError):
+    """The endpoint did not answer within the request timeout."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(f"no answer within {seconds:g} s")
+
+
+class BackendAuthError(BackendError):
+    """The endpoint rejected the API key (HTTP 401/403)."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        super().__init__(f"the endpoint refused the API key (HTTP {status})")
+
+
+class UnknownModel(BackendError):
+    """The endpoint does not serve the requested model."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        super().__init__(f"the endpoint does not serve {model!r}")
+
+
+class ContextOverflow(BackendError):
+    """The message does not fit the model's context, even with all history dropped."""
+
+    def __init__(self, needed: int | None = None, available: int | None = None) -> None:
+        self.needed = needed
+        self.available = available
+        if needed is None or available is None:
+            super().__init__("the message does not fit the model's context")
+        else:
+            super().__init__(f"needs {needed} tokens, the context has room for {available}")
+
+
+def describe(exc: BaseException, language: str | None = None) -> str:
+    """Plain words for the user; the one place errors become text."""
+    from chatllm.i18n import t
+
+    if isinstance(exc, BackendUnreachable):
+        return t("error.unreachable", language, url=exc.url, detail=exc.detail)
+    if isinstance(exc, BackendTimeout):
+        return t("error.timeout", language, seconds=exc.seconds)
+    if isinstance(exc, BackendAuthError):
+        return t("error.auth", language, status=exc.status)
+    if isinstance(exc, UnknownModel):
+        return t("error.unknown_model", language, model=exc.model)
+    if isinstance(exc, ContextOverflow):
+        if exc.needed is None or exc.available is None:
+            return t("error.context.unknown", language)
+        return t("error.context", language, needed=exc.needed, available=exc.available)
+    if isinstance(exc, InvalidSampling):
+        return t("settings.refused", language, problems="; ".join(exc.problems))
+    if isinstance(exc, ChatLLMError):
+        return t("error.backend", language, detail=str(exc))
+    return t("error.unexpected", language, kind=type(exc).__name__)

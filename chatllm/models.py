@@ -1,0 +1,540 @@
+"""The model backends, each behind one factory that returns a LangChain chat model.
+
+Backends register themselves in `BACKENDS`; callers ask `Backends.chat_model(...)` and never
+import a backend class. A backend's chat model raises only `chatllm.errors.BackendError`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import secrets
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import openai
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.messages.utils import count_tokens_approximately
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_openai import ChatOpenAI
+from pydantic import ConfigDict
+
+from chatllm.config import Settings
+from chatllm.errors import (
+    BackendAuthError,
+    BackendError,
+    BackendTimeout,
+    BackendUnreachable,
+    ContextOverflow,
+    UnknownModel,
+)
+from chatllm.sampling import SEED_MAX, Sampling
+
+QueueListener = Callable[[int], Awaitable[None]]
+
+#: Set by whoever runs a turn to hear how many requests wait ahead of it on the local model
+#: (called with 0 once generation starts). A context variable, so it reaches the chat model
+#: through LangChain's runnables without widening their signatures.
+queue_listener: contextvars.ContextVar[QueueListener | None] = contextvars.ContextVar(
+    "queue_listener", default=None
+)
+
+# Tokens a chat template adds around each message (role markers, separators). Counted on
+# top of the content so that trimming errs on the side of room for the reply.
+TEMPLATE_TOKENS_PER_MESSAGE = 8
+
+
+def draw_seed() -> int:
+    return secrets.randbelow(SEED_MAX + 1)
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """One choice in the chat-profile menu: a backend and a model it serves."""
+
+    backend: str
+    model: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}:{self.model}"
+
+    @classmethod
+    def parse(cls, name: str) -> ProfileSpec:
+        backend, _, model = name.partition(":")
+        return cls(backend=backend, model=model)
+
+
+# --------------------------------------------------------------------------------------
+# Local: llama.cpp
+
+
+class LocalEngine:
+    """One llama.cpp model for the whole process, serving one generation at a time.
+
+    llama.cpp crashes when two threads decode on one context, so every call into the
+    model runs on a single worker thread; the asyncio line in front of it lets a waiting
+    request say how many are ahead of it.
+    """
+
+    def __init__(self, model_path: Path, n_ctx: int, n_threads: int | None = None) -> None:
+        from llama_cpp import Llama  # imported here: loading the library takes a moment
+
+        self.model_path = model_path
+        self.llama = Llama(
+            model_path=str(model_path),
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            verbose=False,
+        )
+        self.n_ctx = n_ctx
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self._line: list[object] = []
+        self._line_moved: asyncio.Condition | None = None
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Wait in line for the model, telling `queue_listener` the position as it moves."""
+        if self._line_moved is None:
+            self._line_moved = asyncio.Condition()
+        moved = self._line_moved
+        listener = queue_listener.get()
+        ticket = object()
+        self._line.append(ticket)
+        try:
+            async with moved:
+                last_reported = -1
+                while (ahead := self._line.index(ticket)) > 0:
+                    if listener is not None and ahead != last_reported:
+                        await listener(ahead)
+                        last_reported = ahead
+                    await moved.wait()
+            if listener is not None and last_reported > 0:
+                await listener(0)
+            yield
+        finally:
+            self._line.remove(ticket)
+            async with moved:
+                moved.notify_all()
+
+    async def stream(
+        self, messages: list[dict[str, str]], params: dict[str, Any]
+    ) -> AsyncIterator[tuple[str, str | None]]:
+        """Yield (text delta, finish reason) pairs from the model, in turn with other callers.
+
+        Closing or cancelling the iteration stops the generation before its next token.
+        """
+        async with self.turn():
+            loop = asyncio.get_running_loop()
+            chunks: asyncio.Queue[tuple[str, str | None] | BaseException | None] = (
+                asyncio.Queue()
+            )
+            stop = threading.Event()
+
+            def produce() -> None:
+                put = chunks.put_nowait
+                try:
+                    for delta, finish in self._generate(messages, params, stop):
+                        loop.call_soon_threadsafe(put, (delta, finish))
+                except BaseException as exc:  # handed to the event loop, raised there
+                    loop.call_soon_threadsafe(put, exc)
+                finally:
+                    loop.call_soon_threadsafe(put, None)
+
+            done = loop.run_in_executor(self._worker, produce)
+            try:
+                while (item := await chunks.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise _local_error(item, self.n_ctx) from item
+                    yield item
+            finally:
+                stop.set()
+                # The line moves on only once llama.cpp has really stopped; a second
+                # cancellation while waiting is allowed to end the wait.
+                await asyncio.shield(done)
+
+    def generate(self, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
+        """Blocking, whole-reply generation on the worker thread (for sync callers)."""
+
+        def run() -> str:
+            return "".join(delta for delta, _ in self._generate(messages, params, None))
+
+        try:
+            return self._worker.submit(run).result()
+        except ValueError as exc:
+            raise _local_error(exc, self.n_ctx) from exc
+
+    def _generate(
+        self,
+        messages: list[dict[str, str]],
+        params: dict[str, Any],
+        stop: threading.Event | None,
+    ) -> Iterator[tuple[str, str | None]]:
+        stream = self.llama.create_chat_completion(
+            messages=messages,  # type: ignore[arg-type]
+            stream=True,
+            **params,
+        )
+        try:
+            for chunk in stream:
+                if stop is not None and stop.is_set():
+                    return
+                choice = chunk["choices"][0]  # type: ignore[index]
+                delta = choice["delta"].get("content") or ""
+                finish = choice.get("finish_reason")
+                if delta or finish:
+                    yield delta, finish
+        finally:
+            stream.close()  # type: ignore[union-attr]
+
+
+def _local_error(exc: BaseException, n_ctx: int) -> BaseException:
+    text = str(exc)
+    if isinstance(exc, ValueError) and "exceed context window" in text:
+        needed = int(text.split("(")[1].split(")")[0]) if "(" in text else n_ctx + 1
+        return ContextOverflow(needed=needed, available=n_ctx)
+    if isinstance(exc, BackendError | asyncio.CancelledError):
+        return exc
+    return BackendError(f"llama.cpp failed: {text or type(exc).__name__}")
+
+
+def _role(message: BaseMessage) -> str:
+    return {"human": "user", "ai": "assistant", "system": "system"}.get(message.type, "user")
+
+
+class LlamaCppChat(BaseChatModel):
+    """A LangChain chat model over the process's `LocalEngine`.
+
+    Written here rather than using langchain-community's `ChatLlamaCpp`, which streams at
+    about 75 % of raw llama-cpp-python's speed (bench/stream.py) and takes its seed only
+    when the model loads; this one passes every sampling value, the seed included, per call.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    engine: LocalEngine
+    model_name: str
+    temperature: float
+    top_p: float
+    top_k: int
+    repeat_penalty: float
+    max_tokens: int
+    seed: int | None = None
+
+    @property
+    def _llm_type(self) -> str:
+        return "chatllm-llama-cpp"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, **self._params()}
+
+    def _params(self) -> dict[str, Any]:
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "repeat_penalty": self.repeat_penalty,
+            "max_tokens": self.max_tokens,
+            "seed": draw_seed() if self.seed is None else self.seed,
+        }
+
+    def _request(self, stop: list[str] | None) -> dict[str, Any]:
+        params = self._params()
+        if stop:
+            params["stop"] = stop
+        return params
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        text = self.engine.generate(_as_dicts(messages), self._request(stop))
+        return ChatResult(generations=[ChatGeneration(message=AIMessageChunk(content=text))])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        parts: list[str] = []
+        info: dict[str, Any] = {}
+        async for chunk in self._astream(messages, stop, run_manager, **kwargs):
+            parts.append(chunk.text)
+            info.update(chunk.generation_info or {})
+        message = AIMessageChunk(content="".join(parts), response_metadata=info)
+        return ChatResult(generations=[ChatGeneration(message=message, generation_info=info)])
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        request = self._request(stop)
+        async for delta, finish in self.engine.stream(_as_dicts(messages), request):
+            info = (
+                {"finish_reason": finish, "model_name": self.model_name, "seed": request["seed"]}
+                if finish
+                else None
+            )
+            chunk = ChatGenerationChunk(
+                message=AIMessageChunk(content=delta), generation_info=info
+            )
+            if run_manager is not None and delta:
+                await run_manager.on_llm_new_token(delta, chunk=chunk)
+            yield chunk
+
+
+def _as_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
+    return [{"role": _role(m), "content": m.text} for m in messages]
+
+
+# --------------------------------------------------------------------------------------
+# OpenAI-compatible endpoints
+
+
+class EndpointChat(ChatOpenAI):
+    """`ChatOpenAI` whose failures arrive as this app's `BackendError`s."""
+
+    async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        try:
+            async for chunk in super()._astream(*args, **kwargs):
+                yield chunk
+        except openai.APIError as exc:
+            raise endpoint_error(exc, self) from exc
+
+    async def _agenerate(self, *args: Any, **kwargs: Any) -> ChatResult:
+        try:
+            return await super()._agenerate(*args, **kwargs)
+        except openai.APIError as exc:
+            raise endpoint_error(exc, self) from exc
+
+
+def endpoint_error(exc: openai.APIError, model: ChatOpenAI) -> BackendError:
+    url = model.openai_api_base or ""
+    if isinstance(exc, openai.APITimeoutError):
+        seconds = model.request_timeout if isinstance(model.request_timeout, int | float) else 0
+        return BackendTimeout(seconds=float(seconds))
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc
+        return BackendUnreachable(url=url, detail=str(cause) or type(cause).__name__)
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return BackendAuthError(status=exc.status_code)
+    if isinstance(exc, openai.NotFoundError):
+        return UnknownModel(model=model.model_name)
+    if isinstance(exc, openai.BadRequestError) and "context" in str(exc).lower():
+        return ContextOverflow()
+    status = getattr(exc, "status_code", None)
+    return BackendError(f"HTTP {status}: {exc.message}" if status else exc.message)
+
+
+# --------------------------------------------------------------------------------------
+# The registry
+
+
+class Backend(ABC):
+    """A source of chat models. Subclasses register with `@register`."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @abstractmethod
+    async def models(self) -> list[str]:
+        """The models this backend offers now."""
+
+    async def ensure_model(self, model: str) -> None:
+        """Raise `UnknownModel` if this backend does not serve `model`."""
+        if model not in await self.models():
+            raise UnknownModel(model=model)
+
+    @abstractmethod
+    def chat_model(self, model: str, sampling: Sampling) -> BaseChatModel:
+        """A chat model that replies with `sampling`'s values."""
+
+    @abstractmethod
+    def context_tokens(self, model: str) -> int:
+        """How many tokens the model's context holds, prompt and reply together."""
+
+    @abstractmethod
+    def count_tokens(self, messages: Sequence[BaseMessage]) -> int:
+        """Tokens `messages` take in the prompt, template overhead included."""
+
+
+BACKENDS: dict[str, type[Backend]] = {}
+
+
+def register(cls: type[Backend]) -> type[Backend]:
+    BACKENDS[cls.kind] = cls
+    return cls
+
+
+_engines: dict[tuple[Path, int, int | None], LocalEngine] = {}
+_engines_lock = threading.Lock()
+
+
+def local_engine(settings: Settings) -> LocalEngine:
+    """The process's llama.cpp model, loaded on first use and then shared."""
+    key = (settings.resolve_model_path(), settings.n_ctx, settings.n_threads)
+    with _engines_lock:
+        if key not in _engines:
+            _engines[key] = LocalEngine(*key)
+        return _engines[key]
+
+
+@register
+class LocalBackend(Backend):
+    kind = "local"
+
+    @property
+    def engine(self) -> LocalEngine:
+        return local_engine(self.settings)
+
+    async def models(self) -> list[str]:
+        return [self.settings.local_model_name]
+
+    def chat_model(self, model: str, sampling: Sampling) -> BaseChatModel:
+        return LlamaCppChat(
+            engine=self.engine,
+            model_name=model,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            repeat_penalty=sampling.repeat_penalty,
+            max_tokens=sampling.max_tokens,
+            seed=sampling.seed,
+        )
+
+    def context_tokens(self, model: str) -> int:
+        return self.settings.n_ctx
+
+    def count_tokens(self, messages: Sequence[BaseMessage]) -> int:
+        engine = self.engine
+        return sum(engine.count_tokens(m.text) + TEMPLATE_TOKENS_PER_MESSAGE for m in messages)
+
+
+@register
+class OpenAIBackend(Backend):
+    kind = "openai"
+    MODELS_TTL_SECONDS = 30.0
+    MODELS_TIMEOUT_SECONDS = 5.0
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._models: tuple[float, list[str]] | None = None
+
+    @property
+    def base_url(self) -> str:
+        if not self.settings.openai_base_url:
+            raise BackendError("No OpenAI-compatible endpoint is configured.")
+        return self.settings.openai_base_url
+
+    def _api_key(self) -> str:
+        # The openai client refuses an empty key; many self-hosted servers want none.
+        return self.settings.openai_api_key.get_secret_value() or "not-needed"
+
+    async def models(self) -> list[str]:
+        """The endpoint's `/v1/models`, cached briefly; the configured list if one is set."""
+        if self.settings.openai_models:
+            return list(self.settings.openai_models)
+        now = time.monotonic()
+        if self._models and now - self._models[0] < self.MODELS_TTL_SECONDS:
+            return self._models[1]
+        client = openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=self._api_key(),
+            timeout=min(self.settings.openai_timeout, self.MODELS_TIMEOUT_SECONDS),
+            max_retries=0,
+        )
+        try:
+            page = await client.models.list()
+            names = sorted(model.id for model in page.data)
+        except openai.APIError as exc:
+            probe = ChatOpenAI(
+                base_url=self.base_url,
+                api_key=self._api_key(),  # type: ignore[arg-type]
+                model="",
+                timeout=self.settings.openai_timeout,
+            )
+            raise endpoint_error(exc, probe) from exc
+        finally:
+            await client.close()
+        self._models = (now, names)
+        return names
+
+    def chat_model(self, model: str, sampling: Sampling) -> BaseChatModel:
+        extra: dict[str, Any] = {}
+        if self.settings.openai_send_extra_sampling:
+            extra = {"top_k": sampling.top_k, "repeat_penalty": sampling.repeat_penalty}
+        return EndpointChat(
+            base_url=self.base_url,
+            api_key=self._api_key(),  # type: ignore[arg-type]
+            model=model,
+            timeout=self.settings.openai_timeout,
+            max_retries=self.settings.openai_max_retries,
+            streaming=True,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,  # type: ignore[call-arg]
+            seed=draw_seed() if sampling.seed is None else sampling.seed,
+            extra_body=extra or None,
+        )
+
+    def context_tokens(self, model: str) -> int:
+        return self.settings.openai_context_tokens
+
+    def count_tokens(self, messages: Sequence[BaseMessage]) -> int:
+        # The endpoint's tokenizer is unknown here; an estimate that leans high.
+        return count_tokens_approximately(
+            messages, chars_per_token=3.0, extra_tokens_per_message=TEMPLATE_TOKENS_PER_MESSAGE
+        )
+
+
+class Backends:
+    """The backends this configuration enables, by kind."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._by_kind: dict[str, Backend] = {"local": LocalBackend(settings)}
+        if settings.openai_base_url:
+            self._by_kind["openai"] = OpenAIBackend(settings)
+
+    def get(self, kind: str) -> Backend:
+        try:
+            return self._by_kind[kind]
+        except KeyError:
+            raise BackendError(f"The backend {kind!r} is not configured.") from None
+
+    def __iter__(self) -> Iterator[Backend]:
+        return iter(self._by_kind.values())
+
+    async def profiles(self) -> tuple[list[ProfileSpec], list[BackendError]]:
+        """Every (backend, model) choice, and the errors of backends that could not list theirs."""
+        specs: list[ProfileSpec] = []
+        problems: list[BackendError] = []
+        for backend in self:
+            try:
+                specs.extend(ProfileSpec(backend.kind, name) for name in await backend.models())
+            except BackendError as exc:
+                problems.append(exc)
+        return specs, problems

@@ -1,0 +1,128 @@
+"""The sampling values as one validated model; the sliders are derived from it.
+
+A new knob is added here, once: its bounds, its default and its widget follow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from chainlit.input_widget import InputWidget, Slider, TextInput
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from chatllm.errors import InvalidSampling
+from chatllm.i18n import t
+
+SEED_MAX = 2**31 - 1
+
+
+class Sampling(BaseModel):
+    """Values that shape the next reply. Unknown keys and out-of-range values are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0, json_schema_extra={"step": 0.05})
+    top_p: float = Field(default=0.95, ge=0.0, le=1.0, json_schema_extra={"step": 0.01})
+    max_tokens: int = Field(default=512, ge=1, le=4096, json_schema_extra={"step": 1})
+    top_k: int = Field(default=40, ge=0, le=200, json_schema_extra={"step": 1})
+    repeat_penalty: float = Field(default=1.1, ge=1.0, le=2.0, json_schema_extra={"step": 0.01})
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    system_prompt: str = Field(default="You are a helpful assistant.", max_length=8000)
+
+    @field_validator("temperature", "top_p", "repeat_penalty", mode="before")
+    @classmethod
+    def _real_number(cls, value: Any) -> Any:
+        # pydantic would read True as 1.0; a slider never sends a bool.
+        if isinstance(value, bool):
+            raise ValueError("must be a number")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("max_tokens", "top_k", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a whole number")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)  # sliders send 512.0
+        return value
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed_from_text(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a whole number or empty")
+        if value is None:
+            return None
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return None
+            if not text.isdigit():
+                raise ValueError("must be a whole number or empty")
+            return int(text)
+        return value
+
+    def update(self, changes: Mapping[str, Any]) -> Sampling:
+        """A copy with `changes` applied, validated as a whole; raises InvalidSampling."""
+        return parse_sampling({**self.model_dump(), **changes})
+
+    def widgets(self, language: str | None = None) -> list[InputWidget]:
+        """The chat-settings panel showing these values."""
+        widgets: list[InputWidget] = []
+        for name, field in type(self).model_fields.items():
+            label = t(name, language)
+            tooltip = t(f"{name}.help", language)
+            value = getattr(self, name)
+            if name == "seed":
+                widgets.append(
+                    TextInput(
+                        id=name,
+                        label=label,
+                        initial="" if value is None else str(value),
+                        placeholder="random",
+                        tooltip=tooltip,
+                    )
+                )
+            elif name == "system_prompt":
+                widgets.append(
+                    TextInput(id=name, label=label, initial=value, multiline=True, tooltip=tooltip)
+                )
+            else:
+                low, high = _bounds(field.metadata)
+                extra = field.json_schema_extra
+                step = extra["step"] if isinstance(extra, dict) else 1
+                widgets.append(
+                    Slider(
+                        id=name,
+                        label=label,
+                        initial=value,
+                        min=low,
+                        max=high,
+                        step=float(step),  # type: ignore[arg-type]
+                        tooltip=tooltip,
+                    )
+                )
+        return widgets
+
+
+def _bounds(metadata: list[Any]) -> tuple[float, float]:
+    low = next(m.ge for m in metadata if hasattr(m, "ge"))
+    high = next(m.le for m in metadata if hasattr(m, "le"))
+    return float(low), float(high)
+
+
+def parse_sampling(raw: Mapping[str, Any]) -> Sampling:
+    """Validate values from the settings panel; every problem is named in the error."""
+    try:
+        return Sampling.model_validate(dict(raw))
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "settings"
+            reason = "is not a known setting" if error["type"] == "extra_forbidden" else error["msg"]
+            problems.append(f"{where} {reason[0].lower()}{reason[1:]}")
+        raise InvalidSampling(problems) from exc
