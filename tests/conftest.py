@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Chainlit reads .chainlit/ and chainlit.md relative to the working directory.
+ROOT = Path(__file__).resolve().parent.parent
+os.chdir(ROOT)
+
+from chatllm.config import Settings, embedded_model_path  # noqa: E402
+from chatllm.models import LocalBackend  # noqa: E402
+from tests.support import Endpoint  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The app's settings for tests: defaults, no .env, a fresh data directory."""
+    return Settings(_env_file=None, data_dir=tmp_path_factory.mktemp("data"))  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def local(settings: Settings) -> LocalBackend:
+    return LocalBackend(settings)
+
+
+@pytest.fixture(scope="session")
+def endpoint() -> Iterator[Endpoint]:
+    server = Endpoint(model_path=embedded_model_path())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def endpoint_settings(endpoint: Endpoint, tmp_path: Path) -> Settings:
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        data_dir=tmp_path,
+        openai_base_url=endpoint.base_url,
+        openai_api_key=endpoint.api_key,
+        openai_timeout=30,
+        openai_max_retries=0,
+    )

@@ -1,0 +1,136 @@
+"""Test helpers: a Chainlit session that records what the browser would receive, and a
+real OpenAI-compatible server (llama-cpp-python's own) on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chainlit.context import init_ws_context
+from chainlit.session import WebsocketSession
+
+
+@dataclass
+class BrowserTab:
+    """One Chainlit websocket session; `events` holds every (event, payload) sent to it."""
+
+    language: str = "en-US"
+    chat_profile: str | None = None
+    events: list[tuple[str, Any]] = field(default_factory=list)
+    session: WebsocketSession = field(init=False)
+
+    def __post_init__(self) -> None:
+        async def emit(event: str, data: Any) -> None:
+            json.dumps(data, default=str)  # what the socket would have to send
+            self.events.append((event, data))
+
+        async def emit_call(*_: Any) -> None:
+            return None
+
+        self.session = WebsocketSession(
+            id=str(uuid.uuid4()),
+            socket_id=str(uuid.uuid4()),
+            emit=emit,
+            emit_call=emit_call,
+            user_env={},
+            client_type="webapp",
+            environ={"HTTP_ACCEPT_LANGUAGE": self.language},
+            thread_id=str(uuid.uuid4()),
+            chat_profile=self.chat_profile,
+        )
+
+    def enter(self) -> None:
+        """Make this tab the Chainlit context of the running task."""
+        init_ws_context(self.session)
+
+    def payloads(self, event: str) -> list[Any]:
+        return [data for name, data in self.events if name == event]
+
+    def tokens(self) -> list[str]:
+        return [data["token"] for data in self.payloads("stream_token")]
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Every message shown, in its final form (later updates replace earlier ones)."""
+        shown: dict[str, dict[str, Any]] = {}
+        for name, data in self.events:
+            if name in ("new_message", "update_message", "stream_start"):
+                shown[data["id"]] = data
+            elif name == "delete_message":
+                shown.pop(data["id"], None)
+        return list(shown.values())
+
+    def errors(self) -> list[str]:
+        return [m["output"] for m in self.messages() if m.get("isError")]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Endpoint:
+    """llama-cpp-python's OpenAI-compatible server serving a GGUF on 127.0.0.1."""
+
+    model_path: Path
+    api_key: str = "test-key"
+    alias: str = "smollm2"
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout: float = 120.0) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "llama_cpp.server",
+                "--model", str(self.model_path),
+                "--model_alias", self.alias,
+                "--host", "127.0.0.1",
+                "--port", str(self.port),
+                "--api_key", self.api_key,
+                "--n_ctx", "2048",
+                "--verbose", "false",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise RuntimeError(f"llama_cpp.server exited: {err[-2000:]}")
+            try:
+                request = urllib.request.Request(
+                    f"{self.base_url}/models", headers={"Authorization": f"Bearer {self.api_key}"}
+                )
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.2)
+        raise RuntimeError("llama_cpp.server did not start in time")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None

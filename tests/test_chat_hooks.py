@@ -1,0 +1,167 @@
+"""What a person sees in the chat, through the same hooks the Chainlit server calls."""
+
+from __future__ import annotations
+
+import asyncio
+
+import chainlit as cl
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+
+from chatllm.config import Settings
+from chatllm.ui import HISTORY, SAMPLING, ChatApp
+from tests.support import BrowserTab
+
+
+async def open_chat(app: ChatApp, tab: BrowserTab) -> None:
+    tab.enter()
+    await app.start()
+
+
+async def say(app: ChatApp, tab: BrowserTab, text: str) -> None:
+    tab.enter()
+    await app.answer(cl.Message(content=text, author="User", type="user_message"))
+
+
+@pytest.fixture
+def app(settings: Settings) -> ChatApp:
+    return ChatApp(settings)
+
+
+async def test_a_new_chat_shows_the_sliders(app: ChatApp) -> None:
+    tab = BrowserTab()
+    await open_chat(app, tab)
+    (widgets,) = tab.payloads("chat_settings")
+    ids = [w["id"] for w in widgets]
+    assert ids == [
+        "temperature", "top_p", "max_tokens", "top_k", "repeat_penalty", "seed", "system_prompt",
+    ]
+    temperature = widgets[0]
+    assert (temperature["min"], temperature["max"]) == (0.0, 2.0)
+
+
+async def test_a_reply_streams_into_the_chat_and_is_remembered(app: ChatApp) -> None:
+    tab = BrowserTab()
+    await open_chat(app, tab)
+    await app.update_settings({"max_tokens": 24, "temperature": 0.0})
+    await say(app, tab, "What is a lighthouse?")
+    assert len(tab.tokens()) > 3
+    (reply,) = [m for m in tab.messages() if m["type"] == "assistant_message"]
+    assert reply["output"].strip()
+    assert reply["output"] == "".join([tab.payloads("stream_start")[0]["output"], *tab.tokens()])
+    assert reply["metadata"]["finish_reason"] == "stop"
+    history = cl.user_session.get(HISTORY)
+    assert history == [HumanMessage("What is a lighthouse?"), AIMessage(reply["output"])]
+
+
+async def test_slider_changes_apply_to_the_next_reply(app: ChatApp) -> None:
+    tab = BrowserTab()
+    await open_chat(app, tab)
+    await app.update_settings({"temperature": 0.4, "top_p": 0.5, "max_tokens": 3, "seed": "9"})
+    sampling = cl.user_session.get(SAMPLING)
+    assert (sampling.temperature, sampling.top_p, sampling.seed) == (0.4, 0.5, 9)
+    await say(app, tab, "Tell me a story.")
+    assert len([t for t in tab.tokens() if t]) <= 3  # max_tokens 3: stream_start holds one
+
+
+async def test_a_bad_slider_value_is_refused_and_the_old_values_kept(app: ChatApp) -> None:
+    tab = BrowserTab(language="zh-TW")
+    await open_chat(app, tab)
+    await app.update_settings({"temperature": 0.3})
+    await app.update_settings({"temperature": "9000", "top_p": 0.2})
+    sampling = cl.user_session.get(SAMPLING)
+    assert (sampling.temperature, sampling.top_p) == (0.3, 0.95)  # nothing of it applied
+    (error,) = tab.errors()
+    assert "temperature" in error and "設定未套用" in error
+    restored = tab.payloads("chat_settings")[-1]
+    assert {w["id"]: w["initial"] for w in restored}["temperature"] == 0.3
+    assert tab.session.chat_settings["temperature"] == 0.3  # Chainlit's copy is put back
+
+
+async def test_follow_up_questions_carry_the_conversation(app: ChatApp) -> None:
+    tab = BrowserTab()
+    await open_chat(app, tab)
+    await app.update_settings({"max_tokens": 8, "temperature": 0.0})
+    await say(app, tab, "My name is Ada.")
+    await say(app, tab, "What is my name?")
+    history = cl.user_session.get(HISTORY)
+    assert [m.type for m in history] == ["human", "ai", "human", "ai"]
+    assert history[0].text == "My name is Ada."
+
+
+async def test_stop_keeps_the_partial_reply_and_frees_the_model(app: ChatApp) -> None:
+    tab = BrowserTab()
+    await open_chat(app, tab)
+    await app.update_settings({"max_tokens": 2000, "temperature": 0.9})
+    task = asyncio.create_task(say(app, tab, "Write a very long story about the sea."))
+    for _ in range(600):
+        if len(tab.tokens()) >= 5:
+            break
+        await asyncio.sleep(0.05)
+    task.cancel()  # what Chainlit's stop button does
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    tab.enter()
+    history = cl.user_session.get(HISTORY)
+    assert [m.type for m in history] == ["human", "ai"]
+    (partial,) = [m for m in tab.messages() if m["type"] == "assistant_message"]
+    assert partial["metadata"]["finish_reason"] == "cancelled"
+    assert partial["output"] == history[1].text and partial["output"]
+    await app.update_settings({"max_tokens": 5})
+    await say(app, tab, "Hi")
+    assert len(cl.user_session.get(HISTORY)) == 4
+
+
+async def test_a_second_user_sees_they_are_queued(app: ChatApp) -> None:
+    first, second = BrowserTab(), BrowserTab(language="zh-CN")
+    for tab in (first, second):
+        await open_chat(app, tab)
+        await app.update_settings({"max_tokens": 40, "temperature": 0.0})
+
+    ahead = asyncio.create_task(say(app, first, "Tell me about the moon."))
+    while not first.tokens():  # the first user's reply is under way
+        await asyncio.sleep(0.01)
+    await say(app, second, "Tell me about the moon.")
+    await ahead
+    notices = [m for m in second.payloads("new_message") if "前面还有 1 个请求" in m["output"]]
+    assert len(notices) == 1
+    assert second.payloads("delete_message")[0]["id"] == notices[0]["id"]  # gone once it starts
+    for tab in (first, second):
+        replies = [m for m in tab.messages() if m["type"] == "assistant_message"]
+        assert len(replies) == 1 and replies[0]["output"].strip()
+
+
+async def test_an_unreachable_endpoint_is_a_plain_chat_message(settings: Settings) -> None:
+    from tests.support import free_port
+
+    dead = settings.model_copy(
+        update={
+            "openai_base_url": f"http://127.0.0.1:{free_port()}/v1",
+            "openai_models": ["remote-model"],
+            "openai_max_retries": 0,
+        }
+    )
+    app = ChatApp(dead)
+    tab = BrowserTab(chat_profile="openai:remote-model")
+    await open_chat(app, tab)
+    await say(app, tab, "Hello?")
+    (error,) = tab.errors()
+    assert "Cannot reach the model endpoint" in error and dead.openai_base_url in error
+    assert cl.user_session.get(HISTORY) == [HumanMessage("Hello?")]
+    await say(app, tab, "Still there?")  # the app stays up and answers again
+    assert len(tab.errors()) == 2
+
+
+async def test_a_message_too_long_for_the_context_is_explained(app: ChatApp) -> None:
+    tab = BrowserTab()
+    await open_chat(app, tab)
+    await say(app, tab, "word " * 5000)
+    (error,) = tab.errors()
+    assert "too long" in error and "tokens" in error
+
+
+async def test_profiles_offer_the_local_model_first_in_the_users_language(app: ChatApp) -> None:
+    (local,) = await app.profiles("zh-TW")
+    assert local.name == "local:SmolLM2-135M-Instruct"
+    assert local.default
+    assert local.display_name == "本機 · SmolLM2-135M-Instruct"

@@ -1,0 +1,76 @@
+"""Starting the app the way the README does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.support import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAINLIT = str(Path(sys.executable).with_name("chainlit"))
+
+
+def app_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLLM_")}
+    return {**env, "CHATLLM_DATA_DIR": str(tmp_path), **extra}
+
+
+def test_a_missing_model_file_stops_start_up_naming_path_and_setting(tmp_path: Path) -> None:
+    missing = tmp_path / "models" / "absent.gguf"
+    result = subprocess.run(
+        [CHAINLIT, "run", "app.py", "--headless", "--port", str(free_port())],
+        cwd=ROOT,
+        env=app_env(tmp_path, CHATLLM_MODEL_PATH=str(missing)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert str(missing) in result.stderr
+    assert "CHATLLM_MODEL_PATH" in result.stderr
+
+
+def test_the_app_serves_its_welcome_page_in_english_and_chinese(tmp_path: Path) -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        [CHAINLIT, "run", "app.py", "--headless", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=app_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(base, timeout=2) as page:
+                    assert b"<title>chatllm</title>" in page.read()
+                break
+            except OSError:
+                assert server.poll() is None, "the app exited during start-up"
+                assert time.monotonic() < deadline, "the app did not start in time"
+                time.sleep(0.3)
+
+        def project(language: str) -> dict[str, object]:
+            with urllib.request.urlopen(f"{base}/project/settings?language={language}") as r:
+                return json.load(r)  # type: ignore[no-any-return]
+
+        assert str(project("en-US")["markdown"]).startswith("# Welcome to chatllm")
+        assert str(project("zh-TW")["markdown"]).startswith("# 歡迎使用 chatllm")
+        assert str(project("zh-CN")["markdown"]).startswith("# 欢迎使用 chatllm")
+        profiles = project("zh-CN")["chatProfiles"]
+        assert isinstance(profiles, list)
+        assert profiles[0]["display_name"] == "本地 · SmolLM2-135M-Instruct"
+        for asset in ("/logo?theme=light", "/logo?theme=dark", "/favicon"):
+            with urllib.request.urlopen(base + asset) as r:
+                assert r.headers["content-type"].startswith("image/svg")
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
