@@ -70,4 +70,3 @@ def build_chain(
 
 def chain_input(system: str, history: Sequence[BaseMessage], message: str) -> dict[str, object]:
     return {"system": system, "history": list(history), "message": message}
-

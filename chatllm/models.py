@@ -138,9 +138,7 @@ class LocalEngine:
         """
         async with self.turn():
             loop = asyncio.get_running_loop()
-            chunks: asyncio.Queue[tuple[str, str | None] | BaseException | None] = (
-                asyncio.Queue()
-            )
+            chunks: asyncio.Queue[tuple[str, str | None] | BaseException | None] = asyncio.Queue()
             stop = threading.Event()
 
             def produce() -> None:
@@ -191,9 +189,9 @@ class LocalEngine:
             for chunk in stream:
                 if stop is not None and stop.is_set():
                     return
-                choice = chunk["choices"][0]  # type: ignore[index]
-                delta = choice["delta"].get("content") or ""
-                finish = choice.get("finish_reason")
+                choice: dict[str, Any] = chunk["choices"][0]  # type: ignore[index,assignment]
+                delta: str = choice["delta"].get("content") or ""
+                finish: str | None = choice.get("finish_reason")
                 if delta or finish:
                     yield delta, finish
         finally:
@@ -296,9 +294,7 @@ class LlamaCppChat(BaseChatModel):
                 if finish
                 else None
             )
-            chunk = ChatGenerationChunk(
-                message=AIMessageChunk(content=delta), generation_info=info
-            )
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=delta), generation_info=info)
             if run_manager is not None and delta:
                 await run_manager.on_llm_new_token(delta, chunk=chunk)
             yield chunk

@@ -123,6 +123,8 @@ def parse_sampling(raw: Mapping[str, Any]) -> Sampling:
         problems = []
         for error in exc.errors():
             where = ".".join(str(part) for part in error["loc"]) or "settings"
-            reason = "is not a known setting" if error["type"] == "extra_forbidden" else error["msg"]
+            reason = (
+                "is not a known setting" if error["type"] == "extra_forbidden" else error["msg"]
+            )
             problems.append(f"{where} {reason[0].lower()}{reason[1:]}")
         raise InvalidSampling(problems) from exc

@@ -7,6 +7,7 @@ import logging
 import sys
 
 import chainlit as cl
+from chainlit.context import ChainlitContextException
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from chatllm.chain import build_chain, chain_input
@@ -23,10 +24,12 @@ HISTORY = "chatllm.history"
 
 
 def language() -> str:
+    """The browser's language for this session (HTTP contexts have none)."""
     try:
-        return cl.context.session.language or "en"
-    except Exception:  # no session (called outside a socket event)
+        session = cl.context.session
+    except ChainlitContextException:
         return "en"
+    return getattr(session, "language", None) or "en"
 
 
 class QueueNotice:

@@ -79,9 +79,7 @@ async def test_the_model_receives_system_history_and_message_in_order() -> None:
     RecordingChat.seen = []
     chain = build_chain(model, context_tokens=1000, reply_tokens=100, count=words)
     history = exchange(1)
-    parts = [
-        part async for part in chain.astream(chain_input("be brief", history, "and then?"))
-    ]
+    parts = [part async for part in chain.astream(chain_input("be brief", history, "and then?"))]
     assert "".join(parts) == "scripted reply"
     assert len(parts) > 1  # streamed, not delivered whole
     (received,) = RecordingChat.seen

@@ -34,7 +34,13 @@ async def test_a_new_chat_shows_the_sliders(app: ChatApp) -> None:
     (widgets,) = tab.payloads("chat_settings")
     ids = [w["id"] for w in widgets]
     assert ids == [
-        "temperature", "top_p", "max_tokens", "top_k", "repeat_penalty", "seed", "system_prompt",
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "top_k",
+        "repeat_penalty",
+        "seed",
+        "system_prompt",
     ]
     temperature = widgets[0]
     assert (temperature["min"], temperature["max"]) == (0.0, 2.0)
@@ -119,7 +125,7 @@ async def test_a_second_user_sees_they_are_queued(app: ChatApp) -> None:
         await app.update_settings({"max_tokens": 40, "temperature": 0.0})
 
     ahead = asyncio.create_task(say(app, first, "Tell me about the moon."))
-    while not first.tokens():  # the first user's reply is under way
+    while not first.tokens():  # noqa: ASYNC110 - polls what the first tab has received
         await asyncio.sleep(0.01)
     await say(app, second, "Tell me about the moon.")
     await ahead

@@ -68,7 +68,9 @@ async def test_a_wrong_key_is_reported_as_refused(endpoint_settings: Settings) -
         await OpenAIBackend(wrong).models()
 
 
-async def test_a_stopped_server_is_reported_unreachable(tmp_path_factory: pytest.TempPathFactory) -> None:
+async def test_a_stopped_server_is_reported_unreachable(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     from chatllm.config import embedded_model_path
 
     server = Endpoint(model_path=embedded_model_path())
