@@ -123,3 +123,34 @@ async def test_a_model_the_endpoint_does_not_serve_is_named(endpoint_settings: S
     with pytest.raises(UnknownModel) as unknown:
         await backend.ensure_model("gpt-imaginary")
     assert unknown.value.model == "gpt-imaginary"
+
+
+async def test_a_server_that_dies_mid_reply_is_reported_unreachable() -> None:
+    from chatllm.config import embedded_model_path
+
+    server = Endpoint(model_path=embedded_model_path())
+    server.start()
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        openai_base_url=server.base_url,
+        openai_api_key=server.api_key,
+        openai_max_retries=0,
+    )
+    backend = OpenAIBackend(settings)
+    sampling = Sampling(max_tokens=1000, temperature=0.9)
+    chain = build_chain(
+        backend.chat_model("smollm2", sampling),
+        context_tokens=backend.context_tokens("smollm2"),
+        reply_tokens=sampling.max_tokens,
+        count=backend.count_tokens,
+    )
+    received: list[str] = []
+    with pytest.raises(BackendUnreachable) as lost:
+        async for part in chain.astream(chain_input("", [], "Write a very long story.")):
+            received.append(part)
+            if len(received) == 5:
+                assert server.process is not None
+                server.process.kill()
+    assert len(received) >= 5
+    assert "127.0.0.1" in lost.value.url
+    server.stop()
