@@ -33,7 +33,11 @@ lint: $(VENV)/.test-installed
 unit: $(VENV)/.test-installed
 	$(BIN)/pytest
 
-bench: $(VENV)/.test-installed
+$(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e ".[test,bench]"
+	touch $@ $(VENV)/.test-installed $(VENV)/.app-installed
+
+bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/stream.py
 
 clean:

@@ -12,6 +12,7 @@ import secrets
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -138,25 +139,41 @@ class LocalEngine:
         """
         async with self.turn():
             loop = asyncio.get_running_loop()
-            chunks: asyncio.Queue[tuple[str, str | None] | BaseException | None] = asyncio.Queue()
+            # The worker appends to `pending` (deque appends are thread-safe) and wakes the
+            # loop; each wake takes everything waiting, so a consumer that fell behind
+            # catches up in one chunk instead of paying LangChain's per-chunk cost per token.
+            pending: deque[tuple[str, str | None] | BaseException | None] = deque()
+            arrived = asyncio.Event()
             stop = threading.Event()
 
             def produce() -> None:
-                put = chunks.put_nowait
                 try:
-                    for delta, finish in self._generate(messages, params, stop):
-                        loop.call_soon_threadsafe(put, (delta, finish))
+                    for delta_finish in self._generate(messages, params, stop):
+                        pending.append(delta_finish)
+                        loop.call_soon_threadsafe(arrived.set)
                 except BaseException as exc:  # handed to the event loop, raised there
-                    loop.call_soon_threadsafe(put, exc)
+                    pending.append(exc)
                 finally:
-                    loop.call_soon_threadsafe(put, None)
+                    pending.append(None)
+                    loop.call_soon_threadsafe(arrived.set)
 
             done = loop.run_in_executor(self._worker, produce)
             try:
-                while (item := await chunks.get()) is not None:
-                    if isinstance(item, BaseException):
-                        raise _local_error(item, self.n_ctx) from item
-                    yield item
+                finished = False
+                while not finished:
+                    await arrived.wait()
+                    arrived.clear()
+                    text, finish = "", None
+                    while pending:
+                        item = pending.popleft()
+                        if item is None:
+                            finished = True
+                            break
+                        if isinstance(item, BaseException):
+                            raise _local_error(item, self.n_ctx) from item
+                        text, finish = text + item[0], item[1] or finish
+                    if text or finish:
+                        yield text, finish
             finally:
                 stop.set()
                 # The line moves on only once llama.cpp has really stopped; a second
@@ -215,9 +232,10 @@ def _role(message: BaseMessage) -> str:
 class LlamaCppChat(BaseChatModel):
     """A LangChain chat model over the process's `LocalEngine`.
 
-    Written here rather than using langchain-community's `ChatLlamaCpp`, which streams at
-    about 75 % of raw llama-cpp-python's speed (bench/stream.py) and takes its seed only
-    when the model loads; this one passes every sampling value, the seed included, per call.
+    Written here rather than using langchain-community's `ChatLlamaCpp`, which streams
+    slower (75-89 % of raw llama-cpp-python's tokens/s; bench/stream.py prints it beside
+    this path), loads its own copy of the model, and takes its seed only when the model
+    loads; this one shares the process's model and passes every sampling value per call.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)

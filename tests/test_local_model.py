@@ -6,10 +6,11 @@ import asyncio
 import time
 
 import pytest
+from langchain_core.messages import AIMessage, HumanMessage
 
 from chatllm.chain import build_chain, chain_input
 from chatllm.errors import ContextOverflow
-from chatllm.models import LocalBackend, queue_listener
+from chatllm.models import TEMPLATE_TOKENS_PER_MESSAGE, LocalBackend, queue_listener
 from chatllm.sampling import Sampling
 
 STORY = "Write a long story about a lighthouse keeper and her cat."
@@ -57,9 +58,12 @@ async def test_an_empty_seed_draws_a_new_one_each_time(local: LocalBackend) -> N
 
 
 async def test_the_max_tokens_slider_limits_the_reply(local: LocalBackend) -> None:
-    short = await collect(local, Sampling(max_tokens=5, temperature=0.0), STORY)
-    tokens = [part for part in short if part]  # the last chunk only carries why it ended
-    assert len(tokens) == 5
+    model = local.chat_model(local.settings.local_model_name, Sampling(max_tokens=5, temperature=0))
+    chunks = [chunk async for chunk in model.astream([HumanMessage(STORY)])]
+    finish = [c.response_metadata["finish_reason"] for c in chunks if c.response_metadata]
+    assert finish == ["length"]
+    text = "".join(chunk.text for chunk in chunks)
+    assert 0 < local.count_tokens([AIMessage(text)]) - TEMPLATE_TOKENS_PER_MESSAGE <= 6
 
 
 async def test_two_concurrent_generations_both_complete_in_turn(local: LocalBackend) -> None:
