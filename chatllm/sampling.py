@@ -83,7 +83,7 @@ class Sampling(BaseModel):
                         id=name,
                         label=label,
                         initial="" if value is None else str(value),
-                        placeholder="random",
+                        placeholder=t("seed.placeholder", language),
                         tooltip=tooltip,
                     )
                 )
