@@ -10,14 +10,14 @@ PORT ?= 8000
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet pip==26.3
 
-$(VENV)/.app-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e .
+$(VENV)/.app-installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -c constraints.txt -e .
 	touch $@
 
-$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e ".[test]"
+$(VENV)/.test-installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -c constraints.txt -e ".[test]"
 	touch $@ $(VENV)/.app-installed
 
 run: $(VENV)/.app-installed
@@ -33,8 +33,8 @@ lint: $(VENV)/.test-installed
 unit: $(VENV)/.test-installed
 	$(BIN)/pytest
 
-$(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e ".[test,bench]"
+$(VENV)/.bench-installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -c constraints.txt -e ".[test,bench]"
 	touch $@ $(VENV)/.test-installed $(VENV)/.app-installed
 
 bench: $(VENV)/.bench-installed

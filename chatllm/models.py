@@ -17,13 +17,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
 import openai
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.utils import count_tokens_approximately
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
@@ -101,8 +102,11 @@ class LocalEngine:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._line: list[object] = []
         self._line_moved: asyncio.Condition | None = None
+        # Trimming a long thread counts the same messages on every turn, and several times
+        # within one (trim_messages bisects); each text is tokenized once.
+        self.count_tokens = lru_cache(maxsize=16384)(self._count_tokens)
 
-    def count_tokens(self, text: str) -> int:
+    def _count_tokens(self, text: str) -> int:
         return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     @asynccontextmanager
@@ -281,7 +285,7 @@ class LlamaCppChat(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         text = self.engine.generate(_as_dicts(messages), self._request(stop))
-        return ChatResult(generations=[ChatGeneration(message=AIMessageChunk(content=text))])
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
 
     async def _agenerate(
         self,
