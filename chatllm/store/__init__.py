@@ -1,0 +1,7 @@
+"""Persistence: the SQLite database, its migrations, and Chainlit's data layer over it."""
+
+from chatllm.store.datalayer import ChatDataLayer, StoreError, ThreadAccessDenied
+from chatllm.store.db import Database
+from chatllm.store.files import FileStore
+
+__all__ = ["ChatDataLayer", "Database", "FileStore", "StoreError", "ThreadAccessDenied"]

@@ -1,0 +1,712 @@
+"""Chainlit's data layer on SQLite: users, threads, steps, feedback, elements, search.
+
+Unlike Chainlit's own SQLAlchemy layer, a failed write raises (after being logged, since
+Chainlit fires many writes as tasks nobody awaits), the thread list is paged in SQL with a
+keyset cursor, and a thread's owner never changes once set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import re
+import uuid
+from collections.abc import Callable, Coroutine, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from chainlit.data.base import BaseDataLayer
+from chainlit.data.utils import queue_until_user_message
+from chainlit.types import (
+    Feedback,
+    FeedbackDict,
+    PageInfo,
+    PaginatedResponse,
+    Pagination,
+    ThreadDict,
+    ThreadFilter,
+)
+from chainlit.user import PersistedUser, User
+from sqlalchemy import text
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chatllm.errors import ChatLLMError
+from chatllm.store.db import Database
+from chatllm.store.files import FileStore
+from chatllm.store.search import index_text, match_query
+
+if TYPE_CHECKING:
+    from chainlit.element import Element, ElementDict
+    from chainlit.step import StepDict
+
+log = logging.getLogger("chatllm.store")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Keys that may hold credentials; Chainlit copies the whole user session into thread
+# metadata, so they are dropped before anything is written.
+SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|authorization|^env$)", re.I)
+# StepDict keys kept in their own columns; every other key goes to `extra` as JSON.
+STEP_COLUMNS = {
+    "id", "threadId", "parentId", "type", "name", "input", "output", "isError",
+    "metadata", "createdAt", "start", "end", "feedback",
+}  # fmt: skip
+
+
+class ThreadAccessDenied(ChatLLMError, PermissionError):
+    """A write aimed at a thread that belongs to another user."""
+
+
+class StoreError(ChatLLMError):
+    """A write to the database failed; nothing of it was kept."""
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def logged(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Log a failed write before raising it: Chainlit runs most writes as tasks that nobody
+    awaits, where an exception would otherwise go unseen."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except ThreadAccessDenied:
+            log.error("Refused %s: %s", method.__name__, args[1:] if len(args) > 1 else "")
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("Database write %s failed", method.__name__)
+            raise
+
+    return wrapper
+
+
+def until_first_message(
+    method: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R | None]]:
+    """Chainlit's `queue_until_user_message`: in a chat session, writes before the first
+    user message wait for it (an untouched new chat leaves no thread behind). Outside any
+    Chainlit context (commands, benchmarks) the write runs at once."""
+    queued = queue_until_user_message()(method)
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | None:
+        from chainlit.context import ChainlitContextException, context
+
+        try:
+            context.session  # noqa: B018 - raises outside a Chainlit context
+        except ChainlitContextException:
+            return await method(*args, **kwargs)
+        return await queued(*args, **kwargs)  # type: ignore[no-any-return]
+
+    return wrapper
+
+
+def scrub(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Metadata without anything that looks like a credential."""
+    return {k: v for k, v in (metadata or {}).items() if not SECRET_KEY.search(str(k))}
+
+
+def _acting_user_id() -> str | None:
+    """The persisted user of the websocket session this call runs in, if any."""
+    from chainlit.context import ChainlitContextException, context
+    from chainlit.session import WebsocketSession
+
+    try:
+        session = context.session
+    except ChainlitContextException:
+        return None
+    if isinstance(session, WebsocketSession) and isinstance(session.user, PersistedUser):
+        return session.user.id
+    return None
+
+
+class ChatDataLayer(BaseDataLayer):
+    def __init__(self, db: Database, files: FileStore) -> None:
+        self.db = db
+        self.files = files
+
+    # ---- users
+
+    async def get_user(self, identifier: str) -> PersistedUser | None:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT id, identifier, metadata, created_at FROM users"
+                        " WHERE identifier = :identifier"
+                    ),
+                    {"identifier": identifier},
+                )
+            ).first()
+        if row is None:
+            return None
+        metadata = json.loads(row.metadata)
+        return PersistedUser(
+            id=row.id,
+            identifier=row.identifier,
+            createdAt=row.created_at,
+            metadata=metadata,
+            display_name=metadata.get("display_name"),
+        )
+
+    @logged
+    async def create_user(self, user: User) -> PersistedUser | None:
+        metadata = scrub(user.metadata)
+        if user.display_name:
+            metadata["display_name"] = user.display_name
+        async with self.db.write() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO users (id, identifier, metadata, created_at)"
+                    " VALUES (:id, :identifier, :metadata, :created_at)"
+                    " ON CONFLICT (identifier) DO UPDATE SET metadata = excluded.metadata"
+                ),
+                {
+                    "id": str(uuid.uuid4()),
+                    "identifier": user.identifier,
+                    "metadata": json.dumps(metadata, ensure_ascii=False),
+                    "created_at": now(),
+                },
+            )
+        return await self.get_user(user.identifier)
+
+    # ---- feedback
+
+    @logged
+    async def upsert_feedback(self, feedback: Feedback) -> str:
+        feedback_id = feedback.id or str(uuid.uuid4())
+        async with self.db.write() as conn:
+            # One feedback per step: a new thumb replaces the old one.
+            await conn.execute(
+                text("DELETE FROM feedbacks WHERE step_id = :step AND id != :id"),
+                {"step": feedback.forId, "id": feedback_id},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO feedbacks (id, step_id, value, comment)"
+                    " VALUES (:id, :step, :value, :comment)"
+                    " ON CONFLICT (id) DO UPDATE SET value = excluded.value,"
+                    " comment = excluded.comment"
+                ),
+                {
+                    "id": feedback_id,
+                    "step": feedback.forId,
+                    "value": int(feedback.value),
+                    "comment": feedback.comment,
+                },
+            )
+        return feedback_id
+
+    @logged
+    async def delete_feedback(self, feedback_id: str) -> bool:
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                text("DELETE FROM feedbacks WHERE id = :id"), {"id": feedback_id}
+            )
+        return bool(result.rowcount)
+
+    # ---- elements
+
+    @until_first_message
+    @logged
+    async def create_element(self, element: Element) -> None:
+        data = await _element_bytes(element)
+        object_key = await asyncio.to_thread(self.files.save, data) if data is not None else None
+        record = element.to_dict()
+        try:
+            async with self.db.write() as conn:
+                if element.thread_id:
+                    await self._ensure_thread(conn, element.thread_id)
+                await conn.execute(
+                    text(
+                        "INSERT INTO elements (id, thread_id, step_id, type, name, mime, url,"
+                        " object_key, chainlit_key, display, size, language, page, props)"
+                        " VALUES (:id, :thread_id, :step_id, :type, :name, :mime, :url,"
+                        " :object_key, :chainlit_key, :display, :size, :language, :page, :props)"
+                        " ON CONFLICT (id) DO UPDATE SET props = excluded.props,"
+                        " object_key = COALESCE(excluded.object_key, elements.object_key)"
+                    ),
+                    {
+                        "id": element.id,
+                        "thread_id": element.thread_id,
+                        "step_id": record.get("forId"),
+                        "type": record.get("type") or "file",
+                        "name": element.name,
+                        "mime": record.get("mime"),
+                        "url": None if object_key else element.url,
+                        "object_key": object_key,
+                        "chainlit_key": element.chainlit_key,
+                        "display": record.get("display"),
+                        "size": record.get("size"),
+                        "language": record.get("language"),
+                        "page": record.get("page"),
+                        "props": json.dumps(record.get("props") or {}, ensure_ascii=False),
+                    },
+                )
+        except BaseException:
+            if object_key:
+                await asyncio.to_thread(self.files.delete, object_key)
+            raise
+
+    async def get_element(self, thread_id: str, element_id: str) -> ElementDict | None:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT * FROM elements WHERE id = :id AND thread_id = :thread"),
+                    {"id": element_id, "thread": thread_id},
+                )
+            ).first()
+        return None if row is None else self._element_dict(row)
+
+    @until_first_message
+    @logged
+    async def delete_element(self, element_id: str, thread_id: str | None = None) -> None:
+        async with self.db.write() as conn:
+            query = "DELETE FROM elements WHERE id = :id"
+            if thread_id:
+                query += " AND thread_id = :thread"
+            row = (
+                await conn.execute(
+                    text(query + " RETURNING object_key"), {"id": element_id, "thread": thread_id}
+                )
+            ).first()
+        if row is not None and row.object_key:
+            await asyncio.to_thread(self.files.delete, row.object_key)
+
+    # ---- steps
+
+    @until_first_message
+    @logged
+    async def create_step(self, step_dict: StepDict) -> None:
+        await self._upsert_step(step_dict)
+
+    @until_first_message
+    @logged
+    async def update_step(self, step_dict: StepDict) -> None:
+        await self._upsert_step(step_dict)
+
+    async def save_step(self, step_dict: StepDict) -> None:
+        """Write a step now and wait for it: for callers that must know it is stored."""
+        try:
+            await self._upsert_step(step_dict)
+        except ThreadAccessDenied:
+            raise
+        except Exception as exc:
+            log.exception("Saving step %s failed", step_dict.get("id"))
+            raise StoreError(f"the message could not be saved ({exc})") from exc
+
+    async def _upsert_step(self, step: StepDict) -> None:
+        thread_id = step.get("threadId")
+        if not thread_id:
+            raise ValueError(f"step {step.get('id')} has no thread")
+        extra = {k: v for k, v in step.items() if k not in STEP_COLUMNS and v is not None}
+        created = step.get("createdAt") or now()
+        async with self.db.write() as conn:
+            await self._ensure_thread(conn, thread_id)
+            row = (
+                await conn.execute(
+                    text(
+                        "INSERT INTO steps (id, thread_id, parent_id, type, name, input, output,"
+                        " is_error, metadata, extra, created_at, start_time, end_time)"
+                        " VALUES (:id, :thread_id, :parent_id, :type, :name, :input, :output,"
+                        " :is_error, :metadata, :extra, :created_at, :start, :end)"
+                        " ON CONFLICT (id) DO UPDATE SET"
+                        " parent_id = COALESCE(excluded.parent_id, steps.parent_id),"
+                        " type = CASE WHEN excluded.type = 'run' THEN steps.type"
+                        "   ELSE excluded.type END,"
+                        " name = COALESCE(excluded.name, steps.name),"
+                        " input = COALESCE(NULLIF(excluded.input, ''), steps.input),"
+                        " output = COALESCE(NULLIF(excluded.output, ''), steps.output),"
+                        " is_error = COALESCE(excluded.is_error, steps.is_error),"
+                        " metadata = CASE WHEN excluded.metadata = '{}' THEN steps.metadata"
+                        "   ELSE excluded.metadata END,"
+                        " extra = excluded.extra,"
+                        " start_time = COALESCE(steps.start_time, excluded.start_time),"
+                        " end_time = COALESCE(excluded.end_time, steps.end_time)"
+                        " WHERE steps.thread_id = excluded.thread_id"
+                        " RETURNING seq, type, output"
+                    ),
+                    {
+                        "id": step["id"],
+                        "thread_id": thread_id,
+                        "parent_id": step.get("parentId"),
+                        "type": step.get("type") or "undefined",
+                        "name": step.get("name"),
+                        "input": _as_text(step.get("input")),
+                        "output": _as_text(step.get("output")),
+                        "is_error": step.get("isError"),
+                        "metadata": json.dumps(step.get("metadata") or {}, ensure_ascii=False),
+                        "extra": json.dumps(extra, ensure_ascii=False, default=str),
+                        "created_at": created,
+                        "start": step.get("start") or created,
+                        "end": step.get("end"),
+                    },
+                )
+            ).first()
+            if row is None:
+                raise ThreadAccessDenied(f"step {step['id']} belongs to another thread")
+            await conn.execute(text("DELETE FROM search WHERE rowid = :seq"), {"seq": row.seq})
+            if row.type.endswith("message") and row.output:
+                await conn.execute(
+                    text("INSERT INTO search (rowid, body, thread_id) VALUES (:seq, :body, :t)"),
+                    {"seq": row.seq, "body": index_text(row.output), "t": thread_id},
+                )
+            await conn.execute(
+                text("UPDATE threads SET updated_at = :now WHERE id = :id"),
+                {"now": now(), "id": thread_id},
+            )
+
+    @until_first_message
+    @logged
+    async def delete_step(self, step_id: str) -> None:
+        async with self.db.write() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT seq, thread_id FROM steps WHERE id = :id"), {"id": step_id}
+                )
+            ).first()
+            if row is None:
+                return
+            await self._check_owner(conn, row.thread_id)
+            keys = await self._object_keys(conn, "step_id = :id", {"id": step_id})
+            await conn.execute(text("DELETE FROM search WHERE rowid = :seq"), {"seq": row.seq})
+            await conn.execute(text("DELETE FROM elements WHERE step_id = :id"), {"id": step_id})
+            await conn.execute(text("DELETE FROM steps WHERE id = :id"), {"id": step_id})
+        await self._delete_files(keys)
+
+    # ---- threads
+
+    async def get_thread_author(self, thread_id: str) -> str:
+        async with self.db.read() as conn:
+            identifier = await conn.scalar(
+                text(
+                    "SELECT u.identifier FROM threads t JOIN users u ON u.id = t.user_id"
+                    " WHERE t.id = :id"
+                ),
+                {"id": thread_id},
+            )
+        return str(identifier or "")
+
+    @logged
+    async def delete_thread(self, thread_id: str) -> None:
+        async with self.db.write() as conn:
+            seq = await conn.scalar(
+                text("SELECT seq FROM threads WHERE id = :id"), {"id": thread_id}
+            )
+            if seq is None:
+                return
+            await self._check_owner(conn, thread_id)
+            keys = await self._object_keys(conn, "thread_id = :id", {"id": thread_id})
+            await conn.execute(
+                text(
+                    "DELETE FROM search WHERE rowid = :name_row"
+                    " OR rowid IN (SELECT seq FROM steps WHERE thread_id = :id)"
+                ),
+                {"name_row": -seq, "id": thread_id},
+            )
+            # Steps, their feedback and the thread's elements go by ON DELETE CASCADE.
+            await conn.execute(text("DELETE FROM threads WHERE id = :id"), {"id": thread_id})
+        await self._delete_files(keys)
+
+    async def list_threads(
+        self, pagination: Pagination, filters: ThreadFilter
+    ) -> PaginatedResponse[ThreadDict]:
+        """One page of a user's threads, most recent activity first.
+
+        The cursor is the last row's (updated_at, id): the next page starts right after it
+        through the index, however deep the page.
+        """
+        if not filters.userId:
+            return PaginatedResponse(PageInfo(False, None, None), [])  # never everyone's
+        conditions = ["t.user_id = :user"]
+        params: dict[str, Any] = {"user": filters.userId, "limit": pagination.first + 1}
+        if pagination.cursor:
+            try:
+                params["after_time"], params["after_id"] = pagination.cursor.split("|", 1)
+            except ValueError:
+                return PaginatedResponse(PageInfo(False, None, None), [])
+            conditions.append("(t.updated_at, t.id) < (:after_time, :after_id)")
+        if filters.search:
+            query = match_query(filters.search)
+            if query is None:
+                return PaginatedResponse(PageInfo(False, None, None), [])
+            conditions.append("t.id IN (SELECT thread_id FROM search WHERE search MATCH :q)")
+            params["q"] = query
+        if filters.feedback is not None:
+            conditions.append(
+                "EXISTS (SELECT 1 FROM steps s JOIN feedbacks f ON f.step_id = s.id"
+                " WHERE s.thread_id = t.id AND f.value = :feedback)"
+            )
+            params["feedback"] = filters.feedback
+        sql = (
+            "SELECT t.id, t.name, t.user_id, u.identifier, t.metadata, t.tags, t.updated_at"
+            " FROM threads t LEFT JOIN users u ON u.id = t.user_id"
+            f" WHERE {' AND '.join(conditions)}"
+            " ORDER BY t.updated_at DESC, t.id DESC LIMIT :limit"
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(text(sql), params)).all()
+        has_next = len(rows) > pagination.first
+        rows = rows[: pagination.first]
+        threads = [
+            ThreadDict(
+                id=row.id,
+                createdAt=row.updated_at,  # the sidebar groups threads by last activity
+                name=row.name,
+                userId=row.user_id,
+                userIdentifier=row.identifier,
+                tags=json.loads(row.tags),
+                metadata=json.loads(row.metadata),
+                steps=[],
+                elements=[],
+            )
+            for row in rows
+        ]
+        last = rows[-1] if rows else None
+        return PaginatedResponse(
+            pageInfo=PageInfo(
+                hasNextPage=has_next,
+                startCursor=f"{rows[0].updated_at}|{rows[0].id}" if rows else None,
+                endCursor=f"{last.updated_at}|{last.id}" if last else None,
+            ),
+            data=threads,
+        )
+
+    async def get_thread(self, thread_id: str) -> ThreadDict | None:
+        async with self.db.read() as conn:
+            thread = (
+                await conn.execute(
+                    text(
+                        "SELECT t.id, t.name, t.user_id, u.identifier, t.metadata, t.tags,"
+                        " t.created_at FROM threads t LEFT JOIN users u ON u.id = t.user_id"
+                        " WHERE t.id = :id"
+                    ),
+                    {"id": thread_id},
+                )
+            ).first()
+            if thread is None:
+                return None
+            steps = (
+                await conn.execute(
+                    text(
+                        "SELECT s.*, f.id AS feedback_id, f.value AS feedback_value,"
+                        " f.comment AS feedback_comment FROM steps s"
+                        " LEFT JOIN feedbacks f ON f.step_id = s.id"
+                        " WHERE s.thread_id = :id ORDER BY s.created_at, s.seq"
+                    ),
+                    {"id": thread_id},
+                )
+            ).all()
+            elements = (
+                await conn.execute(
+                    text("SELECT * FROM elements WHERE thread_id = :id"), {"id": thread_id}
+                )
+            ).all()
+        return ThreadDict(
+            id=thread.id,
+            createdAt=thread.created_at,
+            name=thread.name,
+            userId=thread.user_id,
+            userIdentifier=thread.identifier,
+            tags=json.loads(thread.tags),
+            metadata=json.loads(thread.metadata),
+            steps=[_step_dict(row) for row in steps],
+            elements=[self._element_dict(row) for row in elements],
+        )
+
+    @logged
+    async def update_thread(
+        self,
+        thread_id: str,
+        name: str | None = None,
+        user_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        tags: list[str] | None = None,
+    ) -> None:
+        async with self.db.write() as conn:
+            current = (
+                await conn.execute(
+                    text("SELECT seq, user_id, metadata FROM threads WHERE id = :id"),
+                    {"id": thread_id},
+                )
+            ).first()
+            acting = user_id or _acting_user_id()
+            if current is None:
+                stamp = now()
+                seq = await conn.scalar(
+                    text(
+                        "INSERT INTO threads (id, user_id, name, metadata, tags, created_at,"
+                        " updated_at) VALUES (:id, :user, :name, '{}', '[]', :now, :now)"
+                        " RETURNING seq"
+                    ),
+                    {"id": thread_id, "user": acting, "name": None, "now": stamp},
+                )
+                owner = acting
+            else:
+                seq, owner = current.seq, current.user_id
+                if owner is not None and acting is not None and owner != acting:
+                    raise ThreadAccessDenied(f"thread {thread_id} belongs to another user")
+            changes: dict[str, Any] = {}
+            if owner is None and acting is not None:
+                changes["user_id"] = acting
+            if name is not None:
+                changes["name"] = name[:255]
+            if tags is not None:
+                changes["tags"] = json.dumps(tags, ensure_ascii=False)
+            if metadata is not None:
+                merged = json.loads(current.metadata) if current is not None else {}
+                merged = {k: v for k, v in merged.items() if k not in metadata}
+                merged.update({k: v for k, v in scrub(metadata).items() if v is not None})
+                changes["metadata"] = json.dumps(merged, ensure_ascii=False, default=str)
+            if changes:
+                assignments = ", ".join(f"{column} = :{column}" for column in changes)
+                await conn.execute(
+                    text(f"UPDATE threads SET {assignments} WHERE id = :id"),
+                    {**changes, "id": thread_id},
+                )
+            if name is not None:
+                await conn.execute(text("DELETE FROM search WHERE rowid = :r"), {"r": -seq})
+                await conn.execute(
+                    text("INSERT INTO search (rowid, body, thread_id) VALUES (:r, :body, :t)"),
+                    {"r": -seq, "body": index_text(name), "t": thread_id},
+                )
+
+    async def get_favorite_steps(self, user_id: str) -> list[StepDict]:
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT s.*, NULL AS feedback_id FROM steps s"
+                        " JOIN threads t ON t.id = s.thread_id WHERE t.user_id = :user"
+                        " AND json_extract(s.metadata, '$.favorite') = 1"
+                        " ORDER BY s.created_at DESC"
+                    ),
+                    {"user": user_id},
+                )
+            ).all()
+        return [_step_dict(row) for row in rows]
+
+    async def build_debug_url(self) -> str:
+        return ""
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    # ---- helpers
+
+    async def _ensure_thread(self, conn: AsyncConnection, thread_id: str) -> None:
+        """Create the thread if it is new (owned by the acting user); refuse another's."""
+        owner = (
+            await conn.execute(
+                text("SELECT user_id FROM threads WHERE id = :id"), {"id": thread_id}
+            )
+        ).first()
+        acting = _acting_user_id()
+        if owner is None:
+            stamp = now()
+            await conn.execute(
+                text(
+                    "INSERT INTO threads (id, user_id, metadata, tags, created_at, updated_at)"
+                    " VALUES (:id, :user, '{}', '[]', :now, :now)"
+                ),
+                {"id": thread_id, "user": acting, "now": stamp},
+            )
+        elif owner.user_id is not None and acting is not None and owner.user_id != acting:
+            raise ThreadAccessDenied(f"thread {thread_id} belongs to another user")
+
+    async def _check_owner(self, conn: AsyncConnection, thread_id: str) -> None:
+        acting = _acting_user_id()
+        if acting is None:
+            return  # REST routes check the author before calling; see chainlit.data.acl
+        owner = await conn.scalar(
+            text("SELECT user_id FROM threads WHERE id = :id"), {"id": thread_id}
+        )
+        if owner is not None and owner != acting:
+            raise ThreadAccessDenied(f"thread {thread_id} belongs to another user")
+
+    async def _object_keys(
+        self, conn: AsyncConnection, where: str, params: dict[str, Any]
+    ) -> list[str]:
+        rows = await conn.execute(
+            text(f"SELECT object_key FROM elements WHERE {where} AND object_key IS NOT NULL"),
+            params,
+        )
+        return [row.object_key for row in rows]
+
+    async def _delete_files(self, keys: list[str]) -> None:
+        for key in keys:
+            await asyncio.to_thread(self.files.delete, key)
+
+    def _element_dict(self, row: Row[Any]) -> ElementDict:
+        from chainlit.element import ElementDict
+
+        url = row.url
+        if row.object_key:
+            url = self.files.url(row.thread_id, row.id)
+        return ElementDict(
+            id=row.id,
+            threadId=row.thread_id,
+            type=row.type,
+            name=row.name,
+            mime=row.mime,
+            url=url,
+            objectKey=None,
+            chainlitKey=row.chainlit_key,
+            display=row.display,
+            size=row.size,
+            language=row.language,
+            page=row.page,
+            props=json.loads(row.props),
+            forId=row.step_id,
+        )
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _step_dict(row: Row[Any]) -> StepDict:
+    step: dict[str, Any] = json.loads(row.extra)
+    step.update(
+        id=row.id,
+        threadId=row.thread_id,
+        parentId=row.parent_id,
+        type=row.type,
+        name=row.name,
+        input=row.input or "",
+        output=row.output or "",
+        isError=bool(row.is_error) if row.is_error is not None else None,
+        metadata=json.loads(row.metadata),
+        createdAt=row.created_at,
+        start=row.start_time,
+        end=row.end_time,
+    )
+    if row.feedback_id is not None:
+        step["feedback"] = FeedbackDict(
+            forId=row.id, id=row.feedback_id, value=row.feedback_value, comment=row.feedback_comment
+        )
+    return step  # type: ignore[return-value]
+
+
+async def _element_bytes(element: Element) -> bytes | None:
+    content = getattr(element, "content", None)
+    if isinstance(content, str):
+        return content.encode("utf-8")
+    if isinstance(content, bytes):
+        return content
+    path = getattr(element, "path", None)
+    if path:
+        return await asyncio.to_thread(Path(path).read_bytes)
+    return None

@@ -1,0 +1,43 @@
+"""Element files on local disk, under generated names only."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+
+_KEY = re.compile(r"^[0-9a-f]{32}$")
+
+
+class FileStore:
+    """Stores bytes under `root` as <2 hex>/<32 hex>; never under a name from a client."""
+
+    #: Where the app serves a stored element; the route checks the thread's author.
+    URL_PREFIX = "/chatllm/elements"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, key: str) -> Path:
+        if not _KEY.match(key):
+            raise ValueError(f"not a file key: {key!r}")
+        return self.root / key[:2] / key
+
+    def save(self, data: bytes) -> str:
+        key = uuid.uuid4().hex
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        with partial.open("wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        partial.replace(path)
+        return key
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def url(self, thread_id: str, element_id: str) -> str:
+        return f"{self.URL_PREFIX}/{thread_id}/{element_id}"
