@@ -3,10 +3,24 @@
 from typing import Any
 
 import chainlit as cl
+from chainlit.config import config as chainlit_config
+from chainlit.types import ThreadDict
 
+from chatllm.auth import AuthMode
+from chatllm.store import ChatDataLayer
 from chatllm.ui import ChatApp
 
-chat = ChatApp.from_environment()
+chat = ChatApp.from_environment(host=chainlit_config.run.host)
+
+if chat.auth_mode is AuthMode.PASSWORD:
+    cl.password_auth_callback(chat.login)
+else:
+    cl.header_auth_callback(chat.local_login)
+
+
+@cl.data_layer
+def data_layer() -> ChatDataLayer:
+    return chat.data_layer()
 
 
 @cl.on_app_startup
@@ -22,6 +36,11 @@ async def chat_profiles(user: cl.User | None, language: str | None = None) -> li
 @cl.on_chat_start
 async def on_chat_start() -> None:
     await chat.start()
+
+
+@cl.on_chat_resume
+async def on_chat_resume(thread: ThreadDict) -> None:
+    await chat.resume(thread)
 
 
 @cl.on_settings_update

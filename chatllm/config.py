@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     )
     system_prompt: str = Field(default="You are a helpful assistant.", max_length=8000)
     data_dir: Path = Field(default=Path("data"))
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the database; empty means data_dir/chatllm.db.",
+    )
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'chatllm.db'}"
 
     @field_validator("openai_models", mode="before")
     @classmethod

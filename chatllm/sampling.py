@@ -5,6 +5,7 @@ A new knob is added here, once: its bounds, its default and its widget follow.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -14,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from chatllm.errors import InvalidSampling
 from chatllm.i18n import t
+
+log = logging.getLogger("chatllm")
 
 SEED_MAX = 2**31 - 1
 
@@ -69,6 +72,26 @@ class Sampling(BaseModel):
     def update(self, changes: Mapping[str, Any]) -> Sampling:
         """A copy with `changes` applied, validated as a whole; raises InvalidSampling."""
         return parse_sampling({**self.model_dump(), **changes})
+
+    def restore(self, saved: Mapping[str, Any]) -> Sampling:
+        """These values with those saved in a thread applied; a saved value that no longer
+        validates (bounds changed since) is skipped, keeping the rest."""
+        try:
+            return self.update(saved)
+        except InvalidSampling:
+            restored = self
+            for name, value in saved.items():
+                try:
+                    restored = restored.update({name: value})
+                except InvalidSampling as exc:
+                    log.warning("Ignoring a saved setting: %s", exc)
+            return restored
+
+    def as_settings(self) -> dict[str, Any]:
+        """The values as the settings panel holds them (the seed as text)."""
+        values = self.model_dump()
+        values["seed"] = "" if self.seed is None else str(self.seed)
+        return values
 
     def widgets(self, language: str | None = None) -> list[InputWidget]:
         """The chat-settings panel showing these values."""

@@ -8,14 +8,19 @@ import sys
 
 import chainlit as cl
 from chainlit.context import ChainlitContextException
+from chainlit.types import ThreadDict
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
+from chatllm.auth import LOCAL_USER, AuthMode, Passwords, decide_mode, ensure_auth_secret
 from chatllm.chain import build_chain, chain_input
 from chatllm.config import Settings, get_settings
 from chatllm.errors import ChatLLMError, ConfigError, InvalidSampling, describe
+from chatllm.history import FINISH_REASON, history_from_steps
 from chatllm.i18n import t
 from chatllm.models import Backends, ProfileSpec, local_engine, queue_listener
 from chatllm.sampling import Sampling
+from chatllm.store import ChatDataLayer, Database, FileStore, StoreError
+from chatllm.store.users import Users
 
 log = logging.getLogger("chatllm")
 
@@ -64,15 +69,55 @@ class ChatApp:
         settings.resolve_model_path()  # a missing GGUF stops start-up, naming the setting
         self.settings = settings
         self.backends = Backends(settings)
+        files = FileStore(settings.data_dir / "files")
+        self.store = ChatDataLayer(Database(settings.database), files)
+        self.users = Users(self.store.db, files)
+        self.passwords = Passwords()
+        self.auth_mode = AuthMode.LOCAL
 
     @classmethod
-    def from_environment(cls) -> ChatApp:
-        """Build from the environment; a configuration that cannot work ends the process."""
+    def from_environment(cls, host: str) -> ChatApp:
+        """Build from the environment for serving on `host`; a configuration that cannot
+        work ends the process with a message saying what to change."""
         try:
-            return cls(get_settings())
+            app = cls(get_settings())
+            asyncio.run(app.prepare(host))
         except ConfigError as exc:
             print(f"chatllm cannot start: {exc}", file=sys.stderr)
             raise SystemExit(2) from exc
+        return app
+
+    async def prepare(self, host: str) -> None:
+        """Bring the database schema up to date and choose how users log in."""
+        ensure_auth_secret(self.settings.data_dir)
+        # A database of its own: connections belong to the event loop that opened them,
+        # and this runs before the server's loop starts.
+        database = Database(self.settings.database)
+        try:
+            await database.migrate()
+            users = await Users(database, self.store.files).with_passwords()
+        finally:
+            await database.close()
+        self.auth_mode = decide_mode(host, len(users))
+        log.info("Authentication: %s", self.auth_mode)
+
+    def data_layer(self) -> ChatDataLayer:
+        return self.store
+
+    # ---- who is chatting
+
+    async def local_login(self, _headers: object) -> cl.User | None:
+        """Local mode: everyone reaching the loopback address is the one local user."""
+        if self.auth_mode is not AuthMode.LOCAL:
+            return None
+        return cl.User(identifier=LOCAL_USER, display_name="Local user")
+
+    async def login(self, username: str, password: str) -> cl.User | None:
+        """Password mode; an unknown user takes as long to refuse as a wrong password."""
+        stored = await self.users.password_hash(username)
+        if await self.passwords.averify(stored, password):
+            return cl.User(identifier=username)
+        return None
 
     async def startup(self) -> None:
         """Load the local model before the first message, off the event loop."""
@@ -110,10 +155,22 @@ class ChatApp:
 
     # ---- a chat
 
+    def _default_sampling(self) -> Sampling:
+        return Sampling(system_prompt=self.settings.system_prompt)
+
     async def start(self) -> None:
-        sampling = Sampling(system_prompt=self.settings.system_prompt)
+        sampling = self._default_sampling()
         cl.user_session.set(SAMPLING, sampling)
         cl.user_session.set(HISTORY, [])
+        await cl.ChatSettings(sampling.widgets(language())).send()
+
+    async def resume(self, thread: ThreadDict) -> None:
+        """An old thread reopened: its memory and sliders come back as they were."""
+        saved = (thread.get("metadata") or {}).get("chat_settings") or {}
+        sampling = self._default_sampling().restore(saved)
+        cl.user_session.set(SAMPLING, sampling)
+        cl.user_session.set(HISTORY, history_from_steps(thread.get("steps") or []))
+        # Without this the settings button is gone after a resume.
         await cl.ChatSettings(sampling.widgets(language())).send()
 
     async def update_settings(self, values: dict[str, object]) -> None:
@@ -123,11 +180,33 @@ class ChatApp:
             system_prompt=self.settings.system_prompt
         )
         try:
-            cl.user_session.set(SAMPLING, current.update(values))
+            updated = current.update(values)
         except InvalidSampling as exc:
             log.info("Refused settings: %s", exc)
             await cl.ChatSettings(current.widgets(lang)).send()  # the panel shows the old values
             await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
+            return
+        cl.user_session.set(SAMPLING, updated)
+        if cl.context.session.has_first_interaction:  # else the thread does not exist yet
+            try:
+                await self._save_thread_settings(updated)
+            except ChatLLMError as exc:
+                await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
+
+    async def _save_thread_settings(self, sampling: Sampling) -> None:
+        """Store the sliders and profile with the thread now, not only on disconnect."""
+        try:
+            await self.store.update_thread(
+                cl.context.session.thread_id,
+                metadata={
+                    "chat_settings": sampling.as_settings(),
+                    "chat_profile": self._current_profile().name,
+                },
+            )
+        except ChatLLMError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"the settings could not be saved ({exc})") from exc
 
     async def answer(self, message: cl.Message) -> None:
         """One chat turn: stream the model's reply to `message` into the chat."""
@@ -137,6 +216,13 @@ class ChatApp:
         )
         history: list[BaseMessage] = cl.user_session.get(HISTORY) or []
         cl.user_session.set(HISTORY, history)
+        try:
+            # The user's words are safe on disk before the model runs.
+            await self.store.save_step(message.to_dict())
+            await self._save_thread_settings(sampling)
+        except ChatLLMError as exc:
+            await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
+            return
         reply = cl.Message(content="")
         notice = QueueNotice(lang)
         listening = queue_listener.set(notice.show)
@@ -168,19 +254,26 @@ class ChatApp:
             await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
         finally:
             queue_listener.reset(listening)
-            await _finish_turn(notice, reply, message, history, finish)
+            await self._finish_turn(notice, reply, message, history, finish)
 
-
-async def _finish_turn(
-    notice: QueueNotice,
-    reply: cl.Message,
-    message: cl.Message,
-    history: list[BaseMessage],
-    finish: str,
-) -> None:
-    await notice.clear()
-    history.append(HumanMessage(content=message.content))
-    if reply.content:
+    async def _finish_turn(
+        self,
+        notice: QueueNotice,
+        reply: cl.Message,
+        message: cl.Message,
+        history: list[BaseMessage],
+        finish: str,
+    ) -> None:
+        """Keep whatever was written, even of a stopped or failed reply, marked with why
+        it ended."""
+        await notice.clear()
+        history.append(HumanMessage(content=message.content))
+        if not reply.content:
+            return
         history.append(AIMessage(content=reply.content))
-        reply.metadata = {**(reply.metadata or {}), "finish_reason": finish}
+        reply.metadata = {**(reply.metadata or {}), FINISH_REASON: finish}
         await reply.send()
+        try:
+            await self.store.save_step(reply.to_dict())
+        except ChatLLMError as exc:
+            await cl.ErrorMessage(content=describe(exc, language()), author="chatllm").send()

@@ -24,8 +24,10 @@ async def say(app: ChatApp, tab: BrowserTab, text: str) -> None:
 
 
 @pytest.fixture
-def app(settings: Settings) -> ChatApp:
-    return ChatApp(settings)
+async def app(settings: Settings) -> ChatApp:
+    chat = ChatApp(settings)
+    await chat.prepare("127.0.0.1")
+    return chat
 
 
 async def test_a_new_chat_shows_the_sliders(app: ChatApp) -> None:
@@ -148,6 +150,7 @@ async def test_an_unreachable_endpoint_is_a_plain_chat_message(settings: Setting
         }
     )
     app = ChatApp(dead)
+    await app.prepare("127.0.0.1")
     tab = BrowserTab(chat_profile="openai:remote-model")
     await open_chat(app, tab)
     await say(app, tab, "Hello?")

@@ -1,0 +1,107 @@
+"""Password users: add, remove, reset, and the stored Argon2 hash."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from sqlalchemy import text
+
+from chatllm.errors import ChatLLMError
+from chatllm.store.datalayer import now
+from chatllm.store.db import Database
+from chatllm.store.files import FileStore
+
+
+class UserExists(ChatLLMError):
+    """A user with that name is already there."""
+
+
+class NoSuchUser(ChatLLMError):
+    """No user has that name."""
+
+
+class Users:
+    def __init__(self, db: Database, files: FileStore) -> None:
+        self.db = db
+        self.files = files
+
+    async def add(self, identifier: str, password_hash: str) -> None:
+        async with self.db.write() as conn:
+            exists = await conn.scalar(
+                text("SELECT 1 FROM users WHERE identifier = :i"), {"i": identifier}
+            )
+            if exists:
+                raise UserExists(f"the user {identifier!r} already exists")
+            await conn.execute(
+                text(
+                    "INSERT INTO users (id, identifier, password_hash, metadata, created_at)"
+                    " VALUES (:id, :i, :hash, :metadata, :now)"
+                ),
+                {
+                    "id": str(uuid.uuid4()),
+                    "i": identifier,
+                    "hash": password_hash,
+                    "metadata": json.dumps({}),
+                    "now": now(),
+                },
+            )
+
+    async def set_password(self, identifier: str, password_hash: str) -> None:
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                text("UPDATE users SET password_hash = :hash WHERE identifier = :i"),
+                {"hash": password_hash, "i": identifier},
+            )
+            if not result.rowcount:
+                raise NoSuchUser(f"there is no user {identifier!r}")
+
+    async def remove(self, identifier: str) -> None:
+        """Remove the user with their threads, search entries and files."""
+        owned = (
+            "SELECT t.id FROM threads t JOIN users u ON u.id = t.user_id WHERE u.identifier = :i"
+        )
+        async with self.db.write() as conn:
+            keys = [
+                str(row.object_key)
+                for row in await conn.execute(
+                    text(
+                        f"SELECT object_key FROM elements WHERE thread_id IN ({owned})"
+                        " AND object_key IS NOT NULL"
+                    ),
+                    {"i": identifier},
+                )
+            ]
+            await conn.execute(
+                text(
+                    "DELETE FROM search WHERE rowid IN"
+                    f" (SELECT seq FROM steps WHERE thread_id IN ({owned}))"
+                    f" OR rowid IN (SELECT -seq FROM threads WHERE id IN ({owned}))"
+                ),
+                {"i": identifier},
+            )
+            # Threads, steps, feedback and elements follow by ON DELETE CASCADE.
+            result = await conn.execute(
+                text("DELETE FROM users WHERE identifier = :i"), {"i": identifier}
+            )
+            if not result.rowcount:
+                raise NoSuchUser(f"there is no user {identifier!r}")
+        for key in keys:
+            self.files.delete(key)
+
+    async def password_hash(self, identifier: str) -> str | None:
+        async with self.db.read() as conn:
+            value = await conn.scalar(
+                text("SELECT password_hash FROM users WHERE identifier = :i"), {"i": identifier}
+            )
+        return None if value is None else str(value)
+
+    async def with_passwords(self) -> list[str]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT identifier FROM users WHERE password_hash IS NOT NULL"
+                    " ORDER BY identifier"
+                )
+            )
+            return [str(row.identifier) for row in rows]
