@@ -46,7 +46,7 @@ from chainlit.session import WebsocketSession
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from chatllm.chain import build_chain, chain_input
+from chatllm.chain import ReplyRecord, build_chain, chain_input
 from chatllm.config import Settings
 from chatllm.models import LocalBackend, LocalEngine, local_engine
 from chatllm.sampling import Sampling
@@ -67,13 +67,16 @@ class Run:
     text: str
 
 
-def measure(start: float, stamps: list[float], text: str, tokens: int | None = None) -> Run:
+def measure(
+    start: float, stamps: list[float], text: str, tokens: int | None = None, first: int = 1
+) -> Run:
     """Time a reply. `tokens` defaults to one per stamp; the app's path may send tokens that
-    piled up as one chunk, so its count comes from the (identical) raw reply instead."""
+    piled up as one chunk, so its count comes from the (identical) raw reply instead, and
+    `first` says how many tokens its first chunk held (those arrived before the clock)."""
     tokens = len(stamps) if tokens is None else tokens
     if len(stamps) < 2:
         raise RuntimeError(f"only {len(stamps)} content chunk(s) came back; cannot time a rate")
-    rate = (tokens - 1) / (stamps[-1] - stamps[0])
+    rate = (tokens - first) / (stamps[-1] - stamps[0])
     return Run(tokens=tokens, ttft_ms=(stamps[0] - start) * 1000, rate=rate, text=text)
 
 
@@ -122,6 +125,7 @@ def app_runner(
 
     Its token count is the raw reply's (`reference[-1]`), after checking the texts match."""
     backend = LocalBackend(settings)
+    engine = backend.engine
     model = settings.local_model_name
     socket = Socket()
     session = WebsocketSession(
@@ -148,15 +152,22 @@ def app_runner(
             reply_tokens=sampling.max_tokens,
             count=backend.count_tokens,
         )
-        async for text in chain.astream(chain_input(sampling.system_prompt, [], PROMPT)):
+        record = ReplyRecord()
+        inputs = chain_input(sampling.system_prompt, [], PROMPT)
+        first_chunk = ""
+        async for text in chain.astream(inputs, config={"callbacks": [record]}):
             chunks += bool(text)
+            first_chunk = first_chunk or text
             await reply.stream_token(text)
         if len(socket.stamps) != chunks:
             raise RuntimeError(f"{chunks} chain chunks but {len(socket.stamps)} token events")
         raw = reference[-1]
         if reply.content != raw.text:
             raise RuntimeError("the app's reply differs from the raw reply; not comparable")
-        return measure(start, socket.stamps, reply.content, tokens=raw.tokens)
+        if record.finish_reason != "length":
+            raise RuntimeError(f"expected a reply cut at max_tokens, got {record.finish_reason}")
+        first = max(1, engine.count_tokens(first_chunk))
+        return measure(start, socket.stamps, reply.content, tokens=raw.tokens, first=first)
 
     return lambda: asyncio.create_task(turn())  # a task of its own, as Chainlit runs a turn
 

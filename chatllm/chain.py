@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
+from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, SystemMessage
 from langchain_core.messages.utils import trim_messages
 from langchain_core.output_parsers import StrOutputParser
+from langchain_core.outputs import ChatGeneration, LLMResult
 from langchain_core.prompt_values import PromptValue
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables import Runnable, RunnableLambda
@@ -36,6 +39,25 @@ class TextParser(StrOutputParser):
     async def _atransform(self, input: AsyncIterator[str | BaseMessage]) -> AsyncIterator[str]:
         async for chunk in input:
             yield chunk.text if isinstance(chunk, BaseMessage) else chunk
+
+
+class ReplyRecord(AsyncCallbackHandler):
+    """What the model reported about a reply once it ended: why it ended (finish_reason),
+    and whatever else its generation info carries (model, seed, token usage)."""
+
+    def __init__(self) -> None:
+        self.info: dict[str, Any] = {}
+
+    async def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
+        for generation in response.generations[0] if response.generations else []:
+            self.info.update(generation.generation_info or {})
+            if isinstance(generation, ChatGeneration):
+                self.info.update(generation.message.response_metadata)
+
+    @property
+    def finish_reason(self) -> str | None:
+        reason = self.info.get("finish_reason")
+        return str(reason) if reason else None
 
 
 def fit_to_context(

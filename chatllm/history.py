@@ -13,20 +13,26 @@ FINISH_REASON = "finish_reason"
 
 
 def history_from_steps(steps: Iterable[StepDict]) -> list[BaseMessage]:
-    """The conversation as the model saw it, from a stored thread's steps.
+    """The conversation as the model remembers it, from a stored thread's steps: each
+    user message with the reply it got. Unanswered messages (an error, a stop before the
+    first token) are left out, so user and assistant turns alternate as chat templates
+    require.
 
     Steps are chosen by type: Chainlit nests replies under a run step, so keeping only
     top-level steps would drop every reply.
     """
     history: list[BaseMessage] = []
+    asked: str | None = None
     for step in steps:
         text = step.get("output") or ""
         if step.get("type") == "user_message":
-            history.append(HumanMessage(content=text))
+            asked = text  # a message that got no reply is superseded by the next one
         elif (
             step.get("type") == "assistant_message"
             and FINISH_REASON in (step.get("metadata") or {})
             and text
+            and asked is not None
         ):
-            history.append(AIMessage(content=text))
+            history.extend([HumanMessage(content=asked), AIMessage(content=text)])
+            asked = None
     return history

@@ -80,6 +80,15 @@ class ProfileSpec:
 # Local: llama.cpp
 
 
+class _Ticket:
+    """A place in the line for the local model."""
+
+    __slots__ = ("moved",)
+
+    def __init__(self) -> None:
+        self.moved = asyncio.Event()
+
+
 class LocalEngine:
     """One llama.cpp model for the whole process, serving one generation at a time.
 
@@ -100,8 +109,7 @@ class LocalEngine:
         )
         self.n_ctx = n_ctx
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
-        self._line: list[object] = []
-        self._line_moved: asyncio.Condition | None = None
+        self._line: list[_Ticket] = []
         # Trimming a long thread counts the same messages on every turn, and several times
         # within one (trim_messages bisects); each text is tokenized once.
         self.count_tokens = lru_cache(maxsize=16384)(self._count_tokens)
@@ -111,28 +119,31 @@ class LocalEngine:
 
     @asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
-        """Wait in line for the model, telling `queue_listener` the position as it moves."""
-        if self._line_moved is None:
-            self._line_moved = asyncio.Condition()
-        moved = self._line_moved
+        """Wait in line for the model, telling `queue_listener` the position as it moves.
+
+        Leaving the line wakes the others synchronously, so a request cancelled while it
+        leaves (a second Stop, a closed tab) cannot strand the ones behind it; notices go
+        out with no lock held, so a slow socket delays only its own request.
+        """
         listener = queue_listener.get()
-        ticket = object()
+        ticket = _Ticket()
         self._line.append(ticket)
         try:
-            async with moved:
-                last_reported = -1
-                while (ahead := self._line.index(ticket)) > 0:
-                    if listener is not None and ahead != last_reported:
-                        await listener(ahead)
-                        last_reported = ahead
-                    await moved.wait()
-            if listener is not None and last_reported > 0:
+            reported = 0
+            while (ahead := self._line.index(ticket)) > 0:
+                if listener is not None and ahead != reported:
+                    await listener(ahead)
+                    reported = ahead
+                ticket.moved.clear()
+                if self._line.index(ticket) == ahead:  # the line did not move meanwhile
+                    await ticket.moved.wait()
+            if listener is not None and reported:
                 await listener(0)
             yield
         finally:
             self._line.remove(ticket)
-            async with moved:
-                moved.notify_all()
+            for waiting in self._line:
+                waiting.moved.set()
 
     async def stream(
         self, messages: list[dict[str, str]], params: dict[str, Any]

@@ -12,7 +12,7 @@ from chainlit.types import ThreadDict
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from chatllm.auth import LOCAL_USER, AuthMode, Passwords, decide_mode, ensure_auth_secret
-from chatllm.chain import build_chain, chain_input
+from chatllm.chain import ReplyRecord, build_chain, chain_input
 from chatllm.config import Settings, get_settings
 from chatllm.errors import ChatLLMError, ConfigError, InvalidSampling, describe
 from chatllm.history import FINISH_REASON, history_from_steps
@@ -226,7 +226,7 @@ class ChatApp:
         reply = cl.Message(content="")
         notice = QueueNotice(lang)
         listening = queue_listener.set(notice.show)
-        finish = "stop"
+        finish = "error"
         try:
             spec = self._current_profile()
             backend = self.backends.get(spec.backend)
@@ -240,16 +240,16 @@ class ChatApp:
                 count=backend.count_tokens,
             )
             inputs = chain_input(sampling.system_prompt, history, message.content)
-            async for text in chain.astream(inputs):
+            record = ReplyRecord()
+            async for text in chain.astream(inputs, config={"callbacks": [record]}):
                 await reply.stream_token(text)
+            finish = record.finish_reason or "stop"
         except asyncio.CancelledError:
             finish = "cancelled"
             raise
         except ChatLLMError as exc:
-            finish = "error"
             await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
         except Exception as exc:
-            finish = "error"
             log.exception("Reply failed")
             await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
         finally:
@@ -265,12 +265,11 @@ class ChatApp:
         finish: str,
     ) -> None:
         """Keep whatever was written, even of a stopped or failed reply, marked with why
-        it ended."""
+        it ended; the model remembers an exchange only if it got a reply."""
         await notice.clear()
-        history.append(HumanMessage(content=message.content))
         if not reply.content:
-            return
-        history.append(AIMessage(content=reply.content))
+            return  # unanswered: kept in the thread, left out of the model's memory
+        history.extend([HumanMessage(content=message.content), AIMessage(content=reply.content)])
         reply.metadata = {**(reply.metadata or {}), FINISH_REASON: finish}
         await reply.send()
         try:

@@ -57,7 +57,7 @@ async def test_a_reply_streams_into_the_chat_and_is_remembered(app: ChatApp) -> 
     (reply,) = [m for m in tab.messages() if m["type"] == "assistant_message"]
     assert reply["output"].strip()
     assert reply["output"] == "".join([tab.payloads("stream_start")[0]["output"], *tab.tokens()])
-    assert reply["metadata"]["finish_reason"] == "stop"
+    assert reply["metadata"]["finish_reason"] == "length"  # 24 tokens cut the answer short
     history = cl.user_session.get(HISTORY)
     assert history == [HumanMessage("What is a lighthouse?"), AIMessage(reply["output"])]
 
@@ -69,7 +69,9 @@ async def test_slider_changes_apply_to_the_next_reply(app: ChatApp) -> None:
     sampling = cl.user_session.get(SAMPLING)
     assert (sampling.temperature, sampling.top_p, sampling.seed) == (0.4, 0.5, 9)
     await say(app, tab, "Tell me a story.")
-    assert len([t for t in tab.tokens() if t]) <= 3  # max_tokens 3: stream_start holds one
+    (reply,) = [m for m in tab.messages() if m["type"] == "assistant_message"]
+    assert reply["metadata"]["finish_reason"] == "length"
+    assert app.backends.get("local").count_tokens([AIMessage(reply["output"])]) <= 3 + 8
 
 
 async def test_a_bad_slider_value_is_refused_and_the_old_values_kept(app: ChatApp) -> None:
@@ -156,7 +158,7 @@ async def test_an_unreachable_endpoint_is_a_plain_chat_message(settings: Setting
     await say(app, tab, "Hello?")
     (error,) = tab.errors()
     assert "Cannot reach the model endpoint" in error and dead.openai_base_url in error
-    assert cl.user_session.get(HISTORY) == [HumanMessage("Hello?")]
+    assert cl.user_session.get(HISTORY) == []  # no reply: nothing for the model to recall
     await say(app, tab, "Still there?")  # the app stays up and answers again
     assert len(tab.errors()) == 2
 
@@ -174,3 +176,12 @@ async def test_profiles_offer_the_local_model_first_in_the_users_language(app: C
     assert local.name == "local:SmolLM2-135M-Instruct"
     assert local.default
     assert local.display_name == "本機 · SmolLM2-135M-Instruct"
+
+
+async def test_a_reply_that_ends_by_itself_is_marked_stop(app: ChatApp) -> None:
+    tab = BrowserTab()
+    await open_chat(app, tab)
+    await app.update_settings({"max_tokens": 300, "temperature": 0.0})
+    await say(app, tab, "Say hi.")
+    (reply,) = [m for m in tab.messages() if m["type"] == "assistant_message"]
+    assert reply["metadata"]["finish_reason"] == "stop"

@@ -129,3 +129,74 @@ async def test_a_message_longer_than_the_context_is_refused_with_numbers(
     assert refused.value.needed is not None and refused.value.available is not None
     assert refused.value.needed > refused.value.available
     assert refused.value.available == local.context_tokens("") - 100
+
+
+async def test_a_request_cancelled_while_queued_leaves_the_line_moving(
+    local: LocalBackend,
+) -> None:
+    engine = local.engine
+    release = asyncio.Event()
+    heard: list[int] = []
+
+    async def holder() -> None:
+        async with engine.turn():
+            await release.wait()
+
+    async def waiter(log: list[int] | None = None) -> None:
+        async def listen(ahead: int) -> None:
+            if log is not None:
+                log.append(ahead)
+
+        queue_listener.set(listen)
+        async with engine.turn():
+            pass
+
+    first = asyncio.create_task(holder())
+    await asyncio.sleep(0)
+    dropped = asyncio.create_task(waiter())
+    await asyncio.sleep(0)
+    last = asyncio.create_task(waiter(heard))
+    await asyncio.sleep(0.05)
+    assert heard == [2]
+    dropped.cancel()  # a tab closed while waiting
+    await asyncio.sleep(0.05)
+    assert heard == [2, 1]
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, last), timeout=5)
+    assert heard == [2, 1, 0]
+    assert engine._line == []
+
+
+async def test_the_line_moves_on_even_if_the_leaver_is_cancelled_again(
+    local: LocalBackend,
+) -> None:
+    engine = local.engine
+    notice_sent = asyncio.Event()
+    slow_socket = asyncio.Event()
+
+    async def holder() -> None:
+        async with engine.turn():
+            await asyncio.sleep(3600)
+
+    async def waiter() -> None:
+        async def listen(ahead: int) -> None:
+            if ahead:
+                notice_sent.set()
+                await slow_socket.wait()  # a browser slow to take the queue notice
+
+        queue_listener.set(listen)
+        async with engine.turn():
+            pass
+
+    first = asyncio.create_task(holder())
+    await asyncio.sleep(0)
+    second = asyncio.create_task(waiter())
+    await notice_sent.wait()
+    first.cancel()  # Stop, then Stop again while it is leaving
+    await asyncio.sleep(0)
+    first.cancel()
+    slow_socket.set()
+    await asyncio.wait_for(second, timeout=5)  # served, not stranded
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert engine._line == []
