@@ -23,11 +23,6 @@ def data_layer() -> ChatDataLayer:
     return chat.data_layer()
 
 
-@cl.on_app_startup
-async def on_app_startup() -> None:
-    await chat.startup()
-
-
 @cl.set_chat_profiles
 async def chat_profiles(user: cl.User | None, language: str | None = None) -> list[cl.ChatProfile]:
     return await chat.profiles(language)

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
         description="Models to offer; empty asks the endpoint's /v1/models.",
     )
     openai_timeout: float = Field(default=60.0, gt=0, description="Request timeout, seconds.")
+    openai_models_cache_seconds: float = Field(
+        default=60.0, ge=0, description="How long the endpoint's model list is reused."
+    )
     openai_max_retries: int = Field(default=1, ge=0, le=10)
     openai_send_extra_sampling: bool = Field(
         default=True,

@@ -48,6 +48,14 @@ class BackendAuthError(BackendError):
         super().__init__(f"the endpoint refused the API key (HTTP {status})")
 
 
+class EndpointNotFound(BackendError):
+    """The endpoint answered 404 for a route it should have (a base URL missing /v1?)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        super().__init__(f"{url} answered 404 Not Found")
+
+
 class UnknownModel(BackendError):
     """The endpoint does not serve the requested model."""
 
@@ -78,6 +86,8 @@ def describe(exc: BaseException, language: str | None = None) -> str:
         return t("error.timeout", language, seconds=exc.seconds)
     if isinstance(exc, BackendAuthError):
         return t("error.auth", language, status=exc.status)
+    if isinstance(exc, EndpointNotFound):
+        return t("error.not_found", language, url=exc.url)
     if isinstance(exc, UnknownModel):
         return t("error.unknown_model", language, model=exc.model)
     if isinstance(exc, ContextOverflow):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import re
 import secrets
 import threading
 import time
@@ -36,7 +37,9 @@ from chatllm.errors import (
     BackendError,
     BackendTimeout,
     BackendUnreachable,
+    ConfigError,
     ContextOverflow,
+    EndpointNotFound,
     UnknownModel,
 )
 from chatllm.sampling import SEED_MAX, Sampling
@@ -231,13 +234,15 @@ class LocalEngine:
 
 
 def _local_error(exc: BaseException, n_ctx: int) -> BaseException:
+    """llama-cpp-python's ValueError/RuntimeError as this app's errors; anything else (a
+    bug) goes up as it is, to be logged with its traceback."""
     text = str(exc)
     if isinstance(exc, ValueError) and "exceed context window" in text:
-        needed = int(text.split("(")[1].split(")")[0]) if "(" in text else n_ctx + 1
-        return ContextOverflow(needed=needed, available=n_ctx)
-    if isinstance(exc, BackendError | asyncio.CancelledError):
-        return exc
-    return BackendError(f"llama.cpp failed: {text or type(exc).__name__}")
+        match = re.search(r"\((\d+)\)", text)
+        return ContextOverflow(needed=int(match[1]) if match else n_ctx + 1, available=n_ctx)
+    if isinstance(exc, ValueError | RuntimeError):
+        return BackendError(f"llama.cpp failed: {text or type(exc).__name__}")
+    return exc
 
 
 def _role(message: BaseMessage) -> str:
@@ -257,12 +262,7 @@ class LlamaCppChat(BaseChatModel):
 
     engine: LocalEngine
     model_name: str
-    temperature: float
-    top_p: float
-    top_k: int
-    repeat_penalty: float
-    max_tokens: int
-    seed: int | None = None
+    sampling: Sampling
 
     @property
     def _llm_type(self) -> str:
@@ -273,14 +273,10 @@ class LlamaCppChat(BaseChatModel):
         return {"model_name": self.model_name, **self._params()}
 
     def _params(self) -> dict[str, Any]:
-        return {
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "repeat_penalty": self.repeat_penalty,
-            "max_tokens": self.max_tokens,
-            "seed": draw_seed() if self.seed is None else self.seed,
-        }
+        params = self.sampling.generation_params()
+        if params["seed"] is None:
+            params["seed"] = draw_seed()
+        return params
 
     def _request(self, stop: list[str] | None) -> dict[str, Any]:
         params = self._params()
@@ -344,32 +340,44 @@ def _as_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
 class EndpointChat(ChatOpenAI):
     """`ChatOpenAI` whose failures arrive as this app's `BackendError`s."""
 
+    def _error(self, exc: openai.APIError) -> BackendError:
+        return endpoint_error(exc, self.openai_api_base, self.request_timeout, self.model_name)
+
     async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         try:
             async for chunk in super()._astream(*args, **kwargs):
                 yield chunk
         except openai.APIError as exc:
-            raise endpoint_error(exc, self) from exc
+            raise endpoint_error(
+                exc, self.openai_api_base, self.request_timeout, self.model_name
+            ) from exc
 
     async def _agenerate(self, *args: Any, **kwargs: Any) -> ChatResult:
         try:
             return await super()._agenerate(*args, **kwargs)
         except openai.APIError as exc:
-            raise endpoint_error(exc, self) from exc
+            raise endpoint_error(
+                exc, self.openai_api_base, self.request_timeout, self.model_name
+            ) from exc
 
 
-def endpoint_error(exc: openai.APIError, model: ChatOpenAI) -> BackendError:
-    url = model.openai_api_base or ""
+def endpoint_error(
+    exc: openai.APIError, url: str | None, timeout: Any, model: str | None = None
+) -> BackendError:
+    """This app's error for a failed request to an endpoint."""
+    url = url or ""
     if isinstance(exc, openai.APITimeoutError):
-        seconds = model.request_timeout if isinstance(model.request_timeout, int | float) else 0
-        return BackendTimeout(seconds=float(seconds))
+        return BackendTimeout(seconds=float(timeout) if isinstance(timeout, int | float) else 0)
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__ or exc
         return BackendUnreachable(url=url, detail=str(cause) or type(cause).__name__)
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         return BackendAuthError(status=exc.status_code)
     if isinstance(exc, openai.NotFoundError):
-        return UnknownModel(model=model.model_name)
+        # A 404 naming the model is an unknown model; any other 404 is a wrong address.
+        if model and "model" in str(exc).lower():
+            return UnknownModel(model=model)
+        return EndpointNotFound(url=url)
     if isinstance(exc, openai.BadRequestError) and "context" in str(exc).lower():
         return ContextOverflow()
     status = getattr(exc, "status_code", None)
@@ -427,7 +435,14 @@ def local_engine(settings: Settings) -> LocalEngine:
     key = (settings.resolve_model_path(), settings.n_ctx, settings.n_threads)
     with _engines_lock:
         if key not in _engines:
-            _engines[key] = LocalEngine(*key)
+            try:
+                _engines[key] = LocalEngine(*key)
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise ConfigError(
+                    f"The model file {str(key[0])!r} could not be loaded ({exc}). Set "
+                    "CHATLLM_MODEL_PATH to a GGUF model file, or leave it empty to use the "
+                    "embedded model."
+                ) from exc
         return _engines[key]
 
 
@@ -443,16 +458,7 @@ class LocalBackend(Backend):
         return [self.settings.local_model_name]
 
     def chat_model(self, model: str, sampling: Sampling) -> BaseChatModel:
-        return LlamaCppChat(
-            engine=self.engine,
-            model_name=model,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            repeat_penalty=sampling.repeat_penalty,
-            max_tokens=sampling.max_tokens,
-            seed=sampling.seed,
-        )
+        return LlamaCppChat(engine=self.engine, model_name=model, sampling=sampling)
 
     def context_tokens(self, model: str) -> int:
         return self.settings.n_ctx
@@ -462,11 +468,14 @@ class LocalBackend(Backend):
         return sum(engine.count_tokens(m.text) + TEMPLATE_TOKENS_PER_MESSAGE for m in messages)
 
 
+#: Sampling values the OpenAI API itself defines; others (top_k, repeat_penalty) go in the
+#: request body as extras, which llama.cpp-style servers read.
+OPENAI_SAMPLING = frozenset({"temperature", "top_p", "max_tokens", "seed"})
+
+
 @register
 class OpenAIBackend(Backend):
     kind = "openai"
-    MODELS_TTL_SECONDS = 30.0
-    MODELS_TIMEOUT_SECONDS = 5.0
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -487,34 +496,30 @@ class OpenAIBackend(Backend):
         if self.settings.openai_models:
             return list(self.settings.openai_models)
         now = time.monotonic()
-        if self._models and now - self._models[0] < self.MODELS_TTL_SECONDS:
+        if self._models and now - self._models[0] < self.settings.openai_models_cache_seconds:
             return self._models[1]
         client = openai.AsyncOpenAI(
             base_url=self.base_url,
             api_key=self._api_key(),
-            timeout=min(self.settings.openai_timeout, self.MODELS_TIMEOUT_SECONDS),
+            timeout=self.settings.openai_timeout,
             max_retries=0,
         )
         try:
             page = await client.models.list()
             names = sorted(model.id for model in page.data)
         except openai.APIError as exc:
-            probe = ChatOpenAI(
-                base_url=self.base_url,
-                api_key=self._api_key(),  # type: ignore[arg-type]
-                model="",
-                timeout=self.settings.openai_timeout,
-            )
-            raise endpoint_error(exc, probe) from exc
+            raise endpoint_error(exc, self.base_url, self.settings.openai_timeout) from exc
         finally:
             await client.close()
         self._models = (now, names)
         return names
 
     def chat_model(self, model: str, sampling: Sampling) -> BaseChatModel:
-        extra: dict[str, Any] = {}
-        if self.settings.openai_send_extra_sampling:
-            extra = {"top_k": sampling.top_k, "repeat_penalty": sampling.repeat_penalty}
+        params = sampling.generation_params()
+        if params["seed"] is None:
+            params["seed"] = draw_seed()
+        standard = {k: v for k, v in params.items() if k in OPENAI_SAMPLING}
+        extra = {k: v for k, v in params.items() if k not in OPENAI_SAMPLING}
         return EndpointChat(
             base_url=self.base_url,
             api_key=self._api_key(),  # type: ignore[arg-type]
@@ -522,11 +527,8 @@ class OpenAIBackend(Backend):
             timeout=self.settings.openai_timeout,
             max_retries=self.settings.openai_max_retries,
             streaming=True,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens,  # type: ignore[call-arg]
-            seed=draw_seed() if sampling.seed is None else sampling.seed,
-            extra_body=extra or None,
+            extra_body=extra if extra and self.settings.openai_send_extra_sampling else None,
+            **standard,
         )
 
     def context_tokens(self, model: str) -> int:

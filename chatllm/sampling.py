@@ -37,17 +37,17 @@ class Sampling(BaseModel):
     @field_validator("temperature", "top_p", "repeat_penalty", mode="before")
     @classmethod
     def _real_number(cls, value: Any) -> Any:
-        # pydantic would read True as 1.0; a slider never sends a bool.
-        if isinstance(value, bool):
+        # Sliders send JSON numbers; text, bools (True would read as 1.0), NaN and ∞ are not.
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError("must be a number")
-        if isinstance(value, float) and not math.isfinite(value):
+        if not math.isfinite(value):
             raise ValueError("must be a finite number")
         return value
 
     @field_validator("max_tokens", "top_k", mode="before")
     @classmethod
     def _whole_number(cls, value: Any) -> Any:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError("must be a whole number")
         if isinstance(value, float) and value.is_integer():
             return int(value)  # sliders send 512.0
@@ -64,7 +64,7 @@ class Sampling(BaseModel):
             text = value.strip()
             if not text:
                 return None
-            if not text.isdigit():
+            if not (text.isascii() and text.isdigit()):
                 raise ValueError("must be a whole number or empty")
             return int(text)
         return value
@@ -86,6 +86,10 @@ class Sampling(BaseModel):
                 except InvalidSampling as exc:
                     log.warning("Ignoring a saved setting: %s", exc)
             return restored
+
+    def generation_params(self) -> dict[str, Any]:
+        """The values a model call takes (everything but the system prompt)."""
+        return self.model_dump(exclude={"system_prompt"})
 
     def as_settings(self) -> dict[str, Any]:
         """The values as the settings panel holds them (the seed as text)."""

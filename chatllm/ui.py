@@ -10,6 +10,7 @@ import chainlit as cl
 from chainlit.context import ChainlitContextException
 from chainlit.types import ThreadDict
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from pydantic import ValidationError
 
 from chatllm.auth import LOCAL_USER, AuthMode, Passwords, decide_mode, ensure_auth_secret
 from chatllm.chain import ReplyRecord, build_chain, chain_input
@@ -62,6 +63,18 @@ class QueueNotice:
             await message.remove()
 
 
+def _settings_or_config_error() -> Settings:
+    """The settings, or a ConfigError naming each malformed variable."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"CHATLLM_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ConfigError(f"Some settings are malformed: {problems}.") from exc
+
+
 class ChatApp:
     """The app's behaviour behind the Chainlit hooks, for one process."""
 
@@ -80,7 +93,8 @@ class ChatApp:
         """Build from the environment for serving on `host`; a configuration that cannot
         work ends the process with a message saying what to change."""
         try:
-            app = cls(get_settings())
+            app = cls(_settings_or_config_error())
+            local_engine(app.settings)  # loaded now: a file that is no model stops start-up
             asyncio.run(app.prepare(host))
         except ConfigError as exc:
             print(f"chatllm cannot start: {exc}", file=sys.stderr)
@@ -118,10 +132,6 @@ class ChatApp:
         if await self.passwords.averify(stored, password):
             return cl.User(identifier=username)
         return None
-
-    async def startup(self) -> None:
-        """Load the local model before the first message, off the event loop."""
-        await asyncio.to_thread(local_engine, self.settings)
 
     # ---- chat profiles: one per backend and model
 

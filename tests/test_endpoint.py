@@ -11,7 +11,13 @@ from pydantic import SecretStr
 
 from chatllm.chain import build_chain, chain_input
 from chatllm.config import Settings
-from chatllm.errors import BackendAuthError, BackendTimeout, BackendUnreachable, UnknownModel
+from chatllm.errors import (
+    BackendAuthError,
+    BackendTimeout,
+    BackendUnreachable,
+    EndpointNotFound,
+    UnknownModel,
+)
 from chatllm.models import Backends, OpenAIBackend
 from chatllm.sampling import Sampling
 from tests.support import Endpoint
@@ -106,6 +112,8 @@ async def test_a_server_too_slow_for_the_timeout_is_reported(
                     "messages": [{"role": "user", "content": "Write a very long story."}],
                     "max_tokens": 400,
                     "temperature": 0.8,
+                    # No end-of-text tokens: it cannot finish early on a fast machine.
+                    "logit_bias": {"0": -100, "2": -100},
                 },
             )
         )
@@ -154,3 +162,15 @@ async def test_a_server_that_dies_mid_reply_is_reported_unreachable() -> None:
     assert len(received) >= 5
     assert "127.0.0.1" in lost.value.url
     server.stop()
+
+
+async def test_a_base_url_missing_v1_is_reported_as_a_wrong_address(
+    endpoint: Endpoint, endpoint_settings: Settings
+) -> None:
+    root = endpoint.base_url.removesuffix("/v1")
+    wrong = endpoint_settings.model_copy(update={"openai_base_url": root})
+    with pytest.raises(EndpointNotFound) as missing:
+        await OpenAIBackend(wrong).models()
+    assert missing.value.url == root
+    with pytest.raises(EndpointNotFound):
+        await reply(OpenAIBackend(wrong), Sampling(max_tokens=5))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
 import subprocess
@@ -36,6 +37,49 @@ def test_a_missing_model_file_stops_start_up_naming_path_and_setting(tmp_path: P
     assert "CHATLLM_MODEL_PATH" in result.stderr
 
 
+def test_a_file_that_is_not_a_model_stops_start_up(tmp_path: Path) -> None:
+    fake = tmp_path / "notes.gguf"
+    fake.write_text("not a model")
+    result = subprocess.run(
+        [CHAINLIT, "run", "app.py", "--headless", "--port", str(free_port())],
+        cwd=ROOT,
+        env=app_env(tmp_path, CHATLLM_MODEL_PATH=str(fake)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "chatllm cannot start" in result.stderr
+    assert str(fake) in result.stderr and "CHATLLM_MODEL_PATH" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_malformed_setting_is_named(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [CHAINLIT, "run", "app.py", "--headless", "--port", str(free_port())],
+        cwd=ROOT,
+        env=app_env(tmp_path, CHATLLM_N_CTX="lots"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "CHATLLM_N_CTX" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serving_beyond_this_machine_without_users_is_refused(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [CHAINLIT, "run", "app.py", "--headless", "--host", "0.0.0.0", "--port", str(free_port())],
+        cwd=ROOT,
+        env=app_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "0.0.0.0" in result.stderr and "users add" in result.stderr
+
+
 def test_the_app_serves_its_welcome_page_in_english_and_chinese(tmp_path: Path) -> None:
     port = free_port()
     server = subprocess.Popen(
@@ -58,8 +102,17 @@ def test_the_app_serves_its_welcome_page_in_english_and_chinese(tmp_path: Path) 
                 assert time.monotonic() < deadline, "the app did not start in time"
                 time.sleep(0.3)
 
+        # Local mode: no login page; the browser signs in through the header route.
+        browser = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+        )
+        with urllib.request.urlopen(f"{base}/auth/config") as r:
+            auth = json.load(r)
+        assert auth["headerAuth"] and not auth["passwordAuth"]
+        browser.open(urllib.request.Request(f"{base}/auth/header", method="POST", data=b""))
+
         def project(language: str) -> dict[str, object]:
-            with urllib.request.urlopen(f"{base}/project/settings?language={language}") as r:
+            with browser.open(f"{base}/project/settings?language={language}") as r:
                 return json.load(r)  # type: ignore[no-any-return]
 
         assert str(project("en-US")["markdown"]).startswith("# Welcome to chatllm")
