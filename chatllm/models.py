@@ -396,6 +396,11 @@ class Backend(ABC):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
+    @classmethod
+    def enabled(cls, settings: Settings) -> bool:
+        """Whether these settings turn this backend on."""
+        return True
+
     @abstractmethod
     async def models(self) -> list[str]:
         """The models this backend offers now."""
@@ -477,6 +482,10 @@ OPENAI_SAMPLING = frozenset({"temperature", "top_p", "max_tokens", "seed"})
 class OpenAIBackend(Backend):
     kind = "openai"
 
+    @classmethod
+    def enabled(cls, settings: Settings) -> bool:
+        return bool(settings.openai_base_url)
+
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self._models: tuple[float, list[str]] | None = None
@@ -546,9 +555,9 @@ class Backends:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._by_kind: dict[str, Backend] = {"local": LocalBackend(settings)}
-        if settings.openai_base_url:
-            self._by_kind["openai"] = OpenAIBackend(settings)
+        self._by_kind: dict[str, Backend] = {
+            kind: cls(settings) for kind, cls in BACKENDS.items() if cls.enabled(settings)
+        }
 
     def get(self, kind: str) -> Backend:
         try:

@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from chatllm.errors import ChatLLMError
 from chatllm.store.db import Database
 from chatllm.store.files import FileStore
-from chatllm.store.search import index_text, match_query
+from chatllm.store.search import index_text, match_terms
 
 if TYPE_CHECKING:
     from chainlit.element import Element, ElementDict
@@ -436,12 +436,15 @@ class ChatDataLayer(BaseDataLayer):
             except ValueError:
                 return PaginatedResponse(PageInfo(False, None, None), [])
             conditions.append("(t.updated_at, t.id) < (:after_time, :after_id)")
-        if filters.search:
-            query = match_query(filters.search)
-            if query is None:
+        if filters.search and filters.search.strip():  # blank means no search
+            terms = match_terms(filters.search)
+            if not terms:
                 return PaginatedResponse(PageInfo(False, None, None), [])
-            conditions.append("t.id IN (SELECT thread_id FROM search WHERE search MATCH :q)")
-            params["q"] = query
+            for n, term in enumerate(terms):
+                conditions.append(
+                    f"t.id IN (SELECT thread_id FROM search WHERE search MATCH :q{n})"
+                )
+                params[f"q{n}"] = term
         if filters.feedback is not None:
             conditions.append(
                 "EXISTS (SELECT 1 FROM steps s JOIN feedbacks f ON f.step_id = s.id"

@@ -23,8 +23,14 @@ def index_text(text: str) -> str:
     return _CJK_CHAR.sub(r" \1 ", text)
 
 
-def match_query(query: str) -> str | None:
-    """An FTS5 MATCH expression finding every term of `query`; None if it has none."""
+MAX_TERMS = 8
+
+
+def match_terms(query: str) -> list[str]:
+    """One FTS5 MATCH expression per term of `query` (at most MAX_TERMS).
+
+    A thread matches when each term is found somewhere in it, not necessarily in one
+    message: the caller intersects the terms' threads."""
     clauses: list[str] = []
     for term in _QUERY_TERM.findall(query):
         if _CJK_CHAR.match(term):
@@ -34,4 +40,4 @@ def match_query(query: str) -> str | None:
         else:
             for word in _WORD_CHARS.findall(term):
                 clauses.append(f'"{word}"*')
-    return " AND ".join(clauses) if clauses else None
+    return list(dict.fromkeys(clauses))[:MAX_TERMS]

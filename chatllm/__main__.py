@@ -1,0 +1,5 @@
+import sys
+
+from chatllm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,78 @@
+"""`python -m chatllm …`: manage the users who can log in.
+
+    python -m chatllm users add NAME        ask for a password (or read it with --password-stdin)
+    python -m chatllm users reset NAME      set a new password
+    python -m chatllm users remove NAME     remove the user and all their threads
+    python -m chatllm users list
+
+Adding the first user turns password login on (restart the app); with no users the app
+serves only on a loopback address, without a login.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from collections.abc import Sequence
+
+from chatllm.auth import Passwords
+from chatllm.config import Settings, get_settings
+from chatllm.errors import ChatLLMError
+from chatllm.store import Database, FileStore
+from chatllm.store.users import Users
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat it: ") != password:
+            raise ChatLLMError("the passwords differ")
+    if len(password) < 8:
+        raise ChatLLMError("a password needs at least 8 characters")
+    return password
+
+
+async def _users(args: argparse.Namespace, settings: Settings) -> str:
+    database = Database(settings.database)
+    try:
+        await database.migrate()
+        users = Users(database, FileStore(settings.data_dir / "files"))
+        if args.action == "list":
+            return "\n".join(await users.with_passwords()) or "(no users: local mode)"
+        if args.action == "remove":
+            await users.remove(args.name)
+            return f"Removed {args.name} and their threads."
+        password_hash = Passwords().hash(_read_password(args))
+        if args.action == "add":
+            await users.add(args.name, password_hash)
+            return f"Added {args.name}. Restart the app if it runs without a login."
+        await users.set_password(args.name, password_hash)
+        return f"Set a new password for {args.name}."
+    finally:
+        await database.close()
+
+
+def main(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chatllm", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    users = commands.add_parser("users", help="add, reset, remove or list login users")
+    actions = users.add_subparsers(dest="action", required=True)
+    for action in ("add", "reset", "remove"):
+        sub = actions.add_parser(action)
+        sub.add_argument("name")
+        if action != "remove":
+            sub.add_argument(
+                "--password-stdin", action="store_true", help="read the password from stdin"
+            )
+    actions.add_parser("list")
+    args = parser.parse_args(argv)
+    try:
+        print(asyncio.run(_users(args, settings or get_settings())))
+    except ChatLLMError as exc:
+        print(f"chatllm: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,495 @@
+"""Saved conversations: the SQLite data layer on real database files in temp dirs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chainlit.element import Text
+from chainlit.types import Feedback, Pagination, ThreadFilter
+from chainlit.user import PersistedUser, User
+
+from chatllm.store import ChatDataLayer, Database, FileStore, ThreadAccessDenied
+from chatllm.store import migrations as migrations_module
+from chatllm.store.migrations import MIGRATIONS
+from tests.support import BrowserTab
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path}"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[ChatDataLayer]:
+    db = Database(url(tmp_path / "chat.db"))
+    await db.migrate()
+    layer = ChatDataLayer(db, FileStore(tmp_path / "files"))
+    yield layer
+    await layer.close()
+
+
+@pytest.fixture
+async def ada(store: ChatDataLayer) -> PersistedUser:
+    user = await store.create_user(User(identifier="ada"))
+    assert user is not None
+    return user
+
+
+@pytest.fixture
+async def bob(store: ChatDataLayer) -> PersistedUser:
+    user = await store.create_user(User(identifier="bob"))
+    assert user is not None
+    return user
+
+
+def step(thread: str, step_id: str, kind: str, text: str, at: str, **extra: Any) -> Any:
+    return {
+        "id": step_id,
+        "threadId": thread,
+        "type": kind,
+        "name": "User" if kind == "user_message" else "chatllm",
+        "output": text,
+        "createdAt": at,
+        **extra,
+    }
+
+
+async def chat(store: ChatDataLayer, user: PersistedUser, thread: str, *texts: str) -> None:
+    """A thread of alternating user and assistant messages, as Chainlit writes one."""
+    await store.update_thread(thread, name=texts[0][:40], user_id=user.id)
+    for n, text in enumerate(texts):
+        kind = "user_message" if n % 2 == 0 else "assistant_message"
+        await store.create_step(
+            step(thread, f"{thread}-{n}", kind, text, f"2026-01-01T00:00:{n:02d}.000000Z")
+        )
+
+
+# ---- schema
+
+
+async def test_a_new_database_gets_every_migration_recorded_once(tmp_path: Path) -> None:
+    db = Database(url(tmp_path / "new.db"))
+    assert await db.migrate() == [m.name for m in MIGRATIONS]
+    assert await db.migrate() == []  # a restart applies nothing again
+    assert await db.applied() == [(n, m.name) for n, m in enumerate(MIGRATIONS, start=1)]
+    await db.close()
+
+
+async def test_an_older_database_is_brought_up_to_date_keeping_its_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "old.db"
+    monkeypatch.setattr(migrations_module, "MIGRATIONS", MIGRATIONS[:-1])
+    from chatllm.store import db as db_module
+
+    monkeypatch.setattr(db_module, "MIGRATIONS", MIGRATIONS[:-1])
+    old = Database(url(path))
+    await old.migrate()
+    await old.close()
+    monkeypatch.setattr(db_module, "MIGRATIONS", MIGRATIONS)
+    db = Database(url(path))
+    assert await db.migrate() == [MIGRATIONS[-1].name]
+    layer = ChatDataLayer(db, FileStore(tmp_path / "files"))
+    user = await layer.create_user(User(identifier="ada"))
+    assert user is not None
+    await chat(layer, user, "t1", "hello", "hi there")
+    assert [s["output"] for s in (await layer.get_thread("t1") or {})["steps"]] == [
+        "hello",
+        "hi there",
+    ]
+    await layer.close()
+
+
+async def test_connections_use_wal_foreign_keys_and_a_busy_timeout(store: ChatDataLayer) -> None:
+    from sqlalchemy import text
+
+    async with store.db.read() as conn:
+        assert await conn.scalar(text("PRAGMA journal_mode")) == "wal"
+        assert await conn.scalar(text("PRAGMA foreign_keys")) == 1
+        assert await conn.scalar(text("PRAGMA busy_timeout")) >= 5000
+
+
+async def test_a_read_that_turns_into_a_write_waits_instead_of_failing(
+    store: ChatDataLayer, ada: PersistedUser, tmp_path: Path
+) -> None:
+    # Another process holds the write lock for a moment; our write waits its turn.
+    other = sqlite3.connect(tmp_path / "chat.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("UPDATE users SET metadata = '{}' WHERE identifier = 'ada'")
+    import asyncio
+
+    write = asyncio.create_task(chat(store, ada, "t1", "hello"))
+    await asyncio.sleep(0.3)
+    assert not write.done()
+    other.execute("COMMIT")
+    other.close()
+    await asyncio.wait_for(write, timeout=10)
+    assert await store.get_thread("t1") is not None
+
+
+# ---- users
+
+
+async def test_users_round_trip_without_their_secrets(store: ChatDataLayer) -> None:
+    created = await store.create_user(
+        User(identifier="ada", display_name="Ada", metadata={"role": "x", "api_key": "sk-1"})
+    )
+    assert created is not None
+    fetched = await store.get_user("ada")
+    assert fetched == created
+    assert fetched.metadata == {"role": "x", "display_name": "Ada"}
+    again = await store.create_user(User(identifier="ada", metadata={"role": "y"}))
+    assert again is not None and again.id == created.id and again.metadata["role"] == "y"
+    assert await store.get_user("nobody") is None
+
+
+# ---- threads and steps
+
+
+async def test_a_thread_round_trips_with_steps_feedback_and_elements(
+    store: ChatDataLayer, ada: PersistedUser
+) -> None:
+    await store.update_thread(
+        "t1", name="Lighthouses", user_id=ada.id, tags=["local"], metadata={"a": 1, "b": 2}
+    )
+    await store.create_step(step("t1", "u1", "user_message", "Tell me", "2026-01-01T00:00:01Z"))
+    await store.create_step(
+        step(
+            "t1",
+            "r1",
+            "assistant_message",
+            "Lighthouses guide ships.",
+            "2026-01-01T00:00:02Z",
+            parentId="run-1",
+            metadata={"finish_reason": "stop"},
+            language="markdown",
+            showInput=False,
+        )
+    )
+    await store.create_step(step("t1", "run-1", "run", "", "2026-01-01T00:00:00Z"))
+    feedback_id = await store.upsert_feedback(Feedback(forId="r1", value=1, comment="good"))
+    tab = BrowserTab()
+    tab.enter()
+    tab.session.thread_id = "t1"
+    tab.session.has_first_interaction = True
+    await store.create_element(
+        Text(name="../../etc/passwd", content="notes", for_id="r1", thread_id="t1")
+    )
+    await store.update_thread("t1", metadata={"a": None, "c": 3})
+
+    thread = await store.get_thread("t1")
+    assert thread is not None
+    assert (thread["name"], thread["userId"], thread["userIdentifier"]) == (
+        "Lighthouses",
+        ada.id,
+        "ada",
+    )
+    assert thread["tags"] == ["local"]
+    assert thread["metadata"] == {"b": 2, "c": 3}  # None removes a key, others merge
+    assert [s["id"] for s in thread["steps"]] == ["run-1", "u1", "r1"]
+    reply = thread["steps"][2]
+    assert reply["parentId"] == "run-1"
+    assert reply["metadata"] == {"finish_reason": "stop"}
+    assert reply["language"] == "markdown" and reply["showInput"] is False
+    assert reply["feedback"] == {"forId": "r1", "id": feedback_id, "value": 1, "comment": "good"}
+    (element,) = thread["elements"] or []
+    assert element["name"] == "../../etc/passwd" and element["forId"] == "r1"
+    assert await store.get_thread_author("t1") == "ada"
+    assert await store.get_thread_author("missing") == ""
+
+
+async def test_element_files_get_generated_names_inside_the_data_dir(
+    store: ChatDataLayer, ada: PersistedUser, tmp_path: Path
+) -> None:
+    await chat(store, ada, "t1", "hello", "hi")
+    tab = BrowserTab()
+    tab.enter()
+    tab.session.has_first_interaction = True
+    element = Text(name="../../../evil.sh", content="echo hi", for_id="t1-1", thread_id="t1")
+    await store.create_element(element)
+    stored = [p for p in (tmp_path / "files").rglob("*") if p.is_file()]
+    assert len(stored) == 1
+    assert stored[0].read_text() == "echo hi"
+    assert stored[0].is_relative_to(tmp_path / "files")
+    assert "evil" not in stored[0].name
+    fetched = await store.get_element("t1", element.id)
+    assert fetched is not None and fetched["url"] == f"/chatllm/elements/t1/{element.id}"
+    assert await store.get_element("other-thread", element.id) is None
+    await store.delete_element(element.id, "t1")
+    assert not stored[0].exists()
+    assert await store.get_element("t1", element.id) is None
+
+
+async def test_a_step_update_merges_and_never_blanks_the_text(
+    store: ChatDataLayer, ada: PersistedUser
+) -> None:
+    await chat(store, ada, "t1", "hello", "a full reply")
+    await store.update_step(
+        step("t1", "t1-1", "assistant_message", "", "2026-01-01T00:00:01.000000Z", isError=True)
+    )
+    thread = await store.get_thread("t1")
+    assert thread is not None
+    assert thread["steps"][1]["output"] == "a full reply"
+    assert thread["steps"][1]["isError"] is True
+
+
+async def test_feedback_is_replaced_and_deleted(store: ChatDataLayer, ada: PersistedUser) -> None:
+    await chat(store, ada, "t1", "hello", "hi")
+    first = await store.upsert_feedback(Feedback(forId="t1-1", value=1))
+    second = await store.upsert_feedback(Feedback(forId="t1-1", value=0, comment="meh"))
+    thread = await store.get_thread("t1")
+    assert thread is not None
+    assert thread["steps"][1]["feedback"] == {
+        "forId": "t1-1", "id": second, "value": 0, "comment": "meh",
+    }  # fmt: skip
+    assert await store.delete_feedback(first) is False  # replaced already
+    assert await store.delete_feedback(second) is True
+    thread = await store.get_thread("t1")
+    assert thread is not None and "feedback" not in thread["steps"][1]
+
+
+async def test_deleting_a_step_removes_it_from_search(
+    store: ChatDataLayer, ada: PersistedUser
+) -> None:
+    await chat(store, ada, "t1", "hello", "zebras everywhere")
+    await store.delete_step("t1-1")
+    page = await store.list_threads(
+        Pagination(first=5), ThreadFilter(userId=ada.id, search="zebras")
+    )
+    assert page.data == []
+
+
+async def test_deleting_a_thread_takes_its_steps_feedback_elements_and_files(
+    store: ChatDataLayer, ada: PersistedUser, tmp_path: Path
+) -> None:
+    await chat(store, ada, "t1", "hello zebra", "hi")
+    await chat(store, ada, "t2", "keep me", "kept")
+    await store.upsert_feedback(Feedback(forId="t1-1", value=1))
+    tab = BrowserTab()
+    tab.enter()
+    tab.session.has_first_interaction = True
+    await store.create_element(Text(name="n", content="x", for_id="t1-1", thread_id="t1"))
+    await store.delete_thread("t1")
+    assert await store.get_thread("t1") is None
+    assert not [p for p in (tmp_path / "files").rglob("*") if p.is_file()]
+    with sqlite3.connect(tmp_path / "chat.db") as raw:
+        for table in ("steps", "feedbacks", "elements"):
+            (count,) = raw.execute(f"SELECT count(*) FROM {table}").fetchone()
+            expected = 2 if table == "steps" else 0
+            assert count == expected, table
+        (indexed,) = raw.execute("SELECT count(*) FROM search").fetchone()
+        assert indexed == 3  # t2's name and two messages
+    assert await store.get_thread("t2") is not None
+
+
+# ---- the thread list
+
+
+async def test_threads_are_listed_by_last_activity(
+    store: ChatDataLayer, ada: PersistedUser
+) -> None:
+    for name in ("old", "middle", "new"):
+        await chat(store, ada, name, f"{name} question")
+    await store.create_step(step("old", "late", "user_message", "back again", "2026-02-01Z"))
+    page = await store.list_threads(Pagination(first=10), ThreadFilter(userId=ada.id))
+    assert [t["id"] for t in page.data] == ["old", "new", "middle"]
+    assert page.pageInfo.hasNextPage is False
+
+
+async def test_every_thread_is_reachable_page_by_page_past_a_thousand(
+    store: ChatDataLayer, ada: PersistedUser, tmp_path: Path
+) -> None:
+    # Chainlit's SQLAlchemy layer loads at most 1,000 threads and pages in Python; here the
+    # 1,001st and later are there too. Seeded in bulk; the data layer reads them.
+    total = 1_050
+    with sqlite3.connect(tmp_path / "chat.db") as raw:
+        raw.executemany(
+            "INSERT INTO threads (id, user_id, name, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [
+                (f"t{n:04d}", ada.id, f"thread {n}", "2026-01-01Z", f"2026-01-01T{n:08d}Z")
+                for n in range(total)
+            ],
+        )
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await store.list_threads(
+            Pagination(first=100, cursor=cursor), ThreadFilter(userId=ada.id)
+        )
+        seen += [t["id"] for t in page.data]
+        if not page.pageInfo.hasNextPage:
+            break
+        cursor = page.pageInfo.endCursor
+    assert seen == [f"t{n:04d}" for n in reversed(range(total))]
+
+
+async def test_a_list_request_without_a_user_shows_nothing(
+    store: ChatDataLayer, ada: PersistedUser
+) -> None:
+    await chat(store, ada, "t1", "hello")
+    page = await store.list_threads(Pagination(first=10), ThreadFilter())
+    assert page.data == []
+
+
+async def test_a_malformed_cursor_returns_an_empty_page(
+    store: ChatDataLayer, ada: PersistedUser
+) -> None:
+    await chat(store, ada, "t1", "hello")
+    page = await store.list_threads(
+        Pagination(first=10, cursor="garbage"), ThreadFilter(userId=ada.id)
+    )
+    assert page.data == []
+
+
+@pytest.mark.parametrize(
+    ("query", "found"),
+    [
+        ("lighthouse", ["en"]),
+        ("LIGHT", ["en"]),  # prefix, any case
+        ("keeper lighthouse", ["en"]),  # every word, any order
+        ("天氣", ["tw"]),  # Traditional, a two-character word inside a sentence
+        ("天气", ["cn"]),  # Simplified
+        ("好", ["cn", "tw"]),
+        ("明天", []),
+        ("Naming", ["named"]),  # thread names too
+        ('"; DROP TABLE threads; --', []),
+        ("，。!?", []),  # nothing searchable
+        ("   ", ["cn", "en", "named", "tw"]),  # blank: no search
+    ],
+)
+async def test_search_finds_words_in_messages_and_names_chinese_included(
+    store: ChatDataLayer, ada: PersistedUser, query: str, found: list[str]
+) -> None:
+    await chat(store, ada, "en", "Where is the lighthouse?", "The keeper lives there.")
+    await chat(store, ada, "tw", "今天天氣很好", "是的")
+    await chat(store, ada, "cn", "今天天气很好", "好的")
+    await store.update_thread("named", name="Naming things", user_id=ada.id)
+    page = await store.list_threads(Pagination(first=10), ThreadFilter(userId=ada.id, search=query))
+    assert sorted(t["id"] for t in page.data) == found
+
+
+async def test_search_never_shows_another_users_threads(
+    store: ChatDataLayer, ada: PersistedUser, bob: PersistedUser
+) -> None:
+    await chat(store, ada, "a", "secret lighthouse plans")
+    page = await store.list_threads(
+        Pagination(first=10), ThreadFilter(userId=bob.id, search="lighthouse")
+    )
+    assert page.data == []
+
+
+async def test_threads_can_be_filtered_by_feedback(
+    store: ChatDataLayer, ada: PersistedUser
+) -> None:
+    await chat(store, ada, "liked", "q", "a")
+    await chat(store, ada, "plain", "q", "a")
+    await store.upsert_feedback(Feedback(forId="liked-1", value=1))
+    page = await store.list_threads(Pagination(first=10), ThreadFilter(userId=ada.id, feedback=1))
+    assert [t["id"] for t in page.data] == ["liked"]
+
+
+# ---- ownership
+
+
+async def test_a_thread_never_changes_owner(
+    store: ChatDataLayer, ada: PersistedUser, bob: PersistedUser
+) -> None:
+    await chat(store, ada, "t1", "mine")
+    with pytest.raises(ThreadAccessDenied):
+        await store.update_thread("t1", user_id=bob.id, name="stolen")
+    assert await store.get_thread_author("t1") == "ada"
+    thread = await store.get_thread("t1")
+    assert thread is not None and thread["name"] == "mine"
+
+
+async def test_a_session_cannot_write_into_another_users_thread(
+    store: ChatDataLayer, ada: PersistedUser, bob: PersistedUser
+) -> None:
+    await chat(store, ada, "t1", "mine", "yours")
+    tab = BrowserTab()
+    tab.session.user = bob
+    tab.session.has_first_interaction = True
+    tab.enter()
+    with pytest.raises(ThreadAccessDenied):
+        await store.create_step(step("t1", "x", "user_message", "injected", "2026-03-01Z"))
+    with pytest.raises(ThreadAccessDenied):
+        await store.delete_step("t1-0")
+    with pytest.raises(ThreadAccessDenied):
+        await store.delete_thread("t1")
+    with pytest.raises(ThreadAccessDenied):  # reusing a step id from another thread
+        await store.create_step(step("bobs", "t1-0", "user_message", "overwrite", "2026-03-01Z"))
+    thread = await store.get_thread("t1")
+    assert thread is not None
+    assert [s["output"] for s in thread["steps"]] == ["mine", "yours"]
+
+
+# ---- nothing lost, nothing secret
+
+
+async def test_a_write_that_fails_raises_and_is_logged(
+    store: ChatDataLayer, ada: PersistedUser, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await chat(store, ada, "t1", "hello")
+    read_only = Database(f"sqlite+aiosqlite:///file:{tmp_path / 'chat.db'}?mode=ro&uri=true")
+    layer = ChatDataLayer(read_only, FileStore(tmp_path / "files"))
+    caplog.set_level(logging.ERROR, logger="chatllm.store")
+    with pytest.raises(Exception, match="readonly"):
+        await layer.create_step(step("t1", "s9", "user_message", "lost?", "2026-01-02Z"))
+    assert "create_step failed" in caplog.text
+    from chatllm.store import StoreError
+
+    with pytest.raises(StoreError):
+        await layer.save_step(step("t1", "s9", "user_message", "lost?", "2026-01-02Z"))
+    await layer.close()
+
+
+async def test_credentials_in_session_metadata_never_reach_the_file(
+    store: ChatDataLayer, ada: PersistedUser, tmp_path: Path
+) -> None:
+    await chat(store, ada, "t1", "hello")
+    await store.update_thread(
+        "t1",
+        metadata={
+            "env": {"OPENAI_API_KEY": "sk-live-123456"},
+            "api_key": "sk-live-123456",
+            "access_token": "tok-abcdef",
+            "chat_settings": {"temperature": 0.4},
+        },
+    )
+    thread = await store.get_thread("t1")
+    assert thread is not None and thread["metadata"] == {"chat_settings": {"temperature": 0.4}}
+    await store.close()
+    for file in tmp_path.glob("chat.db*"):
+        data = file.read_bytes()
+        assert b"sk-live-123456" not in data and b"tok-abcdef" not in data, file
+
+
+async def test_a_new_process_on_the_same_file_sees_the_thread(
+    store: ChatDataLayer, ada: PersistedUser, tmp_path: Path
+) -> None:
+    await chat(store, ada, "t1", "你好", "Hello!")
+    await store.close()
+    script = (
+        "import asyncio, json, sys\n"
+        "from chatllm.store import ChatDataLayer, Database, FileStore\n"
+        "async def main():\n"
+        f"    layer = ChatDataLayer(Database({url(tmp_path / 'chat.db')!r}), FileStore({str(tmp_path)!r}))\n"  # noqa: E501
+        "    thread = await layer.get_thread('t1')\n"
+        "    print(json.dumps([(s['type'], s['output']) for s in thread['steps']]))\n"
+        "    await layer.close()\n"
+        "asyncio.run(main())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert json.loads(out) == [["user_message", "你好"], ["assistant_message", "Hello!"]]
