@@ -19,6 +19,10 @@ class InvalidSampling(ChatLLMError):
         super().__init__("; ".join(problems))
 
 
+class StoreError(ChatLLMError):
+    """A write to the database failed; nothing of it was kept."""
+
+
 class BackendError(ChatLLMError):
     """The model backend could not produce a reply."""
 
@@ -94,6 +98,8 @@ def describe(exc: BaseException, language: str | None = None) -> str:
         if exc.needed is None or exc.available is None:
             return t("error.context.unknown", language)
         return t("error.context", language, needed=exc.needed, available=exc.available)
+    if isinstance(exc, StoreError):
+        return t("error.store", language, detail=str(exc))
     if isinstance(exc, InvalidSampling):
         return t("settings.refused", language, problems="; ".join(exc.problems))
     if isinstance(exc, ChatLLMError):

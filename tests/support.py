@@ -12,12 +12,20 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from chainlit.context import init_ws_context
 from chainlit.session import WebsocketSession
+from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatResult
+
+from chatllm.models import Backend
+from chatllm.sampling import Sampling
 
 
 @dataclass
@@ -143,3 +151,32 @@ class Endpoint:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+class ScriptedBackend(Backend):
+    """A backend whose model replays scripted replies, one per turn and in order (for tests
+    that need a known reply), calling `before_reply` with the messages it receives."""
+
+    kind = "scripted"
+    replies: ClassVar[list[str]] = []
+    before_reply: ClassVar[Callable[[list[BaseMessage]], None] | None] = None
+
+    async def models(self) -> list[str]:
+        return ["script"]
+
+    def chat_model(self, model: str, sampling: Sampling) -> BaseChatModel:
+        backend = type(self)
+
+        class Scripted(GenericFakeChatModel):
+            def _generate(self, messages: list[BaseMessage], *args: Any, **kw: Any) -> ChatResult:
+                if backend.before_reply is not None:
+                    backend.before_reply(messages)
+                return super()._generate(messages, *args, **kw)
+
+        return Scripted(messages=iter([AIMessage(backend.replies.pop(0))]))
+
+    def context_tokens(self, model: str) -> int:
+        return 4096
+
+    def count_tokens(self, messages: Sequence[BaseMessage]) -> int:
+        return sum(len(m.text.split()) + 4 for m in messages)

@@ -1,6 +1,7 @@
 """Persistence: the SQLite database, its migrations, and Chainlit's data layer over it."""
 
-from chatllm.store.datalayer import ChatDataLayer, StoreError, ThreadAccessDenied
+from chatllm.errors import StoreError
+from chatllm.store.datalayer import ChatDataLayer, ThreadAccessDenied
 from chatllm.store.db import Database
 from chatllm.store.files import FileStore
 

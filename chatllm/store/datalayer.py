@@ -34,7 +34,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from chatllm.errors import ChatLLMError
+from chatllm.errors import ChatLLMError, StoreError
 from chatllm.store.db import Database
 from chatllm.store.files import FileStore
 from chatllm.store.search import index_text, match_terms
@@ -60,10 +60,6 @@ STEP_COLUMNS = {
 
 class ThreadAccessDenied(ChatLLMError, PermissionError):
     """A write aimed at a thread that belongs to another user."""
-
-
-class StoreError(ChatLLMError):
-    """A write to the database failed; nothing of it was kept."""
 
 
 def now() -> str:
