@@ -4,13 +4,17 @@ from typing import Any
 
 import chainlit as cl
 from chainlit.config import config as chainlit_config
+from chainlit.server import app as server
 from chainlit.types import ThreadDict
 
 from chatllm.auth import AuthMode
 from chatllm.store import ChatDataLayer
 from chatllm.ui import ChatApp
+from chatllm.web import element_files, mount
 
 chat = ChatApp.from_environment(host=chainlit_config.run.host)
+
+mount(server, element_files(chat.store))
 
 if chat.auth_mode is AuthMode.PASSWORD:
     cl.password_auth_callback(chat.login)

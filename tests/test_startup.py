@@ -111,6 +111,16 @@ def test_the_app_serves_its_welcome_page_in_english_and_chinese(tmp_path: Path) 
         assert auth["headerAuth"] and not auth["passwordAuth"]
         browser.open(urllib.request.Request(f"{base}/auth/header", method="POST", data=b""))
 
+        threads = browser.open(
+            urllib.request.Request(
+                f"{base}/project/threads",
+                method="POST",
+                data=json.dumps({"pagination": {"first": 20}, "filter": {}}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+        )
+        assert json.load(threads)["data"] == []  # history works for the local user
+
         def project(language: str) -> dict[str, object]:
             with browser.open(f"{base}/project/settings?language={language}") as r:
                 return json.load(r)  # type: ignore[no-any-return]

@@ -264,6 +264,24 @@ class ChatDataLayer(BaseDataLayer):
             ).first()
         return None if row is None else self._element_dict(row)
 
+    async def element_file(
+        self, thread_id: str, element_id: str
+    ) -> tuple[Path, str, str | None] | None:
+        """The stored file of an element (path, name, mime), if it has one."""
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT object_key, name, mime FROM elements"
+                        " WHERE id = :id AND thread_id = :thread AND object_key IS NOT NULL"
+                    ),
+                    {"id": element_id, "thread": thread_id},
+                )
+            ).first()
+        if row is None:
+            return None
+        return self.files.path(row.object_key), row.name, row.mime
+
     @until_first_message
     @logged
     async def delete_element(self, element_id: str, thread_id: str | None = None) -> None:

@@ -1,0 +1,232 @@
+"""Password mode on a real server: each user sees and opens only their own threads,
+through every REST route and the socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import socketio
+from chainlit.element import Text
+from chainlit.user import User
+
+from chatllm.auth import Passwords
+from chatllm.cli import main as cli
+from chatllm.config import Settings
+from chatllm.store import ChatDataLayer, Database, FileStore
+from tests.support import BrowserTab, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAINLIT = str(Path(sys.executable).with_name("chainlit"))
+PASSWORDS = {"ada": "ada-password-1", "bob": "bob-password-2"}
+
+
+def add_user(settings: Settings, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(PASSWORDS[name] + "\n"))
+    assert cli(["users", "add", name, "--password-stdin"], settings=settings) == 0
+
+
+@pytest.fixture(scope="module")
+def server_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("multiuser")
+
+
+@pytest.fixture(scope="module")
+def seeded(server_dir: Path) -> dict[str, str]:
+    """Two users; Ada has a thread with messages and a stored file."""
+    settings = Settings(_env_file=None, data_dir=server_dir)  # type: ignore[call-arg]
+    monkeypatch = pytest.MonkeyPatch()
+    for name in PASSWORDS:
+        add_user(settings, name, monkeypatch)
+    monkeypatch.undo()
+
+    async def seed() -> dict[str, str]:
+        layer = ChatDataLayer(Database(settings.database), FileStore(server_dir / "files"))
+        ada = await layer.create_user(User(identifier="ada"))
+        assert ada is not None
+        await layer.update_thread("ada-thread", name="Ada's plans", user_id=ada.id)
+        for n, (kind, text) in enumerate(
+            [("user_message", "my secret plan"), ("assistant_message", "noted")]
+        ):
+            await layer.create_step(
+                {
+                    "id": f"ada-{n}",
+                    "threadId": "ada-thread",
+                    "type": kind,  # type: ignore[typeddict-item]
+                    "output": text,
+                    "createdAt": f"2026-01-01T00:00:0{n}Z",
+                    "metadata": {"finish_reason": "stop"} if n else {},
+                }
+            )
+        tab = BrowserTab()
+        tab.enter()
+        tab.session.has_first_interaction = True
+        element = Text(name="plan.txt", content="the plan", for_id="ada-1", thread_id="ada-thread")
+        await layer.create_element(element)
+        await layer.close()
+        return {"thread": "ada-thread", "element": element.id}
+
+    return asyncio.run(seed())
+
+
+@pytest.fixture(scope="module")
+def server(server_dir: Path, seeded: dict[str, str]) -> Iterator[str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATLLM_", "CHAINLIT_"))}
+    process = subprocess.Popen(
+        [CHAINLIT, "run", "app.py", "--headless", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env={**env, "CHATLLM_DATA_DIR": str(server_dir)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            httpx.get(base + "/health", timeout=2).raise_for_status()
+            break
+        except httpx.HTTPError as exc:
+            if process.poll() is not None:
+                detail = process.stderr.read().decode() if process.stderr else "exit"
+                raise RuntimeError(detail) from exc
+            assert time.monotonic() < deadline, "the app did not start"
+            time.sleep(0.3)
+    yield base
+    process.terminate()
+    process.wait(timeout=20)
+
+
+def login(base: str, name: str, password: str | None = None) -> httpx.Client:
+    client = httpx.Client(base_url=base, timeout=30)
+    response = client.post(
+        "/login", data={"username": name, "password": password or PASSWORDS[name]}
+    )
+    response.raise_for_status()
+    return client
+
+
+def test_the_login_page_is_shown_and_only_passwords_are_accepted(server: str) -> None:
+    config = httpx.get(server + "/auth/config").json()
+    assert config["requireLogin"] and config["passwordAuth"] and not config["headerAuth"]
+    assert httpx.post(server + "/auth/header").status_code == 400  # no local-user fallback
+    wrong = httpx.post(server + "/login", data={"username": "ada", "password": "guess"})
+    unknown = httpx.post(server + "/login", data={"username": "eve", "password": "guess"})
+    assert wrong.status_code == unknown.status_code == 401
+    assert "access_token" not in wrong.cookies and "access_token" not in unknown.cookies
+    assert httpx.get(server + "/project/thread/ada-thread").status_code == 401
+
+
+def test_the_author_opens_her_thread_and_its_file(server: str, seeded: dict[str, str]) -> None:
+    ada = login(server, "ada")
+    thread = ada.get(f"/project/thread/{seeded['thread']}").json()
+    assert [s["output"] for s in thread["steps"]] == ["my secret plan", "noted"]
+    listed = ada.post("/project/threads", json={"pagination": {"first": 20}, "filter": {}})
+    assert [t["id"] for t in listed.json()["data"]] == [seeded["thread"]]
+    element = ada.get(f"/project/thread/{seeded['thread']}/element/{seeded['element']}").json()
+    file = ada.get(element["url"])
+    assert file.status_code == 200 and file.text == "the plan"
+
+
+def test_another_user_gets_nothing_of_it_through_any_route(
+    server: str, seeded: dict[str, str]
+) -> None:
+    bob = login(server, "bob")
+    thread, element = seeded["thread"], seeded["element"]
+    refused = [
+        bob.get(f"/project/thread/{thread}"),
+        bob.put("/project/thread", json={"threadId": thread, "name": "mine now"}),
+        bob.request("DELETE", "/project/thread", json={"threadId": thread}),
+        bob.put("/project/thread/share", json={"threadId": thread, "isShared": True}),
+        bob.get(f"/project/thread/{thread}/element/{element}"),
+        bob.get(f"/chatllm/elements/{thread}/{element}"),
+        bob.get(f"/project/share/{thread}"),
+    ]
+    for response in refused:
+        assert response.status_code in (401, 403, 404), (response.request.url, response.text)
+        assert "secret plan" not in response.text and "the plan" not in response.text
+    listed = bob.post("/project/threads", json={"pagination": {"first": 20}, "filter": {}})
+    assert listed.json()["data"] == []
+    searched = bob.post(
+        "/project/threads",
+        json={"pagination": {"first": 20}, "filter": {"search": "secret", "userId": "x"}},
+    )
+    assert searched.json()["data"] == []
+    still = login(server, "ada").get(f"/project/thread/{thread}").json()
+    assert still["name"] == "Ada's plans" and len(still["steps"]) == 2
+
+
+async def test_another_user_cannot_resume_it_over_the_socket(
+    server: str, seeded: dict[str, str]
+) -> None:
+    async def connect(name: str) -> socketio.AsyncClient:
+        cookies = login(server, name).cookies
+        client = socketio.AsyncClient()
+        await client.connect(
+            server,
+            socketio_path="/ws/socket.io",
+            transports=["websocket"],
+            headers={"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())},
+            auth={
+                "clientType": "webapp",
+                "sessionId": str(uuid.uuid4()),
+                "threadId": seeded["thread"],
+                "userEnv": "{}",
+            },
+            wait_timeout=10,
+        )
+        return client
+
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await connect("bob")
+    ada = await connect("ada")  # the author may
+    await ada.disconnect()
+
+
+def test_an_unknown_user_and_a_wrong_password_cost_the_same_argon2_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    passwords = Passwords()
+    stored = passwords.hash("right-password")
+    verified: list[str] = []
+    real = passwords._hasher
+
+    class Counting:
+        def verify(self, hash_: str, password: str) -> bool:
+            verified.append(hash_.split("$")[3])  # the Argon2 parameters: m, t, p
+            return real.verify(hash_, password)
+
+    monkeypatch.setattr(passwords, "_hasher", Counting())
+    assert passwords.verify(stored, "wrong") is False
+    assert passwords.verify(None, "wrong") is False  # no such user
+    assert passwords.verify(stored, "right-password") is True
+    assert len(verified) == 3 and len(set(verified)) == 1
+
+
+def test_the_auth_secret_is_generated_once_for_its_owner_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chatllm.auth import AUTH_SECRET_ENV, ensure_auth_secret
+
+    monkeypatch.delenv(AUTH_SECRET_ENV, raising=False)
+    ensure_auth_secret(tmp_path)
+    secret = os.environ[AUTH_SECRET_ENV]
+    path = tmp_path / ".auth_secret"
+    assert path.read_text() == secret and len(secret) >= 32
+    assert path.stat().st_mode & 0o777 == 0o600
+    monkeypatch.delenv(AUTH_SECRET_ENV)
+    ensure_auth_secret(tmp_path)
+    assert os.environ[AUTH_SECRET_ENV] == secret  # the same one after a restart
+    monkeypatch.setenv(AUTH_SECRET_ENV, "from-the-environment-" * 3)
+    ensure_auth_secret(tmp_path)
+    assert os.environ[AUTH_SECRET_ENV] == "from-the-environment-" * 3
