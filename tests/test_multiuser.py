@@ -230,3 +230,26 @@ def test_the_auth_secret_is_generated_once_for_its_owner_only(
     monkeypatch.setenv(AUTH_SECRET_ENV, "from-the-environment-" * 3)
     ensure_auth_secret(tmp_path)
     assert os.environ[AUTH_SECRET_ENV] == "from-the-environment-" * 3
+
+
+def test_the_author_renames_and_deletes_her_own_threads(server: str, server_dir: Path) -> None:
+    async def seed() -> None:
+        settings = Settings(_env_file=None, data_dir=server_dir)  # type: ignore[call-arg]
+        layer = ChatDataLayer(Database(settings.database), FileStore(server_dir / "files"))
+        ada = await layer.get_user("ada")
+        assert ada is not None
+        await layer.update_thread("ada-scratch", name="scratch", user_id=ada.id)
+        await layer.close()
+
+    asyncio.run(seed())
+    ada = login(server, "ada")
+    renamed = ada.put("/project/thread", json={"threadId": "ada-scratch", "name": "改名 renamed"})
+    assert renamed.status_code == 200
+    assert ada.get("/project/thread/ada-scratch").json()["name"] == "改名 renamed"
+    found = ada.post(
+        "/project/threads", json={"pagination": {"first": 20}, "filter": {"search": "改名"}}
+    )
+    assert [t["id"] for t in found.json()["data"]] == ["ada-scratch"]
+    deleted = ada.request("DELETE", "/project/thread", json={"threadId": "ada-scratch"})
+    assert deleted.status_code == 200
+    assert ada.get("/project/thread/ada-scratch").status_code == 404

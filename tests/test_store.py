@@ -493,3 +493,18 @@ async def test_a_new_process_on_the_same_file_sees_the_thread(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
     assert json.loads(out) == [["user_message", "你好"], ["assistant_message", "Hello!"]]
+
+
+async def test_favourite_messages_are_listed_for_their_owner(
+    store: ChatDataLayer, ada: PersistedUser, bob: PersistedUser
+) -> None:
+    await chat(store, ada, "t1", "hello", "a reply worth keeping")
+    thread = await store.get_thread("t1")
+    assert thread is not None
+    await store.set_step_favorite(thread["steps"][1], True)
+    assert [s["output"] for s in await store.get_favorite_steps(ada.id)] == [
+        "a reply worth keeping"
+    ]
+    assert await store.get_favorite_steps(bob.id) == []
+    await store.set_step_favorite(thread["steps"][1], False)
+    assert await store.get_favorite_steps(ada.id) == []
