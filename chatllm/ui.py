@@ -25,6 +25,7 @@ from chatllm.store.users import Users
 
 log = logging.getLogger("chatllm")
 
+# Live state, kept out of thread metadata (see chatllm.store.datalayer.SESSION_ONLY_PREFIX).
 SAMPLING = "chatllm.sampling"
 HISTORY = "chatllm.history"
 

@@ -190,6 +190,11 @@ async def test_the_endpoint_key_and_session_secrets_never_reach_the_database(
     await say(app, tab, "hello")
     # What Chainlit writes when the browser disconnects.
     await persist_user_session(tab.session.thread_id, tab.session.to_persistable())
+    thread = await app.store.get_thread(tab.session.thread_id)
+    assert thread is not None
+    saved = thread["metadata"] or {}
+    assert not [key for key in saved if key.startswith("chatllm.")]  # live state stays live
+    assert saved["chat_settings"]["temperature"] == 0.7
     await app.store.close()
     for file in tmp_path.glob("chatllm.db*"):
         data = file.read_bytes()

@@ -107,9 +107,19 @@ def until_first_message(
     return wrapper
 
 
+#: User-session keys under this prefix hold the app's live state (the model's memory, the
+#: sampling object); resume rebuilds them from the steps and chat_settings, so Chainlit's
+#: copy of the session into thread metadata leaves them out.
+SESSION_ONLY_PREFIX = "chatllm."
+
+
 def scrub(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Metadata without anything that looks like a credential."""
-    return {k: v for k, v in (metadata or {}).items() if not SECRET_KEY.search(str(k))}
+    """Metadata without credentials or live session state."""
+    return {
+        k: v
+        for k, v in (metadata or {}).items()
+        if not SECRET_KEY.search(str(k)) and not str(k).startswith(SESSION_ONLY_PREFIX)
+    }
 
 
 def _acting_user_id() -> str | None:
