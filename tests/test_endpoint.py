@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -10,7 +11,7 @@ from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
 from chatllm.chain import build_chain, chain_input
-from chatllm.config import Settings
+from chatllm.config import Settings, embedded_model_path
 from chatllm.errors import (
     BackendAuthError,
     BackendTimeout,
@@ -74,11 +75,9 @@ async def test_a_wrong_key_is_reported_as_refused(endpoint_settings: Settings) -
         await OpenAIBackend(wrong).models()
 
 
-async def test_a_stopped_server_is_reported_unreachable(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> None:
-    from chatllm.config import embedded_model_path
-
+@pytest.fixture
+def own_endpoint() -> Iterator[tuple[Endpoint, Settings]]:
+    """A server of the test's own, which it may stop or kill."""
     server = Endpoint(model_path=embedded_model_path())
     server.start()
     settings = Settings(  # type: ignore[call-arg]
@@ -87,6 +86,14 @@ async def test_a_stopped_server_is_reported_unreachable(
         openai_api_key=server.api_key,
         openai_max_retries=0,
     )
+    yield server, settings
+    server.stop()
+
+
+async def test_a_stopped_server_is_reported_unreachable(
+    own_endpoint: tuple[Endpoint, Settings],
+) -> None:
+    server, settings = own_endpoint
     backend = OpenAIBackend(settings)
     assert await reply(backend, Sampling(max_tokens=5))
     server.stop()
@@ -133,17 +140,10 @@ async def test_a_model_the_endpoint_does_not_serve_is_named(endpoint_settings: S
     assert unknown.value.model == "gpt-imaginary"
 
 
-async def test_a_server_that_dies_mid_reply_is_reported_unreachable() -> None:
-    from chatllm.config import embedded_model_path
-
-    server = Endpoint(model_path=embedded_model_path())
-    server.start()
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        openai_base_url=server.base_url,
-        openai_api_key=server.api_key,
-        openai_max_retries=0,
-    )
+async def test_a_server_that_dies_mid_reply_is_reported_unreachable(
+    own_endpoint: tuple[Endpoint, Settings],
+) -> None:
+    server, settings = own_endpoint
     backend = OpenAIBackend(settings)
     sampling = Sampling(max_tokens=1000, temperature=0.9)
     chain = build_chain(
@@ -161,7 +161,6 @@ async def test_a_server_that_dies_mid_reply_is_reported_unreachable() -> None:
                 server.process.kill()
     assert len(received) >= 5
     assert "127.0.0.1" in lost.value.url
-    server.stop()
 
 
 async def test_a_base_url_missing_v1_is_reported_as_a_wrong_address(

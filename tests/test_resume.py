@@ -11,7 +11,7 @@ from pathlib import Path
 import chainlit as cl
 import pytest
 from chainlit.socket import persist_user_session
-from chainlit.user import PersistedUser, User
+from chainlit.user import User
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from chatllm.config import Settings
@@ -38,11 +38,15 @@ async def app(tmp_path: Path, scripted: type[ScriptedBackend]) -> AsyncIterator[
     await chat.store.close()
 
 
-async def signed_in(app: ChatApp, tab: BrowserTab, name: str = "ada") -> PersistedUser:
-    user = await app.store.create_user(User(identifier=name))
+async def new_chat(app: ChatApp, profile: str | None = "scripted:script") -> BrowserTab:
+    """A signed-in user's tab with a new chat open."""
+    tab = BrowserTab(chat_profile=profile)
+    user = await app.store.create_user(User(identifier="ada"))
     assert user is not None
     tab.session.user = user
-    return user
+    tab.enter()
+    await app.start()
+    return tab
 
 
 async def say(app: ChatApp, tab: BrowserTab, text: str) -> None:
@@ -78,10 +82,7 @@ def stored(app: ChatApp, thread_id: str) -> list[tuple[str, str]]:
 async def test_the_users_message_is_stored_before_the_model_runs(
     app: ChatApp, scripted: type[ScriptedBackend]
 ) -> None:
-    tab = BrowserTab(chat_profile="scripted:script")
-    await signed_in(app, tab)
-    tab.enter()
-    await app.start()
+    tab = await new_chat(app)
     seen_in_db: list[list[tuple[str, str]]] = []
     scripted.replies = ["Stored first."]
     scripted.before_reply = lambda _: seen_in_db.append(stored(app, tab.session.thread_id))
@@ -97,10 +98,7 @@ async def test_the_users_message_is_stored_before_the_model_runs(
 async def test_a_reopened_thread_brings_back_messages_memory_sliders_and_model(
     app: ChatApp, scripted: type[ScriptedBackend]
 ) -> None:
-    tab = BrowserTab(chat_profile="scripted:script")
-    await signed_in(app, tab)
-    tab.enter()
-    await app.start()
+    tab = await new_chat(app)
     await app.update_settings({"temperature": 0.4, "top_p": 0.5, "seed": "7"})
     scripted.replies = ["Nice to meet you, Ada.", "You are Ada."]
     await say(app, tab, "I am Ada.")
@@ -134,10 +132,7 @@ async def test_a_reopened_thread_brings_back_messages_memory_sliders_and_model(
 
 
 async def test_a_stopped_reply_is_kept_marked_and_remembered(app: ChatApp) -> None:
-    tab = BrowserTab()  # the real local model
-    await signed_in(app, tab)
-    tab.enter()
-    await app.start()
+    tab = await new_chat(app, profile=None)  # the real local model
     await app.update_settings({"max_tokens": 2000, "temperature": 0.9})
     task = asyncio.create_task(say(app, tab, "Write a very long story about the sea."))
     while len(tab.tokens()) < 5:  # noqa: ASYNC110 - polls what the tab received
@@ -159,10 +154,7 @@ async def test_a_stopped_reply_is_kept_marked_and_remembered(app: ChatApp) -> No
 async def test_a_message_that_cannot_be_stored_is_not_answered(
     app: ChatApp, scripted: type[ScriptedBackend], tmp_path: Path
 ) -> None:
-    tab = BrowserTab(chat_profile="scripted:script")
-    await signed_in(app, tab)
-    tab.enter()
-    await app.start()
+    tab = await new_chat(app)
     await app.store.close()
     from chatllm.store import Database
 
@@ -180,11 +172,8 @@ async def test_a_message_that_cannot_be_stored_is_not_answered(
 async def test_the_endpoint_key_and_session_secrets_never_reach_the_database(
     app: ChatApp, scripted: type[ScriptedBackend], tmp_path: Path
 ) -> None:
-    tab = BrowserTab(chat_profile="scripted:script")
-    await signed_in(app, tab)
+    tab = await new_chat(app)
     tab.session.user_env = {"OPENAI_API_KEY": "sk-user-env-secret"}
-    tab.enter()
-    await app.start()
     cl.user_session.set("api_key", "sk-session-secret")
     scripted.replies = ["ok"]
     await say(app, tab, "hello")

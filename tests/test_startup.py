@@ -22,16 +22,23 @@ def app_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {**env, "CHATLLM_DATA_DIR": str(tmp_path), **extra}
 
 
-def test_a_missing_model_file_stops_start_up_naming_path_and_setting(tmp_path: Path) -> None:
-    missing = tmp_path / "models" / "absent.gguf"
-    result = subprocess.run(
-        [CHAINLIT, "run", "app.py", "--headless", "--port", str(free_port())],
+def start_expecting_refusal(
+    tmp_path: Path, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Start the app as the README does; it must exit on its own."""
+    return subprocess.run(
+        [CHAINLIT, "run", "app.py", "--headless", "--port", str(free_port()), *args],
         cwd=ROOT,
-        env=app_env(tmp_path, CHATLLM_MODEL_PATH=str(missing)),
+        env=app_env(tmp_path, **env),
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_a_missing_model_file_stops_start_up_naming_path_and_setting(tmp_path: Path) -> None:
+    missing = tmp_path / "models" / "absent.gguf"
+    result = start_expecting_refusal(tmp_path, CHATLLM_MODEL_PATH=str(missing))
     assert result.returncode != 0
     assert str(missing) in result.stderr
     assert "CHATLLM_MODEL_PATH" in result.stderr
@@ -40,14 +47,7 @@ def test_a_missing_model_file_stops_start_up_naming_path_and_setting(tmp_path: P
 def test_a_file_that_is_not_a_model_stops_start_up(tmp_path: Path) -> None:
     fake = tmp_path / "notes.gguf"
     fake.write_text("not a model")
-    result = subprocess.run(
-        [CHAINLIT, "run", "app.py", "--headless", "--port", str(free_port())],
-        cwd=ROOT,
-        env=app_env(tmp_path, CHATLLM_MODEL_PATH=str(fake)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = start_expecting_refusal(tmp_path, CHATLLM_MODEL_PATH=str(fake))
     assert result.returncode == 2
     assert "chatllm cannot start" in result.stderr
     assert str(fake) in result.stderr and "CHATLLM_MODEL_PATH" in result.stderr
@@ -55,27 +55,13 @@ def test_a_file_that_is_not_a_model_stops_start_up(tmp_path: Path) -> None:
 
 
 def test_a_malformed_setting_is_named(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [CHAINLIT, "run", "app.py", "--headless", "--port", str(free_port())],
-        cwd=ROOT,
-        env=app_env(tmp_path, CHATLLM_N_CTX="lots"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = start_expecting_refusal(tmp_path, CHATLLM_N_CTX="lots")
     assert result.returncode == 2
     assert "CHATLLM_N_CTX" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_serving_beyond_this_machine_without_users_is_refused(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [CHAINLIT, "run", "app.py", "--headless", "--host", "0.0.0.0", "--port", str(free_port())],
-        cwd=ROOT,
-        env=app_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = start_expecting_refusal(tmp_path, "--host", "0.0.0.0")
     assert result.returncode == 2
     assert "0.0.0.0" in result.stderr and "users add" in result.stderr
 
