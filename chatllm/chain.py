@@ -42,11 +42,18 @@ class TextParser(StrOutputParser):
 
 
 class ReplyRecord(AsyncCallbackHandler):
-    """What the model reported about a reply once it ended: why it ended (finish_reason),
-    and whatever else its generation info carries (model, seed, token usage)."""
+    """What the model received (the prompt after trimming) and reported about a reply once
+    it ended: why it ended (finish_reason), and whatever else its generation info carries
+    (model, seed, token usage)."""
 
     def __init__(self) -> None:
         self.info: dict[str, Any] = {}
+        self.prompt: list[BaseMessage] = []
+
+    async def on_chat_model_start(
+        self, serialized: dict[str, Any], messages: list[list[BaseMessage]], **kwargs: Any
+    ) -> None:
+        self.prompt = list(messages[0]) if messages else []
 
     async def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
         for generation in response.generations[0] if response.generations else []:

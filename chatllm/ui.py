@@ -18,7 +18,7 @@ from chatllm.config import Settings, get_settings
 from chatllm.errors import ChatLLMError, ConfigError, InvalidSampling, describe
 from chatllm.history import FINISH_REASON, history_from_steps
 from chatllm.i18n import t
-from chatllm.models import Backends, ProfileSpec, local_engine, queue_listener
+from chatllm.models import Backends, ProfileSpec, draw_seed, local_engine, queue_listener
 from chatllm.sampling import Sampling
 from chatllm.store import ChatDataLayer, Database, FileStore, StoreError
 from chatllm.store.users import Users
@@ -238,8 +238,11 @@ class ChatApp:
         notice = QueueNotice(lang)
         listening = queue_listener.set(notice.show)
         finish = "error"
+        spec = self._current_profile()
+        if sampling.seed is None:  # drawn here, so the reply can say which seed made it
+            sampling = sampling.model_copy(update={"seed": draw_seed()})
+        record = ReplyRecord()
         try:
-            spec = self._current_profile()
             backend = self.backends.get(spec.backend)
             # Some servers (llama-cpp-python's among them) answer an unknown model name with
             # their default model; that reply would be credited to the wrong model.
@@ -251,7 +254,6 @@ class ChatApp:
                 count=backend.count_tokens,
             )
             inputs = chain_input(sampling.system_prompt, history, message.content)
-            record = ReplyRecord()
             async for text in chain.astream(inputs, config={"callbacks": [record]}):
                 await reply.stream_token(text)
             finish = record.finish_reason or "stop"
@@ -265,7 +267,14 @@ class ChatApp:
             await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
         finally:
             queue_listener.reset(listening)
-            await self._finish_turn(notice, reply, message, history, finish)
+            reply.metadata = {
+                FINISH_REASON: finish,
+                "backend": spec.backend,
+                "model": spec.model,
+                "sampling": sampling.generation_params(),
+                "prompt_messages": len(record.prompt),
+            }
+            await self._finish_turn(notice, reply, message, history)
 
     async def _finish_turn(
         self,
@@ -273,7 +282,6 @@ class ChatApp:
         reply: cl.Message,
         message: cl.Message,
         history: list[BaseMessage],
-        finish: str,
     ) -> None:
         """Keep whatever was written, even of a stopped or failed reply, marked with why
         it ended; the model remembers an exchange only if it got a reply."""
@@ -281,7 +289,6 @@ class ChatApp:
         if not reply.content:
             return  # unanswered: kept in the thread, left out of the model's memory
         history.extend([HumanMessage(content=message.content), AIMessage(content=reply.content)])
-        reply.metadata = {**(reply.metadata or {}), FINISH_REASON: finish}
         await reply.send()
         try:
             await self.store.save_step(reply.to_dict())

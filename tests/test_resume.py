@@ -188,3 +188,22 @@ async def test_the_endpoint_key_and_session_secrets_never_reach_the_database(
     for file in tmp_path.glob("chatllm.db*"):
         data = file.read_bytes()
         assert b"sk-user-env-secret" not in data and b"sk-session-secret" not in data
+
+
+async def test_each_stored_reply_says_what_made_it(
+    app: ChatApp, scripted: type[ScriptedBackend]
+) -> None:
+    tab = await new_chat(app)
+    await app.update_settings({"temperature": 0.4, "top_p": 0.5, "max_tokens": 64})
+    scripted.replies = ["first", "second"]
+    await say(app, tab, "one")
+    await say(app, tab, "two")
+    thread = await app.store.get_thread(tab.session.thread_id)
+    assert thread is not None
+    first, second = [s["metadata"] for s in thread["steps"] if s["type"] == "assistant_message"]
+    assert (first["backend"], first["model"]) == ("scripted", "script")
+    assert first["sampling"]["temperature"] == 0.4 and first["sampling"]["top_p"] == 0.5
+    assert isinstance(first["sampling"]["seed"], int)  # the seed drawn for it, recorded
+    assert first["sampling"]["seed"] != second["sampling"]["seed"]
+    assert first["prompt_messages"] == 2  # system + "one"
+    assert second["prompt_messages"] == 4  # system + one, first + "two"
