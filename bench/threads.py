@@ -17,15 +17,17 @@ the file and times, through the real async API:
             fetched beforehand in the parent process)
   open 200  get_thread() on the 200-step thread
   search    ThreadFilter(userId=..., search=...) for an English word found in 1 % of threads
-            ("lighthouse"), a Chinese word found in 1 % ("灯塔") and, for information only, a
-            common word found in about a third of them ("water") and one found in none
-            ("zebra")
+            ("lighthouse") and a Chinese word found in 1 % ("灯塔"); for information only,
+            also a common word found in about a third of them ("water"), one found in none
+            ("zebra"), two words ("lighthouse water") and a single letter ("t", as a search
+            box sends after one keystroke)
 
 Each is run once or more as a warm-up, then repeated up to --repeat times (default 30, at least
 5, stopping early once --budget seconds are spent); the table shows the median and p90 in ms.
-Memory is the process's peak RSS (VmHWM) after all timings and the peak of Python allocations
-(tracemalloc) over one more pass of every call; both should stay flat as N grows. The SQL the
-data layer issued is captured and its EXPLAIN QUERY PLAN printed for the largest N.
+Memory is the process's peak RSS (VmHWM) once the calls the targets are about have been timed
+(the information-only searches run after them, and get their own peak) and the peak of Python
+allocations (tracemalloc) over one more pass of those calls; both should stay flat as N grows.
+The SQL the data layer issued is captured and its EXPLAIN QUERY PLAN printed for the largest N.
 
 For reference, at --ref-sizes (default 100 and 1,000) the same data goes into a SQLite file
 with the schema of Chainlit's SQLAlchemy data layer documentation (PostgreSQL types mapped to
@@ -35,8 +37,8 @@ over the app's at N = 1,000 and PASS/MISS against the targets: page 1 <= 5 ms an
 <= 50 ms (medians) at the largest N (100,000 by default), opening a 200-step thread <= 10 ms
 at every N, memory flat in N.
 
-Run from the repository root with the project's venv (the 100,000 file takes ~1.3 GB and a
-few minutes to seed; --reuse keeps seeded files between runs):
+Run from the repository root with the project's venv (the 100,000 file takes ~1.5 GB and about
+two minutes to seed; the whole run about eight minutes; --reuse keeps seeded files between runs):
 
     .venv/bin/python bench/threads.py [--sizes 1000,10000,100000] [--ref-sizes 100,1000]
         [--repeat 30] [--budget 20] [--workdir /tmp/bench-threads] [--reuse] [--json PATH]
@@ -97,6 +99,23 @@ EN_WORD = "lighthouse"  # in one assistant message of threads i % 100 == 37 (1 %
 ZH_WORD = "灯塔"  # in one assistant message of threads i % 100 == 3 (1 %, all Chinese threads)
 COMMON_WORD = "water"  # mid-frequency in the vocabulary: about a third of the threads
 NONE_WORD = "zebra"  # in no thread: the search must look at every candidate to say so
+PAIR_WORDS = f"{EN_WORD} {COMMON_WORD}"  # two terms: threads holding both (0.4 %)
+LETTER = "t"  # what a search box sends after one keystroke: every word starting with t
+# The searches run on the app's layer: key -> words; the first two are the targets' searches.
+SEARCHES = {
+    "en": EN_WORD,
+    "zh": ZH_WORD,
+    "common": COMMON_WORD,
+    "none": NONE_WORD,
+    "pair": PAIR_WORDS,
+    "letter": LETTER,
+}
+INFO_SEARCHES = {
+    "common": f"{COMMON_WORD!r} (~38 % of threads)",
+    "none": f"{NONE_WORD!r} (no thread)",
+    "pair": f"{PAIR_WORDS!r}",
+    "letter": f"{LETTER!r} (1 letter)",
+}
 
 TARGET_PAGE_MS = 5.0
 TARGET_SEARCH_MS = 50.0
@@ -491,8 +510,10 @@ class Measured:
     counts: dict[str, int] = field(default_factory=dict)  # rows each call returned
     ids: dict[str, list[str]] = field(default_factory=dict)
     base_rss_mb: float = 0.0
-    peak_rss_mb: float = 0.0
+    peak_rss_mb: float = 0.0  # after the calls the targets are about
     py_peak_mb: float = 0.0
+    peak_rss_all_mb: float = 0.0  # after the other searches too
+    py_peak_all_mb: float = 0.0
     plans: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
@@ -559,25 +580,37 @@ async def measure(spec: dict[str, Any]) -> Measured:
         mid = Pagination(first=PAGE, cursor=spec["mid_cursor"])
         calls["page_mid"] = lambda: layer.list_threads(mid, _filter())
     calls["open200"] = lambda: layer.get_thread(BIG_THREAD_ID)
-    for key in ("en", "zh") if kind != "app" else ("en", "zh", "common", "none"):
+    for key in ("en", "zh"):
         calls[f"search_{key}"] = _search_call(layer, words[key])
+    info: dict[str, Callable[[], Awaitable[Any]]] = {}
+    if kind == "app":
+        info = {f"search_{key}": _search_call(layer, words[key]) for key in INFO_SEARCHES}
 
-    for name, call in calls.items():
-        answer = await call()
-        if name == "open200":
-            result.counts[name] = len(answer["steps"]) if answer else 0
-        else:
-            result.counts[name] = len(answer.data)
-            result.ids[name] = [thread["id"] for thread in answer.data]
-        result.timings[name] = await _timed(call, spec["repeat"], spec["budget"])
-    result.peak_rss_mb = _proc_status_mb("VmHWM")
+    # The calls the targets are about first: the peak memory so far is theirs.
+    for group in (calls, info):
+        for name, call in group.items():
+            answer = await call()
+            if name == "open200":
+                result.counts[name] = len(answer["steps"]) if answer else 0
+            else:
+                result.counts[name] = len(answer.data)
+                result.ids[name] = [thread["id"] for thread in answer.data]
+            result.timings[name] = await _timed(call, spec["repeat"], spec["budget"])
+        if group is calls:
+            result.peak_rss_mb = _proc_status_mb("VmHWM")
+    result.peak_rss_all_mb = _proc_status_mb("VmHWM")
 
-    tracemalloc.start()
-    for call in calls.values():
-        await call()
-    result.py_peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
-    tracemalloc.stop()
+    for group in (calls, info):
+        tracemalloc.start()
+        for call in group.values():
+            await call()
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        if group is calls:
+            result.py_peak_mb = peak
+        result.py_peak_all_mb = max(result.py_peak_all_mb, peak)
 
+    calls.update(info)
     if db is not None and spec.get("explain"):
         result.plans = await _plans(db, path, calls)
     await layer.close()
@@ -675,7 +708,7 @@ def print_table(rows: list[tuple[SeedInfo, Measured]]) -> None:
     head = (
         f"{'N':>7} {'path':<8} {'seed s':>6} {'db MB':>6} {'page 1':>11} {'page 2':>7}"
         f" {'mid pg':>7} {'open 200':>11} {'search en':>11} {'search zh':>11}"
-        f" {'common':>7} {'none':>6} {'RSS MB':>7} {'py MB':>6}"
+        f" {'RSS MB':>7} {'py MB':>6}"
     )
     print(head)
     print("-" * len(head))
@@ -686,16 +719,29 @@ def print_table(rows: list[tuple[SeedInfo, Measured]]) -> None:
             f" {_ms(t.get('page1')):>11} {_ms(t.get('page2'), False):>7}"
             f" {_ms(t.get('page_mid'), False):>7} {_ms(t.get('open200')):>11}"
             f" {_ms(t.get('search_en')):>11} {_ms(t.get('search_zh')):>11}"
-            f" {_ms(t.get('search_common'), False):>7} {_ms(t.get('search_none'), False):>6}"
             f" {m.peak_rss_mb:>7.0f} {m.py_peak_mb:>6.2f}"
         )
     print(
         "times in ms, median/p90 (single figures: median); page 2 via page 1's endCursor, mid pg"
-        " half-way down the list; common / none = searches for a word in about a third of the"
-        " threads / in none (for information);"
-        " RSS = peak resident memory of the measuring process; py = peak Python allocations"
-        " over one pass of every call"
+        " half-way down the list; search en / zh: a word in 1 % of the threads; RSS = peak"
+        " resident memory of the measuring process after these calls; py = peak Python"
+        " allocations over one more pass of them"
     )
+    info = [(seed, m) for seed, m in rows if m.kind == "app"]
+    if not info:
+        return
+    print("\nOther searches on the app's layer, for information (ms, median/p90):")
+    head = (
+        f"{'N':>7}"
+        + "".join(f" {label:>26}" for label in INFO_SEARCHES.values())
+        + f" {'RSS MB':>7} {'py MB':>6}"
+    )
+    print(head)
+    print("-" * len(head))
+    for _seed, m in info:
+        cells = "".join(f" {_ms(m.timings.get('search_' + k)):>26}" for k in INFO_SEARCHES)
+        print(f"{m.n:>7,}{cells} {m.peak_rss_all_mb:>7.0f} {m.py_peak_all_mb:>6.2f}")
+    print("RSS / py here: the same peaks once these searches have run too")
 
 
 def _verdict(ok: bool) -> str:
@@ -785,12 +831,15 @@ def summarise(
 
 def print_plans(m: Measured) -> None:
     print(f"\nEXPLAIN QUERY PLAN of the data layer's SELECTs at N={m.n:,}:")
+    seen: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     for name, statements in m.plans.items():
         for item in statements:
-            sql = " ".join(item["sql"].split())
-            print(f"  [{name}] {sql}")
-            for line in item["plan"]:
-                print(f"      {line}")
+            key = (" ".join(item["sql"].split()), tuple(item["plan"]))
+            seen.setdefault(key, []).append(name)
+    for (sql, plan), names in seen.items():
+        print(f"  [{', '.join(names)}] {sql}")
+        for line in plan:
+            print(f"      {line}")
 
 
 # ---------------------------------------------------------------------------- main
@@ -818,7 +867,7 @@ def main() -> None:
 
     workdir: Path = args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
-    words = {"en": EN_WORD, "zh": ZH_WORD, "common": COMMON_WORD, "none": NONE_WORD}
+    words = SEARCHES
     common_spec = {
         "repeat": args.repeat,
         "budget": args.budget,
@@ -836,7 +885,11 @@ def main() -> None:
         for n in args.ref_sizes:
             path = workdir / f"chainlit-{n}.db"
             seed = (args.reuse and _reusable(path, n)) or seed_chainlit(path, n)
-            print(f"chainlit N={n:,}: seeded in {seed.seconds:.1f} s, measuring…", flush=True)
+            print(
+                f"chainlit N={n:,}: {'reused, ' if seed.reused else ''}seeded in"
+                f" {seed.seconds:.1f} s, measuring…",
+                flush=True,
+            )
             spec = {**common_spec, "kind": "chainlit", "db": str(path), "n": n}
             ref.append((seed, run_child(spec)))
 
@@ -846,7 +899,8 @@ def main() -> None:
         path = workdir / f"app-{n}.db"
         seed = (args.reuse and _reusable(path, n)) or seed_app(path, n)
         print(
-            f"app N={n:,}: seeded in {seed.seconds:.1f} s ({seed.size_mb:.0f} MB), measuring…",
+            f"app N={n:,}: {'reused, ' if seed.reused else ''}seeded in {seed.seconds:.1f} s"
+            f" ({seed.size_mb:.0f} MB), measuring…",
             flush=True,
         )
         mid = asyncio.run(_mid_cursor(path, n, workdir / "files"))
