@@ -82,7 +82,7 @@ from sqlalchemy import event
 from chatllm.store.datalayer import ChatDataLayer
 from chatllm.store.db import Database
 from chatllm.store.files import FileStore
-from chatllm.store.search import index_text
+from chatllm.store.search import index_text, message_rowid, name_rowid
 
 DATA_VERSION = 1  # bump when the generated data changes, so --reuse re-seeds
 SEED = 20240601
@@ -389,14 +389,14 @@ def seed_app(path: Path, n: int) -> SeedInfo:
                 (thread_seq, thread.id, USER_ID, thread.name, APP_THREAD_METADATA, "[]",
                  thread.created, thread.updated)
             )  # fmt: skip
-            search_rows.append((-thread_seq, index_text(thread.name), thread.id))
+            search_rows.append((name_rowid(thread_seq), index_text(thread.name)))
             for m in thread.messages:
                 step_seq += 1
                 step_rows.append(
                     (step_seq, m.id, thread.id, None, m.type, m.author, None, m.text, 0, "{}",
                      APP_STEP_EXTRA, m.created, m.created, m.created)
                 )  # fmt: skip
-                search_rows.append((step_seq, index_text(m.text), thread.id))
+                search_rows.append((message_rowid(thread_seq, step_seq), index_text(m.text)))
             steps += len(thread.messages)
             if thread.index >= 0:
                 for key, hit in zip(("en", "zh", "common"), _matches(thread), strict=True):
@@ -412,7 +412,7 @@ def seed_app(path: Path, n: int) -> SeedInfo:
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             step_rows,
         )
-        con.executemany("INSERT INTO search (rowid, body, thread_id) VALUES (?, ?, ?)", search_rows)
+        con.executemany("INSERT INTO search (rowid, body) VALUES (?, ?)", search_rows)
     con.execute("COMMIT")
     con.execute("PRAGMA journal_mode=WAL")  # as the app leaves it
     con.close()

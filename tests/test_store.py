@@ -356,6 +356,7 @@ async def test_a_malformed_cursor_returns_an_empty_page(
     [
         ("lighthouse", ["en"]),
         ("LIGHT", ["en"]),  # prefix, any case
+        ("th", []),  # two letters: whole words only, not every word starting with th
         ("keeper lighthouse", ["en"]),  # every word, any order
         ("天氣", ["tw"]),  # Traditional, a two-character word inside a sentence
         ("天气", ["cn"]),  # Simplified
@@ -508,3 +509,26 @@ async def test_favourite_messages_are_listed_for_their_owner(
     assert await store.get_favorite_steps(bob.id) == []
     await store.set_step_favorite(thread["steps"][1], False)
     assert await store.get_favorite_steps(ada.id) == []
+
+
+async def test_removing_a_user_removes_their_threads_search_rows_and_files(
+    store: ChatDataLayer, ada: PersistedUser, bob: PersistedUser, tmp_path: Path
+) -> None:
+    from chatllm.store.users import Users
+
+    await chat(store, ada, "a1", "ada's lighthouse", "reply")
+    await chat(store, bob, "b1", "bob's lighthouse", "reply")
+    tab = BrowserTab()
+    tab.enter()
+    tab.session.has_first_interaction = True
+    await store.create_element(Text(name="n", content="x", for_id="a1-1", thread_id="a1"))
+    await Users(store.db, store.files).remove("ada")
+    assert await store.get_thread("a1") is None
+    assert not [p for p in (tmp_path / "files").rglob("*") if p.is_file()]
+    page = await store.list_threads(
+        Pagination(first=10), ThreadFilter(userId=bob.id, search="lighthouse")
+    )
+    assert [t["id"] for t in page.data] == ["b1"]
+    with sqlite3.connect(tmp_path / "chat.db") as raw:
+        (indexed,) = raw.execute("SELECT count(*) FROM search").fetchone()
+    assert indexed == 3  # bob's thread name and two messages

@@ -37,7 +37,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from chatllm.errors import ChatLLMError, StoreError
 from chatllm.store.db import Database
 from chatllm.store.files import FileStore
-from chatllm.store.search import index_text, match_terms
+from chatllm.store.search import (
+    THREAD_SEQ_OF_ROW,
+    index_text,
+    match_terms,
+    message_rowid,
+    name_rowid,
+    thread_rowids,
+)
 
 if TYPE_CHECKING:
     from chainlit.element import Element, ElementDict
@@ -336,7 +343,7 @@ class ChatDataLayer(BaseDataLayer):
         extra = {k: v for k, v in step.items() if k not in STEP_COLUMNS and v is not None}
         created = step.get("createdAt") or now()
         async with self.db.write() as conn:
-            await self._ensure_thread(conn, thread_id)
+            thread_seq = await self._ensure_thread(conn, thread_id)
             row = (
                 await conn.execute(
                     text(
@@ -379,11 +386,12 @@ class ChatDataLayer(BaseDataLayer):
             ).first()
             if row is None:
                 raise ThreadAccessDenied(f"step {step['id']} belongs to another thread")
-            await conn.execute(text("DELETE FROM search WHERE rowid = :seq"), {"seq": row.seq})
+            key = message_rowid(thread_seq, row.seq)
+            await conn.execute(text("DELETE FROM search WHERE rowid = :key"), {"key": key})
             if row.type.endswith("message") and row.output:
                 await conn.execute(
-                    text("INSERT INTO search (rowid, body, thread_id) VALUES (:seq, :body, :t)"),
-                    {"seq": row.seq, "body": index_text(row.output), "t": thread_id},
+                    text("INSERT INTO search (rowid, body) VALUES (:key, :body)"),
+                    {"key": key, "body": index_text(row.output)},
                 )
             await conn.execute(
                 text("UPDATE threads SET updated_at = :now WHERE id = :id"),
@@ -396,14 +404,21 @@ class ChatDataLayer(BaseDataLayer):
         async with self.db.write() as conn:
             row = (
                 await conn.execute(
-                    text("SELECT seq, thread_id FROM steps WHERE id = :id"), {"id": step_id}
+                    text(
+                        "SELECT s.seq, s.thread_id, t.seq AS thread_seq FROM steps s"
+                        " JOIN threads t ON t.id = s.thread_id WHERE s.id = :id"
+                    ),
+                    {"id": step_id},
                 )
             ).first()
             if row is None:
                 return
             await self._check_owner(conn, row.thread_id)
             keys = await self._object_keys(conn, "step_id = :id", {"id": step_id})
-            await conn.execute(text("DELETE FROM search WHERE rowid = :seq"), {"seq": row.seq})
+            await conn.execute(
+                text("DELETE FROM search WHERE rowid = :key"),
+                {"key": message_rowid(row.thread_seq, row.seq)},
+            )
             await conn.execute(text("DELETE FROM elements WHERE step_id = :id"), {"id": step_id})
             await conn.execute(text("DELETE FROM steps WHERE id = :id"), {"id": step_id})
         await self._delete_files(keys)
@@ -431,12 +446,10 @@ class ChatDataLayer(BaseDataLayer):
                 return
             await self._check_owner(conn, thread_id)
             keys = await self._object_keys(conn, "thread_id = :id", {"id": thread_id})
+            first, last = thread_rowids(seq)
             await conn.execute(
-                text(
-                    "DELETE FROM search WHERE rowid = :name_row"
-                    " OR rowid IN (SELECT seq FROM steps WHERE thread_id = :id)"
-                ),
-                {"name_row": -seq, "id": thread_id},
+                text("DELETE FROM search WHERE rowid BETWEEN :first AND :last"),
+                {"first": first, "last": last},
             )
             # Steps, their feedback and the thread's elements go by ON DELETE CASCADE.
             await conn.execute(text("DELETE FROM threads WHERE id = :id"), {"id": thread_id})
@@ -466,7 +479,7 @@ class ChatDataLayer(BaseDataLayer):
                 return PaginatedResponse(PageInfo(False, None, None), [])
             for n, term in enumerate(terms):
                 conditions.append(
-                    f"t.id IN (SELECT thread_id FROM search WHERE search MATCH :q{n})"
+                    f"t.seq IN (SELECT {THREAD_SEQ_OF_ROW} FROM search WHERE search MATCH :q{n})"
                 )
                 params[f"q{n}"] = term
         if filters.feedback is not None:
@@ -602,10 +615,11 @@ class ChatDataLayer(BaseDataLayer):
                     {**changes, "id": thread_id},
                 )
             if name is not None:
-                await conn.execute(text("DELETE FROM search WHERE rowid = :r"), {"r": -seq})
+                key = name_rowid(seq)
+                await conn.execute(text("DELETE FROM search WHERE rowid = :key"), {"key": key})
                 await conn.execute(
-                    text("INSERT INTO search (rowid, body, thread_id) VALUES (:r, :body, :t)"),
-                    {"r": -seq, "body": index_text(name), "t": thread_id},
+                    text("INSERT INTO search (rowid, body) VALUES (:key, :body)"),
+                    {"key": key, "body": index_text(name)},
                 )
 
     async def get_favorite_steps(self, user_id: str) -> list[StepDict]:
@@ -631,25 +645,28 @@ class ChatDataLayer(BaseDataLayer):
 
     # ---- helpers
 
-    async def _ensure_thread(self, conn: AsyncConnection, thread_id: str) -> None:
-        """Create the thread if it is new (owned by the acting user); refuse another's."""
+    async def _ensure_thread(self, conn: AsyncConnection, thread_id: str) -> int:
+        """Create the thread if it is new (owned by the acting user); refuse another's.
+        Returns the thread's seq."""
         owner = (
             await conn.execute(
-                text("SELECT user_id FROM threads WHERE id = :id"), {"id": thread_id}
+                text("SELECT seq, user_id FROM threads WHERE id = :id"), {"id": thread_id}
             )
         ).first()
         acting = _acting_user_id()
         if owner is None:
             stamp = now()
-            await conn.execute(
+            seq = await conn.scalar(
                 text(
                     "INSERT INTO threads (id, user_id, metadata, tags, created_at, updated_at)"
-                    " VALUES (:id, :user, '{}', '[]', :now, :now)"
+                    " VALUES (:id, :user, '{}', '[]', :now, :now) RETURNING seq"
                 ),
                 {"id": thread_id, "user": acting, "now": stamp},
             )
-        elif owner.user_id is not None and acting is not None and owner.user_id != acting:
+            return int(seq)
+        if owner.user_id is not None and acting is not None and owner.user_id != acting:
             raise ThreadAccessDenied(f"thread {thread_id} belongs to another user")
+        return int(owner.seq)
 
     async def _check_owner(self, conn: AsyncConnection, thread_id: str) -> None:
         acting = _acting_user_id()

@@ -81,11 +81,11 @@ MIGRATIONS: list[Migration] = [
             )""",
             "CREATE INDEX elements_by_thread ON elements (thread_id)",
             "CREATE INDEX elements_by_step ON elements (step_id)",
-            # Full-text search over thread names (rowid = -threads.seq) and messages
-            # (rowid = steps.seq). `body` holds the text with CJK characters spaced out
-            # (see chatllm.store.search), so Chinese words of any length can be found.
+            # Full-text search over thread names and messages, keyed by thread and step
+            # (see chatllm.store.search for the rowid scheme). `body` holds the text with
+            # CJK characters spaced out, so Chinese words of any length can be found.
             "CREATE VIRTUAL TABLE search USING fts5 ("
-            " body, thread_id UNINDEXED, tokenize = 'unicode61 remove_diacritics 2')",
+            " body, tokenize = 'unicode61 remove_diacritics 2')",
         ),
     ),
 ]

@@ -24,6 +24,33 @@ def index_text(text: str) -> str:
 
 
 MAX_TERMS = 8
+#: Latin terms shorter than this match whole words only: a prefix search for "t" would
+#: expand to every word starting with t (seconds, and a burst of memory, in a big store).
+MIN_PREFIX = 3
+
+# Search rows are keyed by thread: rowid = thread seq << 32 | step seq (0 for the thread's
+# name). A search then yields thread seqs from rowids alone (rowid >> 32), without reading
+# any stored column, and a thread's rows are one rowid range.
+_STEP_BITS = 32
+
+
+def name_rowid(thread_seq: int) -> int:
+    return thread_seq << _STEP_BITS
+
+
+def message_rowid(thread_seq: int, step_seq: int) -> int:
+    if not 0 < step_seq < 1 << _STEP_BITS:
+        raise ValueError(f"step seq {step_seq} does not fit the search key")
+    return (thread_seq << _STEP_BITS) | step_seq
+
+
+def thread_rowids(thread_seq: int) -> tuple[int, int]:
+    """The first and last search rowid a thread can own."""
+    return thread_seq << _STEP_BITS, (thread_seq << _STEP_BITS) | ((1 << _STEP_BITS) - 1)
+
+
+#: SQL giving a search row's thread seq.
+THREAD_SEQ_OF_ROW = f"rowid >> {_STEP_BITS}"
 
 
 def match_terms(query: str) -> list[str]:
@@ -39,5 +66,5 @@ def match_terms(query: str) -> list[str]:
                 clauses.append('"' + " ".join(chars) + '"')
         else:
             for word in _WORD_CHARS.findall(term):
-                clauses.append(f'"{word}"*')
+                clauses.append(f'"{word}"*' if len(word) >= MIN_PREFIX else f'"{word}"')
     return list(dict.fromkeys(clauses))[:MAX_TERMS]

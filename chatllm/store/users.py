@@ -11,6 +11,7 @@ from chatllm.errors import ChatLLMError
 from chatllm.store.datalayer import now
 from chatllm.store.db import Database
 from chatllm.store.files import FileStore
+from chatllm.store.search import thread_rowids
 
 
 class UserExists(ChatLLMError):
@@ -72,14 +73,15 @@ class Users:
                     {"i": identifier},
                 )
             ]
-            await conn.execute(
-                text(
-                    "DELETE FROM search WHERE rowid IN"
-                    f" (SELECT seq FROM steps WHERE thread_id IN ({owned}))"
-                    f" OR rowid IN (SELECT -seq FROM threads WHERE id IN ({owned}))"
-                ),
-                {"i": identifier},
+            seqs = await conn.execute(
+                text(f"SELECT seq FROM threads WHERE id IN ({owned})"), {"i": identifier}
             )
+            for (seq,) in seqs.all():
+                first, last = thread_rowids(seq)
+                await conn.execute(
+                    text("DELETE FROM search WHERE rowid BETWEEN :first AND :last"),
+                    {"first": first, "last": last},
+                )
             # Threads, steps, feedback and elements follow by ON DELETE CASCADE.
             result = await conn.execute(
                 text("DELETE FROM users WHERE identifier = :i"), {"i": identifier}
