@@ -8,6 +8,10 @@ PORT ?= 8000
 
 .PHONY: run test lint unit bench clean
 
+# The browser tests drive Debian's Chromium (Playwright cannot download its own here).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet pip==26.3
@@ -23,7 +27,11 @@ $(VENV)/.test-installed: pyproject.toml constraints.txt | $(BIN)/python
 run: $(VENV)/.app-installed
 	$(BIN)/chainlit run app.py --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.test-installed lint unit
+test: $(VENV)/.test-installed $(CHROMIUM) lint unit
+
+$(CHROMIUM):
+	$(SUDO) apt-get update
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
