@@ -532,3 +532,18 @@ async def test_removing_a_user_removes_their_threads_search_rows_and_files(
     with sqlite3.connect(tmp_path / "chat.db") as raw:
         (indexed,) = raw.execute("SELECT count(*) FROM search").fetchone()
     assert indexed == 3  # bob's thread name and two messages
+
+
+async def test_concurrent_writes_to_a_new_thread_all_land(store: ChatDataLayer) -> None:
+    # Chainlit fires the thread update and several step writes as tasks at once.
+    import asyncio
+
+    await asyncio.gather(
+        store.update_thread("t1", name="busy"),
+        *(
+            store.create_step(step("t1", f"s{n}", "user_message", f"m{n}", f"2026-01-01T0{n}Z"))
+            for n in range(8)
+        ),
+    )
+    thread = await store.get_thread("t1")
+    assert thread is not None and len(thread["steps"]) == 8 and thread["name"] == "busy"

@@ -5,6 +5,7 @@ SQLAlchemy Core over aiosqlite keeps the SQL portable to PostgreSQL (asyncpg) la
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,6 +38,7 @@ class Database:
         self.path = _sqlite_path(url)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.writer = self._engine(immediate=True, poolclass=StaticPool)
+        self._writing = asyncio.Lock()
         self.reader = self._engine(immediate=False, poolclass=None)
 
     def _engine(self, *, immediate: bool, poolclass: Any) -> AsyncEngine:
@@ -65,8 +67,9 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A transaction holding the write lock; it commits on exit, rolls back and
-        re-raises on error."""
-        async with self.writer.begin() as conn:
+        re-raises on error. The writer is one shared connection, so this process's writers
+        take turns (Chainlit fires several writes at once as tasks)."""
+        async with self._writing, self.writer.begin() as conn:
             yield conn
 
     @asynccontextmanager
