@@ -8,7 +8,8 @@ PORT ?= 8000
 
 .PHONY: run test lint unit bench clean
 
-# The browser tests drive Debian's Chromium (Playwright cannot download its own here).
+# The browser tests drive Debian's Chromium (Playwright cannot download its own here);
+# the CJK fonts make their Chinese screenshots readable.
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -31,7 +32,7 @@ test: $(VENV)/.test-installed $(CHROMIUM) lint unit
 
 $(CHROMIUM):
 	$(SUDO) apt-get update
-	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium fonts-noto-cjk
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .

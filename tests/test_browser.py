@@ -1,0 +1,411 @@
+"""What a person sees: the app started as the README starts it, driven in Debian's Chromium.
+
+Each step leaves a screenshot in artifacts/screenshots/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import (
+    BrowserContext,
+    Locator,
+    Page,
+    Playwright,
+    expect,
+    sync_playwright,
+)
+
+from tests.support import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAINLIT = str(Path(sys.executable).with_name("chainlit"))
+CHROMIUM = os.environ.get("CHATLLM_CHROMIUM", "/usr/bin/chromium")
+SHOTS = ROOT / "artifacts" / "screenshots"
+# Flags that work on this machine's closed network (no Google services to reach).
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+REPLY = '[data-step-type="assistant_message"] .message-content'
+QUESTION = '[data-step-type="user_message"]'
+LONG_WAIT = 120_000  # ms: a reply from the 135M model on 2 cores, with room to spare
+
+
+@dataclass
+class App:
+    base: str
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    def replies(self) -> list[dict[str, Any]]:
+        """The assistant replies stored, oldest first, with their metadata."""
+        with sqlite3.connect(self.data_dir / "chatllm.db") as raw:
+            rows = raw.execute(
+                "SELECT thread_id, output, metadata FROM steps"
+                " WHERE type = 'assistant_message' ORDER BY seq"
+            ).fetchall()
+        return [
+            {"thread": t, "output": o, "metadata": json.loads(m)}
+            for t, o, m in rows
+            if "finish_reason" in json.loads(m)
+        ]
+
+
+def start_app(data_dir: Path) -> App:
+    """`make run` without the install step: the same chainlit command on a free port."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATLLM_", "CHAINLIT_"))}
+    process = subprocess.Popen(
+        [CHAINLIT, "run", "app.py", "--headless", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env={**env, "CHATLLM_DATA_DIR": str(data_dir)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            httpx.get(base + "/health", timeout=2).raise_for_status()
+            return App(base, data_dir, process)
+        except httpx.HTTPError:
+            assert process.poll() is None, "the app exited during start-up"
+            assert time.monotonic() < deadline, "the app did not start in time"
+            time.sleep(0.3)
+
+
+def stop_app(app: App) -> None:
+    app.process.terminate()
+    app.process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    assert Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM}: `make test` installs it (apt)"
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def local_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+    app = start_app(tmp_path_factory.mktemp("browser-data"))
+    yield app
+    stop_app(app)
+
+
+def open_browser(playwright: Playwright, tmp: Path, locale: str = "en-US") -> BrowserContext:
+    return playwright.chromium.launch_persistent_context(
+        str(tmp / f"profile-{locale}-{time.monotonic_ns()}"),  # a fresh --user-data-dir
+        executable_path=CHROMIUM,
+        headless=True,
+        args=CHROMIUM_FLAGS,
+        locale=locale,
+        viewport={"width": 1280, "height": 860},
+    )
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+    context = open_browser(playwright, tmp_path_factory.mktemp("chromium"))
+    page = context.pages[0] if context.pages else context.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.dialogs = dialogs  # type: ignore[attr-defined]
+    yield page
+    context.close()
+
+
+def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def words(text: str) -> list[str]:
+    return re.sub(r"[`*_#>]", "", text).split()
+
+
+def send(page: Page, text: str) -> None:
+    page.locator("#chat-input").fill(text)
+    page.locator("#chat-input").press("Enter")
+
+
+def wait_for_reply(page: Page, count: int) -> str:
+    """Wait until the `count`-th reply has finished streaming; its text."""
+    replies = page.locator(REPLY)
+    expect(replies).to_have_count(count, timeout=LONG_WAIT)
+    expect(page.locator("#stop-button")).to_have_count(0, timeout=LONG_WAIT)
+    return replies.nth(count - 1).inner_text()
+
+
+def sidebar_thread(page: Page, name: str) -> Locator:
+    return page.locator("#thread-history span.truncate", has_text=name)
+
+
+def new_chat(page: Page) -> None:
+    page.locator("#new-chat-button").click()
+    page.locator("#confirm").click()  # the app asks before leaving a chat
+    expect(page.locator(QUESTION)).to_have_count(0)
+    ready(page)
+
+
+def ready(page: Page) -> None:
+    """Wait for a fresh chat: its welcome screen shown, the sliders sent by the server."""
+    expect(page.locator("#welcome-screen")).to_be_visible(timeout=30_000)
+    expect(page.locator("#chat-settings-open-modal")).to_be_visible(timeout=30_000)
+
+
+def slider(page: Page, widget: str) -> Locator:
+    return page.locator(f"#{widget} [role=slider]")
+
+
+def set_slider(page: Page, widget: str, value: float, step: float) -> None:
+    """Move a settings slider with the keyboard, as a person can."""
+    thumb = slider(page, widget)
+    current = float(thumb.get_attribute("aria-valuenow") or 0)
+    key = "ArrowRight" if value > current else "ArrowLeft"
+    for _ in range(round(abs(value - current) / step)):
+        thumb.press(key)
+    expect(thumb).to_have_attribute("aria-valuenow", f"{value:g}")
+
+
+# ---- 1. first visit
+
+
+def test_first_visit_shows_the_welcome_page_without_a_login(local_app: App, browser: Page) -> None:
+    browser.goto(local_app.base)
+    ready(browser)
+    expect(browser.locator("#email")).to_have_count(0)  # no login page in local mode
+    shot(browser, "01-first-visit")
+    browser.locator("#readme-button").click()
+    expect(browser.get_by_text("Welcome to chatllm")).to_be_visible()
+    shot(browser, "01-welcome-readme")
+    browser.keyboard.press("Escape")
+
+
+# ---- 2. a reply streams in
+
+
+def test_a_message_gets_a_streamed_reply(local_app: App, browser: Page) -> None:
+    send(browser, "Hello! What is a lighthouse?")
+    expect(browser.locator(QUESTION)).to_have_count(1)
+    first_text = browser.locator(REPLY).first
+    expect(first_text).not_to_be_empty(timeout=LONG_WAIT)
+    streaming = first_text.inner_text()
+    shot(browser, "02-streaming")
+    reply = wait_for_reply(browser, 1)
+    assert reply.strip()
+    assert len(reply) >= len(streaming)
+    shot(browser, "02-reply")
+    (stored,) = local_app.replies()
+    assert words(stored["output"]) == words(reply)  # the same text, as markdown renders it
+    local_app.shared["thread"] = stored["thread"]
+
+
+# ---- 3. sliders change the next reply
+
+
+def test_new_slider_values_make_the_next_reply(local_app: App, browser: Page) -> None:
+    browser.locator("#chat-settings-open-modal").click()
+    set_slider(browser, "temperature", 0.4, 0.05)
+    set_slider(browser, "top_p", 0.5, 0.01)
+    shot(browser, "03-settings")
+    browser.get_by_role("button", name="Confirm").click()
+    send(browser, "Tell me one fact about the sea.")
+    wait_for_reply(browser, 2)
+    shot(browser, "03-reply-with-new-settings")
+    latest = local_app.replies()[-1]
+    assert latest["metadata"]["sampling"]["temperature"] == 0.4
+    assert latest["metadata"]["sampling"]["top_p"] == 0.5
+    assert local_app.replies()[0]["metadata"]["sampling"]["temperature"] == 0.7
+
+
+# ---- 4. reload and resume
+
+
+def test_a_reloaded_thread_resumes_with_messages_settings_and_memory(
+    local_app: App, browser: Page
+) -> None:
+    browser.reload()
+    item = sidebar_thread(browser, "Hello! What is a lighthouse?")
+    expect(item).to_be_visible(timeout=30_000)
+    shot(browser, "04-sidebar")
+    item.click()
+    expect(browser.locator(QUESTION)).to_have_count(2, timeout=30_000)
+    expect(browser.locator(REPLY)).to_have_count(2)
+    shot(browser, "04-resumed")
+    browser.locator("#chat-settings-open-modal").click()
+    expect(slider(browser, "temperature")).to_have_attribute("aria-valuenow", "0.4")
+    expect(slider(browser, "top_p")).to_have_attribute("aria-valuenow", "0.5")
+    browser.keyboard.press("Escape")
+    send(browser, "And what did I ask first?")
+    wait_for_reply(browser, 3)
+    shot(browser, "04-follow-up")
+    latest = local_app.replies()[-1]
+    assert latest["thread"] == local_app.shared["thread"]
+    assert latest["metadata"]["prompt_messages"] == 6  # system, two exchanges, the new one
+
+
+# ---- 5. rename and delete
+
+
+def test_threads_are_renamed_and_deleted_from_the_sidebar(local_app: App, browser: Page) -> None:
+    new_chat(browser)
+    send(browser, "A thread to delete")
+    wait_for_reply(browser, 1)
+    browser.reload()
+    for old, action in (
+        ("Hello! What is a lighthouse?", "rename"),
+        ("A thread to delete", "delete"),
+    ):
+        item = sidebar_thread(browser, old)
+        expect(item).to_be_visible(timeout=30_000)
+        item.hover()
+        row = item.locator("xpath=ancestor::*[.//*[@id='thread-options']][1]")
+        row.locator("#thread-options").click()
+        browser.locator(f"#{action}-thread").click()
+        if action == "rename":
+            browser.locator("#name").fill("灯塔 notes")
+        browser.get_by_role("button", name="Confirm").click()
+        done = "Thread renamed!" if action == "rename" else "Chat deleted"
+        expect(browser.get_by_text(done)).to_be_visible(timeout=30_000)
+        shot(browser, f"05-{action}d")
+    browser.reload()
+    expect(sidebar_thread(browser, "灯塔 notes")).to_be_visible(timeout=30_000)
+    expect(sidebar_thread(browser, "A thread to delete")).to_have_count(0)
+    expect(sidebar_thread(browser, "Hello! What is a lighthouse?")).to_have_count(0)
+    shot(browser, "05-after-reload")
+
+
+# ---- 6. stop
+
+
+def test_stop_ends_the_reply_and_the_partial_reply_survives_a_reload(
+    local_app: App, browser: Page
+) -> None:
+    new_chat(browser)
+    send(browser, "Write a very long story about a lighthouse keeper and the sea.")
+    reply = browser.locator(REPLY).first
+    expect(reply).not_to_be_empty(timeout=LONG_WAIT)
+    browser.wait_for_timeout(500)
+    browser.locator("#stop-button").click()
+    expect(browser.locator("#stop-button")).to_have_count(0, timeout=30_000)
+    partial = reply.inner_text()
+    shot(browser, "06-stopped")
+    stopped = local_app.replies()[-1]
+    assert stopped["metadata"]["finish_reason"] == "cancelled"
+    assert stopped["output"].strip()
+    browser.reload()
+    sidebar_thread(browser, "Write a very long story").click()
+    expect(browser.locator(REPLY).first).to_contain_text(partial.strip()[:40], timeout=30_000)
+    shot(browser, "06-after-reload")
+
+
+# ---- 8. no HTML or script from a message runs
+
+
+def test_html_in_a_message_shows_as_text_and_runs_nothing(local_app: App, browser: Page) -> None:
+    new_chat(browser)
+    attack = "<img src=x onerror=alert(1)> and <script>alert(2)</script>"
+    send(browser, attack)
+    question = browser.locator(QUESTION).last
+    expect(question).to_contain_text("<img src=x onerror=alert(1)>")
+    expect(question).to_contain_text("<script>alert(2)</script>")
+    wait_for_reply(browser, 1)
+    browser.reload()
+    browser.wait_for_timeout(1000)
+    shot(browser, "08-html-as-text")
+    assert browser.dialogs == []  # type: ignore[attr-defined]
+    assert browser.locator("img[src=x]").count() == 0
+
+
+# ---- 9. Chinese
+
+
+def test_a_zh_tw_browser_gets_the_chinese_welcome_page(
+    local_app: App, playwright: Playwright, tmp_path: Path
+) -> None:
+    context = open_browser(playwright, tmp_path, locale="zh-TW")
+    page = context.pages[0] if context.pages else context.new_page()
+    page.goto(local_app.base)
+    expect(page.locator("#chat-input")).to_be_visible(timeout=60_000)
+    page.locator("#readme-button").click()
+    expect(page.get_by_text("歡迎使用 chatllm")).to_be_visible()
+    shot(page, "09-zh-TW-welcome")
+    context.close()
+
+
+# ---- 7. multi-user mode
+
+
+def test_multi_user_mode_logs_in_and_keeps_threads_apart(
+    playwright: Playwright, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    data_dir = tmp_path_factory.mktemp("browser-multi")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLLM_")}
+    for name in ("ada", "bob"):  # as an operator would, with the app's command
+        subprocess.run(
+            [sys.executable, "-m", "chatllm", "users", "add", name, "--password-stdin"],
+            input=f"{name}-password-123\n",
+            text=True,
+            cwd=ROOT,
+            env={**env, "CHATLLM_DATA_DIR": str(data_dir)},
+            check=True,
+            capture_output=True,
+        )
+    app = start_app(data_dir)
+    tmp = tmp_path_factory.mktemp("chromium-multi")
+    try:
+        ada = open_browser(playwright, tmp).new_page()
+        ada.goto(app.base)
+        expect(ada.locator("#email")).to_be_visible(timeout=60_000)
+        shot(ada, "07-login-page")
+        login(ada, "ada", "wrong-password")
+        expect(ada.locator("#email")).to_be_visible()
+        expect(ada.get_by_text(re.compile("credentials|incorrect|invalid", re.I))).to_be_visible()
+        shot(ada, "07-wrong-password")
+        login(ada, "ada", "ada-password-123")
+        ready(ada)
+        shot(ada, "07-logged-in")
+        send(ada, "Ada's private question about lighthouses")
+        wait_for_reply(ada, 1)
+        (stored,) = app.replies()
+        thread_url = f"{app.base}/thread/{stored['thread']}"
+
+        bob = open_browser(playwright, tmp).new_page()
+        bob.goto(app.base)
+        login(bob, "bob", "bob-password-123")
+        expect(bob.locator("#chat-input")).to_be_visible(timeout=60_000)
+        bob.goto(thread_url)
+        bob.wait_for_timeout(3000)
+        shot(bob, "07-other-users-thread")
+        body = bob.locator("body").inner_text()
+        assert "private question" not in body
+        assert stored["output"][:30] not in body
+        expect(sidebar_thread(bob, "private question")).to_have_count(0)
+    finally:
+        stop_app(app)
+
+
+def login(page: Page, name: str, password: str) -> None:
+    page.locator("#email").fill(name)
+    page.locator("#password").fill(password)
+    page.locator("#password").press("Enter")
