@@ -56,6 +56,10 @@ class App:
     process: subprocess.Popen[bytes]
     shared: dict[str, Any] = field(default_factory=dict)
 
+    def threads(self) -> list[str]:
+        with sqlite3.connect(self.data_dir / "chatllm.db") as raw:
+            return [name or "" for (name,) in raw.execute("SELECT name FROM threads")]
+
     def replies(self) -> list[dict[str, Any]]:
         """The assistant replies stored, oldest first, with their metadata."""
         with sqlite3.connect(self.data_dir / "chatllm.db") as raw:
@@ -161,9 +165,11 @@ def sidebar_thread(page: Page, name: str) -> Locator:
 
 
 def new_chat(page: Page) -> None:
-    page.locator("#new-chat-button").click()
-    page.locator("#confirm").click()  # the app asks before leaving a chat
-    expect(page.locator(QUESTION)).to_have_count(0)
+    """Start a new chat from the header button, unless the page already shows one."""
+    if page.locator(QUESTION).count():
+        page.locator("#new-chat-button").click()
+        page.locator("#confirm").click()  # the app asks before leaving a chat
+        expect(page.locator(QUESTION)).to_have_count(0)
     ready(page)
 
 
@@ -317,6 +323,9 @@ def test_stop_ends_the_reply_and_the_partial_reply_survives_a_reload(
     sidebar_thread(browser, "Write a very long story").click()
     expect(browser.locator(REPLY).first).to_contain_text(partial.strip()[:40], timeout=30_000)
     shot(browser, "06-after-reload")
+    # The thread deleted earlier did not come back when its tab's session was saved.
+    expect(sidebar_thread(browser, "Untitled")).to_have_count(0)
+    assert [t for t in local_app.threads() if t != "灯塔 notes" and "story" not in t] == []
 
 
 # ---- 8. no HTML or script from a message runs

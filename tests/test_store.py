@@ -547,3 +547,15 @@ async def test_concurrent_writes_to_a_new_thread_all_land(store: ChatDataLayer) 
     )
     thread = await store.get_thread("t1")
     assert thread is not None and len(thread["steps"]) == 8 and thread["name"] == "busy"
+
+
+async def test_a_deleted_thread_stays_deleted_when_its_session_is_saved(
+    store: ChatDataLayer, ada: PersistedUser
+) -> None:
+    await chat(store, ada, "t1", "hello", "hi")
+    await store.delete_thread("t1")
+    # What Chainlit does when the tab that had the thread open disconnects.
+    await store.update_thread("t1", metadata={"chat_settings": {"temperature": 0.4}})
+    assert await store.get_thread("t1") is None
+    page = await store.list_threads(Pagination(first=10), ThreadFilter(userId=ada.id))
+    assert page.data == []

@@ -581,6 +581,10 @@ class ChatDataLayer(BaseDataLayer):
                 )
             ).first()
             acting = user_id or _acting_user_id()
+            if current is None and name is None and user_id is None and tags is None:
+                # Only metadata, for a thread that is not there: Chainlit saving a session
+                # whose thread was just deleted. Writing it would bring the thread back.
+                return
             if current is None:
                 stamp = now()
                 seq = await conn.scalar(
