@@ -187,9 +187,7 @@ class ChatApp:
     async def update_settings(self, values: dict[str, object]) -> None:
         """Apply slider changes to the next reply; refuse bad values and keep the old ones."""
         lang = language()
-        current: Sampling = cl.user_session.get(SAMPLING) or Sampling(
-            system_prompt=self.settings.system_prompt
-        )
+        current: Sampling = cl.user_session.get(SAMPLING) or self._default_sampling()
         try:
             updated = current.update(values)
         except InvalidSampling as exc:
@@ -222,9 +220,7 @@ class ChatApp:
     async def answer(self, message: cl.Message) -> None:
         """One chat turn: stream the model's reply to `message` into the chat."""
         lang = language()
-        sampling: Sampling = cl.user_session.get(SAMPLING) or Sampling(
-            system_prompt=self.settings.system_prompt
-        )
+        sampling: Sampling = cl.user_session.get(SAMPLING) or self._default_sampling()
         history: list[BaseMessage] = cl.user_session.get(HISTORY) or []
         cl.user_session.set(HISTORY, history)
         try:
