@@ -180,3 +180,58 @@ class ScriptedBackend(Backend):
 
     def count_tokens(self, messages: Sequence[BaseMessage]) -> int:
         return sum(len(m.text.split()) + 4 for m in messages)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAINLIT = str(Path(sys.executable).with_name("chainlit"))
+
+
+@dataclass
+class AppServer:
+    """The app started as `make run` starts it (without the install step), on a free
+    loopback port, with its own data directory and a clean environment."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120.0) -> AppServer:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATLLM_", "CHAINLIT_"))}
+        self.process = subprocess.Popen(
+            [
+                CHAINLIT,
+                "run",
+                "app.py",
+                "--headless",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            cwd=ROOT,
+            env={**env, "CHATLLM_DATA_DIR": str(self.data_dir)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(self.base + "/health", timeout=2):
+                    return self
+            except OSError as exc:
+                if self.process.poll() is not None:
+                    detail = self.process.stderr.read().decode() if self.process.stderr else ""
+                    raise RuntimeError(f"the app exited during start-up: {detail}") from exc
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the app did not start in time") from exc
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+        self.process = None

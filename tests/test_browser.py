@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from playwright.sync_api import (
     BrowserContext,
@@ -28,10 +27,9 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.support import free_port
+from tests.support import AppServer
 
 ROOT = Path(__file__).resolve().parent.parent
-CHAINLIT = str(Path(sys.executable).with_name("chainlit"))
 CHROMIUM = os.environ.get("CHATLLM_CHROMIUM", "/usr/bin/chromium")
 SHOTS = ROOT / "artifacts" / "screenshots"
 # Flags that work on this machine's closed network (no Google services to reach).
@@ -53,7 +51,7 @@ LONG_WAIT = 120_000  # ms: a reply from the 135M model on 2 cores, with room to 
 class App:
     base: str
     data_dir: Path
-    process: subprocess.Popen[bytes]
+    server: AppServer
     shared: dict[str, Any] = field(default_factory=dict)
 
     def threads(self) -> list[str]:
@@ -75,31 +73,12 @@ class App:
 
 
 def start_app(data_dir: Path) -> App:
-    """`make run` without the install step: the same chainlit command on a free port."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATLLM_", "CHAINLIT_"))}
-    process = subprocess.Popen(
-        [CHAINLIT, "run", "app.py", "--headless", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env={**env, "CHATLLM_DATA_DIR": str(data_dir)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            httpx.get(base + "/health", timeout=2).raise_for_status()
-            return App(base, data_dir, process)
-        except httpx.HTTPError:
-            assert process.poll() is None, "the app exited during start-up"
-            assert time.monotonic() < deadline, "the app did not start in time"
-            time.sleep(0.3)
+    server = AppServer(data_dir).start()
+    return App(server.base, data_dir, server)
 
 
 def stop_app(app: App) -> None:
-    app.process.terminate()
-    app.process.wait(timeout=20)
+    app.server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +20,8 @@ from chatllm.auth import Passwords
 from chatllm.cli import main as cli
 from chatllm.config import Settings
 from chatllm.store import ChatDataLayer, Database, FileStore
-from tests.support import BrowserTab, free_port
+from tests.support import AppServer, BrowserTab
 
-ROOT = Path(__file__).resolve().parent.parent
-CHAINLIT = str(Path(sys.executable).with_name("chainlit"))
 PASSWORDS = {"ada": "ada-password-1", "bob": "bob-password-2"}
 
 
@@ -81,30 +77,9 @@ def seeded(server_dir: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def server(server_dir: Path, seeded: dict[str, str]) -> Iterator[str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATLLM_", "CHAINLIT_"))}
-    process = subprocess.Popen(
-        [CHAINLIT, "run", "app.py", "--headless", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env={**env, "CHATLLM_DATA_DIR": str(server_dir)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            httpx.get(base + "/health", timeout=2).raise_for_status()
-            break
-        except httpx.HTTPError as exc:
-            if process.poll() is not None:
-                detail = process.stderr.read().decode() if process.stderr else "exit"
-                raise RuntimeError(detail) from exc
-            assert time.monotonic() < deadline, "the app did not start"
-            time.sleep(0.3)
-    yield base
-    process.terminate()
-    process.wait(timeout=20)
+    app = AppServer(server_dir).start()
+    yield app.base
+    app.stop()
 
 
 def login(base: str, name: str, password: str | None = None) -> httpx.Client:

@@ -7,11 +7,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
-from tests.support import free_port
+from tests.support import AppServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAINLIT = str(Path(sys.executable).with_name("chainlit"))
@@ -67,26 +66,11 @@ def test_serving_beyond_this_machine_without_users_is_refused(tmp_path: Path) ->
 
 
 def test_the_app_serves_its_welcome_page_in_english_and_chinese(tmp_path: Path) -> None:
-    port = free_port()
-    server = subprocess.Popen(
-        [CHAINLIT, "run", "app.py", "--headless", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env=app_env(tmp_path),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = AppServer(tmp_path).start()
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(base, timeout=2) as page:
-                    assert b"<title>chatllm</title>" in page.read()
-                break
-            except OSError:
-                assert server.poll() is None, "the app exited during start-up"
-                assert time.monotonic() < deadline, "the app did not start in time"
-                time.sleep(0.3)
+        base = server.base
+        with urllib.request.urlopen(base) as page:
+            assert b"<title>chatllm</title>" in page.read()
 
         # Local mode: no login page; the browser signs in through the header route.
         browser = urllib.request.build_opener(
@@ -121,5 +105,4 @@ def test_the_app_serves_its_welcome_page_in_english_and_chinese(tmp_path: Path) 
             with urllib.request.urlopen(base + asset) as r:
                 assert r.headers["content-type"].startswith("image/svg")
     finally:
-        server.terminate()
-        server.wait(timeout=20)
+        server.stop()
