@@ -37,6 +37,7 @@ from chatllm.errors import (
     BackendError,
     BackendTimeout,
     BackendUnreachable,
+    ChatLLMError,
     ConfigError,
     ContextOverflow,
     EndpointNotFound,
@@ -568,10 +569,10 @@ class Backends:
     def __iter__(self) -> Iterator[Backend]:
         return iter(self._by_kind.values())
 
-    async def profiles(self) -> tuple[list[ProfileSpec], list[BackendError]]:
+    async def profiles(self) -> tuple[list[ProfileSpec], list[ChatLLMError]]:
         """Every (backend, model) choice, and the errors of backends that could not list theirs."""
         specs: list[ProfileSpec] = []
-        problems: list[BackendError] = []
+        problems: list[ChatLLMError] = []
         for backend in self:
             try:
                 specs.extend(ProfileSpec(backend.kind, name) for name in await backend.models())

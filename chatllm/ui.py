@@ -88,6 +88,7 @@ class ChatApp:
         self.users = Users(self.store.db, files)
         self.passwords = Passwords()
         self.auth_mode = AuthMode.LOCAL
+        self._unavailable: list[ChatLLMError] = []
 
     @classmethod
     def from_environment(cls, host: str) -> ChatApp:
@@ -140,6 +141,7 @@ class ChatApp:
         specs, problems = await self.backends.profiles()
         for problem in problems:
             log.warning("Endpoint models unavailable, offering the others: %s", problem)
+        self._unavailable = problems  # told to the user when the chat starts
         return [self._profile(spec, lang, default=index == 0) for index, spec in enumerate(specs)]
 
     def _profile(self, spec: ProfileSpec, lang: str | None, default: bool) -> cl.ChatProfile:
@@ -174,6 +176,9 @@ class ChatApp:
         cl.user_session.set(SAMPLING, sampling)
         cl.user_session.set(HISTORY, [])
         await cl.ChatSettings(sampling.widgets(language())).send()
+        for problem in self._unavailable:
+            text = t("notice.endpoint_unavailable", language(), reason=describe(problem))
+            await cl.Message(content=text, author="chatllm").send()
 
     async def resume(self, thread: ThreadDict) -> None:
         """An old thread reopened: its memory and sliders come back as they were."""

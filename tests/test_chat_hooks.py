@@ -185,3 +185,19 @@ async def test_a_reply_that_ends_by_itself_is_marked_stop(app: ChatApp) -> None:
     await say(app, tab, "Say hi.")
     (reply,) = [m for m in tab.messages() if m["type"] == "assistant_message"]
     assert reply["metadata"]["finish_reason"] == "stop"
+
+
+async def test_a_new_chat_says_why_endpoint_models_are_missing(settings: Settings) -> None:
+    from tests.support import free_port
+
+    dead = settings.model_copy(
+        update={"openai_base_url": f"http://127.0.0.1:{free_port()}/v1", "openai_timeout": 2}
+    )
+    app = ChatApp(dead)
+    await app.prepare("127.0.0.1")
+    profiles = await app.profiles("en")
+    assert [p.name for p in profiles] == ["local:SmolLM2-135M-Instruct"]  # local still offered
+    tab = BrowserTab()
+    await open_chat(app, tab)
+    (notice,) = [m["output"] for m in tab.messages() if m["type"] == "assistant_message"]
+    assert "not offered right now" in notice and "Cannot reach" in notice
