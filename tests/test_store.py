@@ -109,6 +109,14 @@ async def test_an_older_database_is_brought_up_to_date_keeping_its_data(
     await layer.close()
 
 
+async def test_the_database_file_is_readable_by_its_owner_only(
+    store: ChatDataLayer, ada: PersistedUser, tmp_path: Path
+) -> None:
+    await chat(store, ada, "t1", "private words")
+    for file in tmp_path.glob("chat.db*"):
+        assert file.stat().st_mode & 0o777 == 0o600, file
+
+
 async def test_connections_use_wal_foreign_keys_and_a_busy_timeout(store: ChatDataLayer) -> None:
     from sqlalchemy import text
 

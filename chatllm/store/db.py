@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -37,6 +38,10 @@ class Database:
         self.url = url
         self.path = _sqlite_path(url)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists() and make_url(url).query.get("mode") != "ro":
+            # Chats and password hashes: readable by the owner only. SQLite gives its
+            # -wal and -shm files the same permissions.
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         self.writer = self._engine(immediate=True, poolclass=StaticPool)
         self._writing = asyncio.Lock()
         self.reader = self._engine(immediate=False, poolclass=None)
@@ -128,4 +133,4 @@ def _sqlite_path(url: str) -> Path:
     if not database or database == ":memory:":
         # Readers and the writer are separate connections; they must share a file.
         raise ValueError("The database must be a file, e.g. sqlite+aiosqlite:///data/chatllm.db")
-    return Path(database)
+    return Path(database.removeprefix("file:"))  # an SQLite URI (…?mode=ro&uri=true)
