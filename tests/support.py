@@ -87,6 +87,34 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_until_serving(
+    process: subprocess.Popen[bytes], request: urllib.request.Request, what: str, timeout: float
+) -> None:
+    """Poll `request` until it answers; fail with the process's stderr if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=2):
+                return
+        except OSError as exc:
+            if process.poll() is not None:
+                detail = process.stderr.read().decode() if process.stderr else ""
+                raise RuntimeError(f"{what} exited during start-up: {detail[-2000:]}") from exc
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start in time") from exc
+            time.sleep(0.2)
+
+
+def stop_process(process: subprocess.Popen[bytes] | None) -> None:
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @dataclass
 class Endpoint:
     """llama-cpp-python's OpenAI-compatible server serving a GGUF on 127.0.0.1."""
@@ -126,30 +154,13 @@ class Endpoint:
             stderr=subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise RuntimeError(f"llama_cpp.server exited: {err[-2000:]}")
-            try:
-                request = urllib.request.Request(
-                    f"{self.base_url}/models", headers={"Authorization": f"Bearer {self.api_key}"}
-                )
-                with urllib.request.urlopen(request, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.2)
-        raise RuntimeError("llama_cpp.server did not start in time")
+        request = urllib.request.Request(
+            f"{self.base_url}/models", headers={"Authorization": f"Bearer {self.api_key}"}
+        )
+        wait_until_serving(self.process, request, "llama_cpp.server", timeout)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
 
 
@@ -217,21 +228,10 @@ class AppServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(self.base + "/health", timeout=2):
-                    return self
-            except OSError as exc:
-                if self.process.poll() is not None:
-                    detail = self.process.stderr.read().decode() if self.process.stderr else ""
-                    raise RuntimeError(f"the app exited during start-up: {detail}") from exc
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the app did not start in time") from exc
-                time.sleep(0.3)
+        request = urllib.request.Request(self.base + "/health")
+        wait_until_serving(self.process, request, "the app", timeout)
+        return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
+        stop_process(self.process)
         self.process = None
