@@ -7,7 +7,7 @@ from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
 from langchain_core.messages.utils import trim_messages
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.outputs import ChatGeneration, LLMResult
@@ -59,7 +59,18 @@ class ReplyRecord(AsyncCallbackHandler):
         for generation in response.generations[0] if response.generations else []:
             self.info.update(generation.generation_info or {})
             if isinstance(generation, ChatGeneration):
-                self.info.update(generation.message.response_metadata)
+                message = generation.message
+                self.info.update(message.response_metadata)
+                if isinstance(message, AIMessage) and message.usage_metadata:
+                    self.info["usage_metadata"] = dict(message.usage_metadata)
+
+    @property
+    def usage(self) -> tuple[int, int] | None:
+        """(prompt tokens, reply tokens) as the model reported them, if it did."""
+        usage = self.info.get("usage_metadata")
+        if not usage:
+            return None
+        return int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
 
     @property
     def finish_reason(self) -> str | None:

@@ -15,7 +15,8 @@ import argparse
 import asyncio
 import getpass
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from chatllm.auth import Passwords
 from chatllm.config import Settings, get_settings
@@ -56,9 +57,7 @@ async def _users(args: argparse.Namespace, settings: Settings) -> str:
         await database.close()
 
 
-def main(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chatllm", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     users = commands.add_parser("users", help="add, reset, remove or list login users")
     actions = users.add_subparsers(dest="action", required=True)
     for action in ("add", "reset", "remove"):
@@ -69,9 +68,21 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
                 "--password-stdin", action="store_true", help="read the password from stdin"
             )
     actions.add_parser("list")
+    users.set_defaults(handler=_users)
+
+
+#: Each command's module adds its parser with a `handler(args, settings) -> str` coroutine.
+Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, str]]
+
+
+def main(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chatllm", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    register(commands)
     args = parser.parse_args(argv)
+    handler: Handler = args.handler
     try:
-        print(asyncio.run(_users(args, settings or get_settings())))
+        print(asyncio.run(handler(args, settings or get_settings())))
     except ChatLLMError as exc:
         print(f"chatllm: {exc}", file=sys.stderr)
         return 1

@@ -102,6 +102,9 @@ def describe(exc: BaseException, language: str | None = None) -> str:
         return t("error.store", language, detail=str(exc))
     if isinstance(exc, InvalidSampling):
         return t("settings.refused", language, problems="; ".join(exc.problems))
-    if isinstance(exc, ChatLLMError):
+    if isinstance(exc, BackendError):
         return t("error.backend", language, detail=str(exc))
+    if isinstance(exc, ChatLLMError):
+        text = str(exc).strip()
+        return (text[:1].upper() + text[1:]).rstrip(".") + "." if text else type(exc).__name__
     return t("error.unexpected", language, kind=type(exc).__name__)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import math
 import re
 import secrets
 import threading
@@ -64,6 +65,60 @@ def draw_seed() -> int:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """Tokens one generation took: the prompt as the model received it, and the reply."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    def as_metadata(self) -> dict[str, int]:
+        """LangChain's `usage_metadata` form, as ChatOpenAI reports it too."""
+        return {
+            "input_tokens": self.prompt_tokens,
+            "output_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+#: A piece of a streamed reply: its text, and on the last piece why it ended and its usage.
+Delta = tuple[str, str | None, Usage | None]
+
+
+class _Meter:
+    """Counts the tokens of one generation, and stops it on request.
+
+    llama-cpp-python streams no token usage. Every completion runs `Llama.generate`, which
+    takes the prompt's tokens and yields each sampled token; `LocalEngine` wraps it with
+    `count`, so the counts are exact and a stop takes effect before the next token is even
+    detokenized.
+    """
+
+    __slots__ = ("completion_tokens", "prompt_tokens", "stop")
+
+    def __init__(self, stop: threading.Event | None) -> None:
+        self.stop = stop
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def count(
+        self, generate: Callable[..., Iterator[int]], is_end: Callable[[int], bool]
+    ) -> Callable[..., Iterator[int]]:
+        def metered(tokens: Sequence[int], *args: Any, **kwargs: Any) -> Iterator[int]:
+            self.prompt_tokens = len(tokens)
+            for token in generate(tokens, *args, **kwargs):
+                if self.stop is not None and self.stop.is_set():
+                    return
+                if not is_end(token):  # the end-of-generation token is not part of the reply
+                    self.completion_tokens += 1
+                yield token
+
+        return metered
+
+    def usage(self) -> Usage:
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
+
+
+@dataclass(frozen=True)
 class ProfileSpec:
     """One choice in the chat-profile menu: a backend and a model it serves."""
 
@@ -112,6 +167,7 @@ class LocalEngine:
             verbose=False,
         )
         self.n_ctx = n_ctx
+        self._generate_tokens = self.llama.generate  # bound before any wrapping
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._line: list[_Ticket] = []
         # Trimming a long thread counts the same messages on every turn, and several times
@@ -151,8 +207,9 @@ class LocalEngine:
 
     async def stream(
         self, messages: list[dict[str, str]], params: dict[str, Any]
-    ) -> AsyncIterator[tuple[str, str | None]]:
-        """Yield (text delta, finish reason) pairs from the model, in turn with other callers.
+    ) -> AsyncIterator[Delta]:
+        """Yield (text delta, finish reason, usage) from the model, in turn with other
+        callers; the finish reason and usage come with the last delta.
 
         Closing or cancelling the iteration stops the generation before its next token.
         """
@@ -161,7 +218,7 @@ class LocalEngine:
             # The worker appends to `pending` (deque appends are thread-safe) and wakes the
             # loop; each wake takes everything waiting, so a consumer that fell behind
             # catches up in one chunk instead of paying LangChain's per-chunk cost per token.
-            pending: deque[tuple[str, str | None] | BaseException | None] = deque()
+            pending: deque[Delta | BaseException | None] = deque()
             arrived = asyncio.Event()
             stop = threading.Event()
 
@@ -182,7 +239,7 @@ class LocalEngine:
                 while not finished:
                     await arrived.wait()
                     arrived.clear()
-                    text, finish = "", None
+                    text, finish, usage = "", None, None
                     while pending:
                         item = pending.popleft()
                         if item is None:
@@ -190,9 +247,9 @@ class LocalEngine:
                             break
                         if isinstance(item, BaseException):
                             raise _local_error(item, self.n_ctx) from item
-                        text, finish = text + item[0], item[1] or finish
+                        text, finish, usage = text + item[0], item[1] or finish, item[2] or usage
                     if text or finish:
-                        yield text, finish
+                        yield text, finish, usage
             finally:
                 stop.set()
                 # The line moves on only once llama.cpp has really stopped; a second
@@ -203,7 +260,7 @@ class LocalEngine:
         """Blocking, whole-reply generation on the worker thread (for sync callers)."""
 
         def run() -> str:
-            return "".join(delta for delta, _ in self._generate(messages, params, None))
+            return "".join(delta for delta, _, _ in self._generate(messages, params, None))
 
         try:
             return self._worker.submit(run).result()
@@ -215,7 +272,17 @@ class LocalEngine:
         messages: list[dict[str, str]],
         params: dict[str, Any],
         stop: threading.Event | None,
-    ) -> Iterator[tuple[str, str | None]]:
+    ) -> Iterator[Delta]:
+        import llama_cpp
+
+        meter = _Meter(stop)
+        vocab = self.llama._model.vocab
+
+        def is_end(token: int) -> bool:
+            return bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+
+        # An instance attribute shadowing the method; only this worker thread calls it.
+        self.llama.generate = meter.count(self._generate_tokens, is_end)  # type: ignore[method-assign,assignment]
         stream = self.llama.create_chat_completion(
             messages=messages,  # type: ignore[arg-type]
             stream=True,
@@ -229,9 +296,10 @@ class LocalEngine:
                 delta: str = choice["delta"].get("content") or ""
                 finish: str | None = choice.get("finish_reason")
                 if delta or finish:
-                    yield delta, finish
+                    yield delta, finish, meter.usage() if finish else None
         finally:
             stream.close()  # type: ignore[union-attr]
+            del self.llama.generate  # the method again, for anyone using the Llama directly
 
 
 def _local_error(exc: BaseException, n_ctx: int) -> BaseException:
@@ -318,13 +386,17 @@ class LlamaCppChat(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         request = self._request(stop)
-        async for delta, finish in self.engine.stream(_as_dicts(messages), request):
+        async for delta, finish, usage in self.engine.stream(_as_dicts(messages), request):
             info = (
                 {"finish_reason": finish, "model_name": self.model_name, "seed": request["seed"]}
                 if finish
                 else None
             )
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=delta), generation_info=info)
+            message = AIMessageChunk(
+                content=delta,
+                usage_metadata=usage.as_metadata() if usage else None,  # type: ignore[arg-type]
+            )
+            chunk = ChatGenerationChunk(message=message, generation_info=info)
             if run_manager is not None and delta:
                 await run_manager.on_llm_new_token(delta, chunk=chunk)
             yield chunk
@@ -423,6 +495,10 @@ class Backend(ABC):
     def count_tokens(self, messages: Sequence[BaseMessage]) -> int:
         """Tokens `messages` take in the prompt, template overhead included."""
 
+    @abstractmethod
+    def count_text(self, text: str) -> int:
+        """Tokens `text` takes (for a reply whose usage the model did not report)."""
+
 
 BACKENDS: dict[str, type[Backend]] = {}
 
@@ -472,6 +548,9 @@ class LocalBackend(Backend):
     def count_tokens(self, messages: Sequence[BaseMessage]) -> int:
         engine = self.engine
         return sum(engine.count_tokens(m.text) + TEMPLATE_TOKENS_PER_MESSAGE for m in messages)
+
+    def count_text(self, text: str) -> int:
+        return self.engine.count_tokens(text)
 
 
 #: Sampling values the OpenAI API itself defines; others (top_k, repeat_penalty) go in the
@@ -537,6 +616,9 @@ class OpenAIBackend(Backend):
             timeout=self.settings.openai_timeout,
             max_retries=self.settings.openai_max_retries,
             streaming=True,
+            # Token usage on the last streamed chunk, for servers that send it; the receipt
+            # estimates the counts for those that do not (llama-cpp-python's).
+            stream_usage=True,
             extra_body=extra if extra and self.settings.openai_send_extra_sampling else None,
             **standard,
         )
@@ -549,6 +631,9 @@ class OpenAIBackend(Backend):
         return count_tokens_approximately(
             messages, chars_per_token=3.0, extra_tokens_per_message=TEMPLATE_TOKENS_PER_MESSAGE
         )
+
+    def count_text(self, text: str) -> int:
+        return math.ceil(len(text) / 3.0)
 
 
 class Backends:

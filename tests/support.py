@@ -192,6 +192,9 @@ class ScriptedBackend(Backend):
     def count_tokens(self, messages: Sequence[BaseMessage]) -> int:
         return sum(len(m.text.split()) + 4 for m in messages)
 
+    def count_text(self, text: str) -> int:
+        return len(text.split())
+
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAINLIT = str(Path(sys.executable).with_name("chainlit"))

@@ -749,6 +749,8 @@ def _step_dict(row: Row[Any]) -> StepDict:
 
 
 async def _element_bytes(element: Element) -> bytes | None:
+    if element.type == "custom":
+        return None  # its data is its props, stored in the row
     content = getattr(element, "content", None)
     if isinstance(content, str):
         return content.encode("utf-8")

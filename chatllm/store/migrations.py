@@ -88,4 +88,16 @@ MIGRATIONS: list[Migration] = [
             " body, tokenize = 'unicode61 remove_diacritics 2')",
         ),
     ),
+    Migration(
+        name="sampling presets per user",
+        statements=(
+            """CREATE TABLE presets (
+                user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+                name TEXT NOT NULL,
+                preset_values TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                PRIMARY KEY (user_id, name)
+            )""",
+        ),
+    ),
 ]

@@ -1,0 +1,145 @@
+"""One reply generated and measured: the chain run once, with its receipt.
+
+Every way the app makes a reply goes through `Generation`: a chat turn, regenerate, replay,
+compare and the sweep command. So every reply is measured and recorded the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from langchain_core.messages import BaseMessage
+
+from chatllm.chain import ReplyRecord, build_chain, chain_input
+from chatllm.models import Backend, draw_seed, queue_listener
+from chatllm.receipts import Finish, Receipt, prompt_digest
+from chatllm.sampling import Sampling
+
+
+def with_seed(sampling: Sampling) -> Sampling:
+    """`sampling` with a seed: its own, or one drawn now, so the receipt can name it."""
+    if sampling.seed is not None:
+        return sampling
+    return sampling.model_copy(update={"seed": draw_seed()})
+
+
+class Generation:
+    """One reply from `backend`'s `model` with `sampling`, streamed and measured.
+
+    Iterate `stream()` for the text; afterwards (also after a cancellation or an error)
+    `receipt()` tells what made it and how it went.
+    """
+
+    def __init__(self, backend: Backend, model: str, sampling: Sampling) -> None:
+        self.backend = backend
+        self.model = model
+        self.sampling = with_seed(sampling)
+        self.text = ""
+        self.finish: Finish = "error"
+        self.error: str | None = None
+        self.record = ReplyRecord()
+        self._created = time.perf_counter()
+        self._requested: float | None = None  # when the chain sent the request
+        self._started: float | None = None  # when the model took it (later if it waited)
+        self._first: float | None = None
+        self._ended: float | None = None
+        self._chunks = 0
+
+    async def stream(self, history: Sequence[BaseMessage], message: str) -> AsyncIterator[str]:
+        """Yield the reply's text as it comes. Raises the backend's errors (`ChatLLMError`s)."""
+        outer = queue_listener.get()
+
+        async def listen(ahead: int) -> None:
+            if ahead == 0:  # it waited in line and now has the model
+                self._started = time.perf_counter()
+            if outer is not None:
+                await outer(ahead)
+
+        token = queue_listener.set(listen)
+        try:
+            # Some servers (llama-cpp-python's among them) answer an unknown model name with
+            # their default model; that reply would be credited to the wrong model.
+            await self.backend.ensure_model(self.model)
+            chain = build_chain(
+                self.backend.chat_model(self.model, self.sampling),
+                context_tokens=self.backend.context_tokens(self.model),
+                reply_tokens=self.sampling.max_tokens,
+                count=self.backend.count_tokens,
+            )
+            inputs = chain_input(self.sampling.system_prompt, history, message)
+            self._requested = self._started = time.perf_counter()
+            async for text in chain.astream(inputs, config={"callbacks": [self.record]}):
+                if not text:
+                    continue
+                if self._first is None:
+                    self._first = time.perf_counter()
+                self._chunks += 1
+                self.text += text
+                yield text
+            self.finish = "length" if self.record.finish_reason == "length" else "stop"
+        except (asyncio.CancelledError, GeneratorExit):
+            self.finish = "cancelled"
+            raise
+        except Exception as exc:
+            self.finish = "error"
+            self.error = str(exc) or type(exc).__name__
+            raise
+        finally:
+            self._ended = time.perf_counter()
+            queue_listener.reset(token)
+
+    async def run(self, history: Sequence[BaseMessage], message: str) -> str:
+        """The whole reply, without streaming."""
+        async for _ in self.stream(history, message):
+            pass
+        return self.text
+
+    def receipt(self) -> Receipt:
+        usage = self.record.usage
+        estimated = usage is None
+        prompt_tokens: int | None
+        completion_tokens: int | None
+        if usage is not None:
+            prompt_tokens, completion_tokens = usage
+        else:
+            # The backend reported none (a stopped reply, a server without stream usage).
+            prompt = self.record.prompt
+            prompt_tokens = self.backend.count_tokens(prompt) if prompt else None
+            completion_tokens = self._count_reply()
+        rate = None
+        if self._first is not None and self._ended is not None and completion_tokens:
+            after_first = self._ended - self._first
+            if completion_tokens > 1 and after_first > 0:
+                rate = (completion_tokens - 1) / after_first
+        started = self._started if self._started is not None else self._created
+        queued = started - self._requested if self._requested is not None else 0.0
+        return Receipt(
+            backend=self.backend.kind,
+            model=self.model,
+            sampling=self.sampling.model_dump(),
+            finish_reason=self.finish,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            tokens_estimated=estimated,
+            prompt_messages=len(self.record.prompt),
+            prompt_digest=prompt_digest(self.record.prompt) if self.record.prompt else None,
+            ttft_ms=_ms(self._first - started) if self._first is not None else None,
+            queued_ms=_ms(queued),
+            tokens_per_second=round(rate, 2) if rate is not None else None,
+            duration_ms=_ms(self._ended - started) if self._ended is not None else None,
+            error=self.error,
+        )
+
+    def _count_reply(self) -> int | None:
+        if not self.text:
+            return 0
+        try:
+            return max(self.backend.count_text(self.text), 1)
+        except Exception:  # counting is best effort; the receipt says the counts are estimates
+            return self._chunks or None
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)

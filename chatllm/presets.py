@@ -1,0 +1,140 @@
+"""Named sampling presets: built-in ones, and those each user saves (stored per user).
+
+A preset sets the sliders that shape sampling (temperature, top_p, top_k, repeat penalty,
+max new tokens); it leaves the seed and the system prompt as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import text
+
+from chatllm.errors import ChatLLMError
+from chatllm.i18n import t
+from chatllm.sampling import Sampling
+from chatllm.store import Database
+
+PRESET_FIELDS = ("temperature", "top_p", "top_k", "repeat_penalty", "max_tokens")
+MAX_NAME = 60
+MAX_PER_USER = 100
+
+#: Built-in presets by key; their names are translated (i18n "preset.<key>").
+BUILT_IN: dict[str, dict[str, Any]] = {
+    "balanced": {"temperature": 0.7, "top_p": 0.95, "top_k": 40, "repeat_penalty": 1.1},
+    # The original project's author found these best for a code assistant.
+    "code": {"temperature": 0.4, "top_p": 0.5, "top_k": 40, "repeat_penalty": 1.1},
+    "precise": {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "repeat_penalty": 1.0},
+    "creative": {"temperature": 1.1, "top_p": 0.98, "top_k": 100, "repeat_penalty": 1.05},
+}
+
+
+class PresetError(ChatLLMError):
+    """A preset name or values that cannot be saved."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named set of sampling values. `key` is "builtin:<name>" or "user:<name>"."""
+
+    key: str
+    label: str
+    values: dict[str, Any]
+
+    @property
+    def builtin(self) -> bool:
+        return self.key.startswith("builtin:")
+
+    def apply(self, sampling: Sampling) -> Sampling:
+        return sampling.update(self.values)
+
+    def matches(self, sampling: Sampling) -> bool:
+        """Whether `sampling` holds this preset's values."""
+        return all(getattr(sampling, name) == value for name, value in self.values.items())
+
+
+def values_of(sampling: Sampling) -> dict[str, Any]:
+    """The part of `sampling` a preset holds."""
+    return {name: getattr(sampling, name) for name in PRESET_FIELDS}
+
+
+def builtin_presets(lang: str | None) -> list[Preset]:
+    return [
+        Preset(key=f"builtin:{key}", label=t(f"preset.{key}", lang), values=dict(values))
+        for key, values in BUILT_IN.items()
+    ]
+
+
+def clean_name(name: str) -> str:
+    name = " ".join(name.split())
+    if not name:
+        raise PresetError("a preset needs a name")
+    if len(name) > MAX_NAME:
+        raise PresetError(f"a preset name may have at most {MAX_NAME} characters")
+    return name
+
+
+class Presets:
+    """Each user's saved presets, in the app's database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def for_user(self, user_id: str | None, lang: str | None) -> list[Preset]:
+        """The built-in presets, then the user's own by name."""
+        presets = builtin_presets(lang)
+        if user_id is None:
+            return presets
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT name, preset_values FROM presets WHERE user_id = :user"
+                        " ORDER BY name COLLATE NOCASE"
+                    ),
+                    {"user": user_id},
+                )
+            ).all()
+        for row in rows:
+            presets.append(
+                Preset(key=f"user:{row.name}", label=row.name, values=json.loads(row.preset_values))
+            )
+        return presets
+
+    async def save(self, user_id: str, name: str, sampling: Sampling) -> Preset:
+        """Save (or overwrite) the user's preset `name` with `sampling`'s values."""
+        name = clean_name(name)
+        values = values_of(sampling)
+        async with self.db.write() as conn:
+            count = await conn.scalar(
+                text("SELECT count(*) FROM presets WHERE user_id = :user AND name != :name"),
+                {"user": user_id, "name": name},
+            )
+            if (count or 0) >= MAX_PER_USER:
+                raise PresetError(f"at most {MAX_PER_USER} presets can be saved; delete some first")
+            await conn.execute(
+                text(
+                    "INSERT INTO presets (user_id, name, preset_values, created_at)"
+                    " VALUES (:user, :name, :values, :now)"
+                    " ON CONFLICT (user_id, name)"
+                    " DO UPDATE SET preset_values = excluded.preset_values"
+                ),
+                {
+                    "user": user_id,
+                    "name": name,
+                    "values": json.dumps(values),
+                    "now": datetime.now(UTC).isoformat(),
+                },
+            )
+        return Preset(key=f"user:{name}", label=name, values=values)
+
+    async def delete(self, user_id: str, name: str) -> bool:
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                text("DELETE FROM presets WHERE user_id = :user AND name = :name"),
+                {"user": user_id, "name": name},
+            )
+        return bool(result.rowcount)

@@ -1,0 +1,151 @@
+"""Receipts: every reply says what made it and how it went, measured on the real model."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+
+from chatllm.compare import SettingsSet, run_comparison, similarity, word_diff, words
+from chatllm.config import Settings
+from chatllm.generation import Generation
+from chatllm.models import LocalBackend, OpenAIBackend
+from chatllm.receipts import Receipt, receipt_of
+from chatllm.sampling import Sampling
+from tests.support import Endpoint
+
+STORY = "Write a long story about a lighthouse keeper and her cat."
+
+
+def model(local: LocalBackend) -> str:
+    return local.settings.local_model_name
+
+
+async def test_token_counts_match_llama_cpp_own_usage(local: LocalBackend) -> None:
+    """The streamed path counts exactly what llama-cpp-python reports for the same call."""
+    sampling = Sampling(temperature=0.0, max_tokens=60, seed=5, system_prompt="Be brief.")
+    for max_tokens in (7, 200):
+        generation = Generation(local, model(local), sampling.update({"max_tokens": max_tokens}))
+        text = await generation.run([], "Name three colours.")
+        raw = local.engine.llama.create_chat_completion(
+            messages=[
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Name three colours."},
+            ],
+            **generation.sampling.generation_params(),
+        )
+        receipt = generation.receipt()
+        assert text == raw["choices"][0]["message"]["content"]  # type: ignore[index]
+        assert receipt.prompt_tokens == raw["usage"]["prompt_tokens"]  # type: ignore[index]
+        assert receipt.completion_tokens == raw["usage"]["completion_tokens"]  # type: ignore[index]
+        assert receipt.finish_reason == raw["choices"][0]["finish_reason"]  # type: ignore[index]
+        assert not receipt.tokens_estimated
+    assert receipt.finish_reason == "stop"  # the 200-token reply ended by itself
+
+
+async def test_a_receipt_records_settings_seed_tokens_and_speed(local: LocalBackend) -> None:
+    sampling = Sampling(temperature=0.9, top_p=0.8, top_k=30, repeat_penalty=1.2, max_tokens=24)
+    generation = Generation(local, model(local), sampling)
+    history = [HumanMessage("Hi"), AIMessage("Hello! How can I help?")]
+    await generation.run(history, STORY)
+    receipt = generation.receipt()
+    assert (receipt.backend, receipt.model) == ("local", model(local))
+    drawn = receipt.seed
+    assert isinstance(drawn, int)  # drawn for the empty seed slider, and recorded
+    assert receipt.sampling == {**sampling.model_dump(), "seed": drawn}
+    assert receipt.finish_reason == "length" and receipt.completion_tokens == 24
+    assert receipt.prompt_messages == 4  # system, the exchange, the new message
+    assert receipt.prompt_tokens is not None and receipt.prompt_tokens > 20
+    assert receipt.ttft_ms is not None and 0 < receipt.ttft_ms < 10_000
+    assert receipt.tokens_per_second is not None and receipt.tokens_per_second > 1
+    assert receipt.duration_ms is not None and receipt.duration_ms >= receipt.ttft_ms
+    summary = receipt.summary("en")
+    for part in ("local", "T 0.9", "top_p 0.8", "top_k 30", f"seed {drawn}", "+ 24 tokens"):
+        assert part in summary
+    assert "截斷" in receipt.summary("zh-TW")
+    again = receipt_of({"receipt": receipt.model_dump(mode="json")})
+    assert again == receipt  # what is stored reads back unchanged
+
+
+async def test_a_fixed_seed_replays_identical_text(local: LocalBackend) -> None:
+    sampling = Sampling(temperature=1.3, top_p=1.0, max_tokens=40, seed=2024)
+    history = [HumanMessage("Tell me about tides."), AIMessage("Tides come from the moon.")]
+    first = Generation(local, model(local), sampling)
+    await first.run(history, STORY)
+    other = Generation(local, model(local), sampling.update({"seed": 7}))
+    await other.run(history, STORY)  # the model's cache now holds another reply
+    replay = Generation(local, model(local), Sampling.model_validate(first.receipt().sampling))
+    await replay.run(history, STORY)
+    assert replay.text == first.text
+    assert replay.receipt().prompt_digest == first.receipt().prompt_digest
+    assert other.text != first.text
+
+
+async def test_a_stopped_reply_is_receipted_as_cancelled(local: LocalBackend) -> None:
+    generation = Generation(local, model(local), Sampling(max_tokens=400, temperature=0.0))
+
+    async def consume() -> None:
+        async for _ in generation.stream([], STORY):
+            pass
+
+    task = asyncio.create_task(consume())
+    while len(generation.text) < 20:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    receipt = generation.receipt()
+    assert receipt.finish_reason == "cancelled"
+    assert receipt.tokens_estimated  # the model reported no usage; counted from the text
+    assert receipt.completion_tokens is not None and receipt.completion_tokens > 0
+
+
+async def test_an_endpoint_reply_gets_a_receipt(
+    endpoint: Endpoint, endpoint_settings: Settings
+) -> None:
+    backend = OpenAIBackend(endpoint_settings)
+    sampling = Sampling(temperature=0.0, max_tokens=12, seed=3)
+    generation = Generation(backend, endpoint.alias, sampling)
+    await generation.run([], STORY)
+    receipt = generation.receipt()
+    assert (receipt.backend, receipt.model, receipt.seed) == ("openai", endpoint.alias, 3)
+    assert receipt.finish_reason == "length"
+    assert receipt.completion_tokens is not None and receipt.completion_tokens > 0
+    assert receipt.prompt_tokens is not None and receipt.prompt_tokens > 0
+    assert receipt.ttft_ms is not None
+
+
+async def test_a_comparison_runs_each_set_on_one_seed(local: LocalBackend) -> None:
+    base = Sampling(max_tokens=16, seed=11)
+    sets = [
+        SettingsSet("cold", base.update({"temperature": 0.0})),
+        SettingsSet("code", base.update({"temperature": 0.4, "top_p": 0.5})),
+        SettingsSet("hot", base.update({"temperature": 1.5, "top_p": 1.0})),
+    ]
+    seen: list[int] = []
+
+    async def progress(columns: list) -> None:  # type: ignore[type-arg]
+        seen.append(sum(len(c.generation.text) for c in columns))
+
+    columns = await run_comparison(
+        local, model(local), sets, [], STORY, parallel=False, progress=progress
+    )
+    assert [c.label for c in columns] == ["cold", "code", "hot"]
+    receipts = [Receipt.model_validate(c.as_dict()["receipt"]) for c in columns]
+    assert [r.sampling["temperature"] for r in receipts] == [0.0, 0.4, 1.5]
+    assert {r.seed for r in receipts} == {11}
+    assert all(c.generation.text for c in columns)
+    assert seen == sorted(seen)  # the columns fill in as text arrives, in turn
+
+
+def test_word_diff_splits_words_and_chinese_characters() -> None:
+    assert words("Hello, world!") == ["Hello", ",", " ", "world", "!"]
+    assert words("你好世界 ok") == ["你", "好", "世", "界", " ", "ok"]
+    a, b = "The quick brown fox 跳過了狗", "The slow brown fox 跳過了貓 today"
+    diff = word_diff(a, b)
+    assert "".join(text for op, text in diff if op != "+") == a
+    assert "".join(text for op, text in diff if op != "-") == b
+    assert ("-", "quick") in diff and ("+", "slow") in diff
+    assert ("-", "狗") in diff
+    assert similarity(a, a) == 1.0 and 0 < similarity(a, b) < 1
