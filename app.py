@@ -50,3 +50,18 @@ async def on_settings_update(values: dict[str, Any]) -> None:
 @cl.on_message
 async def on_message(message: cl.Message) -> None:
     await chat.answer(message)
+
+
+@cl.action_callback("replay")
+async def on_replay(action: cl.Action) -> None:
+    await chat.replay(action)
+
+
+@cl.action_callback("regenerate")
+async def on_regenerate(action: cl.Action) -> None:
+    await chat.regenerate(action)
+
+
+@cl.action_callback("choose")
+async def on_choose(action: cl.Action) -> None:
+    await chat.choose(action)

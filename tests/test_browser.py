@@ -218,9 +218,9 @@ def test_new_slider_values_make_the_next_reply(local_app: App, browser: Page) ->
     wait_for_reply(browser, 2)
     shot(browser, "03-reply-with-new-settings")
     latest = local_app.replies()[-1]
-    assert latest["metadata"]["sampling"]["temperature"] == 0.4
-    assert latest["metadata"]["sampling"]["top_p"] == 0.5
-    assert local_app.replies()[0]["metadata"]["sampling"]["temperature"] == 0.7
+    assert latest["metadata"]["receipt"]["sampling"]["temperature"] == 0.4
+    assert latest["metadata"]["receipt"]["sampling"]["top_p"] == 0.5
+    assert local_app.replies()[0]["metadata"]["receipt"]["sampling"]["temperature"] == 0.7
 
 
 # ---- 4. reload and resume
@@ -246,7 +246,9 @@ def test_a_reloaded_thread_resumes_with_messages_settings_and_memory(
     shot(browser, "04-follow-up")
     latest = local_app.replies()[-1]
     assert latest["thread"] == local_app.shared["thread"]
-    assert latest["metadata"]["prompt_messages"] == 6  # system, two exchanges, the new one
+    assert (
+        latest["metadata"]["receipt"]["prompt_messages"] == 6
+    )  # system, two exchanges, the new one
 
 
 # ---- 5. rename and delete
@@ -339,6 +341,47 @@ def test_a_zh_tw_browser_gets_the_chinese_welcome_page(
     expect(page.get_by_text("歡迎使用 chatllm")).to_be_visible()
     shot(page, "09-zh-TW-welcome")
     context.close()
+
+
+# ---- 10. receipts, replay and compare
+
+
+def test_replies_show_receipts_replay_matches_and_compare_runs_side_by_side(
+    local_app: App, browser: Page
+) -> None:
+    browser.goto(local_app.base)
+    ready(browser)
+    send(browser, "Name two colours of the sea.")
+    wait_for_reply(browser, 1)
+    receipt = browser.locator(".chatllm-receipt").last
+    expect(receipt).to_contain_text("tok/s")
+    expect(receipt).to_contain_text("seed")
+    stored = local_app.replies()[-1]
+    seed = stored["metadata"]["receipt"]["sampling"]["seed"]
+    expect(receipt).to_contain_text(f"seed {seed}")
+    receipt.get_by_role("button").click()  # every value, on click
+    expect(receipt.locator("table")).to_contain_text("time to first token")
+    shot(browser, "10-receipt")
+
+    browser.get_by_role("button", name="Replay").last.click()
+    expect(browser.get_by_text(f"Replay with seed {seed}: identical text ✓")).to_be_visible(
+        timeout=LONG_WAIT
+    )
+    shot(browser, "10-replay")
+
+    browser.get_by_role("button", name="Compare").first.click()
+    send(browser, "Describe the sea in one sentence.")
+    columns = browser.locator(".chatllm-compare-column")
+    expect(columns).to_have_count(3, timeout=LONG_WAIT)
+    expect(browser.locator(".chatllm-diff")).to_be_visible(timeout=LONG_WAIT)
+    expect(columns.nth(1)).to_contain_text("Code assistant")
+    for index in range(3):
+        expect(columns.nth(index).locator(".chatllm-compare-receipt")).to_contain_text("tok/s")
+    shot(browser, "10-compare")
+    browser.reload()
+    expect(browser.locator(".chatllm-compare-column")).to_have_count(3, timeout=60_000)
+    expect(browser.locator(".chatllm-receipt").first).to_contain_text("tok/s")
+    shot(browser, "10-compare-after-reload")
 
 
 # ---- 7. multi-user mode

@@ -36,6 +36,9 @@ async def test_a_new_chat_shows_the_sliders(app: ChatApp) -> None:
     (widgets,) = tab.payloads("chat_settings")
     ids = [w["id"] for w in widgets]
     assert ids == [
+        "preset",
+        "save_preset",
+        "compare_with",
         "temperature",
         "top_p",
         "max_tokens",
@@ -44,7 +47,7 @@ async def test_a_new_chat_shows_the_sliders(app: ChatApp) -> None:
         "seed",
         "system_prompt",
     ]
-    temperature = widgets[0]
+    temperature = widgets[3]
     assert (temperature["min"], temperature["max"]) == (0.0, 2.0)
 
 

@@ -85,13 +85,15 @@ async def test_a_fixed_seed_replays_identical_text(local: LocalBackend) -> None:
 async def test_a_stopped_reply_is_receipted_as_cancelled(local: LocalBackend) -> None:
     generation = Generation(local, model(local), Sampling(max_tokens=400, temperature=0.0))
 
+    underway = asyncio.Event()
+
     async def consume() -> None:
         async for _ in generation.stream([], STORY):
-            pass
+            if len(generation.text) >= 20:
+                underway.set()
 
     task = asyncio.create_task(consume())
-    while len(generation.text) < 20:
-        await asyncio.sleep(0.01)
+    await underway.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -200,7 +200,9 @@ async def test_each_stored_reply_says_what_made_it(
     await say(app, tab, "two")
     thread = await app.store.get_thread(tab.session.thread_id)
     assert thread is not None
-    first, second = [s["metadata"] for s in thread["steps"] if s["type"] == "assistant_message"]
+    first, second = [
+        s["metadata"]["receipt"] for s in thread["steps"] if s["type"] == "assistant_message"
+    ]
     assert (first["backend"], first["model"]) == ("scripted", "script")
     assert first["sampling"]["temperature"] == 0.4 and first["sampling"]["top_p"] == 0.5
     assert isinstance(first["sampling"]["seed"], int)  # the seed drawn for it, recorded

@@ -1,0 +1,284 @@
+"""Comparing settings in the chat, through the hooks Chainlit calls, on the real model:
+receipts under replies, replay, regenerate and variants, presets, compare, export."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import chainlit as cl
+import pytest
+from chainlit.user import User
+from langchain_core.messages import AIMessage, HumanMessage
+
+from chatllm.config import Settings
+from chatllm.receipts import Receipt
+from chatllm.ui import CHOSEN, HISTORY, SAMPLING, ChatApp
+from tests.support import BrowserTab
+
+QUESTION = "Write a short poem about the sea."
+
+
+@pytest.fixture
+async def app(tmp_path: Path) -> AsyncIterator[ChatApp]:
+    settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
+    chat = ChatApp(settings)
+    await chat.prepare("127.0.0.1")
+    yield chat
+    await chat.store.close()
+
+
+async def new_chat(app: ChatApp, who: str = "ada") -> BrowserTab:
+    tab = BrowserTab()
+    user = await app.store.create_user(User(identifier=who))
+    assert user is not None
+    tab.session.user = user
+    tab.enter()
+    await app.start()
+    return tab
+
+
+async def say(app: ChatApp, tab: BrowserTab, text: str, command: str | None = None) -> None:
+    tab.enter()
+    tab.session.has_first_interaction = True
+    message = cl.Message(content=text, author="User", type="user_message")
+    message.command = command
+    await app.answer(message)
+
+
+async def click(app: ChatApp, tab: BrowserTab, name: str, step_id: str) -> None:
+    tab.enter()
+    action = cl.Action(name=name, payload={"step": step_id})
+    await {"replay": app.replay, "regenerate": app.regenerate, "choose": app.choose}[name](action)
+
+
+async def reopen(app: ChatApp, old: BrowserTab) -> BrowserTab:
+    thread = await app.store.get_thread(old.session.thread_id)
+    assert thread is not None
+    tab = BrowserTab()
+    tab.session.user = old.session.user
+    tab.session.thread_id = old.session.thread_id
+    tab.enter()
+    await app.resume(thread)
+    return tab
+
+
+async def stored_steps(app: ChatApp, tab: BrowserTab) -> list[dict[str, Any]]:
+    thread = await app.store.get_thread(tab.session.thread_id)
+    assert thread is not None
+    return [dict(s) for s in thread["steps"] if s["type"].endswith("message")]
+
+
+def replies(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [s for s in steps if s["type"] == "assistant_message"]
+
+
+def elements(tab: BrowserTab, name: str) -> list[dict[str, Any]]:
+    return [e for e in tab.payloads("element") if e.get("name") == name]
+
+
+def actions_for(tab: BrowserTab, step_id: str) -> list[str]:
+    return [a["name"] for a in tab.payloads("action") if a["forId"] == step_id]
+
+
+async def test_each_reply_shows_its_receipt_and_buttons_also_after_a_reload(app: ChatApp) -> None:
+    tab = await new_chat(app)
+    await app.update_settings({"temperature": 0.3, "max_tokens": 20, "seed": "42"})
+    await say(app, tab, QUESTION)
+    (reply,) = replies(await stored_steps(app, tab))
+    receipt = Receipt.model_validate(reply["metadata"]["receipt"])
+    assert receipt.sampling["temperature"] == 0.3 and receipt.seed == 42
+    assert receipt.completion_tokens == 20 and receipt.finish_reason == "length"
+    assert receipt.prompt_tokens and receipt.ttft_ms and receipt.tokens_per_second
+    (shown,) = elements(tab, "Receipt")
+    assert shown["forId"] == reply["id"]
+    assert "seed 42" in shown["props"]["summary"] and "T 0.3" in shown["props"]["summary"]
+    assert actions_for(tab, reply["id"]) == ["replay", "regenerate"]
+
+    again = await reopen(app, tab)
+    thread = await app.store.get_thread(tab.session.thread_id)
+    assert thread is not None
+    (kept,) = [e for e in thread["elements"] if e["name"] == "Receipt"]
+    assert kept["forId"] == reply["id"] and kept["props"]["receipt"] == reply["metadata"]["receipt"]
+    assert actions_for(again, reply["id"]) == ["replay", "regenerate"]
+
+
+async def test_replay_reruns_a_reply_and_says_the_text_matched(app: ChatApp) -> None:
+    tab = await new_chat(app)
+    await app.update_settings({"temperature": 1.2, "top_p": 1.0, "max_tokens": 30})
+    await say(app, tab, "Hello there.")
+    await say(app, tab, QUESTION)  # a reply with history before it, and a random seed
+    original = replies(await stored_steps(app, tab))[-1]
+    await app.update_settings({"temperature": 0.0, "max_tokens": 5})  # replay ignores these
+    await click(app, tab, "replay", original["id"])
+    replay = replies(await stored_steps(app, tab))[-1]
+    assert replay["metadata"]["kind"] == "replay" and replay["metadata"]["identical"] is True
+    assert replay["metadata"]["replay_of"] == original["id"]
+    assert original["output"] in replay["output"]
+    assert "identical text ✓" in replay["output"]
+    seeds = {r["metadata"]["receipt"]["sampling"]["seed"] for r in (original, replay)}
+    assert len(seeds) == 1
+    # A replay is a check, not part of the conversation.
+    assert len(cl.user_session.get(HISTORY)) == 4
+
+
+async def test_regenerate_keeps_variants_and_the_user_picks_which_one_continues(
+    app: ChatApp,
+) -> None:
+    tab = await new_chat(app)
+    await app.update_settings({"temperature": 0.0, "max_tokens": 12})
+    await say(app, tab, QUESTION)
+    (first,) = replies(await stored_steps(app, tab))
+    await app.update_settings({"temperature": 1.5, "top_p": 1.0, "seed": "9"})
+    await click(app, tab, "regenerate", first["id"])
+    first_again, variant = replies(await stored_steps(app, tab))
+    assert first_again["output"] == first["output"]  # the earlier reply stays
+    assert variant["metadata"]["kind"] == "variant"
+    assert variant["metadata"]["reply_to"] == first["metadata"]["reply_to"]
+    assert variant["metadata"]["receipt"]["sampling"]["temperature"] == 1.5
+    assert variant["output"] != first["output"]
+    (receipt_view,) = [e for e in elements(tab, "Receipt") if e["forId"] == variant["id"]]
+    assert receipt_view["props"]["title"].startswith("Variant 2")
+    assert "choose" in actions_for(tab, variant["id"]) and "choose" in actions_for(tab, first["id"])
+    # The conversation continues from the new variant ...
+    assert cl.user_session.get(HISTORY) == [HumanMessage(QUESTION), AIMessage(variant["output"])]
+    # ... until the user picks the first reply.
+    await click(app, tab, "choose", first["id"])
+    assert cl.user_session.get(HISTORY) == [HumanMessage(QUESTION), AIMessage(first["output"])]
+    assert tab.payloads("toast")
+    # The choice holds after a reload, and the next turn builds on it.
+    again = await reopen(app, tab)
+    assert cl.user_session.get(CHOSEN) == {first["metadata"]["reply_to"]: first["id"]}
+    assert cl.user_session.get(HISTORY)[1] == AIMessage(first["output"])
+    assert "choose" in actions_for(again, variant["id"])
+    await say(app, again, "Shorter, please.")
+    last = replies(await stored_steps(app, again))[-1]
+    assert last["metadata"]["receipt"]["prompt_messages"] == 4
+
+
+async def test_presets_set_the_sliders_and_users_save_their_own(app: ChatApp) -> None:
+    tab = await new_chat(app)
+    (panel,) = tab.payloads("chat_settings")
+    preset = next(w for w in panel if w["id"] == "preset")
+    labels = {item["value"]: item["label"] for item in preset["items"]}
+    assert labels["builtin:code"].startswith("Code assistant")
+    await app.update_settings({"preset": "builtin:code"})
+    sampling = cl.user_session.get(SAMPLING)
+    assert (sampling.temperature, sampling.top_p) == (0.4, 0.5)
+    latest = tab.payloads("chat_settings")[-1]
+    shown = {w["id"]: w["initial"] for w in latest}
+    assert (shown["temperature"], shown["top_p"], shown["preset"]) == (0.4, 0.5, "builtin:code")
+
+    # Moving a slider makes the settings custom; saving names them.
+    await app.update_settings({"preset": "builtin:code", "temperature": 0.55, "top_k": 12})
+    assert {w["id"]: w["initial"] for w in tab.payloads("chat_settings")[-1]}["preset"] == "custom"
+    await app.update_settings({"save_preset": "  My   poems ", "max_tokens": 99})
+    latest = tab.payloads("chat_settings")[-1]
+    preset = next(w for w in latest if w["id"] == "preset")
+    assert preset["initial"] == "user:My poems"
+    assert "user:My poems" in [item["value"] for item in preset["items"]]
+    assert {w["id"]: w["initial"] for w in latest}["save_preset"] == ""
+    assert tab.payloads("toast")[-1]["message"] == "Saved the preset “My poems”."
+
+    # It is the user's own: back in a new chat, and not offered to someone else.
+    await app.update_settings({"preset": "builtin:precise"})
+    assert cl.user_session.get(SAMPLING).temperature == 0.0
+    later = await new_chat(app)
+    await app.update_settings({"preset": "user:My poems"})
+    sampling = cl.user_session.get(SAMPLING)
+    assert (sampling.temperature, sampling.top_k, sampling.max_tokens) == (0.55, 12, 99)
+    assert later.payloads("chat_settings")
+    other = await new_chat(app, who="bob")
+    (panel,) = other.payloads("chat_settings")
+    values = [item["value"] for item in next(w for w in panel if w["id"] == "preset")["items"]]
+    assert "user:My poems" not in values
+
+
+async def test_a_bad_preset_name_or_too_many_compare_sets_are_refused(app: ChatApp) -> None:
+    tab = await new_chat(app)
+    await app.update_settings({"save_preset": "x" * 61})
+    assert "at most 60 characters" in tab.errors()[-1]
+    await app.update_settings(
+        {
+            "compare_with": [
+                "builtin:code",
+                "builtin:precise",
+                "builtin:creative",
+                "builtin:balanced",
+            ]
+        }
+    )
+    assert "at most 3 presets" in tab.errors()[-1]
+
+
+async def test_compare_shows_replies_side_by_side_and_comes_back_on_resume(
+    app: ChatApp,
+) -> None:
+    tab = await new_chat(app)
+    await app.update_settings(
+        {
+            "temperature": 0.0,
+            "max_tokens": 16,
+            "compare_with": ["builtin:code", "builtin:creative"],
+        }
+    )
+    await say(app, tab, QUESTION, command="Compare")
+    steps = await stored_steps(app, tab)
+    assert steps[0]["type"] == "user_message" and steps[0]["output"] == QUESTION
+    (holder,) = replies(steps)
+    compared = holder["metadata"]["compare"]["replies"]
+    assert [c["label"] for c in compared] == [
+        "Current settings",
+        "Code assistant (T 0.4, top_p 0.5)",
+        "Creative",
+    ]
+    receipts = [Receipt.model_validate(c["receipt"]) for c in compared]
+    assert [r.sampling["temperature"] for r in receipts] == [0.0, 0.4, 1.1]
+    assert len({r.seed for r in receipts}) == 1  # one seed: only the settings differ
+    assert all(c["text"] for c in compared)
+    final = [e for e in elements(tab, "Compare") if e["props"]["done"]][-1]
+    assert [c["text"] for c in final["props"]["columns"]] == [c["text"] for c in compared]
+    assert set(final["props"]["diffs"]) == {"0-1", "0-2", "1-2"}
+    # Not part of the model's memory; shown again on resume.
+    assert cl.user_session.get(HISTORY) == []
+    await reopen(app, tab)
+    thread = await app.store.get_thread(tab.session.thread_id)
+    assert thread is not None
+    (kept,) = [e for e in thread["elements"] if e["name"] == "Compare"]
+    assert kept["forId"] == holder["id"] and kept["props"]["done"] is True
+
+
+async def test_compare_without_presets_says_how_to_choose_them(app: ChatApp) -> None:
+    tab = await new_chat(app)
+    await app.update_settings({"compare_with": []})
+    await say(app, tab, QUESTION, command="Compare")
+    assert "Compare with" in tab.errors()[-1]
+
+
+async def test_export_from_the_chat_gives_markdown_and_json_with_receipts(
+    app: ChatApp,
+) -> None:
+    tab = await new_chat(app)
+    await app.update_settings({"temperature": 0.0, "max_tokens": 10})
+    await say(app, tab, "你好，請介紹一下你自己。")
+    await say(app, tab, "md and json", command="Export")
+    steps = await stored_steps(app, tab)
+    assert "md and json" not in [s["output"] for s in steps]  # the command is not a message
+    files = {e["name"]: e for e in tab.payloads("element") if e["type"] == "file"}
+    names = sorted(files)
+    assert [n.rsplit(".", 1)[1] for n in names] == ["json", "md"]
+    thread = await app.store.get_thread(tab.session.thread_id)
+    assert thread is not None
+    paths = {}
+    for element in thread["elements"]:
+        if element["type"] == "file":
+            found = await app.store.element_file(tab.session.thread_id, element["id"])
+            assert found is not None
+            paths[element["name"]] = found[0]
+    document = json.loads(paths[names[0]].read_text("utf-8"))
+    (reply,) = [m for m in document["messages"] if m.get("receipt")]
+    assert reply["receipt"]["sampling"]["max_tokens"] == 10
+    markdown = paths[names[1]].read_text("utf-8")
+    assert "你好，請介紹一下你自己。" in markdown and "seed" in markdown
