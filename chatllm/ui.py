@@ -341,7 +341,7 @@ class ChatApp:
                 preset_key = saved.key
                 notices.append(t("preset.saved", lang, name=saved.label))
             if isinstance(compare_with, list):
-                compare_with = [str(k) for k in compare_with if str(k) in presets or k == CUSTOM]
+                compare_with = [str(k) for k in compare_with if str(k) in presets]
                 if len(compare_with) > MAX_SETS - 1:
                     raise PresetError(
                         t(
@@ -515,8 +515,12 @@ class ChatApp:
         except ChatLLMError as exc:
             await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
             return
-        spec = ProfileSpec(receipt.backend, receipt.model)
-        generation = Generation(self.backends.get(spec.backend), spec.model, sampling)
+        try:
+            backend = self.backends.get(receipt.backend)
+        except ChatLLMError as exc:
+            await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
+            return
+        generation = Generation(backend, receipt.model, sampling)
         progress = cl.Message(
             content=t("replay.running", lang, seed=sampling.seed), author="chatllm"
         )
