@@ -1,9 +1,13 @@
-"""`python -m chatllm …`: manage the users who can log in.
+"""`python -m chatllm …`: users, threads, exports and sweeps from the command line.
 
     python -m chatllm users add NAME        ask for a password (or read it with --password-stdin)
     python -m chatllm users reset NAME      set a new password
     python -m chatllm users remove NAME     remove the user and all their threads
     python -m chatllm users list
+    python -m chatllm threads [--user NAME] list saved threads
+    python -m chatllm export THREAD_ID      a thread as JSON or Markdown (--format md)
+    python -m chatllm import FILE           an exported JSON file as a new thread
+    python -m chatllm sweep PROMPT --grid temperature=0.2,0.8 ...   compare settings in bulk
 
 Adding the first user turns password login on (restart the app); with no users the app
 serves only on a loopback address, without a login.
@@ -78,7 +82,11 @@ Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, str]]
 def main(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chatllm", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    from chatllm import sweep, transfer  # here: `users` needs neither the models nor plots
+
     register(commands)
+    transfer.register(commands)
+    sweep.register(commands)
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
