@@ -4,10 +4,17 @@ In one process, with one loaded `llama_cpp.Llama`, one prompt and one set of sam
 (temperature 0, fixed seed), it times:
 
   A  raw: `Llama.create_chat_completion(stream=True)` iterated on the event loop's thread;
-  B  app: the chain `ChatApp.answer` builds (LocalBackend, build_chain, chain_input) streamed
-     into a `chainlit.Message` through a websocket session whose emit serialises every event
-     with `json.dumps`, as the socket transport would; a token counts when it is emitted;
+  B  app: a reply as `ChatApp.answer` makes it (`chatllm.generation.Generation`: the chain,
+     token counting and timing for the receipt) streamed into a `chainlit.Message` through
+     a websocket session whose emit serialises every event with `json.dumps`, as the socket
+     transport would; a token counts when it is emitted;
   C  langchain-community's `ChatLlamaCpp.astream`, for context, when that package is installed.
+
+By default every round is a new conversation (its system prompt starts with the round's
+number), as each chat turn brings new tokens; `--repeat-prompt` sends the same prompt every
+round instead, which lets raw llama-cpp-python reuse its whole cached prompt while the app
+reuses whole 32-token chunks only (the price of exact seed replays, see
+`LocalEngine._reuse_exactly`).
 
 TTFT is the time from the start of a call to its first non-empty content token; tokens/s is
 (content tokens - 1) / (last token time - first token time). After one warm-up round the paths
@@ -46,8 +53,8 @@ from chainlit.session import WebsocketSession
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from chatllm.chain import ReplyRecord, build_chain, chain_input
 from chatllm.config import Settings
+from chatllm.generation import Generation
 from chatllm.models import LocalBackend, LocalEngine, local_engine
 from chatllm.sampling import Sampling
 
@@ -80,9 +87,9 @@ def measure(
     return Run(tokens=tokens, ttft_ms=(stamps[0] - start) * 1000, rate=rate, text=text)
 
 
-def raw_run(engine: LocalEngine, sampling: Sampling) -> Run:
+def raw_run(engine: LocalEngine, sampling: Sampling, system: str) -> Run:
     """A: llama-cpp-python's own stream, nothing in between."""
-    messages: Any = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}]
+    messages: Any = [{"role": "system", "content": system}, {"role": "user", "content": PROMPT}]
     stamps: list[float] = []
     parts: list[str] = []
     start = time.perf_counter()
@@ -120,7 +127,7 @@ class Socket:
 
 def app_runner(
     settings: Settings, sampling: Sampling, reference: list[Run]
-) -> Callable[[], Awaitable[Run]]:
+) -> Callable[[str], Awaitable[Run]]:
     """B: one chat turn as `ChatApp.answer` streams it, in a Chainlit websocket context.
 
     Its token count is the raw reply's (`reference[-1]`), after checking the texts match."""
@@ -139,26 +146,19 @@ def app_runner(
         thread_id=str(uuid.uuid4()),
     )
 
-    async def turn() -> Run:
+    async def turn(system: str) -> Run:
         init_ws_context(session)
         socket.stamps.clear()
         chunks = 0
         start = time.perf_counter()
         reply = cl.Message(content="")
-        await backend.ensure_model(model)
-        chain = build_chain(
-            backend.chat_model(model, sampling),
-            context_tokens=backend.context_tokens(model),
-            reply_tokens=sampling.max_tokens,
-            count=backend.count_tokens,
-        )
-        record = ReplyRecord()
-        inputs = chain_input(sampling.system_prompt, [], PROMPT)
+        generation = Generation(backend, model, sampling.update({"system_prompt": system}))
         first_chunk = ""
-        async for text in chain.astream(inputs, config={"callbacks": [record]}):
+        async for text in generation.stream([], PROMPT):
             chunks += bool(text)
             first_chunk = first_chunk or text
             await reply.stream_token(text)
+        record = generation.record
         if len(socket.stamps) != chunks:
             raise RuntimeError(f"{chunks} chain chunks but {len(socket.stamps)} token events")
         raw = reference[-1]
@@ -169,12 +169,13 @@ def app_runner(
         first = max(1, engine.count_tokens(first_chunk))
         return measure(start, socket.stamps, reply.content, tokens=raw.tokens, first=first)
 
-    return lambda: asyncio.create_task(turn())  # a task of its own, as Chainlit runs a turn
+    # A task of its own, as Chainlit runs a turn.
+    return lambda system: asyncio.create_task(turn(system))
 
 
 def community_runner(
     engine: LocalEngine, sampling: Sampling
-) -> Callable[[], Awaitable[Run]] | None:
+) -> Callable[[str], Awaitable[Run]] | None:
     """C: langchain-community's ChatLlamaCpp over the same Llama; None if not installed."""
     try:
         from langchain_community.chat_models import ChatLlamaCpp
@@ -192,9 +193,9 @@ def community_runner(
         verbose=False,
     )
     model.client = engine.llama  # type: ignore[attr-defined]  # share A's and B's model
-    messages = [SystemMessage(content=SYSTEM), HumanMessage(content=PROMPT)]
 
-    async def turn() -> Run:
+    async def turn(system: str) -> Run:
+        messages = [SystemMessage(content=system), HumanMessage(content=PROMPT)]
         stamps: list[float] = []
         parts: list[str] = []
         start = time.perf_counter()
@@ -215,7 +216,14 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-async def main(rounds: int, max_tokens: int) -> dict[str, Any]:
+def system_prompt(round_: int, repeat_prompt: bool) -> str:
+    """The round's system prompt. A chat sends a new conversation's tokens on every turn,
+    so by default each round starts with its own words and no path can reuse the model's
+    cache of another's prompt; with `repeat_prompt` every round sends the same prompt."""
+    return SYSTEM if repeat_prompt else f"Conversation {round_}. {SYSTEM}"
+
+
+async def main(rounds: int, max_tokens: int, repeat_prompt: bool = False) -> dict[str, Any]:
     """Run the rounds, print the table and return the figures."""
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     sampling = Sampling(temperature=0.0, seed=SEED, max_tokens=max_tokens, system_prompt=SYSTEM)
@@ -223,11 +231,11 @@ async def main(rounds: int, max_tokens: int) -> dict[str, Any]:
 
     raw_runs: list[Run] = []
 
-    async def raw_turn() -> Run:  # blocks the loop's thread, as nothing else runs meanwhile
-        raw_runs.append(raw_run(engine, sampling))
+    async def raw_turn(system: str) -> Run:  # blocks the loop's thread; nothing else runs
+        raw_runs.append(raw_run(engine, sampling, system))
         return raw_runs[-1]
 
-    paths: dict[str, Callable[[], Awaitable[Run]]] = {
+    paths: dict[str, Callable[[str], Awaitable[Run]]] = {
         "A raw llama-cpp-python": raw_turn,
         "B app chain + Chainlit": app_runner(settings, sampling, raw_runs),
     }
@@ -238,7 +246,9 @@ async def main(rounds: int, max_tokens: int) -> dict[str, Any]:
     runs: dict[str, list[Run]] = {name: [] for name in paths}
     for round_ in range(rounds + 1):  # round 0 warms up and is not kept
         for name, run in paths.items():
-            result = await run()
+            if not repeat_prompt:
+                engine.llama.reset()  # C shares the model: it must not reuse B's prompt
+            result = await run(system_prompt(round_, repeat_prompt))
             if round_:
                 runs[name].append(result)
 
@@ -246,6 +256,11 @@ async def main(rounds: int, max_tokens: int) -> dict[str, Any]:
     print(f"model    {settings.local_model_name}  ({engine.model_path.name})")
     print(f"         n_ctx={settings.n_ctx}  {threads}")
     print(f"prompt   {PROMPT!r}")
+    print(
+        "         the same prompt every round (cache reuse)"
+        if repeat_prompt
+        else "         a new conversation every round (no path reuses another's cache)"
+    )
     print(
         f"sampling temperature=0 seed={SEED} max_tokens={max_tokens} top_p={sampling.top_p} "
         f"top_k={sampling.top_k} repeat_penalty={sampling.repeat_penalty}"
@@ -279,6 +294,7 @@ async def main(rounds: int, max_tokens: int) -> dict[str, Any]:
     return {
         "model": settings.local_model_name,
         "prompt": PROMPT,
+        "repeat_prompt": repeat_prompt,
         "max_tokens": max_tokens,
         "seed": SEED,
         "rounds": rounds,
@@ -304,8 +320,13 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=7, help="measured rounds (default 7)")
     parser.add_argument("--max-tokens", type=int, default=200, help="reply length (default 200)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--repeat-prompt",
+        action="store_true",
+        help="send the same prompt every round (llama.cpp may reuse its cache of it)",
+    )
     args = parser.parse_args()
-    figures = asyncio.run(main(args.rounds, args.max_tokens))
+    figures = asyncio.run(main(args.rounds, args.max_tokens, args.repeat_prompt))
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
         print(f"\nfigures written to {args.json}")
