@@ -246,8 +246,8 @@ async def main(rounds: int, max_tokens: int, repeat_prompt: bool = False) -> dic
     runs: dict[str, list[Run]] = {name: [] for name in paths}
     for round_ in range(rounds + 1):  # round 0 warms up and is not kept
         for name, run in paths.items():
-            if not repeat_prompt:
-                engine.llama.reset()  # C shares the model: it must not reuse B's prompt
+            if not repeat_prompt:  # C shares the model: it must not reuse B's prompt
+                engine.llama.reset()  # type: ignore[no-untyped-call]
             result = await run(system_prompt(round_, repeat_prompt))
             if round_:
                 runs[name].append(result)
