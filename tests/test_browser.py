@@ -132,11 +132,27 @@ def send(page: Page, text: str) -> None:
 
 
 def wait_for_reply(page: Page, count: int) -> str:
-    """Wait until the `count`-th reply has finished streaming; its text."""
+    """Wait until the `count`-th reply has finished streaming; its text, without the
+    receipt shown under it."""
     replies = page.locator(REPLY)
     expect(replies).to_have_count(count, timeout=LONG_WAIT)
     expect(page.locator("#stop-button")).to_have_count(0, timeout=LONG_WAIT)
-    return replies.nth(count - 1).inner_text()
+    reply = replies.nth(count - 1)
+    expect(reply.locator(".chatllm-receipt")).to_have_count(1, timeout=LONG_WAIT)
+    return reply_text(reply)
+
+
+def reply_text(reply: Locator) -> str:
+    """A reply's words as shown, leaving out the views under it (its receipt)."""
+    return str(
+        reply.evaluate(
+            """node => {
+                const copy = node.cloneNode(true);
+                copy.querySelectorAll('.chatllm-receipt').forEach(e => e.remove());
+                return copy.innerText;
+            }"""
+        )
+    )
 
 
 def sidebar_thread(page: Page, name: str) -> Locator:
