@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from chainlit.config import FILES_DIRECTORY
 from chainlit.context import init_ws_context
 from chainlit.session import WebsocketSession
 from langchain_core.language_models import BaseChatModel
@@ -59,6 +60,9 @@ class BrowserTab:
 
     def enter(self) -> None:
         """Make this tab the Chainlit context of the running task."""
+        # Chainlit keeps sessions' files under .files, made at import and removed when a
+        # Chainlit server stops: the browser tests' app, run from this directory, does.
+        FILES_DIRECTORY.mkdir(parents=True, exist_ok=True)
         init_ws_context(self.session)
 
     def payloads(self, event: str) -> list[Any]:
