@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from langchain_core.messages import BaseMessage
 
 from chatllm.chain import ReplyRecord, build_chain, chain_input
+from chatllm.errors import BackendError
 from chatllm.models import Backend, draw_seed, queue_listener
 from chatllm.receipts import Finish, Receipt, prompt_digest
 from chatllm.sampling import Sampling
@@ -78,6 +79,12 @@ class Generation:
                 self._chunks += 1
                 self.text += text
                 yield text
+            if self.record.finish_reason is None and not self.text:
+                raise BackendError(
+                    "the model ended its reply with no text and no reason. A server that "
+                    "cuts a streaming reply when another request arrives does this "
+                    "(llama-cpp-python's server unless started with --interrupt_requests False)"
+                )
             self.finish = "length" if self.record.finish_reason == "length" else "stop"
         except (asyncio.CancelledError, GeneratorExit):
             self.finish = "cancelled"

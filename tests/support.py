@@ -126,6 +126,7 @@ class Endpoint:
     model_path: Path
     api_key: str = "test-key"
     alias: str = "smollm2"
+    interrupt: bool = False
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -151,6 +152,10 @@ class Endpoint:
                 self.api_key,
                 "--n_ctx",
                 "2048",
+                # By default the server cuts a streaming reply short (no text, no finish
+                # reason) when another request arrives; the app says so when it happens.
+                "--interrupt_requests",
+                str(self.interrupt).lower(),
                 "--verbose",
                 "false",
             ],

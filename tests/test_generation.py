@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
 from chatllm.compare import SettingsSet, run_comparison, similarity, word_diff, words
-from chatllm.config import Settings
+from chatllm.config import Settings, embedded_model_path
 from chatllm.generation import Generation
 from chatllm.models import LocalBackend, OpenAIBackend
 from chatllm.receipts import Receipt, receipt_of
@@ -160,3 +161,33 @@ def test_word_diff_splits_words_and_chinese_characters() -> None:
     assert ("-", "quick") in diff and ("+", "slow") in diff
     assert ("-", "狗") in diff
     assert similarity(a, a) == 1.0 and 0 < similarity(a, b) < 1
+
+
+async def test_a_reply_cut_off_by_the_server_is_an_error_not_an_empty_reply(
+    tmp_path: Path,
+) -> None:
+    """llama-cpp-python's server, as started by default, ends a streaming reply with no
+    text and no finish reason when another request arrives."""
+    interrupting = Endpoint(model_path=embedded_model_path(), interrupt=True)
+    interrupting.start()
+    try:
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None,
+            data_dir=tmp_path,
+            openai_base_url=interrupting.base_url,
+            openai_api_key=interrupting.api_key,
+            openai_max_retries=0,
+        )
+        backend = OpenAIBackend(settings)
+        sampling = Sampling(temperature=0.0, max_tokens=60)
+        generations = [Generation(backend, interrupting.alias, sampling) for _ in range(3)]
+        results = await asyncio.gather(
+            *(g.run([], STORY) for g in generations), return_exceptions=True
+        )
+    finally:
+        interrupting.stop()
+    cut = [g for g, r in zip(generations, results, strict=True) if isinstance(r, Exception)]
+    assert cut, "the server cut no reply short"
+    for generation in cut:
+        assert generation.receipt().finish_reason == "error"
+        assert "--interrupt_requests False" in (generation.error or "")
