@@ -385,6 +385,19 @@ def test_replies_show_receipts_replay_matches_and_compare_runs_side_by_side(
     )
     shot(browser, "10-replay")
 
+    browser.get_by_role("button", name="Regenerate").first.click()
+    variant = browser.locator(".chatllm-receipt-title", has_text="Variant 2")
+    expect(variant).to_be_visible(timeout=LONG_WAIT)
+    expect(browser.locator("#stop-button")).to_have_count(0, timeout=LONG_WAIT)
+    first_reply, regenerated = (r for r in local_app.replies()[-2:])
+    assert regenerated["metadata"]["kind"] == "variant"
+    assert regenerated["metadata"]["reply_to"] == first_reply["metadata"]["reply_to"]
+    browser.get_by_role("button", name="Continue from this").first.click()
+    expect(browser.get_by_text("The conversation continues from this reply.")).to_be_visible(
+        timeout=30_000
+    )
+    shot(browser, "10-variants")
+
     browser.get_by_role("button", name="Compare").first.click()
     send(browser, "Describe the sea in one sentence.")
     columns = browser.locator(".chatllm-compare-column")
