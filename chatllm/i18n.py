@@ -103,6 +103,9 @@ _EN: dict[str, str] = {
     "action.regenerate.help": "Answer the same message again with the current settings; this reply stays",
     "action.choose": "Continue from this",
     "action.choose.help": "The conversation continues from this reply",
+    "preset.delete": "Delete the chosen preset",
+    "preset.delete.help": "Turn on and confirm to delete the preset chosen above (only your own presets can be deleted).",
+    "preset.deleted": "Deleted the preset “{name}”.",
 }
 
 _ZH_TW: dict[str, str] = {
@@ -200,6 +203,9 @@ _ZH_TW: dict[str, str] = {
     "action.regenerate.help": "以目前設定重新回答同一則訊息；這則回覆會保留",
     "action.choose": "從這則繼續",
     "action.choose.help": "對話將從這則回覆繼續",
+    "preset.delete": "刪除所選的預設組合",
+    "preset.delete.help": "開啟並確認即可刪除上方所選的預設組合（只能刪除您自己的預設組合）。",
+    "preset.deleted": "已刪除預設組合「{name}」。",
 }
 
 _ZH_CN: dict[str, str] = {
@@ -297,6 +303,9 @@ _ZH_CN: dict[str, str] = {
     "action.regenerate.help": "用当前设置重新回答同一条消息；这条回复会保留",
     "action.choose": "从这条继续",
     "action.choose.help": "对话将从这条回复继续",
+    "preset.delete": "删除所选的预设",
+    "preset.delete.help": "打开并确认即可删除上方所选的预设（只能删除您自己的预设）。",
+    "preset.deleted": "已删除预设“{name}”。",
 }
 
 CATALOGUES: dict[str, dict[str, str]] = {"en": _EN, "zh-TW": _ZH_TW, "zh-CN": _ZH_CN}

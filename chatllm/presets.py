@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
-from chatllm.errors import ChatLLMError
+from chatllm.errors import ChatLLMError, StoreError
 from chatllm.i18n import t
 from chatllm.sampling import Sampling
 from chatllm.store import Database
@@ -108,6 +109,12 @@ class Presets:
         """Save (or overwrite) the user's preset `name` with `sampling`'s values."""
         name = clean_name(name)
         values = values_of(sampling)
+        try:
+            return await self._save(user_id, name, values)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"the preset could not be saved ({exc})") from exc
+
+    async def _save(self, user_id: str, name: str, values: dict[str, Any]) -> Preset:
         async with self.db.write() as conn:
             count = await conn.scalar(
                 text("SELECT count(*) FROM presets WHERE user_id = :user AND name != :name"),

@@ -15,7 +15,7 @@ from typing import Any
 import chainlit as cl
 from chainlit.context import ChainlitContextException
 from chainlit.element import Element
-from chainlit.input_widget import InputWidget, MultiSelect, Select, TextInput
+from chainlit.input_widget import InputWidget, MultiSelect, Select, Switch, TextInput
 from chainlit.step import StepDict
 from chainlit.types import ThreadDict
 from chainlit.user import PersistedUser
@@ -229,6 +229,12 @@ class ChatApp:
                 placeholder=t("preset.save.placeholder", lang),
                 tooltip=t("preset.save.help", lang),
             ),
+            Switch(
+                id="delete_preset",
+                label=t("preset.delete", lang),
+                initial=False,
+                tooltip=t("preset.delete.help", lang),
+            ),
             MultiSelect(
                 id="compare_with",
                 label=t("compare_with", lang),
@@ -322,6 +328,7 @@ class ChatApp:
         preset_key = str(values.pop("preset", None) or CUSTOM)
         save_as = str(values.pop("save_preset", None) or "").strip()
         compare_with = values.pop("compare_with", None)
+        delete = values.pop("delete_preset", None) is True
         previous_key = cl.user_session.get(PRESET) or CUSTOM
         presets = {p.key: p for p in await self._presets(lang)}
         notices: list[str] = []
@@ -333,6 +340,13 @@ class ChatApp:
                 updated = presets[preset_key].apply(updated)
             elif preset_key in presets and not presets[preset_key].matches(updated):
                 preset_key = CUSTOM  # a slider moved away from the preset
+            if delete and preset_key.startswith("user:"):
+                user_id = _user_id()
+                name = presets[preset_key].label if preset_key in presets else ""
+                if user_id is not None and await self.presets.delete(user_id, name):
+                    notices.append(t("preset.deleted", lang, name=name))
+                presets.pop(preset_key, None)
+                preset_key = CUSTOM
             if save_as:
                 user_id = _user_id()
                 if user_id is None:
@@ -352,14 +366,14 @@ class ChatApp:
                         )
                     )
                 cl.user_session.set(COMPARE_WITH, compare_with)
-        except (InvalidSampling, PresetError) as exc:
+        except ChatLLMError as exc:  # bad values, a bad preset name, a failed save
             log.info("Refused settings: %s", exc)
             await self._send_settings(current, lang)  # the panel shows the old values
             await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
             return
         cl.user_session.set(SAMPLING, updated)
         cl.user_session.set(PRESET, preset_key)
-        if preset_key != previous_key or save_as or updated != current:
+        if preset_key != previous_key or save_as or delete or updated != current:
             await self._send_settings(updated, lang)  # the sliders show what will be used
         for notice in notices:
             await cl.context.emitter.send_toast(notice, "success")

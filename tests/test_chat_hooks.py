@@ -38,6 +38,7 @@ async def test_a_new_chat_shows_the_sliders(app: ChatApp) -> None:
     assert ids == [
         "preset",
         "save_preset",
+        "delete_preset",
         "compare_with",
         "temperature",
         "top_p",
@@ -47,7 +48,7 @@ async def test_a_new_chat_shows_the_sliders(app: ChatApp) -> None:
         "seed",
         "system_prompt",
     ]
-    temperature = widgets[3]
+    temperature = widgets[4]
     assert (temperature["min"], temperature["max"]) == (0.0, 2.0)
 
 

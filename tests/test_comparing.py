@@ -191,6 +191,14 @@ async def test_presets_set_the_sliders_and_users_save_their_own(app: ChatApp) ->
     sampling = cl.user_session.get(SAMPLING)
     assert (sampling.temperature, sampling.top_k, sampling.max_tokens) == (0.55, 12, 99)
     assert later.payloads("chat_settings")
+    # Deleting it: only the user's own presets, and it is gone from the menu.
+    await app.update_settings({"preset": "user:My poems", "delete_preset": True})
+    assert later.payloads("toast")[-1]["message"] == "Deleted the preset “My poems”."
+    menu = next(w for w in later.payloads("chat_settings")[-1] if w["id"] == "preset")
+    assert "user:My poems" not in [item["value"] for item in menu["items"]]
+    assert menu["initial"] == "custom"
+    await app.update_settings({"preset": "builtin:code", "delete_preset": True})
+    assert cl.user_session.get(SAMPLING).temperature == 0.4  # a built-in one stays
     other = await new_chat(app, who="bob")
     (panel,) = other.payloads("chat_settings")
     values = [item["value"] for item in next(w for w in panel if w["id"] == "preset")["items"]]
