@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,7 @@ os.chdir(ROOT)
 
 from chatllm.config import Settings, embedded_model_path  # noqa: E402
 from chatllm.models import LocalBackend  # noqa: E402
+from chatllm.store import ChatDataLayer, Database, FileStore  # noqa: E402
 from tests.support import Endpoint  # noqa: E402
 
 
@@ -44,3 +45,16 @@ def endpoint_settings(endpoint: Endpoint, tmp_path: Path) -> Settings:
         openai_timeout=30,
         openai_max_retries=0,
     )
+
+
+def url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path}"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[ChatDataLayer]:
+    db = Database(url(tmp_path / "chatllm.db"))
+    await db.migrate()
+    layer = ChatDataLayer(db, FileStore(tmp_path / "files"))
+    yield layer
+    await layer.close()

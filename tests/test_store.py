@@ -7,7 +7,6 @@ import logging
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +18,10 @@ from chainlit.user import PersistedUser, User
 from chatllm.store import ChatDataLayer, Database, FileStore, ThreadAccessDenied
 from chatllm.store import migrations as migrations_module
 from chatllm.store.migrations import MIGRATIONS
+from tests.conftest import url
 from tests.support import BrowserTab
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def url(path: Path) -> str:
-    return f"sqlite+aiosqlite:///{path}"
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[ChatDataLayer]:
-    db = Database(url(tmp_path / "chat.db"))
-    await db.migrate()
-    layer = ChatDataLayer(db, FileStore(tmp_path / "files"))
-    yield layer
-    await layer.close()
 
 
 @pytest.fixture
@@ -113,7 +100,7 @@ async def test_the_database_file_is_readable_by_its_owner_only(
     store: ChatDataLayer, ada: PersistedUser, tmp_path: Path
 ) -> None:
     await chat(store, ada, "t1", "private words")
-    for file in tmp_path.glob("chat.db*"):
+    for file in tmp_path.glob("chatllm.db*"):
         assert file.stat().st_mode & 0o777 == 0o600, file
 
 
@@ -130,7 +117,7 @@ async def test_a_read_that_turns_into_a_write_waits_instead_of_failing(
     store: ChatDataLayer, ada: PersistedUser, tmp_path: Path
 ) -> None:
     # Another process holds the write lock for a moment; our write waits its turn.
-    other = sqlite3.connect(tmp_path / "chat.db", isolation_level=None)
+    other = sqlite3.connect(tmp_path / "chatllm.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     other.execute("UPDATE users SET metadata = '{}' WHERE identifier = 'ada'")
     import asyncio
@@ -289,7 +276,7 @@ async def test_deleting_a_thread_takes_its_steps_feedback_elements_and_files(
     await store.delete_thread("t1")
     assert await store.get_thread("t1") is None
     assert not [p for p in (tmp_path / "files").rglob("*") if p.is_file()]
-    with sqlite3.connect(tmp_path / "chat.db") as raw:
+    with sqlite3.connect(tmp_path / "chatllm.db") as raw:
         for table in ("steps", "feedbacks", "elements"):
             (count,) = raw.execute(f"SELECT count(*) FROM {table}").fetchone()
             expected = 2 if table == "steps" else 0
@@ -319,7 +306,7 @@ async def test_every_thread_is_reachable_page_by_page_past_a_thousand(
     # Chainlit's SQLAlchemy layer loads at most 1,000 threads and pages in Python; here the
     # 1,001st and later are there too. Seeded in bulk; the data layer reads them.
     total = 1_050
-    with sqlite3.connect(tmp_path / "chat.db") as raw:
+    with sqlite3.connect(tmp_path / "chatllm.db") as raw:
         raw.executemany(
             "INSERT INTO threads (id, user_id, name, created_at, updated_at)"
             " VALUES (?, ?, ?, ?, ?)",
@@ -449,7 +436,7 @@ async def test_a_write_that_fails_raises_and_is_logged(
     store: ChatDataLayer, ada: PersistedUser, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     await chat(store, ada, "t1", "hello")
-    read_only = Database(f"sqlite+aiosqlite:///file:{tmp_path / 'chat.db'}?mode=ro&uri=true")
+    read_only = Database(f"sqlite+aiosqlite:///file:{tmp_path / 'chatllm.db'}?mode=ro&uri=true")
     layer = ChatDataLayer(read_only, FileStore(tmp_path / "files"))
     caplog.set_level(logging.ERROR, logger="chatllm.store")
     with pytest.raises(Exception, match="readonly"):
@@ -478,7 +465,7 @@ async def test_credentials_in_session_metadata_never_reach_the_file(
     thread = await store.get_thread("t1")
     assert thread is not None and thread["metadata"] == {"chat_settings": {"temperature": 0.4}}
     await store.close()
-    for file in tmp_path.glob("chat.db*"):
+    for file in tmp_path.glob("chatllm.db*"):
         data = file.read_bytes()
         assert b"sk-live-123456" not in data and b"tok-abcdef" not in data, file
 
@@ -492,7 +479,7 @@ async def test_a_new_process_on_the_same_file_sees_the_thread(
         "import asyncio, json, sys\n"
         "from chatllm.store import ChatDataLayer, Database, FileStore\n"
         "async def main():\n"
-        f"    layer = ChatDataLayer(Database({url(tmp_path / 'chat.db')!r}), FileStore({str(tmp_path)!r}))\n"  # noqa: E501
+        f"    layer = ChatDataLayer(Database({url(tmp_path / 'chatllm.db')!r}), FileStore({str(tmp_path)!r}))\n"  # noqa: E501
         "    thread = await layer.get_thread('t1')\n"
         "    print(json.dumps([(s['type'], s['output']) for s in thread['steps']]))\n"
         "    await layer.close()\n"
@@ -537,7 +524,7 @@ async def test_removing_a_user_removes_their_threads_search_rows_and_files(
         Pagination(first=10), ThreadFilter(userId=bob.id, search="lighthouse")
     )
     assert [t["id"] for t in page.data] == ["b1"]
-    with sqlite3.connect(tmp_path / "chat.db") as raw:
+    with sqlite3.connect(tmp_path / "chatllm.db") as raw:
         (indexed,) = raw.execute("SELECT count(*) FROM search").fetchone()
     assert indexed == 3  # bob's thread name and two messages
 

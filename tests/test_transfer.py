@@ -193,19 +193,6 @@ async def conversation(store: ChatDataLayer, owner: PersistedUser, thread: str =
     await store.create_element(Text(name="notes", content="a file", for_id="r1", thread_id=thread))
 
 
-def url(path: Path) -> str:
-    return f"sqlite+aiosqlite:///{path}"
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[ChatDataLayer]:
-    db = Database(url(tmp_path / "chatllm.db"))
-    await db.migrate()
-    layer = ChatDataLayer(db, FileStore(tmp_path / "files"))
-    yield layer
-    await layer.close()
-
-
 async def user(store: ChatDataLayer, identifier: str) -> PersistedUser:
     created = await store.create_user(User(identifier=identifier))
     assert created is not None
