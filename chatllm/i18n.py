@@ -326,3 +326,9 @@ def t(key: str, language: str | None = None, **values: object) -> str:
     catalogue = CATALOGUES[normalize(language)]
     template = catalogue.get(key) or _EN[key]
     return template.format(**values) if values else template
+
+
+def one_line(text: str, limit: int) -> str:
+    """`text` on one line, cut to `limit` characters with an ellipsis (for titles)."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -44,6 +44,7 @@ from tqdm import tqdm
 from chatllm.config import Settings
 from chatllm.errors import ChatLLMError, InvalidSampling
 from chatllm.generation import Generation
+from chatllm.i18n import one_line
 from chatllm.models import Backend, Backends, ProfileSpec
 from chatllm.receipts import Receipt
 from chatllm.sampling import SEED_MAX, Sampling
@@ -666,7 +667,8 @@ def write_plots(plan: SweepPlan, summaries: Sequence[CellSummary]) -> list[Path]
     _, rows, _, columns = _layout(plan.axes)
     width = max(4.5, 2.5 + 1.0 * len(columns))
     height = max(3.0, 2.0 + 0.5 * len(rows)) + (1.0 if _tilted(columns) else 0.0)
-    subtitle = f"“{_short(plan.prompt)}” · {plan.profile.name} · {_plural(plan.repeats, 'repeat')}"
+    prompt = one_line(plan.prompt, 60)
+    subtitle = f"“{prompt}” · {plan.profile.name} · {_plural(plan.repeats, 'repeat')}"
     paths = []
     with matplotlib.rc_context({"font.family": _font_families()}):
         for metric in METRICS:
@@ -696,7 +698,7 @@ def summary_text(
     """The command's answer: what ran, a table of the cells' measures, the files."""
     seeds = f"seeds {plan.seed}+repeat" if plan.seed is not None else "random seeds"
     lines = [
-        f"Sweep of “{_short(plan.prompt)}” on {plan.profile.name}: "
+        f"Sweep of “{one_line(plan.prompt, 60)}” on {plan.profile.name}: "
         f"{_plural(len(summaries), 'cell')} × {_plural(plan.repeats, 'repeat')}, {seeds}; "
         f"{_plural(finished, 'run')} in {elapsed:.1f} s",
         "",
@@ -728,11 +730,6 @@ def _num(value: Number) -> str:
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
-
-
-def _short(text: str, limit: int = 60) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 # --------------------------------------------------------------------------------------

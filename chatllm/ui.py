@@ -35,7 +35,7 @@ from chatllm.history import (
     replies_by_message,
     reply_metadata,
 )
-from chatllm.i18n import t
+from chatllm.i18n import one_line, t
 from chatllm.models import Backends, ProfileSpec, local_engine, queue_listener
 from chatllm.presets import Preset, PresetError, Presets
 from chatllm.receipts import Receipt, receipt_of
@@ -70,6 +70,11 @@ def language() -> str:
     except ChainlitContextException:
         return "en"
     return getattr(session, "language", None) or "en"
+
+
+async def show_error(exc: BaseException, lang: str) -> None:
+    """`exc` in plain words, as an error message in the chat."""
+    await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
 
 
 class QueueNotice:
@@ -369,7 +374,7 @@ class ChatApp:
         except ChatLLMError as exc:  # bad values, a bad preset name, a failed save
             log.info("Refused settings: %s", exc)
             await self._send_settings(current, lang)  # the panel shows the old values
-            await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
+            await show_error(exc, lang)
             return
         cl.user_session.set(SAMPLING, updated)
         cl.user_session.set(PRESET, preset_key)
@@ -381,7 +386,7 @@ class ChatApp:
             try:
                 await self._save_thread_settings(updated)
             except ChatLLMError as exc:
-                await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
+                await show_error(exc, lang)
 
     async def _save_thread_settings(self, sampling: Sampling) -> None:
         """Store the sliders and profile with the thread now, not only on disconnect."""
@@ -412,7 +417,7 @@ class ChatApp:
             await self.store.save_step(message.to_dict())
             await self._save_thread_settings(sampling)
         except ChatLLMError as exc:
-            await cl.ErrorMessage(content=describe(exc, language()), author="chatllm").send()
+            await show_error(exc, language())
             return False
         return True
 
@@ -473,10 +478,10 @@ class ChatApp:
             async for token in generation.stream(history, text):
                 await reply.stream_token(token)
         except ChatLLMError as exc:
-            await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
+            await show_error(exc, lang)
         except Exception as exc:
             log.exception("Reply failed")
-            await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
+            await show_error(exc, lang)
         finally:
             queue_listener.reset(listening)
             await notice.clear()
@@ -527,12 +532,12 @@ class ChatApp:
             chosen = cl.user_session.get(CHOSEN) or {}
             history = history_from_steps(steps, chosen, before=message["id"])
         except ChatLLMError as exc:
-            await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
+            await show_error(exc, lang)
             return
         try:
             backend = self.backends.get(receipt.backend)
         except ChatLLMError as exc:
-            await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
+            await show_error(exc, lang)
             return
         generation = Generation(backend, receipt.model, sampling)
         progress = cl.Message(
@@ -543,7 +548,7 @@ class ChatApp:
             await generation.run(history, message.get("output") or "")
         except ChatLLMError as exc:
             await progress.remove()
-            await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
+            await show_error(exc, lang)
             return
         await progress.remove()
         again = generation.receipt()
@@ -590,7 +595,7 @@ class ChatApp:
         try:
             steps, _, message, replies = await self._find_reply(str(action.payload.get("step")))
         except ChatLLMError as exc:
-            await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
+            await show_error(exc, lang)
             return
         chosen: dict[str, str] = dict(cl.user_session.get(CHOSEN) or {})
         history = history_from_steps(steps, chosen, before=message["id"])
@@ -598,7 +603,7 @@ class ChatApp:
         earlier = replies.get(message["id"], [])
         number = len(earlier) + 1
         title = t(
-            "variant.title", lang, number=number, prompt=_snippet(message.get("output") or "")
+            "variant.title", lang, number=number, prompt=one_line(message.get("output") or "", 40)
         )
         reply = await self._generate(
             self._current_profile(),
@@ -613,8 +618,7 @@ class ChatApp:
         if reply is None:
             return
         if number == 2:  # the first reply gets its "continue from this" button now
-            for action_ in reply_actions(earlier[0]["id"], True, lang)[2:]:
-                await action_.send(for_id=earlier[0]["id"])
+            await reply_action("choose", earlier[0]["id"], lang).send(for_id=earlier[0]["id"])
         await self._choose(message["id"], reply.id)
 
     async def choose(self, action: cl.Action) -> None:
@@ -624,7 +628,7 @@ class ChatApp:
             _, target, message, _ = await self._find_reply(str(action.payload.get("step")))
             await self._choose(message["id"], target["id"])
         except ChatLLMError as exc:
-            await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
+            await show_error(exc, lang)
             return
         await cl.context.emitter.send_toast(t("variant.chosen", lang), "success")
 
@@ -644,7 +648,7 @@ class ChatApp:
                 await element.send(for_id=message.id, persist=False)
                 await self.store.create_element(element)
         except ChatLLMError as exc:
-            await cl.ErrorMessage(content=describe(exc, language()), author="chatllm").send()
+            await show_error(exc, language())
 
     # ---- compare: one message under several settings
 
@@ -667,13 +671,13 @@ class ChatApp:
             try:
                 sets.append(SettingsSet(preset.label, preset.apply(sampling)))
             except InvalidSampling as exc:
-                await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
+                await show_error(exc, lang)
                 return
         spec = self._current_profile()
         try:
             backend = self.backends.get(spec.backend)
         except ChatLLMError as exc:
-            await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
+            await show_error(exc, lang)
             return
         view = cl.CustomElement(
             name="Compare",
@@ -737,7 +741,7 @@ class ChatApp:
         try:
             document = await export_thread(self.store, cl.context.session.thread_id)
         except ChatLLMError as exc:
-            await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
+            await show_error(exc, lang)
             return
         name = _file_stem(document)
         files = [
@@ -782,7 +786,7 @@ class ChatApp:
                 raise ChatLLMError(t("import.not_json", lang, detail=exc)) from exc
             thread_id = await import_document(self.store, document, user.identifier)
         except (ChatLLMError, OSError, UnicodeDecodeError) as exc:
-            await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
+            await show_error(exc, lang)
             return
         await cl.Message(
             content=t("import.done", lang, url=f"/thread/{thread_id}"), author="chatllm"
@@ -792,11 +796,6 @@ class ChatApp:
 def _user_id() -> str | None:
     user = cl.user_session.get("user")
     return getattr(user, "id", None) if isinstance(user, PersistedUser) else None
-
-
-def _snippet(text: str, length: int = 40) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= length else text[: length - 1] + "…"
 
 
 def _file_stem(document: dict[str, Any]) -> str:
@@ -809,33 +808,22 @@ def receipt_element(receipt: Receipt, lang: str, title: str | None) -> cl.Custom
     return cl.CustomElement(name="Receipt", props=receipt.view(lang, title), display="inline")
 
 
+#: The buttons under a reply, by action name, with their icons (lucide names).
+REPLY_ACTIONS = {"replay": "repeat", "regenerate": "refresh-cw", "choose": "check"}
+
+
+def reply_action(name: str, step_id: str, lang: str) -> cl.Action:
+    return cl.Action(
+        name=name,
+        payload={"step": step_id},
+        label=t(f"action.{name}", lang),
+        tooltip=t(f"action.{name}.help", lang),
+        icon=REPLY_ACTIONS[name],
+    )
+
+
 def reply_actions(step_id: str, variants: bool, lang: str) -> list[cl.Action]:
     """The buttons under a reply: replay it, regenerate it, and (once its message has
     several replies) continue the conversation from it."""
-    actions = [
-        cl.Action(
-            name="replay",
-            payload={"step": step_id},
-            label=t("action.replay", lang),
-            tooltip=t("action.replay.help", lang),
-            icon="repeat",
-        ),
-        cl.Action(
-            name="regenerate",
-            payload={"step": step_id},
-            label=t("action.regenerate", lang),
-            tooltip=t("action.regenerate.help", lang),
-            icon="refresh-cw",
-        ),
-    ]
-    if variants:
-        actions.append(
-            cl.Action(
-                name="choose",
-                payload={"step": step_id},
-                label=t("action.choose", lang),
-                tooltip=t("action.choose.help", lang),
-                icon="check",
-            )
-        )
-    return actions
+    names = ["replay", "regenerate", *(["choose"] if variants else [])]
+    return [reply_action(name, step_id, lang) for name in names]
