@@ -17,11 +17,48 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet pip==26.3
 
-$(VENV)/.app-installed: pyproject.toml constraints.txt | $(BIN)/python
+# llama.cpp (inside llama-cpp-python) is compiled from source, for any x86-64 CPU with AVX2,
+# FMA and F16C (Intel Haswell, 2013, and later; every AMD Zen), never with -march=native:
+# a .venv or wheel moved to another machine still runs. AVX-512 is left out (few CPUs have
+# it, and it was no faster here: see the README's "The CPU build" section), and AMX always:
+# llama.cpp's AMX kernels fault with "Illegal instruction" (llama.cpp PR #26954, open).
+# An operator with a fixed llama.cpp turns them back on with e.g.
+#   make run LLAMA_CPU="-DGGML_NATIVE=ON"
+LLAMA_CPP_PYTHON := 0.3.36
+LLAMA_CPU ?= -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_F16C=ON -DGGML_FMA=ON \
+	-DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF \
+	-DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF \
+	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+# The multimodal library (mtmd) is not used by the app; leaving it out saves build time.
+LLAMA_CMAKE_ARGS := $(strip $(LLAMA_CPU)) -DLLAVA_BUILD=OFF
+# The wheel is built once per version and flags, into a folder named after both, and pip's
+# own caches are bypassed: pip keys its wheel cache by the source alone, so it would hand
+# back a wheel built with other flags (or -march=native, on another machine).
+LLAMA_KEY := $(shell printf '%s' '$(LLAMA_CPP_PYTHON) $(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-16)
+LLAMA_WHEELS ?= $(HOME)/.cache/chatllm/llama-cpp-python-$(LLAMA_CPP_PYTHON)-$(LLAMA_KEY)
+LLAMA_STAMP := $(VENV)/.llama-$(LLAMA_KEY)
+
+$(LLAMA_WHEELS)/.built: | $(BIN)/python
+	rm -rf $(LLAMA_WHEELS)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --no-deps --no-cache-dir \
+		--no-binary llama-cpp-python --wheel-dir $(LLAMA_WHEELS) \
+		llama-cpp-python==$(LLAMA_CPP_PYTHON)
+	printf '%s\n' '$(LLAMA_CMAKE_ARGS)' > $(LLAMA_WHEELS)/cmake-args.txt
+	touch $@
+
+# Installed by its file name, so no other wheel of that version (an index's, a cache's,
+# a --find-links folder's) can take its place.
+$(LLAMA_STAMP): $(LLAMA_WHEELS)/.built
+	$(BIN)/pip install --no-deps --no-cache-dir --force-reinstall \
+		$(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP_PYTHON)-*.whl
+	rm -f $(VENV)/.llama-*
+	touch $@
+
+$(VENV)/.app-installed: pyproject.toml constraints.txt $(LLAMA_STAMP) | $(BIN)/python
 	$(BIN)/pip install -c constraints.txt -e .
 	touch $@
 
-$(VENV)/.test-installed: pyproject.toml constraints.txt | $(BIN)/python
+$(VENV)/.test-installed: pyproject.toml constraints.txt $(LLAMA_STAMP) | $(BIN)/python
 	$(BIN)/pip install -c constraints.txt -e ".[test]"
 	touch $@ $(VENV)/.app-installed
 
@@ -42,7 +79,7 @@ lint: $(VENV)/.test-installed
 unit: $(VENV)/.test-installed
 	$(BIN)/pytest
 
-$(VENV)/.bench-installed: pyproject.toml constraints.txt | $(BIN)/python
+$(VENV)/.bench-installed: pyproject.toml constraints.txt $(LLAMA_STAMP) | $(BIN)/python
 	$(BIN)/pip install -c constraints.txt -e ".[test,bench]"
 	touch $@ $(VENV)/.test-installed $(VENV)/.app-installed
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackHandler
@@ -18,6 +18,7 @@ from langchain_core.runnables import Runnable, RunnableLambda
 from chatllm.errors import ContextOverflow
 
 TokenCounter = Callable[[Sequence[BaseMessage]], int]
+CountPreparer = Callable[[Sequence[BaseMessage]], Awaitable[None]]
 
 PROMPT = ChatPromptTemplate.from_messages(
     [
@@ -110,15 +111,32 @@ def fit_to_context(
 
 
 def build_chain(
-    model: BaseChatModel, *, context_tokens: int, reply_tokens: int, count: TokenCounter
+    model: BaseChatModel,
+    *,
+    context_tokens: int,
+    reply_tokens: int,
+    count: TokenCounter,
+    prepare: CountPreparer | None = None,
 ) -> Runnable[dict[str, object], str]:
-    """The chain for one turn; its input is {"system", "history", "message"}."""
+    """The chain for one turn; its input is {"system", "history", "message"}.
+
+    `prepare`, when given, is awaited with the prompt's messages before trimming, so that
+    `count` (synchronous, as trim_messages wants it) finds them counted already: the local
+    model's tokenizer lives in its engine process, and asking it must not block the loop.
+    """
     budget = context_tokens - reply_tokens
 
     def fit(prompt: PromptValue) -> list[BaseMessage]:
         return fit_to_context(prompt.to_messages(), budget=budget, count=count)
 
-    return PROMPT | RunnableLambda(fit, name="fit_to_context") | model | TextParser()
+    async def afit(prompt: PromptValue) -> list[BaseMessage]:
+        messages = prompt.to_messages()
+        if prepare is not None:
+            await prepare(messages)
+        return fit_to_context(messages, budget=budget, count=count)
+
+    fitting = RunnableLambda(fit, afunc=afit, name="fit_to_context")
+    return PROMPT | fitting | model | TextParser()
 
 
 def chain_input(system: str, history: Sequence[BaseMessage], message: str) -> dict[str, object]:

@@ -36,6 +36,17 @@ class Settings(BaseSettings):
     n_threads: int | None = Field(
         default=None, ge=1, description="CPU threads for llama.cpp; empty lets it choose."
     )
+    engine_start_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds the local engine may take to load the model and check it.",
+    )
+    engine_hang_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds the local engine may go without a sign of life (a token, a "
+        "chunk of prompt) before it is killed and restarted.",
+    )
     openai_base_url: str | None = Field(
         default=None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."
     )

@@ -80,6 +80,31 @@ class ContextOverflow(BackendError):
             super().__init__(f"needs {needed} tokens, the context has room for {available}")
 
 
+class EngineUnavailable(BackendError):
+    """The local engine could not be started, or failed its start-up self-check."""
+
+    def __init__(self, detail: str, cause: str = "start") -> None:
+        self.detail = detail
+        self.cause = cause
+        super().__init__(f"the local model is unavailable: {detail}")
+
+
+class EngineCrashed(BackendError):
+    """The local engine process ended in the middle of a request (a crash, a kill)."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(f"the local model's engine {detail}")
+
+
+class EngineHung(BackendError):
+    """The local engine gave no sign of life in time, and was killed."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(f"the local model's engine gave no sign of life for {seconds:g} s")
+
+
 def describe(exc: BaseException, language: str | None = None) -> str:
     """Plain words for the user; the one place errors become text."""
     from chatllm.i18n import t
@@ -98,6 +123,12 @@ def describe(exc: BaseException, language: str | None = None) -> str:
         if exc.needed is None or exc.available is None:
             return t("error.context.unknown", language)
         return t("error.context", language, needed=exc.needed, available=exc.available)
+    if isinstance(exc, EngineCrashed):
+        return t("error.engine_crashed", language, detail=exc.detail)
+    if isinstance(exc, EngineHung):
+        return t("error.engine_hung", language, seconds=exc.seconds)
+    if isinstance(exc, EngineUnavailable):
+        return t("error.engine_unavailable", language, detail=exc.detail)
     if isinstance(exc, StoreError):
         return t("error.store", language, detail=str(exc))
     if isinstance(exc, InvalidSampling):

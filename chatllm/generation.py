@@ -68,6 +68,7 @@ class Generation:
                 context_tokens=self.backend.context_tokens(self.model),
                 reply_tokens=self.sampling.max_tokens,
                 count=self.backend.count_tokens,
+                prepare=self.backend.prepare_counts,
             )
             inputs = chain_input(self.sampling.system_prompt, history, message)
             self._requested = self._started = time.perf_counter()

@@ -9,18 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import math
+import queue
 import re
 import secrets
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import Any, ClassVar
 
 import openai
@@ -33,15 +31,17 @@ from langchain_openai import ChatOpenAI
 from pydantic import ConfigDict
 
 from chatllm.config import Settings
+from chatllm.engine import EngineProcess, EngineSpec
 from chatllm.errors import (
     BackendAuthError,
     BackendError,
     BackendTimeout,
     BackendUnreachable,
     ChatLLMError,
-    ConfigError,
     ContextOverflow,
     EndpointNotFound,
+    EngineHung,
+    EngineUnavailable,
     UnknownModel,
 )
 from chatllm.sampling import SEED_MAX, Sampling
@@ -54,10 +54,6 @@ QueueListener = Callable[[int], Awaitable[None]]
 queue_listener: contextvars.ContextVar[QueueListener | None] = contextvars.ContextVar(
     "queue_listener", default=None
 )
-
-#: Prompts are evaluated in chunks of this many tokens, and the KV cache is reused in whole
-#: chunks only (see LocalEngine._reuse_exactly). Prompt speed is the same from 32 to 512.
-PROMPT_CHUNK = 32
 
 # Tokens a chat template adds around each message (role markers, separators). Counted on
 # top of the content so that trimming errs on the side of room for the reply.
@@ -86,44 +82,6 @@ class Usage:
 
 #: A piece of a streamed reply: its text, and on the last piece why it ended and its usage.
 Delta = tuple[str, str | None, Usage | None]
-
-
-class _Meter:
-    """Counts the tokens of one generation, and stops it on request.
-
-    llama-cpp-python streams no token usage. Every completion runs `Llama.generate`, which
-    takes the prompt's tokens and yields each sampled token; `LocalEngine` wraps it with
-    `count`, so the counts are exact and a stop takes effect before the next token is even
-    detokenized.
-    """
-
-    __slots__ = ("completion_tokens", "prompt_tokens", "stop")
-
-    def __init__(self, stop: threading.Event | None) -> None:
-        self.stop = stop
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-
-    def count(
-        self,
-        generate: Callable[..., Iterator[int]],
-        is_end: Callable[[int], bool],
-        before: Callable[[Sequence[int]], None],
-    ) -> Callable[..., Iterator[int]]:
-        def metered(tokens: Sequence[int], *args: Any, **kwargs: Any) -> Iterator[int]:
-            self.prompt_tokens = len(tokens)
-            before(tokens)
-            for token in generate(tokens, *args, **kwargs):
-                if self.stop is not None and self.stop.is_set():
-                    return
-                if not is_end(token):  # the end-of-generation token is not part of the reply
-                    self.completion_tokens += 1
-                yield token
-
-        return metered
-
-    def usage(self) -> Usage:
-        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
 
 
 @dataclass(frozen=True)
@@ -157,65 +115,75 @@ class _Ticket:
 
 
 class LocalEngine:
-    """One llama.cpp model for the whole process, serving one generation at a time.
+    """The local llama.cpp model, serving one generation at a time from its engine process.
 
-    llama.cpp crashes when two threads decode on one context, so every call into the
-    model runs on a single worker thread; the asyncio line in front of it lets a waiting
-    request say how many are ahead of it.
+    llama.cpp runs in a supervised child process (`chatllm.engine`), so its crash fails one
+    reply, not the app. The asyncio line in front of it lets a waiting request say how many
+    are ahead of it.
     """
 
-    def __init__(self, model_path: Path, n_ctx: int, n_threads: int | None = None) -> None:
-        from llama_cpp import Llama  # imported here: loading the library takes a moment
-
-        self.model_path = model_path
-        self.llama = Llama(
-            model_path=str(model_path),
-            n_ctx=n_ctx,
-            n_threads=n_threads,
-            n_batch=PROMPT_CHUNK,
-            verbose=False,
-        )
-        self.n_ctx = n_ctx
-        self._generate_tokens = self.llama.generate  # bound before any wrapping
-        # The start of the KV cache known to hold exactly what evaluating it afresh gives.
-        self._exact: Any = None
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+    def __init__(self, spec: EngineSpec) -> None:
+        self.spec = spec
+        self.model_path = spec.model_path
+        self.n_ctx = spec.n_ctx
+        self.process = EngineProcess(spec)
         self._line: list[_Ticket] = []
         # Trimming a long thread counts the same messages on every turn, and several times
-        # within one (trim_messages bisects); each text is tokenized once.
-        self.count_tokens = lru_cache(maxsize=16384)(self._count_tokens)
+        # within one (trim_messages bisects); each text is asked of the engine once.
+        self._counts: OrderedDict[str, int] = OrderedDict()
 
-    def _reuse_exactly(self, prompt: Sequence[int]) -> None:
-        """Let llama.cpp reuse only the part of its KV cache that a fresh evaluation of
-        `prompt` would compute bit for bit, so a reply depends on its prompt, settings and
-        seed alone (a replay with the same seed gives the same text).
+    def start(self) -> None:
+        """Start the engine process and wait for its self-check (blocking)."""
+        self.process.start()
 
-        llama-cpp-python reuses the longest cached prefix of the prompt, but cached values
-        depend on how they were computed: the previous reply's tokens one at a time, the
-        prompt in chunks. Evaluated in other chunks, the floating-point sums differ in the
-        last bits, and a sampled token can flip (5 of 8 replays differed in a test here).
-        Prompts are evaluated in PROMPT_CHUNK-token chunks from position 0; only whole
-        chunks of earlier prompts are reused, so a turn re-evaluates fewer than
-        PROMPT_CHUNK extra tokens (~0.1 s here) instead of the whole conversation.
-        """
-        import numpy as np
+    def close(self) -> None:
+        self.process.close()
 
-        llama = self.llama
-        exact = self._exact
-        reusable = 0
-        if exact is not None and len(exact) <= llama.n_tokens:
-            limit = min(len(exact), len(prompt) - 1)  # the last token is always evaluated
-            cached = llama.input_ids[:limit]
-            if np.array_equal(cached, exact[:limit]):  # nobody else used the cache since
-                mismatch = np.flatnonzero(cached != np.asarray(prompt[:limit]))
-                common = int(mismatch[0]) if len(mismatch) else limit
-                reusable = common - common % PROMPT_CHUNK
-        llama.n_tokens = reusable
-        whole = len(prompt) - len(prompt) % PROMPT_CHUNK
-        self._exact = np.asarray(prompt[:whole], dtype=llama.input_ids.dtype)
+    # ---- counting tokens with the model's own tokenizer
 
-    def _count_tokens(self, text: str) -> int:
-        return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes. Asks the engine (blocking, briefly) unless counted before."""
+        known = self._counts.get(text)
+        if known is not None:
+            self._counts.move_to_end(text)
+            return known
+        self._remember([text], self.process.counts([text]))
+        return self._counts[text]
+
+    async def prepare_counts(self, texts: Sequence[str]) -> None:
+        """Count every text not counted yet in one request, without blocking the loop (and
+        waiting for the engine if it is starting), so the chain's trimming finds them all."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._counts))
+        if not missing:
+            return
+        loop = asyncio.get_running_loop()
+        arrived = asyncio.Event()
+        answer: list[tuple[Any, ...]] = []
+
+        def sink(message: tuple[Any, ...]) -> None:
+            answer.append(message)
+            _wake(loop, arrived)
+
+        rid = await loop.run_in_executor(None, self.process.submit, ("count", missing), sink)
+        try:
+            await asyncio.wait_for(arrived.wait(), self.spec.hang_timeout)
+        except TimeoutError:
+            self.process.kill_hung()
+            raise EngineHung(self.spec.hang_timeout) from None
+        finally:
+            self.process.forget(rid)
+        message = answer[0]
+        if message[0] == "lost":
+            raise message[2]
+        self._remember(missing, message[2])
+
+    def _remember(self, texts: Sequence[str], counts: Sequence[int]) -> None:
+        for text, count in zip(texts, counts, strict=True):
+            self._counts[text] = count
+        while len(self._counts) > COUNT_CACHE_SIZE:
+            self._counts.popitem(last=False)
+
+    # ---- the line and generating
 
     @asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
@@ -251,109 +219,122 @@ class LocalEngine:
         """Yield (text delta, finish reason, usage) from the model, in turn with other
         callers; the finish reason and usage come with the last delta.
 
-        Closing or cancelling the iteration stops the generation before its next token.
+        Closing or cancelling the iteration stops the generation before its next token. An
+        engine that dies meanwhile raises `EngineCrashed`; one silent for longer than the
+        hang timeout is killed and raises `EngineHung`. Either way a new engine starts.
         """
         async with self.turn():
             loop = asyncio.get_running_loop()
-            # The worker appends to `pending` (deque appends are thread-safe) and wakes the
-            # loop; each wake takes everything waiting, so a consumer that fell behind
-            # catches up in one chunk instead of paying LangChain's per-chunk cost per token.
-            pending: deque[Delta | BaseException | None] = deque()
+            # The reading thread appends to `pending` (deque appends are thread-safe) and
+            # wakes the loop; each wake takes everything waiting, so a consumer that fell
+            # behind catches up in one chunk instead of paying LangChain's per-chunk cost
+            # per token.
+            pending: deque[tuple[Any, ...]] = deque()
             arrived = asyncio.Event()
-            stop = threading.Event()
 
-            def produce() -> None:
-                try:
-                    for delta_finish in self._generate(messages, params, stop):
-                        pending.append(delta_finish)
-                        loop.call_soon_threadsafe(arrived.set)
-                except BaseException as exc:  # handed to the event loop, raised there
-                    pending.append(exc)
-                finally:
-                    pending.append(None)
-                    loop.call_soon_threadsafe(arrived.set)
+            def sink(message: tuple[Any, ...]) -> None:
+                pending.append(message)
+                _wake(loop, arrived)
 
-            done = loop.run_in_executor(self._worker, produce)
+            process = self.process
+            rid = await loop.run_in_executor(
+                None, process.submit, ("generate", messages, params), sink
+            )
+            finished = False
             try:
-                finished = False
                 while not finished:
-                    await arrived.wait()
-                    arrived.clear()
+                    await self._next(arrived)
                     text, finish, usage = "", None, None
                     while pending:
-                        item = pending.popleft()
-                        if item is None:
+                        message = pending.popleft()
+                        kind = message[0]
+                        if kind == "delta":
+                            text += message[2]
+                            finish = message[3] or finish
+                            usage = Usage(*message[4]) if message[4] else usage
+                        elif kind == "done":
                             finished = True
                             break
-                        if isinstance(item, BaseException):
-                            raise _local_error(item, self.n_ctx) from item
-                        text, finish, usage = text + item[0], item[1] or finish, item[2] or usage
+                        elif kind == "error":
+                            raise _local_error(message[2], message[3], self.n_ctx)
+                        elif kind == "lost":
+                            finished = True
+                            raise message[2]
                     if text or finish:
                         yield text, finish, usage
             finally:
-                stop.set()
-                # The line moves on only once llama.cpp has really stopped; a second
-                # cancellation while waiting is allowed to end the wait.
-                await asyncio.shield(done)
+                if not finished:
+                    process.send(("stop", rid))
+                    # The line moves on only once llama.cpp has really stopped; a second
+                    # cancellation while waiting is allowed to end the wait.
+                    await asyncio.shield(self._drain(pending, arrived))
+                process.forget(rid)
+
+    async def _next(self, arrived: asyncio.Event) -> None:
+        """Wait for the engine's next message; a silent engine is killed as hung."""
+        try:
+            await asyncio.wait_for(arrived.wait(), self.spec.hang_timeout)
+        except TimeoutError:
+            self.process.kill_hung()
+            raise EngineHung(self.spec.hang_timeout) from None
+        arrived.clear()
+
+    async def _drain(self, pending: deque[tuple[Any, ...]], arrived: asyncio.Event) -> None:
+        """Wait until a stopped generation is over (or its engine is gone)."""
+        while True:
+            while pending:
+                if pending.popleft()[0] in ("done", "lost"):
+                    return
+            try:
+                await self._next(arrived)
+            except EngineHung:
+                return
 
     def generate(self, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
-        """Blocking, whole-reply generation on the worker thread (for sync callers)."""
-
-        def run() -> str:
-            return "".join(delta for delta, _, _ in self._generate(messages, params, None))
-
+        """Blocking, whole-reply generation (for sync callers); the engine runs requests in
+        the order they arrive."""
+        answers: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        rid = self.process.submit(("generate", messages, params), answers.put)
+        parts: list[str] = []
         try:
-            return self._worker.submit(run).result()
-        except ValueError as exc:
-            raise _local_error(exc, self.n_ctx) from exc
-
-    def _generate(
-        self,
-        messages: list[dict[str, str]],
-        params: dict[str, Any],
-        stop: threading.Event | None,
-    ) -> Iterator[Delta]:
-        import llama_cpp
-
-        meter = _Meter(stop)
-        vocab = self.llama._model.vocab
-
-        def is_end(token: int) -> bool:
-            return bool(llama_cpp.llama_vocab_is_eog(vocab, token))
-
-        # An instance attribute shadowing the method; only this worker thread calls it.
-        self.llama.generate = meter.count(  # type: ignore[method-assign,assignment]
-            self._generate_tokens, is_end, self._reuse_exactly
-        )
-        stream = self.llama.create_chat_completion(
-            messages=messages,  # type: ignore[arg-type]
-            stream=True,
-            **params,
-        )
-        try:
-            for chunk in stream:
-                if stop is not None and stop.is_set():
-                    return
-                choice: dict[str, Any] = chunk["choices"][0]  # type: ignore[index,assignment]
-                delta: str = choice["delta"].get("content") or ""
-                finish: str | None = choice.get("finish_reason")
-                if delta or finish:
-                    yield delta, finish, meter.usage() if finish else None
+            while True:
+                try:
+                    message = answers.get(timeout=self.spec.hang_timeout)
+                except queue.Empty:
+                    self.process.kill_hung()
+                    raise EngineHung(self.spec.hang_timeout) from None
+                kind = message[0]
+                if kind == "delta":
+                    parts.append(message[2])
+                elif kind == "error":
+                    raise _local_error(message[2], message[3], self.n_ctx)
+                elif kind == "lost":
+                    raise message[2]
+                elif kind == "done":
+                    return "".join(parts)
         finally:
-            stream.close()  # type: ignore[union-attr]
-            del self.llama.generate  # the method again, for anyone using the Llama directly
+            self.process.forget(rid)
 
 
-def _local_error(exc: BaseException, n_ctx: int) -> BaseException:
-    """llama-cpp-python's ValueError/RuntimeError as this app's errors; anything else (a
-    bug) goes up as it is, to be logged with its traceback."""
-    text = str(exc)
-    if isinstance(exc, ValueError) and "exceed context window" in text:
+#: Texts whose token counts are remembered (a long thread's messages, several threads).
+COUNT_CACHE_SIZE = 16384
+
+
+def _wake(loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
+    """Set `event` on `loop` from another thread; a loop already closed has nobody to wake."""
+    try:
+        loop.call_soon_threadsafe(event.set)
+    except RuntimeError:
+        pass
+
+
+def _local_error(kind: str, text: str, n_ctx: int) -> BackendError:
+    """llama-cpp-python's ValueError/RuntimeError (and anything else the engine raised) as
+    this app's errors."""
+    if kind == "ValueError" and "exceed context window" in text:
         match = re.search(r"\((\d+)\)", text)
         return ContextOverflow(needed=int(match[1]) if match else n_ctx + 1, available=n_ctx)
-    if isinstance(exc, ValueError | RuntimeError):
-        return BackendError(f"llama.cpp failed: {text or type(exc).__name__}")
-    return exc
+    return BackendError(f"llama.cpp failed: {text or kind}")
 
 
 def _role(message: BaseMessage) -> str:
@@ -537,6 +518,11 @@ class Backend(ABC):
     def count_tokens(self, messages: Sequence[BaseMessage]) -> int:
         """Tokens `messages` take in the prompt, template overhead included."""
 
+    async def prepare_counts(self, messages: Sequence[BaseMessage]) -> None:
+        """Get ready to count `messages` without blocking (the chain calls this before
+        trimming, whose counting is synchronous). Nothing to do for most backends."""
+        return None
+
     @abstractmethod
     def count_text(self, text: str) -> int:
         """Tokens `text` takes (for a reply whose usage the model did not report)."""
@@ -550,24 +536,47 @@ def register(cls: type[Backend]) -> type[Backend]:
     return cls
 
 
-_engines: dict[tuple[Path, int, int | None], LocalEngine] = {}
+_engines: dict[EngineSpec, LocalEngine] = {}
 _engines_lock = threading.Lock()
 
 
+def engine_spec(settings: Settings) -> EngineSpec:
+    return EngineSpec(
+        model_path=settings.resolve_model_path(),
+        n_ctx=settings.n_ctx,
+        n_threads=settings.n_threads,
+        start_timeout=settings.engine_start_timeout,
+        hang_timeout=settings.engine_hang_timeout,
+    )
+
+
 def local_engine(settings: Settings) -> LocalEngine:
-    """The process's llama.cpp model, loaded on first use and then shared."""
-    key = (settings.resolve_model_path(), settings.n_ctx, settings.n_threads)
+    """The process's local model, shared by every chat; its engine process is started on
+    first use (or by `start_local_engine`)."""
+    spec = engine_spec(settings)
     with _engines_lock:
-        if key not in _engines:
-            try:
-                _engines[key] = LocalEngine(*key)
-            except (ValueError, RuntimeError, OSError) as exc:
-                raise ConfigError(
-                    f"The model file {str(key[0])!r} could not be loaded ({exc}). Set "
-                    "CHATLLM_MODEL_PATH to a GGUF model file, or leave it empty to use the "
-                    "embedded model."
-                ) from exc
-        return _engines[key]
+        if spec not in _engines:
+            _engines[spec] = LocalEngine(spec)
+        return _engines[spec]
+
+
+def close_local_engine(settings: Settings) -> None:
+    """End the local engine process of these settings; a later request starts a new one."""
+    with _engines_lock:
+        engine = _engines.pop(engine_spec(settings), None)
+    if engine is not None:
+        engine.close()
+
+
+def start_local_engine(settings: Settings) -> EngineUnavailable | None:
+    """Start the local engine and wait for its self-check: None when it is ready, else why
+    it is unavailable (the app goes on with its other backends). A file that is no model
+    raises `ConfigError`."""
+    try:
+        local_engine(settings).start()
+    except EngineUnavailable as exc:
+        return exc
+    return None
 
 
 @register
@@ -579,7 +588,18 @@ class LocalBackend(Backend):
         return local_engine(self.settings)
 
     async def models(self) -> list[str]:
+        """The local model, unless its engine failed to start (then why, as an error); a
+        failed engine is tried again in the background once its retry time has come."""
+        process = self.engine.process
+        if not process.ready and process.failure is not None:
+            loop = asyncio.get_running_loop()
+            loop.run_in_executor(None, _try_start, process)
+            raise process.failure
         return [self.settings.local_model_name]
+
+    async def ensure_model(self, model: str) -> None:
+        if model != self.settings.local_model_name:
+            raise UnknownModel(model=model)
 
     def chat_model(self, model: str, sampling: Sampling) -> BaseChatModel:
         return LlamaCppChat(engine=self.engine, model_name=model, sampling=sampling)
@@ -593,6 +613,16 @@ class LocalBackend(Backend):
 
     def count_text(self, text: str) -> int:
         return self.engine.count_tokens(text)
+
+    async def prepare_counts(self, messages: Sequence[BaseMessage]) -> None:
+        await self.engine.prepare_counts([m.text for m in messages])
+
+
+def _try_start(process: EngineProcess) -> None:
+    try:
+        process.ensure_started()
+    except (EngineUnavailable, ChatLLMError):
+        pass  # still unavailable; the failure is what the next caller is told
 
 
 #: Sampling values the OpenAI API itself defines; others (top_k, repeat_penalty) go in the

@@ -25,7 +25,13 @@ from pydantic import ValidationError
 from chatllm.auth import LOCAL_USER, AuthMode, Passwords, decide_mode, ensure_auth_secret
 from chatllm.compare import MAX_SETS, Column, SettingsSet, comparison_view, run_comparison
 from chatllm.config import Settings, get_settings
-from chatllm.errors import ChatLLMError, ConfigError, InvalidSampling, describe
+from chatllm.errors import (
+    ChatLLMError,
+    ConfigError,
+    EngineUnavailable,
+    InvalidSampling,
+    describe,
+)
 from chatllm.generation import Generation, with_seed
 from chatllm.history import (
     CHOSEN_REPLIES,
@@ -36,7 +42,7 @@ from chatllm.history import (
     reply_metadata,
 )
 from chatllm.i18n import one_line, t
-from chatllm.models import Backends, ProfileSpec, local_engine, queue_listener
+from chatllm.models import Backends, ProfileSpec, queue_listener, start_local_engine
 from chatllm.presets import Preset, PresetError, Presets
 from chatllm.receipts import Receipt, receipt_of
 from chatllm.sampling import Sampling
@@ -135,7 +141,11 @@ class ChatApp:
         work ends the process with a message saying what to change."""
         try:
             app = cls(_settings_or_config_error())
-            local_engine(app.settings)  # loaded now: a file that is no model stops start-up
+            # Loaded and checked now: a file that is no model stops start-up; an engine that
+            # fails its self-check leaves the local profile out, the endpoint's still offered.
+            failure = start_local_engine(app.settings)
+            if failure is not None:
+                log.error("%s", failure)
             asyncio.run(app.prepare(host))
         except ConfigError as exc:
             print(f"chatllm cannot start: {exc}", file=sys.stderr)
@@ -179,7 +189,7 @@ class ChatApp:
     async def profiles(self, lang: str | None) -> list[cl.ChatProfile]:
         specs, problems = await self.backends.profiles()
         for problem in problems:
-            log.warning("Endpoint models unavailable, offering the others: %s", problem)
+            log.warning("Models unavailable, offering the others: %s", problem)
         self._unavailable = problems  # told to the user when the chat starts
         return [self._profile(spec, lang, default=index == 0) for index, spec in enumerate(specs)]
 
@@ -292,7 +302,10 @@ class ChatApp:
         await self._send_settings(sampling, lang)
         await self._send_commands(lang)
         for problem in self._unavailable:
-            text = t("notice.endpoint_unavailable", lang, reason=describe(problem))
+            if isinstance(problem, EngineUnavailable):
+                text = describe(problem, lang)
+            else:
+                text = t("notice.endpoint_unavailable", lang, reason=describe(problem, lang))
             await cl.Message(content=text, author="chatllm").send()
 
     async def resume(self, thread: ThreadDict) -> None:

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
+from llama_cpp import Llama
 
 from chatllm.compare import SettingsSet, run_comparison, similarity, word_diff, words
 from chatllm.config import Settings, embedded_model_path
+from chatllm.engine_worker import PROMPT_CHUNK
 from chatllm.generation import Generation
 from chatllm.models import LocalBackend, OpenAIBackend
 from chatllm.receipts import Receipt, receipt_of
@@ -23,13 +25,27 @@ def model(local: LocalBackend) -> str:
     return local.settings.local_model_name
 
 
-async def test_token_counts_match_llama_cpp_own_usage(local: LocalBackend) -> None:
+@pytest.fixture(scope="module")
+def raw_llama(local: LocalBackend) -> Llama:
+    """The model loaded in the test's own process, as llama-cpp-python serves it unwrapped
+    (the app's runs in its engine process), with the app's context and batch size."""
+    return Llama(
+        model_path=str(local.settings.resolve_model_path()),
+        n_ctx=local.settings.n_ctx,
+        n_batch=PROMPT_CHUNK,
+        verbose=False,
+    )
+
+
+async def test_token_counts_match_llama_cpp_own_usage(
+    local: LocalBackend, raw_llama: Llama
+) -> None:
     """The streamed path counts exactly what llama-cpp-python reports for the same call."""
     sampling = Sampling(temperature=0.0, max_tokens=60, seed=5, system_prompt="Be brief.")
     for max_tokens in (7, 200):
         generation = Generation(local, model(local), sampling.update({"max_tokens": max_tokens}))
         text = await generation.run([], "Name three colours.")
-        raw = local.engine.llama.create_chat_completion(
+        raw = raw_llama.create_chat_completion(
             messages=[
                 {"role": "system", "content": "Be brief."},
                 {"role": "user", "content": "Name three colours."},

@@ -1,0 +1,287 @@
+"""The local model's engine: built for any x86-64 CPU, checked at start, and unable to take
+the app down — a crash, a kill or a hang fails one reply, and the next one is answered."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import os
+import re
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from importlib.metadata import distribution
+from pathlib import Path
+
+import chainlit as cl
+import llama_cpp
+import pytest
+
+from chatllm.config import Settings
+from chatllm.engine import EngineProcess, EngineSpec
+from chatllm.engine_worker import SELF_CHECK_TOKENS
+from chatllm.errors import EngineUnavailable
+from chatllm.models import close_local_engine, local_engine, start_local_engine
+from chatllm.ui import HISTORY, ChatApp
+from tests.support import BrowserTab, Endpoint
+
+LIB = Path(llama_cpp.__file__).parent / "lib"
+GGML_CONFIG = "lib/cmake/ggml/ggml-config.cmake"
+
+#: A question of about 200 tokens, answered in a chat as a user would send it.
+LONG_QUESTION = (
+    "Here are my notes from a week at the lighthouse. Monday: wind from the west, rain "
+    "before midnight, three ships passing north, the lamp trimmed twice. Tuesday: calm, fog "
+    "until noon, a fishing boat asked for the tide table, the keeper's cat slept on the "
+    "logbook. Wednesday: a storm from the south-west, the shutters rattled all night, one "
+    "pane cracked in the lantern room and was taped. Thursday: the supply boat came late "
+    "with oil, bread, letters and a new wick; the cat caught a mouse in the store room. "
+    "Friday: clear skies, the brass polished, the clockwork wound and oiled, two yachts "
+    "anchored in the bay. Saturday: a school class visited and climbed all 112 steps. "
+    "Sunday: rest. Which day had the worst weather, and why?"
+)
+
+
+async def open_chat(app: ChatApp, tab: BrowserTab) -> None:
+    tab.enter()
+    await app.start()
+
+
+async def say(app: ChatApp, tab: BrowserTab, text: str) -> None:
+    tab.enter()
+    await app.answer(cl.Message(content=text, author="User", type="user_message"))
+
+
+def replies(tab: BrowserTab) -> list[dict[str, object]]:
+    return [m for m in tab.messages() if m["type"] == "assistant_message" and not m["isError"]]
+
+
+# ---- the build
+
+
+@functools.cache
+def disassembly() -> str:
+    """Every native library llama-cpp-python installed, disassembled (the wheel holds each
+    as several identical files: libggml-cpu.so, .so.0, .so.0.x.y)."""
+    libraries = {hashlib.sha256(p.read_bytes()).hexdigest(): p for p in LIB.glob("*.so*")}
+    assert any(p.name.startswith("libggml-cpu") for p in libraries.values())
+    return "".join(
+        subprocess.run(
+            ["objdump", "-d", "--no-show-raw-insn", str(library)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for library in libraries.values()
+    )
+
+
+def test_the_llama_cpp_build_has_no_amx_instructions() -> None:
+    """AMX tile instructions fault on CPUs where llama.cpp's AMX kernels are used (llama.cpp
+    PR #26954); the build leaves them out whatever CPU it was made on."""
+    listing = disassembly()
+    assert len(listing) > 1_000_000  # it disassembled the kernels
+    tile = re.findall(r"\t(tile\w+|ldtilecfg|sttilecfg|tdp\w+)\s", listing)
+    assert tile == []
+
+
+def test_the_llama_cpp_build_is_not_for_the_build_machine_alone() -> None:
+    """Built with GGML_NATIVE off and an explicit AVX2 baseline, so the .venv or the wheel
+    runs on any x86-64 machine with AVX2, whatever the build machine had (this one may
+    have AVX-512: a native build would use its zmm registers)."""
+    listing = disassembly()
+    assert "%ymm" in listing  # AVX2 kernels are there
+    assert "%zmm" not in listing  # and no AVX-512 ones
+    # The flags llama.cpp's build recorded, installed with the package (see its RECORD).
+    config = Path(str(distribution("llama_cpp_python").locate_file(GGML_CONFIG)))
+    recorded = dict(re.findall(r"set\((GGML_\w+) \"?([^\")]*)\"?\)", config.read_text()))
+    assert recorded["GGML_NATIVE"] == "OFF"
+    assert recorded["GGML_AVX2"] == "ON"
+    for flag in ("GGML_AVX512", "GGML_AMX_TILE", "GGML_AMX_INT8", "GGML_AMX_BF16"):
+        assert recorded[flag] == "OFF", flag
+
+
+# ---- the self-check
+
+
+def test_the_engine_checks_a_long_prompt_before_it_is_offered(settings: Settings) -> None:
+    engine = local_engine(settings)
+    engine.start()
+    info = engine.process.info
+    assert info["self_check_tokens"] == SELF_CHECK_TOKENS >= 128
+    assert info["self_check_ms"] > 0
+    # What the library says it was compiled with: AVX2, and neither AVX-512 nor AMX.
+    assert "AVX2 = 1" in info["system_info"]
+    assert "AVX512" not in info["system_info"] and "AMX" not in info["system_info"]
+    assert engine.process.pid not in (None, os.getpid())  # llama.cpp runs in another process
+
+
+def test_an_engine_that_fails_its_self_check_is_unavailable_with_the_reason(
+    settings: Settings,
+) -> None:
+    # A context smaller than the self-check's prompt: llama.cpp refuses to evaluate it.
+    process = EngineProcess(EngineSpec(model_path=settings.resolve_model_path(), n_ctx=64))
+    try:
+        with pytest.raises(EngineUnavailable, match="self-check"):
+            process.start()
+        assert not process.ready
+        assert process.failure is not None
+    finally:
+        process.close()
+
+
+@pytest.fixture
+def engine_dies_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Engine processes started from now on die of SIGILL as they start, as a llama.cpp
+    build with instructions the CPU lacks does (Python runs sitecustomize at start-up)."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, signal\nos.kill(os.getpid(), signal.SIGILL)\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+
+
+@pytest.mark.usefixtures("engine_dies_at_start")
+async def test_an_engine_that_crashes_at_start_leaves_the_endpoint_working(
+    settings: Settings, endpoint: Endpoint
+) -> None:
+    crashing = settings.model_copy(
+        update={
+            "n_threads": 1,  # an engine of its own
+            "openai_base_url": endpoint.base_url,
+            "openai_api_key": endpoint.api_key,
+            "openai_models": [endpoint.alias],
+            "openai_max_retries": 0,
+        }
+    )
+    failure = start_local_engine(crashing)
+    assert failure is not None
+    assert "SIGILL" in str(failure) and "CPU instructions" in str(failure)
+    app = ChatApp(crashing)
+    await app.prepare("127.0.0.1")
+    profiles = await app.profiles("zh-TW")
+    assert [p.name for p in profiles] == [f"openai:{endpoint.alias}"]
+    tab = BrowserTab(language="zh-TW", chat_profile=f"openai:{endpoint.alias}")
+    await open_chat(app, tab)
+    (notice,) = [m["output"] for m in tab.messages() if m["type"] == "assistant_message"]
+    assert "本機模型目前無法使用" in notice and "SIGILL" in notice
+    await app.update_settings({"max_tokens": 8, "temperature": 0.0})
+    await say(app, tab, "Hello!")
+    (reply,) = replies(tab)
+    assert reply["output"]
+
+
+# ---- a long prompt through the app
+
+
+@pytest.fixture
+async def app(settings: Settings) -> ChatApp:
+    chat = ChatApp(settings)
+    await chat.prepare("127.0.0.1")
+    return chat
+
+
+async def test_a_long_question_is_answered_in_the_chat(app: ChatApp) -> None:
+    tab = BrowserTab()
+    await open_chat(app, tab)
+    await app.update_settings({"max_tokens": 16, "temperature": 0.0})
+    await say(app, tab, LONG_QUESTION)
+    (reply,) = replies(tab)
+    assert reply["output"]
+    receipt = reply["metadata"]["receipt"]
+    assert receipt["prompt_tokens"] >= 128 + 50  # the question alone is over 128 tokens
+    assert not receipt["tokens_estimated"]
+
+
+# ---- a crash, a kill or a hang fails one reply only
+
+
+@pytest.fixture
+async def fragile(settings: Settings, tmp_path: Path) -> AsyncIterator[ChatApp]:
+    """An app with an engine of its own, which these tests kill; hung after 3 s of silence."""
+    own = settings.model_copy(
+        update={"engine_hang_timeout": 3.0, "data_dir": tmp_path, "n_threads": 1}
+    )
+    chat = ChatApp(own)
+    await chat.prepare("127.0.0.1")
+    yield chat
+    close_local_engine(own)
+
+
+async def start_long_reply(app: ChatApp, tab: BrowserTab) -> asyncio.Task[None]:
+    await open_chat(app, tab)
+    await app.update_settings({"max_tokens": 2000, "temperature": 0.9, "top_k": 0})
+    task = asyncio.create_task(say(app, tab, "Write a very long story about the sea."))
+    for _ in range(600):
+        if len(tab.tokens()) >= 5:
+            return task
+        await asyncio.sleep(0.05)
+    raise AssertionError("the reply did not start")
+
+
+async def stored_reply(app: ChatApp, tab: BrowserTab) -> dict[str, object]:
+    thread = await app.store.get_thread(tab.session.thread_id)
+    assert thread is not None
+    (step,) = [s for s in thread["steps"] if s["type"] == "assistant_message"]
+    return dict(step)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV], ids=["SIGKILL", "SIGSEGV"])
+async def test_an_engine_killed_mid_reply_fails_that_reply_only(
+    fragile: ChatApp, sig: signal.Signals
+) -> None:
+    engine = local_engine(fragile.settings)
+    bystander = BrowserTab(language="zh-CN")
+    await open_chat(fragile, bystander)
+    tab = BrowserTab(language="zh-TW")
+    task = await start_long_reply(fragile, tab)
+    victim = engine.process.pid
+    assert victim is not None
+    os.kill(victim, sig)
+    await asyncio.wait_for(task, timeout=30)  # the turn ends; the app did not
+    (error,) = tab.errors()
+    assert "本機模型的引擎在回覆途中停止了" in error and sig.name in error
+    (partial,) = replies(tab)
+    assert partial["output"] and partial["metadata"]["finish_reason"] == "error"
+    stored = await stored_reply(fragile, tab)
+    assert stored["output"] == partial["output"]  # what was written is kept
+    assert stored["metadata"]["finish_reason"] == "error"  # type: ignore[index]
+    tab.enter()
+    assert [m.type for m in cl.user_session.get(HISTORY)] == ["human", "ai"]
+
+    # A new engine answers the next message, and another user's chat goes on.
+    await fragile.update_settings({"max_tokens": 8, "temperature": 0.0})
+    await say(fragile, tab, "Hello again.")
+    assert len(replies(tab)) == 2
+    assert engine.process.pid not in (None, victim)
+    await fragile.update_settings({"max_tokens": 8, "temperature": 0.0})
+    await say(fragile, bystander, "你好")
+    assert len(replies(bystander)) == 1 and bystander.errors() == []
+
+
+async def test_a_hung_engine_is_killed_and_restarted(fragile: ChatApp) -> None:
+    engine = local_engine(fragile.settings)
+    tab = BrowserTab()
+    task = await start_long_reply(fragile, tab)
+    frozen = engine.process.pid
+    assert frozen is not None
+    os.kill(frozen, signal.SIGSTOP)  # alive, but not a token more
+    try:
+        await asyncio.wait_for(task, timeout=30)
+    finally:
+        try:
+            os.kill(frozen, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    (error,) = tab.errors()
+    assert "stopped responding for 3 seconds" in error
+    (partial,) = replies(tab)
+    assert partial["output"] and partial["metadata"]["finish_reason"] == "error"
+    with pytest.raises(ProcessLookupError):  # the hung process was killed
+        for _ in range(50):
+            os.kill(frozen, 0)
+            await asyncio.sleep(0.1)
+    await fragile.update_settings({"max_tokens": 8, "temperature": 0.0})
+    await say(fragile, tab, "Are you back?")
+    assert len(replies(tab)) == 2
+    assert engine.process.pid not in (None, frozen)
