@@ -254,11 +254,14 @@ class EngineProcess:
     def counts(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text takes, asked of the running engine (blocking, briefly).
 
-        Never waits for a start: raises `EngineUnavailable` at once if the engine is not
-        running, so a caller on the event loop is not held up by a restart.
+        Starts the engine on first use, as the model loads on first use; never waits for
+        a restart: raises `EngineUnavailable` at once then, so a caller on the event loop
+        is not held up by it.
         """
         if not self._ready.is_set():
-            raise self._failure or EngineUnavailable("the engine is restarting")
+            if self.starts or self._starting:
+                raise self._failure or EngineUnavailable("the engine is restarting")
+            self.ensure_started()
         answered = threading.Event()
         answer: list[Message] = []
 

@@ -10,13 +10,16 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from importlib.metadata import distribution
 from pathlib import Path
 
 import chainlit as cl
+import httpx
 import llama_cpp
 import pytest
+import socketio
 
 from chatllm.config import Settings
 from chatllm.engine import EngineProcess, EngineSpec
@@ -24,7 +27,7 @@ from chatllm.engine_worker import SELF_CHECK_TOKENS
 from chatllm.errors import EngineUnavailable
 from chatllm.models import close_local_engine, local_engine, start_local_engine
 from chatllm.ui import HISTORY, ChatApp
-from tests.support import BrowserTab, Endpoint
+from tests.support import AppServer, BrowserTab, Endpoint
 
 LIB = Path(llama_cpp.__file__).parent / "lib"
 GGML_CONFIG = "lib/cmake/ggml/ggml-config.cmake"
@@ -66,15 +69,39 @@ def disassembly() -> str:
     as several identical files: libggml-cpu.so, .so.0, .so.0.x.y)."""
     libraries = {hashlib.sha256(p.read_bytes()).hexdigest(): p for p in LIB.glob("*.so*")}
     assert any(p.name.startswith("libggml-cpu") for p in libraries.values())
-    return "".join(
-        subprocess.run(
-            ["objdump", "-d", "--no-show-raw-insn", str(library)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        for library in libraries.values()
+    return "".join(objdump(library) for library in libraries.values())
+
+
+def objdump(path: Path) -> str:
+    return subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def amx_instructions(listing: str) -> list[str]:
+    return re.findall(r"\t(tile\w+|ldtilecfg|sttilecfg|tdp\w+)\s", listing)
+
+
+def avx512_registers(listing: str) -> list[str]:
+    return re.findall(r"%zmm\d+", listing)
+
+
+def test_the_build_checks_see_amx_and_avx512_where_they_are(tmp_path: Path) -> None:
+    """The two checks below would fail on a build that has them (machine code assembled
+    here with binutils, which provides objdump)."""
+    source = tmp_path / "kernel.s"
+    source.write_text(
+        "kernel:\n\ttilezero %tmm4\n\ttileloadd (%rsi,%rdx,1), %tmm0\n"
+        "\ttdpbssd %tmm1, %tmm2, %tmm3\n\ttilerelease\n"
+        "\tvaddps %zmm1, %zmm2, %zmm3\n\tret\n"
     )
+    subprocess.run(["as", str(source), "-o", str(tmp_path / "kernel.o")], check=True)
+    listing = objdump(tmp_path / "kernel.o")
+    assert amx_instructions(listing) == ["tilezero", "tileloadd", "tdpbssd", "tilerelease"]
+    assert avx512_registers(listing) == ["%zmm1", "%zmm2", "%zmm3"]
 
 
 def test_the_llama_cpp_build_has_no_amx_instructions() -> None:
@@ -82,8 +109,7 @@ def test_the_llama_cpp_build_has_no_amx_instructions() -> None:
     PR #26954); the build leaves them out whatever CPU it was made on."""
     listing = disassembly()
     assert len(listing) > 1_000_000  # it disassembled the kernels
-    tile = re.findall(r"\t(tile\w+|ldtilecfg|sttilecfg|tdp\w+)\s", listing)
-    assert tile == []
+    assert amx_instructions(listing) == []
 
 
 def test_the_llama_cpp_build_is_not_for_the_build_machine_alone() -> None:
@@ -92,7 +118,7 @@ def test_the_llama_cpp_build_is_not_for_the_build_machine_alone() -> None:
     have AVX-512: a native build would use its zmm registers)."""
     listing = disassembly()
     assert "%ymm" in listing  # AVX2 kernels are there
-    assert "%zmm" not in listing  # and no AVX-512 ones
+    assert avx512_registers(listing) == []  # and no AVX-512 ones
     # The flags llama.cpp's build recorded, installed with the package (see its RECORD).
     config = Path(str(distribution("llama_cpp_python").locate_file(GGML_CONFIG)))
     recorded = dict(re.findall(r"set\((GGML_\w+) \"?([^\")]*)\"?\)", config.read_text()))
@@ -285,3 +311,117 @@ async def test_a_hung_engine_is_killed_and_restarted(fragile: ChatApp) -> None:
     await say(fragile, tab, "Are you back?")
     assert len(replies(tab)) == 2
     assert engine.process.pid not in (None, frozen)
+
+
+# ---- the same on the real server, over its socket
+
+
+class SocketUser:
+    """A browser tab's socket.io conversation with the running app, in local mode."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.thread_id = str(uuid.uuid4())
+        self.events: list[tuple[str, dict[str, object]]] = []
+        self.client = socketio.AsyncClient()
+
+        @self.client.on("*")
+        async def record(event: str, data: object = None) -> None:
+            self.events.append((event, data if isinstance(data, dict) else {"data": data}))
+
+    async def connect(self) -> None:
+        token = httpx.post(self.base + "/auth/header", timeout=30).cookies
+        await self.client.connect(
+            self.base,
+            socketio_path="/ws/socket.io",
+            transports=["websocket"],
+            headers={"Cookie": "; ".join(f"{k}={v}" for k, v in token.items())},
+            auth={
+                "clientType": "webapp",
+                "sessionId": str(uuid.uuid4()),
+                "threadId": self.thread_id,
+                "userEnv": "{}",
+            },
+            wait_timeout=10,
+        )
+        await self.client.emit("connection_successful")
+        await self.wait_for(lambda: self.named("chat_settings"))
+
+    async def say(self, text: str, **settings: object) -> None:
+        if settings:
+            await self.client.emit("chat_settings_change", settings)
+        message = {
+            "id": str(uuid.uuid4()),
+            "threadId": self.thread_id,
+            "name": "User",
+            "type": "user_message",
+            "output": text,
+            "createdAt": "2026-01-01T00:00:00Z",
+        }
+        await self.client.emit("client_message", {"message": message, "fileReferences": []})
+
+    def named(self, event: str) -> list[dict[str, object]]:
+        return [data for name, data in self.events if name == event]
+
+    def errors(self) -> list[str]:
+        return [str(m["output"]) for m in self.named("new_message") if m.get("isError")]
+
+    def finished_replies(self) -> list[dict[str, object]]:
+        """Replies sent whole once they ended (a streamed reply is sent again at its end)."""
+        return [
+            m
+            for m in self.named("new_message") + self.named("update_message")
+            if m.get("type") == "assistant_message" and not m.get("isError") and m.get("output")
+        ]
+
+    async def wait_for(self, condition: Callable[[], object], seconds: float = 60) -> None:
+        for _ in range(int(seconds / 0.05)):
+            if condition():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"timed out; events: {[name for name, _ in self.events][-20:]}")
+
+
+def children(pid: int) -> list[int]:
+    """The processes `pid` started (Linux /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    app = AppServer(tmp_path_factory.mktemp("engine-app")).start()
+    yield app
+    app.stop()
+
+
+async def test_the_running_app_survives_its_engine_being_killed(server: AppServer) -> None:
+    assert server.process is not None
+    (engine,) = children(server.process.pid)  # llama.cpp is not in the web process
+    victim, bystander = SocketUser(server.base), SocketUser(server.base)
+    await victim.connect()
+    await bystander.connect()
+    try:
+        await victim.say("Write a very long story about the sea.", max_tokens=2000, top_k=0)
+        await victim.wait_for(lambda: len(victim.named("stream_token")) >= 5)
+        os.kill(engine, signal.SIGKILL)
+        await victim.wait_for(victim.errors)
+        (error,) = victim.errors()
+        assert "stopped in the middle of this reply" in error and "SIGKILL" in error
+        assert server.process.poll() is None  # the app is up
+        assert httpx.get(server.base + "/health", timeout=10).status_code == 200
+        await victim.wait_for(victim.finished_replies)  # the partial reply, kept and sent
+
+        # The next message, and another tab's, are answered by a new engine.
+        await victim.say("Hello again.", max_tokens=8)
+        await victim.wait_for(lambda: len(victim.finished_replies()) >= 2)
+        await bystander.say("Hello!", max_tokens=8)
+        await bystander.wait_for(bystander.finished_replies)
+        assert bystander.errors() == [] and len(victim.errors()) == 1
+        (restarted,) = children(server.process.pid)
+        assert restarted != engine
+    finally:
+        await victim.client.disconnect()
+        await bystander.client.disconnect()
