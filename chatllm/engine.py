@@ -74,6 +74,8 @@ class EngineProcess:
         self._start_done = threading.Condition(self._lock)
         self.info: dict[str, Any] = {}
         self.starts = 0
+        #: When the engine last sent anything (for any request), or was sent a request.
+        self.last_heard = time.monotonic()
         _live.add(self)
 
     # ---- state
@@ -102,10 +104,13 @@ class EngineProcess:
         in time. Returns at once if it is running; waits if another thread is starting it.
         """
         with self._lock:
+            waited = self._starting
             while self._starting:
                 self._start_done.wait()
             if self._ready.is_set():
                 return
+            if waited and self._failure is not None:  # the start just waited for failed
+                raise self._failure
             if self._closed:
                 raise EngineUnavailable("the engine has been shut down")
             self._starting = True
@@ -203,6 +208,7 @@ class EngineProcess:
         with self._lock:
             self._process = process
             self._connection = connection
+            self.last_heard = time.monotonic()
             self._hung = False
             self._failure = None
             self.info = info
@@ -229,6 +235,8 @@ class EngineProcess:
                 raise EngineCrashed("the engine stopped before the request reached it")
             rid = next(self._ids)
             self._sinks[rid] = sink
+            # Silence is counted from the newest request: an idle engine is not a hung one.
+            self.last_heard = time.monotonic()
             try:
                 connection.send((message[0], rid, *message[1:]))
             except OSError as exc:
@@ -281,11 +289,16 @@ class EngineProcess:
             raise message[2]
         return list(message[2])
 
+    def silent_for(self) -> float:
+        """Seconds since the engine last sent anything (or was last sent a request)."""
+        return time.monotonic() - self.last_heard
+
     def kill_hung(self) -> None:
-        """The engine gave no sign of life in time: end it; its requests fail as hung."""
-        with self._lock:
-            process = self._process
-            self._hung = True
+        """The engine gave no sign of life in time: end it; its requests fail as hung.
+
+        Takes no lock: a thread holding it may be the one stuck writing to the engine."""
+        process = self._process
+        self._hung = True
         if process is not None:
             log.error("Local engine (pid %s) gave no sign of life; killing it", process.pid)
             _kill(process)
@@ -298,6 +311,7 @@ class EngineProcess:
                 message = connection.recv()
             except (EOFError, OSError):
                 break
+            self.last_heard = time.monotonic()
             sink = self._sinks.get(message[1])
             if sink is not None:
                 sink(message)
@@ -355,8 +369,8 @@ class EngineProcess:
 
 #: What a SIGILL in the engine most likely means, for the operator.
 ILLEGAL_INSTRUCTION_HINT = (
-    "the installed llama.cpp uses CPU instructions this machine cannot run; rebuild it "
-    "with `make clean run` (see the README's CPU section)"
+    "the installed llama.cpp uses CPU instructions this machine cannot run; build it for "
+    "this CPU (the README's section “The CPU build” says how)"
 )
 
 

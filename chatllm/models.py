@@ -237,9 +237,16 @@ class LocalEngine:
                 _wake(loop, arrived)
 
             process = self.process
-            rid = await loop.run_in_executor(
+            submitted = loop.run_in_executor(
                 None, process.submit, ("generate", messages, params), sink
             )
+            try:
+                # Shielded: a submission under way (waiting for a new engine) completes,
+                # and is stopped at once, rather than generate for nobody.
+                rid = await asyncio.shield(submitted)
+            except asyncio.CancelledError:
+                submitted.add_done_callback(self._abandon)
+                raise
             finished = False
             try:
                 while not finished:
@@ -270,13 +277,25 @@ class LocalEngine:
                     await asyncio.shield(self._drain(pending, arrived))
                 process.forget(rid)
 
+    def _abandon(self, submitted: asyncio.Future[int]) -> None:
+        """Stop a generation whose caller went away before it had its request id."""
+        if not submitted.cancelled() and submitted.exception() is None:
+            rid = submitted.result()
+            self.process.send(("stop", rid))
+            self.process.forget(rid)
+
     async def _next(self, arrived: asyncio.Event) -> None:
-        """Wait for the engine's next message; a silent engine is killed as hung."""
-        try:
-            await asyncio.wait_for(arrived.wait(), self.spec.hang_timeout)
-        except TimeoutError:
-            self.process.kill_hung()
-            raise EngineHung(self.spec.hang_timeout) from None
+        """Wait for the engine's next message for this request. An engine silent for the
+        hang timeout is killed as hung; one busy with another request (a sync caller's)
+        is alive, and waited for."""
+        timeout = self.spec.hang_timeout
+        while not arrived.is_set():
+            try:
+                await asyncio.wait_for(arrived.wait(), timeout - self.process.silent_for())
+            except TimeoutError:
+                if self.process.silent_for() >= timeout:
+                    self.process.kill_hung()
+                    raise EngineHung(timeout) from None
         arrived.clear()
 
     async def _drain(self, pending: deque[tuple[Any, ...]], arrived: asyncio.Event) -> None:

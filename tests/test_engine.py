@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from importlib.metadata import distribution
@@ -311,6 +312,34 @@ async def test_a_hung_engine_is_killed_and_restarted(fragile: ChatApp) -> None:
     await say(fragile, tab, "Are you back?")
     assert len(replies(tab)) == 2
     assert engine.process.pid not in (None, frozen)
+
+
+async def test_a_reply_stopped_while_the_engine_restarts_is_never_generated(
+    fragile: ChatApp,
+) -> None:
+    engine = local_engine(fragile.settings)
+    engine.start()
+    old = engine.process.pid
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    while engine.process.ready:  # noqa: ASYNC110 - until the app has seen the engine end
+        await asyncio.sleep(0.01)
+    story = [{"role": "user", "content": "Write a very long story about the sea."}]
+    long = {"max_tokens": 2000, "temperature": 0.9, "top_k": 0, "seed": 1}
+
+    async def reply(params: dict[str, object]) -> str:
+        return "".join([delta async for delta, _, _ in engine.stream(story, params)])
+
+    waiting = asyncio.create_task(reply(long))  # waits for the new engine
+    await asyncio.sleep(0.01)
+    waiting.cancel()  # Stop, before the new engine took the request
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    began = time.monotonic()
+    assert await reply({"max_tokens": 4, "temperature": 0.0, "seed": 1})
+    # Not served after 2,000 tokens generated for nobody (about 20 s here).
+    assert time.monotonic() - began < 10
+    assert engine.process.pid not in (None, old)
 
 
 # ---- the same on the real server, over its socket
