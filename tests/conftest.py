@@ -13,6 +13,7 @@ os.chdir(ROOT)
 from chatllm.config import Settings, embedded_model_path  # noqa: E402
 from chatllm.models import LocalBackend  # noqa: E402
 from chatllm.store import ChatDataLayer, Database, FileStore  # noqa: E402
+from chatllm.ui import ChatApp  # noqa: E402
 from tests.support import Endpoint  # noqa: E402
 
 
@@ -49,6 +50,13 @@ def endpoint_settings(endpoint: Endpoint, tmp_path: Path) -> Settings:
 
 def url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
+
+
+@pytest.fixture
+async def app(settings: Settings) -> ChatApp:
+    chat = ChatApp(settings)
+    await chat.prepare("127.0.0.1")
+    return chat
 
 
 @pytest.fixture

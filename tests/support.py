@@ -3,6 +3,7 @@ real OpenAI-compatible server (llama-cpp-python's own) on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -12,11 +13,14 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import chainlit as cl
+import httpx
+import socketio
 from chainlit.config import FILES_DIRECTORY
 from chainlit.context import init_ws_context
 from chainlit.session import WebsocketSession
@@ -27,6 +31,7 @@ from langchain_core.outputs import ChatResult
 
 from chatllm.models import Backend
 from chatllm.sampling import Sampling
+from chatllm.ui import ChatApp
 
 
 @dataclass
@@ -247,3 +252,91 @@ class AppServer:
     def stop(self) -> None:
         stop_process(self.process)
         self.process = None
+
+
+async def open_chat(app: ChatApp, tab: BrowserTab) -> None:
+    tab.enter()
+    await app.start()
+
+
+async def say(app: ChatApp, tab: BrowserTab, text: str) -> None:
+    tab.enter()
+    await app.answer(cl.Message(content=text, author="User", type="user_message"))
+
+
+class SocketUser:
+    """A browser tab's socket.io conversation with the running app, in local mode."""
+
+    def __init__(self, base: str, thread_id: str | None = None) -> None:
+        self.base = base
+        self.thread_id = thread_id or str(uuid.uuid4())
+        self.events: list[tuple[str, dict[str, object]]] = []
+        self.client = socketio.AsyncClient()
+
+        @self.client.on("*")
+        async def record(event: str, data: object = None) -> None:
+            self.events.append((event, data if isinstance(data, dict) else {"data": data}))
+
+    async def connect(self, cookies: Mapping[str, str] | None = None, start: bool = True) -> None:
+        """Connect as the signed-in user of `cookies` (else the local user), and open the
+        chat (`start`) as the page does once connected."""
+        if cookies is None:
+            cookies = httpx.post(self.base + "/auth/header", timeout=30).cookies
+        await self.client.connect(
+            self.base,
+            socketio_path="/ws/socket.io",
+            transports=["websocket"],
+            headers={"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())},
+            auth={
+                "clientType": "webapp",
+                "sessionId": str(uuid.uuid4()),
+                "threadId": self.thread_id,
+                "userEnv": "{}",
+            },
+            wait_timeout=10,
+        )
+        if start:
+            await self.client.emit("connection_successful")
+            await self.wait_for(lambda: self.named("chat_settings"))
+
+    async def say(self, text: str, **settings: object) -> None:
+        if settings:
+            await self.client.emit("chat_settings_change", settings)
+        message = {
+            "id": str(uuid.uuid4()),
+            "threadId": self.thread_id,
+            "name": "User",
+            "type": "user_message",
+            "output": text,
+            "createdAt": "2026-01-01T00:00:00Z",
+        }
+        await self.client.emit("client_message", {"message": message, "fileReferences": []})
+
+    def named(self, event: str) -> list[dict[str, object]]:
+        return [data for name, data in self.events if name == event]
+
+    def errors(self) -> list[str]:
+        return [str(m["output"]) for m in self.named("new_message") if m.get("isError")]
+
+    def finished_replies(self) -> list[dict[str, object]]:
+        """Replies sent whole once they ended (a streamed reply is sent again at its end)."""
+        return [
+            m
+            for m in self.named("new_message") + self.named("update_message")
+            if m.get("type") == "assistant_message" and not m.get("isError") and m.get("output")
+        ]
+
+    async def wait_for(self, condition: Callable[[], object], seconds: float = 60) -> None:
+        for _ in range(int(seconds / 0.05)):
+            if condition():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"timed out; events: {[name for name, _ in self.events][-20:]}")
+
+
+def children(pid: int) -> list[int]:
+    """The processes `pid` started (Linux /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return found

@@ -10,24 +10,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 
 from chatllm.config import Settings
 from chatllm.ui import HISTORY, SAMPLING, ChatApp
-from tests.support import BrowserTab
-
-
-async def open_chat(app: ChatApp, tab: BrowserTab) -> None:
-    tab.enter()
-    await app.start()
-
-
-async def say(app: ChatApp, tab: BrowserTab, text: str) -> None:
-    tab.enter()
-    await app.answer(cl.Message(content=text, author="User", type="user_message"))
-
-
-@pytest.fixture
-async def app(settings: Settings) -> ChatApp:
-    chat = ChatApp(settings)
-    await chat.prepare("127.0.0.1")
-    return chat
+from tests.support import BrowserTab, open_chat, say
 
 
 async def test_a_new_chat_shows_the_sliders(app: ChatApp) -> None:

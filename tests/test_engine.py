@@ -11,8 +11,7 @@ import re
 import signal
 import subprocess
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from importlib.metadata import distribution
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import chainlit as cl
 import httpx
 import llama_cpp
 import pytest
-import socketio
 
 from chatllm.config import Settings
 from chatllm.engine import EngineProcess, EngineSpec
@@ -28,7 +26,7 @@ from chatllm.engine_worker import SELF_CHECK_TOKENS
 from chatllm.errors import EngineUnavailable
 from chatllm.models import close_local_engine, local_engine, start_local_engine
 from chatllm.ui import HISTORY, ChatApp
-from tests.support import AppServer, BrowserTab, Endpoint
+from tests.support import AppServer, BrowserTab, Endpoint, SocketUser, children, open_chat, say
 
 LIB = Path(llama_cpp.__file__).parent / "lib"
 GGML_CONFIG = "lib/cmake/ggml/ggml-config.cmake"
@@ -45,16 +43,6 @@ LONG_QUESTION = (
     "anchored in the bay. Saturday: a school class visited and climbed all 112 steps. "
     "Sunday: rest. Which day had the worst weather, and why?"
 )
-
-
-async def open_chat(app: ChatApp, tab: BrowserTab) -> None:
-    tab.enter()
-    await app.start()
-
-
-async def say(app: ChatApp, tab: BrowserTab, text: str) -> None:
-    tab.enter()
-    await app.answer(cl.Message(content=text, author="User", type="user_message"))
 
 
 def replies(tab: BrowserTab) -> list[dict[str, object]]:
@@ -201,13 +189,6 @@ async def test_an_engine_that_crashes_at_start_leaves_the_endpoint_working(
 # ---- a long prompt through the app
 
 
-@pytest.fixture
-async def app(settings: Settings) -> ChatApp:
-    chat = ChatApp(settings)
-    await chat.prepare("127.0.0.1")
-    return chat
-
-
 async def test_a_long_question_is_answered_in_the_chat(app: ChatApp) -> None:
     tab = BrowserTab()
     await open_chat(app, tab)
@@ -343,80 +324,6 @@ async def test_a_reply_stopped_while_the_engine_restarts_is_never_generated(
 
 
 # ---- the same on the real server, over its socket
-
-
-class SocketUser:
-    """A browser tab's socket.io conversation with the running app, in local mode."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.thread_id = str(uuid.uuid4())
-        self.events: list[tuple[str, dict[str, object]]] = []
-        self.client = socketio.AsyncClient()
-
-        @self.client.on("*")
-        async def record(event: str, data: object = None) -> None:
-            self.events.append((event, data if isinstance(data, dict) else {"data": data}))
-
-    async def connect(self) -> None:
-        token = httpx.post(self.base + "/auth/header", timeout=30).cookies
-        await self.client.connect(
-            self.base,
-            socketio_path="/ws/socket.io",
-            transports=["websocket"],
-            headers={"Cookie": "; ".join(f"{k}={v}" for k, v in token.items())},
-            auth={
-                "clientType": "webapp",
-                "sessionId": str(uuid.uuid4()),
-                "threadId": self.thread_id,
-                "userEnv": "{}",
-            },
-            wait_timeout=10,
-        )
-        await self.client.emit("connection_successful")
-        await self.wait_for(lambda: self.named("chat_settings"))
-
-    async def say(self, text: str, **settings: object) -> None:
-        if settings:
-            await self.client.emit("chat_settings_change", settings)
-        message = {
-            "id": str(uuid.uuid4()),
-            "threadId": self.thread_id,
-            "name": "User",
-            "type": "user_message",
-            "output": text,
-            "createdAt": "2026-01-01T00:00:00Z",
-        }
-        await self.client.emit("client_message", {"message": message, "fileReferences": []})
-
-    def named(self, event: str) -> list[dict[str, object]]:
-        return [data for name, data in self.events if name == event]
-
-    def errors(self) -> list[str]:
-        return [str(m["output"]) for m in self.named("new_message") if m.get("isError")]
-
-    def finished_replies(self) -> list[dict[str, object]]:
-        """Replies sent whole once they ended (a streamed reply is sent again at its end)."""
-        return [
-            m
-            for m in self.named("new_message") + self.named("update_message")
-            if m.get("type") == "assistant_message" and not m.get("isError") and m.get("output")
-        ]
-
-    async def wait_for(self, condition: Callable[[], object], seconds: float = 60) -> None:
-        for _ in range(int(seconds / 0.05)):
-            if condition():
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"timed out; events: {[name for name, _ in self.events][-20:]}")
-
-
-def children(pid: int) -> list[int]:
-    """The processes `pid` started (Linux /proc)."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(p) for p in (task / "children").read_text().split()]
-    return found
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from chatllm.auth import Passwords
 from chatllm.cli import main as cli
 from chatllm.config import Settings
 from chatllm.store import ChatDataLayer, Database, FileStore
-from tests.support import AppServer, BrowserTab
+from tests.support import AppServer, BrowserTab, SocketUser
 
 PASSWORDS = {"ada": "ada-password-1", "bob": "bob-password-2"}
 
@@ -144,28 +143,15 @@ def test_another_user_gets_nothing_of_it_through_any_route(
 async def test_another_user_cannot_resume_it_over_the_socket(
     server: str, seeded: dict[str, str]
 ) -> None:
-    async def connect(name: str) -> socketio.AsyncClient:
-        cookies = login(server, name).cookies
-        client = socketio.AsyncClient()
-        await client.connect(
-            server,
-            socketio_path="/ws/socket.io",
-            transports=["websocket"],
-            headers={"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())},
-            auth={
-                "clientType": "webapp",
-                "sessionId": str(uuid.uuid4()),
-                "threadId": seeded["thread"],
-                "userEnv": "{}",
-            },
-            wait_timeout=10,
-        )
-        return client
+    async def connect(name: str) -> SocketUser:
+        user = SocketUser(server, thread_id=seeded["thread"])
+        await user.connect(login(server, name).cookies, start=False)
+        return user
 
     with pytest.raises(socketio.exceptions.ConnectionError):
         await connect("bob")
     ada = await connect("ada")  # the author may
-    await ada.disconnect()
+    await ada.client.disconnect()
 
 
 def test_an_unknown_user_and_a_wrong_password_cost_the_same_argon2_work(
