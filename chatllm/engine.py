@@ -74,6 +74,8 @@ class EngineProcess:
         self._start_done = threading.Condition(self._lock)
         self.info: dict[str, Any] = {}
         self.starts = 0
+        #: Tokens the running engine process has sampled, over all its generations.
+        self.generated = 0
         #: When the engine last sent anything (for any request), or was sent a request.
         self.last_heard = time.monotonic()
         _live.add(self)
@@ -208,6 +210,7 @@ class EngineProcess:
         with self._lock:
             self._process = process
             self._connection = connection
+            self.generated = 0
             self.last_heard = time.monotonic()
             self._hung = False
             self._failure = None
@@ -312,6 +315,8 @@ class EngineProcess:
             except (EOFError, OSError):
                 break
             self.last_heard = time.monotonic()
+            if message[0] == "done":
+                self.generated = message[2]
             sink = self._sinks.get(message[1])
             if sink is not None:
                 sink(message)

@@ -21,7 +21,8 @@ and this process answers:
     ("delta", rid, text, finish, usage)               usage = (prompt, completion) on the last
     ("alive", rid)                                    evaluating a long prompt, about each second
     ("error", rid, kind, text)                        kind: the exception's class name
-    ("done", rid)                                     after every generate, stopped or not
+    ("done", rid, generated)                          after every generate, stopped or not;
+                                                      tokens sampled since this process began
     ("counts", rid, [n, ...])
 """
 
@@ -112,6 +113,8 @@ class Engine:
             verbose=False,
         )
         self._generate_tokens = self.llama.generate  # bound before any wrapping
+        #: Tokens sampled since this process started, over every generation.
+        self.generated = 0
         # The start of the KV cache known to hold exactly what evaluating it afresh gives.
         self._exact: Any = None
 
@@ -218,6 +221,7 @@ class Engine:
                     yield delta, finish, meter.usage() if finish else None
         finally:
             stream.close()  # type: ignore[union-attr]
+            self.generated += meter.completion_tokens
             del self.llama.generate  # the methods again
             del context.decode
 
@@ -284,7 +288,7 @@ class Server:
             finally:
                 with self._stops_lock:
                     del self._stops[rid]
-                self.send(("done", rid))
+                self.send(("done", rid, self.engine.generated))
 
     def _generate(
         self,
