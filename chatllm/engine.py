@@ -217,10 +217,11 @@ class EngineProcess:
             self.info = info
             self._ready.set()
         log.info(
-            "Local engine ready: pid %s, %s-token self-check in %s ms",
+            "Local engine ready: pid %s, %s-token self-check in %s ms; llama.cpp built with %s",
             process.pid,
             info.get("self_check_tokens"),
             info.get("self_check_ms"),
+            str(info.get("system_info", "")).strip(" |"),
         )
         threading.Thread(
             target=self._read, args=(process, connection), name="engine-reader", daemon=True
