@@ -6,9 +6,10 @@ import asyncio
 
 import chainlit as cl
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from chatllm.config import Settings
+from chatllm.receipts import prompt_digest
 from chatllm.ui import HISTORY, SAMPLING, ChatApp
 from tests.support import BrowserTab, open_chat, say
 
@@ -84,6 +85,17 @@ async def test_follow_up_questions_carry_the_conversation(app: ChatApp) -> None:
     history = cl.user_session.get(HISTORY)
     assert [m.type for m in history] == ["human", "ai", "human", "ai"]
     assert history[0].text == "My name is Ada."
+    # What the model received for the follow-up: the first exchange, then the question.
+    first, second = [m for m in tab.messages() if m["type"] == "assistant_message"]
+    received = [
+        SystemMessage(app.settings.system_prompt),
+        HumanMessage("My name is Ada."),
+        AIMessage(first["output"]),
+        HumanMessage("What is my name?"),
+    ]
+    receipt = second["metadata"]["receipt"]
+    assert receipt["prompt_messages"] == 4
+    assert receipt["prompt_digest"] == prompt_digest(received)
 
 
 async def test_stop_keeps_the_partial_reply_and_frees_the_model(app: ChatApp) -> None:

@@ -249,6 +249,11 @@ async def test_compare_shows_replies_side_by_side_and_comes_back_on_resume(
     assert all(c["text"] for c in compared)
     final = [e for e in elements(tab, "Compare") if e["props"]["done"]][-1]
     assert [c["text"] for c in final["props"]["columns"]] == [c["text"] for c in compared]
+    # The columns were shown filling in while the replies were written.
+    partial = [e["props"]["columns"] for e in elements(tab, "Compare") if not e["props"]["done"]]
+    assert any(
+        columns and 0 < len(columns[0]["text"]) < len(compared[0]["text"]) for columns in partial
+    )
     assert set(final["props"]["diffs"]) == {"0-1", "0-2", "1-2"}
     # Not part of the model's memory; shown again on resume.
     assert cl.user_session.get(HISTORY) == []

@@ -151,10 +151,10 @@ async def test_a_comparison_runs_each_set_on_one_seed(local: LocalBackend) -> No
         SettingsSet("code", base.update({"temperature": 0.4, "top_p": 0.5})),
         SettingsSet("hot", base.update({"temperature": 1.5, "top_p": 1.0})),
     ]
-    seen: list[int] = []
+    seen: list[tuple[int, ...]] = []
 
     async def progress(columns: list) -> None:  # type: ignore[type-arg]
-        seen.append(sum(len(c.generation.text) for c in columns))
+        seen.append(tuple(len(c.generation.text) for c in columns))
 
     columns = await run_comparison(
         local, model(local), sets, [], STORY, parallel=False, progress=progress
@@ -164,7 +164,15 @@ async def test_a_comparison_runs_each_set_on_one_seed(local: LocalBackend) -> No
     assert [r.sampling["temperature"] for r in receipts] == [0.0, 0.4, 1.5]
     assert {r.seed for r in receipts} == {11}
     assert all(c.generation.text for c in columns)
-    assert seen == sorted(seen)  # the columns fill in as text arrives, in turn
+    final, during = seen[-1], seen[:-1]
+    assert final == tuple(len(c.generation.text) for c in columns)
+    # Heard as the text arrives, a piece at a time (16 tokens a column), not only at the end.
+    assert len(during) >= 3 * 8
+    assert any(0 < lengths[0] < final[0] for lengths in during)
+    # In turn: a column starts once the one before it has all its text.
+    for lengths in during:
+        for before, after in zip(range(2), range(1, 3), strict=True):
+            assert lengths[after] == 0 or lengths[before] == final[before]
 
 
 def test_word_diff_splits_words_and_chinese_characters() -> None:

@@ -631,7 +631,8 @@ async def test_the_commands_list_export_and_import_threads(
     thread_id, day, time, utc, count, *name = listing[1].split()
     assert (thread_id, utc, count, name) == ("t1", "UTC", "10", ["灯塔", "Lighthouses"])
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", f"{day} {time}")  # the last write
-    assert await run(app_data, "threads", "--user", "ada", "--search", "灯塔") != ""
+    found = (await run(app_data, "threads", "--user", "ada", "--search", "灯塔")).splitlines()
+    assert found[0] == listing[0] and found[1].split()[0] == "t1" and len(found) == 2
     assert "(no threads for ada)" in await run(
         app_data, "threads", "--user", "ada", "--search", "zebra"
     )
