@@ -700,6 +700,11 @@ class OpenAIBackend(Backend):
             params["seed"] = draw_seed()
         standard = {k: v for k, v in params.items() if k in OPENAI_SAMPLING}
         extra = {k: v for k, v in params.items() if k not in OPENAI_SAMPLING}
+        # langchain-openai sends the reply limit as `max_completion_tokens`, OpenAI's newer
+        # name, which llama-cpp-python's server (0.3.x) ignores: its replies then ran to the
+        # end of the context whatever the slider said. Servers of that family read the
+        # older `max_tokens`, sent with the other extras.
+        extra["max_tokens"] = params["max_tokens"]
         return EndpointChat(
             base_url=self.base_url,
             api_key=self._api_key(),  # type: ignore[arg-type]

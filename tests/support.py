@@ -4,11 +4,13 @@ real OpenAI-compatible server (llama-cpp-python's own) on loopback."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -340,3 +342,104 @@ def children(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         found += [int(p) for p in (task / "children").read_text().split()]
     return found
+
+
+@dataclass
+class Seen:
+    """One request as it reached the server through `WireTap`."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class WireTap:
+    """A loopback HTTP proxy in front of a real server: it records every request as it
+    goes over the wire, and can answer the next ones with an error or hold them a while.
+
+    For checks of what the app sends (sampling values, retries, timeouts) that reading the
+    client object's own attributes cannot make."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")  # e.g. http://127.0.0.1:PORT (no /v1)
+        self.seen: list[Seen] = []
+        self.fail_next = 0  # answer this many next requests with HTTP 500
+        self.hold_seconds = 0.0  # hold each request this long before forwarding it
+        self.released = threading.Event()  # set to let held requests go at once
+        tap = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_: Any) -> None:
+                return None
+
+            def _relay(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                tap.seen.append(
+                    Seen(
+                        self.command,
+                        self.path,
+                        {k.lower(): v for k, v in self.headers.items()},
+                        body,
+                    )
+                )
+                if tap.hold_seconds:
+                    tap.released.wait(tap.hold_seconds)
+                if tap.fail_next > 0:
+                    tap.fail_next -= 1
+                    self._answer(500, b'{"error": {"message": "injected failure"}}', {})
+                    return
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")
+                }
+                request = urllib.request.Request(
+                    tap.upstream + self.path,
+                    data=body or None,
+                    headers=headers,
+                    method=self.command,
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=120) as response:
+                        self._answer(response.status, response.read(), response.headers)
+                except urllib.error.HTTPError as error:
+                    self._answer(error.code, error.read(), error.headers)
+
+            def _answer(self, status: int, body: bytes, headers: Any) -> None:
+                self.send_response(status)
+                kept = ("content-type",)
+                for key, value in dict(headers).items():
+                    if key.lower() in kept:
+                        self.send_header(key, value)
+                if not any(k.lower() == "content-type" for k in dict(headers)):
+                    self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _relay
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def chat_requests(self) -> list[Seen]:
+        return [s for s in self.seen if s.path.endswith("/chat/completions")]
+
+    def start(self) -> WireTap:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()

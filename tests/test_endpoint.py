@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
-import httpx
 import pytest
-from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
 from chatllm.chain import build_chain, chain_input
 from chatllm.config import Settings, embedded_model_path
 from chatllm.errors import (
     BackendAuthError,
+    BackendError,
     BackendTimeout,
     BackendUnreachable,
     EndpointNotFound,
     UnknownModel,
 )
-from chatllm.models import Backends, OpenAIBackend
+from chatllm.models import Backends, LocalBackend, OpenAIBackend
 from chatllm.sampling import Sampling
-from tests.support import Endpoint
+from tests.support import Endpoint, WireTap
 
 
 async def reply(backend: OpenAIBackend, sampling: Sampling, message: str = "Say hello.") -> str:
@@ -49,21 +47,74 @@ async def test_a_reply_streams_from_the_endpoint(endpoint_settings: Settings) ->
     assert text.strip()
 
 
-async def test_sampling_values_reach_the_endpoint(endpoint_settings: Settings) -> None:
+@pytest.fixture
+def tap(endpoint: Endpoint) -> Iterator[WireTap]:
+    proxy = WireTap(endpoint.base_url.removesuffix("/v1")).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def tapped_settings(endpoint_settings: Settings, tap: WireTap) -> Settings:
+    """The endpoint's settings, its requests going through the wire tap."""
+    return endpoint_settings.model_copy(update={"openai_base_url": tap.base_url})
+
+
+async def test_sampling_values_reach_the_endpoint(
+    tapped_settings: Settings, tap: WireTap, endpoint: Endpoint
+) -> None:
+    backend = OpenAIBackend(tapped_settings)
+    fixed = Sampling(
+        max_tokens=30, temperature=1.3, top_p=0.9, top_k=17, repeat_penalty=1.15, seed=77
+    )
+    assert await reply(backend, fixed) == await reply(backend, fixed)  # the seed is honoured
+    first, second = tap.chat_requests()
+    body = first.json()
+    assert body["model"] == "smollm2" and body["stream"] is True
+    assert body["temperature"] == 1.3 and body["top_p"] == 0.9 and body["seed"] == 77
+    # OpenAI's name for the limit, and the one llama.cpp-style servers read.
+    assert body["max_completion_tokens"] == body["max_tokens"] == 30
+    assert body["top_k"] == 17 and body["repeat_penalty"] == 1.15  # llama.cpp's extras
+    assert body["stream_options"] == {"include_usage": True}  # usage for the receipt
+    assert [m["role"] for m in body["messages"]] == ["system", "user"]
+    assert first.headers["authorization"] == f"Bearer {endpoint.api_key}"
+    assert second.json() == body
+
+
+async def test_the_max_tokens_slider_limits_an_endpoint_reply(
+    endpoint_settings: Settings, local: LocalBackend
+) -> None:
     backend = OpenAIBackend(endpoint_settings)
-    fixed = Sampling(max_tokens=30, temperature=1.3, top_p=1.0, seed=77)
-    assert await reply(backend, fixed) == await reply(backend, fixed)
-    model = backend.chat_model("smollm2", fixed)
-    assert isinstance(model, ChatOpenAI)
-    assert (model.temperature, model.top_p, model.max_tokens, model.seed) == (1.3, 1.0, 30, 77)
-    assert model.extra_body == {"top_k": fixed.top_k, "repeat_penalty": fixed.repeat_penalty}
+    text = await reply(backend, Sampling(max_tokens=6, temperature=0.0), "Write a long story.")
+    # The endpoint serves the embedded model: its tokenizer counts the reply exactly.
+    assert 0 < local.count_text(text) <= 6
 
 
-def test_requests_have_an_explicit_timeout_and_retry_count(endpoint_settings: Settings) -> None:
-    model = OpenAIBackend(endpoint_settings).chat_model("smollm2", Sampling())
-    assert isinstance(model, ChatOpenAI)
-    assert model.request_timeout == endpoint_settings.openai_timeout
-    assert model.max_retries == endpoint_settings.openai_max_retries
+async def test_extra_sampling_stays_home_when_turned_off(
+    tapped_settings: Settings, tap: WireTap
+) -> None:
+    """CHATLLM_OPENAI_SEND_EXTRA_SAMPLING=false, for servers (api.openai.com) that refuse
+    top_k and repeat_penalty."""
+    plain = tapped_settings.model_copy(update={"openai_send_extra_sampling": False})
+    assert await reply(OpenAIBackend(plain), Sampling(max_tokens=5, top_k=17))
+    (request,) = tap.chat_requests()
+    body = request.json()
+    assert "top_k" not in body and "repeat_penalty" not in body and "max_tokens" not in body
+    assert body["max_completion_tokens"] == 5 and body["temperature"] == Sampling().temperature
+
+
+async def test_a_failed_request_is_retried_as_configured(
+    tapped_settings: Settings, tap: WireTap
+) -> None:
+    once = tapped_settings.model_copy(update={"openai_max_retries": 1})
+    tap.fail_next = 1
+    assert await reply(OpenAIBackend(once), Sampling(max_tokens=5))  # the retry succeeded
+    assert len(tap.chat_requests()) == 2
+    never = tapped_settings.model_copy(update={"openai_max_retries": 0})
+    tap.fail_next = 1
+    with pytest.raises(BackendError, match="HTTP 500"):
+        await reply(OpenAIBackend(never), Sampling(max_tokens=5))
+    assert len(tap.chat_requests()) == 3
 
 
 async def test_a_wrong_key_is_reported_as_refused(endpoint_settings: Settings) -> None:
@@ -105,31 +156,17 @@ async def test_a_stopped_server_is_reported_unreachable(
 
 
 async def test_a_server_too_slow_for_the_timeout_is_reported(
-    endpoint: Endpoint, endpoint_settings: Settings
+    tapped_settings: Settings, tap: WireTap
 ) -> None:
-    # llama-cpp-python's server answers one request at a time: keep it busy with a long
-    # generation, and a second request waits past its timeout.
-    async with httpx.AsyncClient(timeout=120) as client:
-        busy = asyncio.create_task(
-            client.post(
-                f"{endpoint.base_url}/chat/completions",
-                headers={"Authorization": f"Bearer {endpoint.api_key}"},
-                json={
-                    "model": "smollm2",
-                    "messages": [{"role": "user", "content": "Write a very long story."}],
-                    "max_tokens": 400,
-                    "temperature": 0.8,
-                    # No end-of-text tokens: it cannot finish early on a fast machine.
-                    "logit_bias": {"0": -100, "2": -100},
-                },
-            )
-        )
-        await asyncio.sleep(0.5)
-        impatient = endpoint_settings.model_copy(update={"openai_timeout": 0.5})
+    impatient = tapped_settings.model_copy(update={"openai_timeout": 0.5})
+    tap.hold_seconds = 60  # the server takes the request and does not answer in time
+    try:
         with pytest.raises(BackendTimeout) as late:
             await reply(OpenAIBackend(impatient), Sampling(max_tokens=5))
-        assert late.value.seconds == 0.5
-        assert (await busy).status_code == 200
+    finally:
+        tap.released.set()
+    assert late.value.seconds == 0.5
+    assert len(tap.chat_requests()) == 1  # it reached the server, which was too slow
 
 
 async def test_a_model_the_endpoint_does_not_serve_is_named(endpoint_settings: Settings) -> None:
