@@ -422,8 +422,8 @@ async def test_a_chinese_prompt_sweeps_into_the_data_folder_and_renders(
     assert "base" in printed  # the one cell, of no axes
     assert record(folder / "sweep.json")["prompt"] == "用一句話介紹台北。"
     installed = {font.name for font in font_manager.fontManager.ttflist}
-    if "Noto Sans CJK SC" in installed:  # with fonts-noto-cjk every glyph has a font
-        assert not [w for w in caught if "missing from font" in str(w.message)]
+    assert "Noto Sans CJK SC" in installed, "fonts-noto-cjk is missing (make test installs it)"
+    assert not [w for w in caught if "missing from font" in str(w.message)]
 
 
 @pytest.fixture
