@@ -164,7 +164,12 @@ class LocalEngine:
             answer.append(message)
             _wake(loop, arrived)
 
-        rid = await loop.run_in_executor(None, self.process.submit, ("count", missing), sink)
+        submitted = loop.run_in_executor(None, self.process.submit, ("count", missing), sink)
+        try:
+            rid = await asyncio.shield(submitted)
+        except asyncio.CancelledError:  # its answer, when it comes, is for nobody
+            submitted.add_done_callback(self._abandon)
+            raise
         try:
             await asyncio.wait_for(arrived.wait(), self.spec.hang_timeout)
         except TimeoutError:
@@ -278,7 +283,7 @@ class LocalEngine:
                 process.forget(rid)
 
     def _abandon(self, submitted: asyncio.Future[int]) -> None:
-        """Stop a generation whose caller went away before it had its request id."""
+        """Stop a request whose caller went away before it had its request id."""
         if not submitted.cancelled() and submitted.exception() is None:
             rid = submitted.result()
             self.process.send(("stop", rid))
