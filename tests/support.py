@@ -256,6 +256,16 @@ class AppServer:
         self.process = None
 
 
+async def until(condition: Callable[[], object], seconds: float = 60, what: str = "") -> None:
+    """Wait, polling, until `condition()` is true; fail after `seconds` (a bound, not a
+    measure: the test is about what happens, never how fast)."""
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what or condition}")
+
+
 async def open_chat(app: ChatApp, tab: BrowserTab) -> None:
     tab.enter()
     await app.start()

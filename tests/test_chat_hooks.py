@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import chainlit as cl
 import pytest
@@ -11,7 +12,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from chatllm.config import Settings
 from chatllm.receipts import prompt_digest
 from chatllm.ui import HISTORY, SAMPLING, ChatApp
-from tests.support import BrowserTab, open_chat, say
+from tests.support import BrowserTab, open_chat, say, until
 
 
 async def test_a_new_chat_shows_the_sliders(app: ChatApp) -> None:
@@ -127,14 +128,22 @@ async def test_a_second_user_sees_they_are_queued(app: ChatApp) -> None:
         await open_chat(app, tab)
         await app.update_settings({"max_tokens": 40, "temperature": 0.0})
 
-    ahead = asyncio.create_task(say(app, first, "Tell me about the moon."))
-    while not first.tokens():  # noqa: ASYNC110 - polls what the first tab has received
-        await asyncio.sleep(0.01)
-    await say(app, second, "Tell me about the moon.")
-    await ahead
-    notices = [m for m in second.payloads("new_message") if "前面还有 1 个请求" in m["output"]]
-    assert len(notices) == 1
-    assert second.payloads("delete_message")[0]["id"] == notices[0]["id"]  # gone once it starts
+    await app.update_settings({"max_tokens": 2000, "temperature": 0.9})  # the first's
+    ahead = asyncio.create_task(say(app, first, "Tell me a very long story about the moon."))
+    await until(first.tokens, what="the first reply to start")
+    behind = asyncio.create_task(say(app, second, "Tell me about the moon."))
+
+    def notices() -> list[dict[str, Any]]:
+        return [m for m in second.payloads("new_message") if "前面还有 1 个请求" in m["output"]]
+
+    await until(notices, what="the queue notice")  # the first still holds the model
+    assert not second.tokens()
+    ahead.cancel()  # the first user stops; the second's reply starts
+    with pytest.raises(asyncio.CancelledError):
+        await ahead
+    await behind
+    assert len(notices()) == 1
+    assert second.payloads("delete_message")[0]["id"] == notices()[0]["id"]  # gone at its start
     for tab in (first, second):
         replies = [m for m in tab.messages() if m["type"] == "assistant_message"]
         assert len(replies) == 1 and replies[0]["output"].strip()

@@ -74,9 +74,11 @@ async def test_a_receipt_records_settings_seed_tokens_and_speed(local: LocalBack
     assert receipt.finish_reason == "length" and receipt.completion_tokens == 24
     assert receipt.prompt_messages == 4  # system, the exchange, the new message
     assert receipt.prompt_tokens is not None and receipt.prompt_tokens > 20
-    assert receipt.ttft_ms is not None and 0 < receipt.ttft_ms < 10_000
-    assert receipt.tokens_per_second is not None and receipt.tokens_per_second > 1
-    assert receipt.duration_ms is not None and receipt.duration_ms >= receipt.ttft_ms
+    assert receipt.ttft_ms is not None and receipt.ttft_ms > 0
+    assert receipt.duration_ms is not None and receipt.duration_ms > receipt.ttft_ms
+    # tokens/s: the tokens after the first, over the time after the first.
+    after_first = (receipt.duration_ms - receipt.ttft_ms) / 1000
+    assert receipt.tokens_per_second == pytest.approx(23 / after_first, rel=1e-3)
     summary = receipt.summary("en")
     for part in ("local", "T 0.9", "top_p 0.8", "top_k 30", f"seed {drawn}", "+ 24 tokens"):
         assert part in summary

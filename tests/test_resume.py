@@ -17,7 +17,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from chatllm.config import Settings
 from chatllm.models import BACKENDS
 from chatllm.ui import HISTORY, SAMPLING, ChatApp
-from tests.support import BrowserTab, ScriptedBackend
+from tests.support import BrowserTab, ScriptedBackend, until
 
 
 @pytest.fixture
@@ -88,7 +88,8 @@ async def test_the_users_message_is_stored_before_the_model_runs(
     scripted.before_reply = lambda _: seen_in_db.append(stored(app, tab.session.thread_id))
     await say(app, tab, "Is my message safe?")
     assert seen_in_db == [[("user_message", "Is my message safe?")]]
-    await asyncio.sleep(0.1)  # Chainlit's own writes run as tasks
+    # Chainlit's own writes run as tasks: the reply is stored as well, soon after.
+    await until(lambda: len(stored(app, tab.session.thread_id)) == 2, what="the reply stored")
     assert stored(app, tab.session.thread_id) == [
         ("user_message", "Is my message safe?"),
         ("assistant_message", "Stored first."),
@@ -135,8 +136,7 @@ async def test_a_stopped_reply_is_kept_marked_and_remembered(app: ChatApp) -> No
     tab = await new_chat(app, profile=None)  # the real local model
     await app.update_settings({"max_tokens": 2000, "temperature": 0.9})
     task = asyncio.create_task(say(app, tab, "Write a very long story about the sea."))
-    while len(tab.tokens()) < 5:  # noqa: ASYNC110 - polls what the tab received
-        await asyncio.sleep(0.02)
+    await until(lambda: len(tab.tokens()) >= 5, what="the reply to start")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
