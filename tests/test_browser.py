@@ -325,7 +325,12 @@ def test_stop_ends_the_reply_and_the_partial_reply_survives_a_reload(
     send(browser, "Write a very long story about a lighthouse keeper and the sea.")
     reply = browser.locator(REPLY).first
     expect(reply).not_to_be_empty(timeout=LONG_WAIT)
-    browser.wait_for_timeout(500)
+    # Some of the story on the page, while it is still being written.
+    browser.wait_for_function(
+        "(selector) => document.querySelector(selector).innerText.length > 80",
+        arg=REPLY,
+        timeout=LONG_WAIT,
+    )
     browser.locator("#stop-button").click()
     expect(browser.locator("#stop-button")).to_have_count(0, timeout=30_000)
     partial = reply.inner_text()

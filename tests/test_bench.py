@@ -1,0 +1,54 @@
+"""The benchmarks still run: each in a short mode, as `make bench` would run it, checking what
+it measured and compared — never its figures, which are for bench/ on a quiet machine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench(script: str, *args: str, out: Path) -> dict[str, Any]:
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args, "--json", str(out)],
+        cwd=ROOT,
+        check=True,
+        timeout=600,
+        stdout=subprocess.DEVNULL,
+    )
+    figures: dict[str, Any] = json.loads(out.read_text("utf-8"))
+    return figures
+
+
+def test_the_streaming_benchmark_compares_the_app_with_raw_llama_cpp(tmp_path: Path) -> None:
+    figures = bench("stream.py", "--rounds", "1", "--max-tokens", "24", out=tmp_path / "s.json")
+    runs = figures["runs"]
+    assert {"A raw llama-cpp-python", "B app chain + Chainlit"} <= set(runs)
+    for kept in runs.values():
+        (run,) = kept  # one measured round after the warm-up
+        assert run["tokens"] == 24 and run["rate"] > 0 and run["ttft_ms"] > 0
+    assert figures["app_rate_pct_of_raw"] > 0
+    assert set(figures["pass"]) == {"rate", "ttft"}
+
+
+def test_the_thread_list_benchmark_compares_the_store_with_chainlits(tmp_path: Path) -> None:
+    figures = bench(
+        "threads.py",
+        *("--sizes", "1000", "--ref-sizes", "1000", "--repeat", "2", "--budget", "2"),
+        *("--workdir", str(tmp_path / "work")),
+        out=tmp_path / "t.json",
+    )
+    # Both data layers answered the same pages and searches on the same data.
+    assert figures["same_results"] == {
+        "page1": True,
+        "page2": True,
+        "search_en": True,
+        "search_zh": True,
+    }
+    assert set(figures["ratios"]) == {"page1", "page2", "open200", "search_en", "search_zh"}
+    assert {run["measured"]["kind"] for run in figures["runs"]} == {"app", "chainlit"}
+    assert figures["targets"]
