@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,18 +52,24 @@ class App:
     base: str
     data_dir: Path
     server: AppServer
-    shared: dict[str, Any] = field(default_factory=dict)
 
     def threads(self) -> list[str]:
         with sqlite3.connect(self.data_dir / "chatllm.db") as raw:
             return [name or "" for (name,) in raw.execute("SELECT name FROM threads")]
 
-    def replies(self) -> list[dict[str, Any]]:
-        """The assistant replies stored, oldest first, with their metadata."""
+    def replies(self, question: str | None = None) -> list[dict[str, Any]]:
+        """The assistant replies stored, oldest first, with their metadata: all of them, or
+        those of the thread where `question` was asked (each test asks its own)."""
+        where = "type = 'assistant_message'"
+        if question is not None:
+            where += (
+                " AND thread_id IN (SELECT thread_id FROM steps"
+                " WHERE type = 'user_message' AND output = :question)"
+            )
         with sqlite3.connect(self.data_dir / "chatllm.db") as raw:
             rows = raw.execute(
-                "SELECT thread_id, output, metadata FROM steps"
-                " WHERE type = 'assistant_message' ORDER BY seq"
+                f"SELECT thread_id, output, metadata FROM steps WHERE {where} ORDER BY seq",
+                {"question": question},
             ).fetchall()
         return [
             {"thread": t, "output": o, "metadata": json.loads(m)}
@@ -159,6 +165,13 @@ def sidebar_thread(page: Page, name: str) -> Locator:
     return page.locator("#thread-history span.truncate", has_text=name)
 
 
+def fresh_chat(page: Page, app: App) -> None:
+    """The app's page opened anew on a new chat: each test starts from here, whatever the
+    tests before it left on the page."""
+    page.goto(app.base)
+    ready(page)
+
+
 def new_chat(page: Page) -> None:
     """Start a new chat from the header button, unless the page already shows one."""
     if page.locator(QUESTION).count():
@@ -206,6 +219,7 @@ def test_first_visit_shows_the_welcome_page_without_a_login(local_app: App, brow
 
 
 def test_a_message_gets_a_streamed_reply(local_app: App, browser: Page) -> None:
+    fresh_chat(browser, local_app)
     # Every length the reply's text takes on the page, as the browser renders it.
     browser.evaluate(
         """(selector) => {
@@ -233,27 +247,34 @@ def test_a_message_gets_a_streamed_reply(local_app: App, browser: Page) -> None:
     # It appeared a piece at a time: several shorter texts were shown before the whole.
     assert len(set(lengths)) >= 5 and min(lengths) < len(reply) // 2
     shot(browser, "02-reply")
-    (stored,) = local_app.replies()
+    (stored,) = local_app.replies("Hello! What is a lighthouse?")
     assert words(stored["output"]) == words(reply)  # the same text, as markdown renders it
-    local_app.shared["thread"] = stored["thread"]
 
 
 # ---- 3. sliders change the next reply
 
 
+def set_sliders(page: Page, temperature: float, top_p: float) -> None:
+    page.locator("#chat-settings-open-modal").click()
+    set_slider(page, "temperature", temperature, 0.05)
+    set_slider(page, "top_p", top_p, 0.01)
+    shot(page, "03-settings")
+    page.get_by_role("button", name="Confirm").click()
+
+
 def test_new_slider_values_make_the_next_reply(local_app: App, browser: Page) -> None:
-    browser.locator("#chat-settings-open-modal").click()
-    set_slider(browser, "temperature", 0.4, 0.05)
-    set_slider(browser, "top_p", 0.5, 0.01)
-    shot(browser, "03-settings")
-    browser.get_by_role("button", name="Confirm").click()
+    fresh_chat(browser, local_app)
+    send(browser, "What colour is the sea?")
+    wait_for_reply(browser, 1)
+    set_sliders(browser, temperature=0.4, top_p=0.5)
     send(browser, "Tell me one fact about the sea.")
     wait_for_reply(browser, 2)
     shot(browser, "03-reply-with-new-settings")
-    latest = local_app.replies()[-1]
-    assert latest["metadata"]["receipt"]["sampling"]["temperature"] == 0.4
-    assert latest["metadata"]["receipt"]["sampling"]["top_p"] == 0.5
-    assert local_app.replies()[0]["metadata"]["receipt"]["sampling"]["temperature"] == 0.7
+    before, after = (
+        r["metadata"]["receipt"]["sampling"] for r in local_app.replies("What colour is the sea?")
+    )
+    assert (before["temperature"], before["top_p"]) == (0.7, 0.95)  # the defaults
+    assert (after["temperature"], after["top_p"]) == (0.4, 0.5)
 
 
 # ---- 4. reload and resume
@@ -262,8 +283,14 @@ def test_new_slider_values_make_the_next_reply(local_app: App, browser: Page) ->
 def test_a_reloaded_thread_resumes_with_messages_settings_and_memory(
     local_app: App, browser: Page
 ) -> None:
+    fresh_chat(browser, local_app)
+    send(browser, "Where do lighthouses stand?")
+    wait_for_reply(browser, 1)
+    set_sliders(browser, temperature=0.4, top_p=0.5)
+    send(browser, "How tall is a lighthouse?")
+    wait_for_reply(browser, 2)
     browser.reload()
-    item = sidebar_thread(browser, "Hello! What is a lighthouse?")
+    item = sidebar_thread(browser, "Where do lighthouses stand?")
     expect(item).to_be_visible(timeout=30_000)
     shot(browser, "04-sidebar")
     item.click()
@@ -277,23 +304,25 @@ def test_a_reloaded_thread_resumes_with_messages_settings_and_memory(
     send(browser, "And what did I ask first?")
     wait_for_reply(browser, 3)
     shot(browser, "04-follow-up")
-    latest = local_app.replies()[-1]
-    assert latest["thread"] == local_app.shared["thread"]
-    assert (
-        latest["metadata"]["receipt"]["prompt_messages"] == 6
-    )  # system, two exchanges, the new one
+    replies = local_app.replies("Where do lighthouses stand?")
+    assert len(replies) == 3  # the follow-up went on in the same thread
+    # The model saw the system prompt, both exchanges and the new question.
+    assert replies[-1]["metadata"]["receipt"]["prompt_messages"] == 6
 
 
 # ---- 5. rename and delete
 
 
 def test_threads_are_renamed_and_deleted_from_the_sidebar(local_app: App, browser: Page) -> None:
-    new_chat(browser)
+    fresh_chat(browser, local_app)
+    send(browser, "A thread to rename")
+    wait_for_reply(browser, 1)
+    new_chat(browser)  # the header's button
     send(browser, "A thread to delete")
     wait_for_reply(browser, 1)
     browser.reload()
     for old, action in (
-        ("Hello! What is a lighthouse?", "rename"),
+        ("A thread to rename", "rename"),
         ("A thread to delete", "delete"),
     ):
         item = sidebar_thread(browser, old)
@@ -311,8 +340,15 @@ def test_threads_are_renamed_and_deleted_from_the_sidebar(local_app: App, browse
     browser.reload()
     expect(sidebar_thread(browser, "灯塔 notes")).to_be_visible(timeout=30_000)
     expect(sidebar_thread(browser, "A thread to delete")).to_have_count(0)
-    expect(sidebar_thread(browser, "Hello! What is a lighthouse?")).to_have_count(0)
+    expect(sidebar_thread(browser, "A thread to rename")).to_have_count(0)
     shot(browser, "05-after-reload")
+    # The deleted thread does not come back when its tab's session is saved (Chainlit saves
+    # it as the socket closes): another page load, then the database.
+    fresh_chat(browser, local_app)
+    expect(sidebar_thread(browser, "灯塔 notes")).to_be_visible(timeout=30_000)
+    assert "灯塔 notes" in local_app.threads()
+    assert "A thread to delete" not in local_app.threads()
+    assert local_app.replies("A thread to delete") == []
 
 
 # ---- 6. stop
@@ -321,7 +357,7 @@ def test_threads_are_renamed_and_deleted_from_the_sidebar(local_app: App, browse
 def test_stop_ends_the_reply_and_the_partial_reply_survives_a_reload(
     local_app: App, browser: Page
 ) -> None:
-    new_chat(browser)
+    fresh_chat(browser, local_app)
     send(browser, "Write a very long story about a lighthouse keeper and the sea.")
     reply = browser.locator(REPLY).first
     expect(reply).not_to_be_empty(timeout=LONG_WAIT)
@@ -335,23 +371,20 @@ def test_stop_ends_the_reply_and_the_partial_reply_survives_a_reload(
     expect(browser.locator("#stop-button")).to_have_count(0, timeout=30_000)
     partial = reply.inner_text()
     shot(browser, "06-stopped")
-    stopped = local_app.replies()[-1]
+    (stopped,) = local_app.replies("Write a very long story about a lighthouse keeper and the sea.")
     assert stopped["metadata"]["finish_reason"] == "cancelled"
     assert stopped["output"].strip()
     browser.reload()
     sidebar_thread(browser, "Write a very long story").click()
     expect(browser.locator(REPLY).first).to_contain_text(partial.strip()[:40], timeout=30_000)
     shot(browser, "06-after-reload")
-    # The thread deleted earlier did not come back when its tab's session was saved.
-    expect(sidebar_thread(browser, "Untitled")).to_have_count(0)
-    assert [t for t in local_app.threads() if t != "灯塔 notes" and "story" not in t] == []
 
 
 # ---- 8. no HTML or script from a message runs
 
 
 def test_html_in_a_message_shows_as_text_and_runs_nothing(local_app: App, browser: Page) -> None:
-    new_chat(browser)
+    fresh_chat(browser, local_app)
     attack = "<img src=x onerror=alert(1)> and <script>alert(2)</script>"
     send(browser, attack)
     question = browser.locator(QUESTION).last
@@ -389,14 +422,13 @@ def test_a_zh_tw_browser_gets_the_chinese_welcome_page(
 def test_replies_show_receipts_replay_matches_and_compare_runs_side_by_side(
     local_app: App, browser: Page
 ) -> None:
-    browser.goto(local_app.base)
-    ready(browser)
+    fresh_chat(browser, local_app)
     send(browser, "Name two colours of the sea.")
     wait_for_reply(browser, 1)
     receipt = browser.locator(".chatllm-receipt").last
     expect(receipt).to_contain_text("tok/s")
     expect(receipt).to_contain_text("seed")
-    stored = local_app.replies()[-1]
+    (stored,) = local_app.replies("Name two colours of the sea.")
     seed = stored["metadata"]["receipt"]["sampling"]["seed"]
     expect(receipt).to_contain_text(f"seed {seed}")
     receipt.get_by_role("button").click()  # every value, on click
@@ -413,7 +445,7 @@ def test_replies_show_receipts_replay_matches_and_compare_runs_side_by_side(
     variant = browser.locator(".chatllm-receipt-title", has_text="Variant 2")
     expect(variant).to_be_visible(timeout=LONG_WAIT)
     expect(browser.locator("#stop-button")).to_have_count(0, timeout=LONG_WAIT)
-    first_reply, regenerated = (r for r in local_app.replies()[-2:])
+    first_reply, regenerated = local_app.replies("Name two colours of the sea.")
     assert regenerated["metadata"]["kind"] == "variant"
     assert regenerated["metadata"]["reply_to"] == first_reply["metadata"]["reply_to"]
     browser.get_by_role("button", name="Continue from this").first.click()
