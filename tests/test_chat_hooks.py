@@ -147,6 +147,10 @@ async def test_a_second_user_sees_they_are_queued(app: ChatApp) -> None:
     for tab in (first, second):
         replies = [m for m in tab.messages() if m["type"] == "assistant_message"]
         assert len(replies) == 1 and replies[0]["output"].strip()
+    # The wait in line is on the second reply's receipt, apart from its time to first token.
+    (waited,) = [m for m in second.messages() if m["type"] == "assistant_message"]
+    receipt = waited["metadata"]["receipt"]
+    assert receipt["queued_ms"] > 0 and receipt["ttft_ms"] > 0
 
 
 async def test_an_unreachable_endpoint_is_a_plain_chat_message(settings: Settings) -> None:

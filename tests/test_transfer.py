@@ -637,6 +637,16 @@ async def test_the_commands_list_export_and_import_threads(
         app_data, "threads", "--user", "ada", "--search", "zebra"
     )
     assert await run(app_data, "threads") == "(no threads for local)"
+    copy = tmp_path / "copy.json"
+    await run(app_data, "export", "t1", "-o", str(copy))
+    for _ in range(3):  # more of Ada's threads: --limit shows the latest N
+        await run(app_data, "import", str(copy), "--user", "ada")
+    limited = (await run(app_data, "threads", "--user", "ada", "--limit", "2")).splitlines()
+    assert len(limited) == 3 and limited[0].split() == ["ID", "UPDATED", "MESSAGES", "NAME"]
+    everything = (await run(app_data, "threads", "--user", "ada")).splitlines()
+    assert len(everything) == 5  # the header and four threads
+    latest = [line.split()[0] for line in everything[1:3]]
+    assert [line.split()[0] for line in limited[1:]] == latest
 
     printed = json.loads(await run(app_data, "export", "t1"))
     assert printed["messages"][0]["text"] == "Tell me about lighthouses.\n請用中文回答。"
@@ -644,6 +654,17 @@ async def test_the_commands_list_export_and_import_threads(
     said = await run(app_data, "export", "t1", "-o", str(exported))
     assert said == f"Exported 10 messages to {exported}."
     assert json.loads(exported.read_text("utf-8"))["messages"] == printed["messages"]
+    # --format: Markdown on standard output, JSON into a file named .md
+    markdown = await run(app_data, "export", "t1", "--format", "md")
+    assert markdown.startswith("# ") and "Tell me about lighthouses." in markdown
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(markdown)
+    forced = tmp_path / "as-json.md"
+    await run(app_data, "export", "t1", "--format", "json", "-o", str(forced))
+    assert json.loads(forced.read_text("utf-8"))["messages"] == printed["messages"]
+    implied = tmp_path / "notes.md"  # no --format: the file's name says Markdown
+    await run(app_data, "export", "t1", "-o", str(implied))
+    assert implied.read_text("utf-8").rstrip("\n") == markdown
     as_markdown = tmp_path / "lighthouses.md"
     await run(app_data, "export", "t1", "-o", str(as_markdown), "--lang", "zh-CN")
     assert as_markdown.read_text("utf-8").startswith("# 灯塔 Lighthouses\n")
