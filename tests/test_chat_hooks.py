@@ -128,7 +128,9 @@ async def test_a_second_user_sees_they_are_queued(app: ChatApp) -> None:
         await open_chat(app, tab)
         await app.update_settings({"max_tokens": 40, "temperature": 0.0})
 
-    await app.update_settings({"max_tokens": 2000, "temperature": 0.9})  # the first's
+    # The first's reply is long (its seed makes a 466-token story), so it holds the model.
+    first.enter()
+    await app.update_settings({"max_tokens": 2000, "temperature": 0.9, "seed": "7"})
     ahead = asyncio.create_task(say(app, first, "Tell me a very long story about the moon."))
     await until(first.tokens, what="the first reply to start")
     behind = asyncio.create_task(say(app, second, "Tell me about the moon."))
