@@ -377,7 +377,8 @@ class WireTap:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")  # e.g. http://127.0.0.1:PORT (no /v1)
         self.seen: list[Seen] = []
-        self.fail_next = 0  # answer this many next requests with HTTP 500
+        self.fail_next = 0  # answer this many next requests with `fail_status`
+        self.fail_status = 500
         self.hold_seconds = 0.0  # hold each request this long before forwarding it
         self.released = threading.Event()  # set to let held requests go at once
         tap = self
@@ -403,7 +404,8 @@ class WireTap:
                     tap.released.wait(tap.hold_seconds)
                 if tap.fail_next > 0:
                     tap.fail_next -= 1
-                    self._answer(500, b'{"error": {"message": "injected failure"}}', {})
+                    body = b'{"error": {"message": "injected failure"}}'
+                    self._answer(tap.fail_status, body, {})
                     return
                 headers = {
                     k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")
