@@ -377,6 +377,9 @@ class WireTap:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")  # e.g. http://127.0.0.1:PORT (no /v1)
         self.seen: list[Seen] = []
+        self.in_flight = 0  # requests taken and not yet answered
+        self.most_in_flight = 0  # the most at once: requests sent in parallel overlap here
+        self._count_lock = threading.Lock()
         self.fail_next = 0  # answer this many next requests with `fail_status`
         self.fail_status = 500
         self.hold_seconds = 0.0  # hold each request this long before forwarding it
@@ -390,6 +393,16 @@ class WireTap:
                 return None
 
             def _relay(self) -> None:
+                with tap._count_lock:
+                    tap.in_flight += 1
+                    tap.most_in_flight = max(tap.most_in_flight, tap.in_flight)
+                try:
+                    self._forward()
+                finally:
+                    with tap._count_lock:
+                        tap.in_flight -= 1
+
+            def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 tap.seen.append(

@@ -125,6 +125,36 @@ async def test_replay_reruns_a_reply_and_says_the_text_matched(app: ChatApp) -> 
     assert len(cl.user_session.get(HISTORY)) == 4
 
 
+async def test_a_replay_after_the_conversation_changed_shows_where_the_text_differs(
+    app: ChatApp,
+) -> None:
+    tab = await new_chat(app)
+    await app.update_settings({"temperature": 1.2, "top_p": 1.0, "max_tokens": 30, "seed": "3"})
+    await say(app, tab, "Hello there.")
+    await say(app, tab, QUESTION)
+    greeting, original = replies(await stored_steps(app, tab))
+    # Another reply to the greeting, which the conversation now continues from.
+    await app.update_settings({"seed": "4"})
+    await click(app, tab, "regenerate", greeting["id"])
+    await click(app, tab, "replay", original["id"])
+    replay = replies(await stored_steps(app, tab))[-1]
+    assert replay["metadata"]["kind"] == "replay" and replay["metadata"]["identical"] is False
+    assert "the text differs ✗" in replay["output"]
+    assert "the model saw a different prompt" in replay["output"]
+    before, again = original["metadata"]["receipt"], replay["metadata"]["receipt"]
+    assert before["sampling"]["seed"] == again["sampling"]["seed"] == 3
+    assert before["prompt_digest"] != again["prompt_digest"]
+    # The word diff of the original and the replay, shown under it.
+    (view,) = [e for e in elements(tab, "Compare") if e["forId"] == replay["id"]]
+    labels = [c["label"] for c in view["props"]["columns"]]
+    assert labels == ["Original", "Replay"]
+    shown_original = view["props"]["columns"][0]["text"]
+    assert shown_original == original["output"]
+    ops = {op for op, _ in view["props"]["diffs"]["0-1"]}
+    assert {"-", "+"} <= ops  # words only in one of them are marked
+    assert view["props"]["similarity"]["0-1"] < 1
+
+
 async def test_regenerate_keeps_variants_and_the_user_picks_which_one_continues(
     app: ChatApp,
 ) -> None:
@@ -203,6 +233,27 @@ async def test_presets_set_the_sliders_and_users_save_their_own(app: ChatApp) ->
     (panel,) = other.payloads("chat_settings")
     values = [item["value"] for item in next(w for w in panel if w["id"] == "preset")["items"]]
     assert "user:My poems" not in values
+
+
+async def test_a_preset_saved_again_by_name_is_overwritten_and_never_holds_seed_or_prompt(
+    app: ChatApp,
+) -> None:
+    tab = await new_chat(app)
+    await app.update_settings(
+        {"temperature": 0.3, "seed": "5", "system_prompt": "Speak like a sailor."}
+    )
+    await app.update_settings({"save_preset": "Harbour"})
+    await app.update_settings({"temperature": 0.9, "top_k": 7})
+    await app.update_settings({"save_preset": "Harbour"})  # the same name: overwritten
+    menu = next(w for w in tab.payloads("chat_settings")[-1] if w["id"] == "preset")
+    assert [i["value"] for i in menu["items"]].count("user:Harbour") == 1
+    # Applied in another chat with its own seed and system prompt: those stay.
+    await new_chat(app)
+    await app.update_settings({"seed": "11", "system_prompt": "Be brief."})
+    await app.update_settings({"preset": "user:Harbour"})
+    sampling = cl.user_session.get(SAMPLING)
+    assert (sampling.temperature, sampling.top_k) == (0.9, 7)  # the second save's values
+    assert (sampling.seed, sampling.system_prompt) == (11, "Be brief.")
 
 
 async def test_a_bad_preset_name_or_too_many_compare_sets_are_refused(app: ChatApp) -> None:

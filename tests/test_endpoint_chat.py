@@ -126,3 +126,23 @@ async def test_endpoint_failures_are_told_in_the_users_language_without_the_key(
     assert key not in caplog.text
     assert isinstance(app.settings.openai_api_key, SecretStr)
     assert replies(tab) == []
+
+
+async def test_compare_on_an_endpoint_sends_every_set_at_once(
+    app: ChatApp, endpoint: Endpoint, tap: WireTap
+) -> None:
+    tab = BrowserTab(chat_profile=f"openai:{endpoint.alias}")
+    await open_chat(app, tab)
+    await app.update_settings(
+        {"max_tokens": 12, "compare_with": ["builtin:code", "builtin:creative"]}
+    )
+    tab.session.has_first_interaction = True
+    message = cl.Message(content="Name a colour.", author="User", type="user_message")
+    message.command = "Compare"
+    await app.answer(message)
+    assert len(tap.chat_requests()) == 3
+    # All three were with the server at once (it answers one at a time; they waited there).
+    assert tap.most_in_flight == 3
+    temperatures = sorted(r.json()["temperature"] for r in tap.chat_requests())
+    assert temperatures == [0.4, 0.7, 1.1]
+    assert len({r.json()["seed"] for r in tap.chat_requests()}) == 1  # one seed for all
