@@ -7,6 +7,11 @@ import asyncio
 import csv
 import itertools
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -386,6 +391,45 @@ async def test_stopping_a_sweep_writes_the_runs_that_finished(
     assert (saved["stopped"], saved["runs"], len(saved["replies"])) == (True, 4, 2)
     assert saved["cells"][0]["replies"] == 2
     assert (tmp_path / "summary.png").stat().st_size > 0
+
+
+def test_ctrl_c_in_a_terminal_stops_the_sweep_and_keeps_what_finished(tmp_path: Path) -> None:
+    """A real SIGINT to the command's process group, as a terminal's Ctrl-C sends it."""
+    out = tmp_path / "sweep"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLLM_")}
+    command = [sys.executable, "-m", "chatllm", "sweep", PROMPT]
+    command += ["--repeats", "200", "--max-tokens", "4", "--seed", "1", "--out", str(out)]
+    sweep = subprocess.Popen(
+        command,
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**env, "CHATLLM_DATA_DIR": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # a process group of its own, as a shell's job
+    )
+    try:
+        assert sweep.stderr is not None
+        progress = b""
+        while not re.search(rb" ([3-9]|\d\d+)/200 ", progress):  # a few runs done
+            chunk = os.read(sweep.stderr.fileno(), 4096)
+            assert chunk, f"the sweep ended early: {progress.decode(errors='replace')}"
+            progress += chunk
+        os.killpg(sweep.pid, signal.SIGINT)
+        _, stderr = sweep.communicate(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 1
+    said = stderr.decode()
+    assert re.search(
+        r"chatllm: sweep stopped after \d+ of 200 runs; what finished is written", said
+    )
+    finished = int(re.search(r"after (\d+) of", said)[1])  # type: ignore[index]
+    assert 3 <= finished < 200
+    assert len(rows(out / "sweep.csv")) == finished
+    saved = record(out / "sweep.json")
+    assert (saved["stopped"], saved["runs"], len(saved["replies"])) == (True, 200, finished)
+    assert (out / "summary.png").stat().st_size > 0
 
 
 async def test_progress_shows_on_stderr_and_seeds_are_fresh_without_seed(
