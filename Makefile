@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test system-packages lint unit bench clean
+.PHONY: run test system-packages lint unit bench mutants clean
 
 # The browser tests drive Debian's Chromium (Playwright cannot download its own here);
 # the CJK fonts make their Chinese screenshots and the sweep's charts readable. Checked on
@@ -90,6 +90,11 @@ $(VENV)/.bench-installed: pyproject.toml constraints.txt $(LLAMA_STAMP) | $(BIN)
 
 bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/stream.py
+
+# Not in CI: every small change to the modules with fast tests, and whether a test notices
+# (tests/mutants.py; the survivors go to artifacts/mutants.md). About an hour on 2 cores.
+mutants: $(VENV)/.test-installed
+	$(BIN)/python tests/mutants.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

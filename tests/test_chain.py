@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 import pytest
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from langchain_core.outputs import ChatResult
+from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
 
-from chatllm.chain import build_chain, chain_input, fit_to_context
+from chatllm.chain import ReplyRecord, build_chain, chain_input, fit_to_context
 from chatllm.errors import ContextOverflow
 from chatllm.models import LocalBackend
 
@@ -104,3 +104,92 @@ async def test_reserving_room_for_the_reply_shrinks_the_prompt_budget() -> None:
     with pytest.raises(ContextOverflow) as refused:
         await chain.ainvoke(chain_input("be brief", [], "one two three four five six"))
     assert refused.value.available == 5
+
+
+def test_a_prompt_that_fills_the_budget_exactly_is_passed_whole() -> None:
+    messages = [SystemMessage("be brief"), *exchange(1), HumanMessage("next")]
+    exact = words(messages)
+    assert fit_to_context(messages, budget=exact, count=words) == messages
+    assert len(fit_to_context(messages, budget=exact - 1, count=words)) == 2  # the exchange goes
+
+
+def test_the_system_prompt_and_message_alone_may_fill_the_budget_exactly() -> None:
+    messages = [SystemMessage("be brief"), *exchange(1), HumanMessage("w " * 20)]
+    alone = [messages[0], messages[-1]]
+    assert fit_to_context(messages, budget=words(alone), count=words) == alone
+    with pytest.raises(ContextOverflow) as refused:
+        fit_to_context(messages, budget=words(alone) - 1, count=words)
+    assert (refused.value.needed, refused.value.available) == (words(alone), words(alone) - 1)
+
+
+def test_a_budget_below_zero_is_told_as_no_room_at_all() -> None:
+    with pytest.raises(ContextOverflow) as refused:
+        fit_to_context([HumanMessage("hello")], budget=-5, count=words)
+    assert refused.value.available == 0
+
+
+def test_trimming_keeps_messages_whole_or_drops_them() -> None:
+    history = [HumanMessage("a " * 30), AIMessage("b " * 30)]
+    messages = [SystemMessage("s"), *history, HumanMessage("latest")]
+    fitted = fit_to_context(messages, budget=words(messages) - 5, count=words)
+    assert fitted == [messages[0], messages[-1]]  # never half of a long message
+
+
+def test_without_a_system_prompt_the_newest_exchanges_still_fit() -> None:
+    history = [m for n in range(6) for m in exchange(n)]
+    messages = [*history, HumanMessage("latest question")]
+    fitted = fit_to_context(messages, budget=40, count=words)
+    assert fitted[-1] == messages[-1] and isinstance(fitted[0], HumanMessage)
+    assert fitted[:-1] == history[-(len(fitted) - 1) :]
+
+
+async def test_the_chain_prepares_the_counts_before_it_trims() -> None:
+    """The local model counts tokens in its engine process: the chain awaits `prepare` with
+    the prompt's messages, and only then counts them (synchronously) to trim."""
+    prepared: list[list[str]] = []
+
+    async def prepare(messages: Sequence[BaseMessage]) -> None:
+        prepared.append([m.text for m in messages])
+
+    def count(messages: Sequence[BaseMessage]) -> int:
+        assert prepared, "counted before the counts were prepared"
+        assert all(m.text in prepared[-1] for m in messages)
+        return words(messages)
+
+    RecordingChat.seen = []
+    chain = build_chain(
+        RecordingChat(messages=iter([AIMessage("ok")])),
+        context_tokens=1000,
+        reply_tokens=10,
+        count=count,
+        prepare=prepare,
+    )
+    reply = "".join([p async for p in chain.astream(chain_input("be brief", [], "hello"))])
+    assert reply == "ok"
+    assert prepared == [["be brief", "hello"]]
+
+
+async def test_the_reply_record_keeps_what_the_model_got_and_reported() -> None:
+    record = ReplyRecord()
+    assert (record.usage, record.finish_reason, record.prompt) == (None, None, [])
+    prompt = [SystemMessage("be brief"), HumanMessage("hello")]
+    await record.on_chat_model_start({}, [prompt])
+    message = AIMessage(
+        "hi",
+        response_metadata={"model_name": "m"},
+        usage_metadata={"input_tokens": 12, "output_tokens": 3, "total_tokens": 15},
+    )
+    generation = ChatGeneration(message=message, generation_info={"finish_reason": "length"})
+    await record.on_llm_end(LLMResult(generations=[[generation]]))
+    assert record.prompt == prompt
+    assert record.usage == (12, 3)
+    assert record.finish_reason == "length"
+    assert record.info["model_name"] == "m"
+
+
+async def test_a_reply_record_without_usage_says_so() -> None:
+    record = ReplyRecord()
+    await record.on_llm_end(LLMResult(generations=[[ChatGeneration(message=AIMessage("hi"))]]))
+    assert record.usage is None and record.finish_reason is None
+    await record.on_llm_end(LLMResult(generations=[]))  # nothing reported at all
+    assert record.usage is None

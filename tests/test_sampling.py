@@ -6,6 +6,7 @@ import math
 
 import pytest
 from chainlit.input_widget import Slider, TextInput
+from pydantic import ValidationError
 
 from chatllm.errors import InvalidSampling
 from chatllm.sampling import Sampling, parse_sampling
@@ -96,3 +97,87 @@ def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(InvalidSampling) as refused:
         Sampling().update({"temperature": 9, "top_p": -1})
     assert len(refused.value.problems) == 2
+
+
+#: Each slider as the settings panel offers it: default, lowest, highest, step.
+SLIDERS = {
+    "temperature": (0.7, 0.0, 2.0, 0.05),
+    "top_p": (0.95, 0.0, 1.0, 0.01),
+    "max_tokens": (512, 1, 4096, 1),
+    "top_k": (40, 0, 200, 1),
+    "repeat_penalty": (1.1, 1.0, 2.0, 0.01),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SLIDERS))
+def test_each_slider_offers_its_range_and_accepts_its_ends_only(name: str) -> None:
+    default, low, high, step = SLIDERS[name]
+    (slider,) = [w for w in Sampling().widgets() if w.id == name]
+    assert isinstance(slider, Slider)
+    assert (slider.initial, slider.min, slider.max, slider.step) == (default, low, high, step)
+    assert getattr(Sampling().update({name: high}), name) == high
+    assert getattr(Sampling().update({name: low}), name) == low
+    for beyond in (high + step, low - step):
+        with pytest.raises(InvalidSampling):
+            Sampling().update({name: beyond})
+
+
+def test_the_seed_and_the_system_prompt_have_their_limits() -> None:
+    assert Sampling().seed is None
+    assert Sampling().update({"seed": 2**31 - 1}).seed == 2**31 - 1  # llama.cpp's largest
+    assert Sampling().update({"seed": "0"}).seed == 0
+    for refused in (2**31, -1):
+        with pytest.raises(InvalidSampling):
+            Sampling().update({"seed": refused})
+    assert Sampling().system_prompt == "You are a helpful assistant."
+    assert len(Sampling().update({"system_prompt": "x" * 8000}).system_prompt) == 8000
+    with pytest.raises(InvalidSampling):
+        Sampling().update({"system_prompt": "x" * 8001})
+    (prompt,) = [w for w in Sampling().widgets() if w.id == "system_prompt"]
+    assert isinstance(prompt, TextInput) and prompt.multiline
+
+
+def test_a_refusal_says_in_words_what_is_wrong_with_each_value() -> None:
+    with pytest.raises(InvalidSampling) as refused:
+        Sampling().update({"temperature": math.inf, "top_p": 2, "min_p": 0.1, "seed": "４２"})
+    assert sorted(refused.value.problems) == [
+        "min_p is not a known setting",
+        "seed value error, must be a whole number or empty",  # full-width digits
+        "temperature value error, must be a finite number",
+        "top_p input should be less than or equal to 1",
+    ]
+
+
+def test_values_cannot_change_in_place() -> None:
+    sampling = Sampling()
+    with pytest.raises(ValidationError):
+        sampling.temperature = 1.0  # type: ignore[misc]
+    assert sampling.temperature == 0.7
+
+
+def test_a_resumed_thread_keeps_its_valid_settings_and_skips_a_stale_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert Sampling().restore({"top_k": 5, "seed": "7"}) == Sampling(top_k=5, seed=7)
+    restored = Sampling().restore({"temperature": 9, "top_p": 0.5, "seed": "7"})
+    assert (restored.temperature, restored.top_p, restored.seed) == (0.7, 0.5, 7)
+    assert "Ignoring a saved setting: temperature input should be" in caplog.text
+
+
+def test_a_model_call_gets_every_value_but_the_system_prompt() -> None:
+    sampling = Sampling(temperature=0.3, seed=9, system_prompt="Be brief.")
+    params = sampling.generation_params()
+    assert params == {
+        "temperature": 0.3,
+        "top_p": 0.95,
+        "max_tokens": 512,
+        "top_k": 40,
+        "repeat_penalty": 1.1,
+        "seed": 9,
+    }
+
+
+def test_the_panel_holds_the_seed_as_text() -> None:
+    assert Sampling().as_settings()["seed"] == ""
+    held = Sampling(seed=7, top_k=3).as_settings()
+    assert held == {**Sampling(seed=7, top_k=3).model_dump(), "seed": "7"}
