@@ -126,7 +126,10 @@ def changes(node: ast.AST):  # type: ignore[no-untyped-def]
         yield "not removed", lambda n: _replace_with(n, n.operand)  # type: ignore[attr-defined]
     if isinstance(node, ast.If):
         yield "if condition negated", lambda n: _negate(n)
-    if isinstance(node, ast.Return) and node.value is not None:
+    returns_none = isinstance(node, ast.Return) and (
+        node.value is None or (isinstance(node.value, ast.Constant) and node.value.value is None)
+    )
+    if isinstance(node, ast.Return) and not returns_none:
         yield "returns None", lambda n: setattr(n, "value", ast.Constant(None)) or True
     if isinstance(node, ast.Expr | ast.Assign | ast.AugAssign | ast.AnnAssign | ast.Raise):
         if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):

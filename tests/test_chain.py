@@ -129,7 +129,7 @@ def test_a_budget_below_zero_is_told_as_no_room_at_all() -> None:
 
 
 def test_trimming_keeps_messages_whole_or_drops_them() -> None:
-    history = [HumanMessage("a " * 30), AIMessage("b " * 30)]
+    history = [HumanMessage("a\n" * 30), AIMessage("b\n" * 30)]  # lines it could cut at
     messages = [SystemMessage("s"), *history, HumanMessage("latest")]
     fitted = fit_to_context(messages, budget=words(messages) - 5, count=words)
     assert fitted == [messages[0], messages[-1]]  # never half of a long message
@@ -193,3 +193,16 @@ async def test_a_reply_record_without_usage_says_so() -> None:
     assert record.usage is None and record.finish_reason is None
     await record.on_llm_end(LLMResult(generations=[]))  # nothing reported at all
     assert record.usage is None
+
+
+def test_a_synchronous_run_of_the_chain_sends_the_same_prompt() -> None:
+    RecordingChat.seen = []
+    chain = build_chain(
+        RecordingChat(messages=iter([AIMessage("ok")])),
+        context_tokens=1000,
+        reply_tokens=10,
+        count=words,
+    )
+    assert chain.invoke(chain_input("be brief", exchange(1), "hello")) == "ok"
+    (seen,) = RecordingChat.seen
+    assert [m.text for m in seen] == ["be brief", *[m.text for m in exchange(1)], "hello"]

@@ -77,6 +77,7 @@ def test_empty_seed_means_random_and_digits_mean_fixed() -> None:
         ({"seed": "-3"}, "seed"),
         ({"seed": "²"}, "seed"),
         ({"seed": 1.5}, "seed"),
+        ({"seed": True}, "seed"),  # pydantic alone would read it as 1
         ({"seed": 2**40}, "seed"),
         ({"system_prompt": "x" * 9000}, "system_prompt"),
         ({"system_prompt": 5}, "system_prompt"),
