@@ -1,5 +1,6 @@
-"""Test helpers: a Chainlit session that records what the browser would receive, and a
-real OpenAI-compatible server (llama-cpp-python's own) on loopback."""
+"""Test helpers, all on real parts: a Chainlit session that records what the browser would
+receive, a socket.io tab on the running app, the app started as `make run` starts it, a real
+OpenAI-compatible server (llama-cpp-python's own) on loopback, and a wire tap in front of it."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import chainlit as cl
 import httpx
@@ -26,13 +27,7 @@ import socketio
 from chainlit.config import FILES_DIRECTORY
 from chainlit.context import init_ws_context
 from chainlit.session import WebsocketSession
-from langchain_core.language_models import BaseChatModel
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatResult
 
-from chatllm.models import Backend
-from chatllm.sampling import Sampling
 from chatllm.ui import ChatApp
 
 
@@ -178,38 +173,6 @@ class Endpoint:
     def stop(self) -> None:
         stop_process(self.process)
         self.process = None
-
-
-class ScriptedBackend(Backend):
-    """A backend whose model replays scripted replies, one per turn and in order (for tests
-    that need a known reply), calling `before_reply` with the messages it receives."""
-
-    kind = "scripted"
-    replies: ClassVar[list[str]] = []
-    before_reply: ClassVar[Callable[[list[BaseMessage]], None] | None] = None
-
-    async def models(self) -> list[str]:
-        return ["script"]
-
-    def chat_model(self, model: str, sampling: Sampling) -> BaseChatModel:
-        backend = type(self)
-
-        class Scripted(GenericFakeChatModel):
-            def _generate(self, messages: list[BaseMessage], *args: Any, **kw: Any) -> ChatResult:
-                if backend.before_reply is not None:
-                    backend.before_reply(messages)
-                return super()._generate(messages, *args, **kw)
-
-        return Scripted(messages=iter([AIMessage(backend.replies.pop(0))]))
-
-    def context_tokens(self, model: str) -> int:
-        return 4096
-
-    def count_tokens(self, messages: Sequence[BaseMessage]) -> int:
-        return sum(len(m.text.split()) + 4 for m in messages)
-
-    def count_text(self, text: str) -> int:
-        return len(text.split())
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -380,6 +343,7 @@ class WireTap:
         self.in_flight = 0  # requests taken and not yet answered
         self.most_in_flight = 0  # the most at once: requests sent in parallel overlap here
         self._count_lock = threading.Lock()
+        self.on_request: Callable[[Seen], object] | None = None  # told of each, as it arrives
         self.fail_next = 0  # answer this many next requests with `fail_status`
         self.fail_status = 500
         self.hold_seconds = 0.0  # hold each request this long before forwarding it
@@ -413,6 +377,8 @@ class WireTap:
                         body,
                     )
                 )
+                if tap.on_request is not None:
+                    tap.on_request(tap.seen[-1])
                 if tap.hold_seconds:
                     tap.released.wait(tap.hold_seconds)
                 if tap.fail_next > 0:

@@ -12,33 +12,41 @@ import chainlit as cl
 import pytest
 from chainlit.socket import persist_user_session
 from chainlit.user import User
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from chatllm.config import Settings
-from chatllm.models import BACKENDS
+from chatllm.receipts import prompt_digest
 from chatllm.ui import HISTORY, SAMPLING, ChatApp
-from tests.support import BrowserTab, ScriptedBackend, until
+from tests.support import BrowserTab, Endpoint, WireTap, until
 
 
 @pytest.fixture
-def scripted() -> Iterator[type[ScriptedBackend]]:
-    BACKENDS[ScriptedBackend.kind] = ScriptedBackend
-    ScriptedBackend.replies = []
-    ScriptedBackend.before_reply = None
-    yield ScriptedBackend
-    del BACKENDS[ScriptedBackend.kind]
+def tap(endpoint: Endpoint) -> Iterator[WireTap]:
+    """The real endpoint behind a wire tap, which sees each request as it arrives."""
+    proxy = WireTap(endpoint.base_url.removesuffix("/v1")).start()
+    yield proxy
+    proxy.stop()
 
 
 @pytest.fixture
-async def app(tmp_path: Path, scripted: type[ScriptedBackend]) -> AsyncIterator[ChatApp]:
-    settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
+async def app(tmp_path: Path, endpoint: Endpoint, tap: WireTap) -> AsyncIterator[ChatApp]:
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        data_dir=tmp_path,
+        openai_base_url=tap.base_url,
+        openai_api_key=endpoint.api_key,
+        openai_models=[endpoint.alias],
+    )
     chat = ChatApp(settings)
     await chat.prepare("127.0.0.1")
     yield chat
     await chat.store.close()
 
 
-async def new_chat(app: ChatApp, profile: str | None = "scripted:script") -> BrowserTab:
+ENDPOINT = "openai:smollm2"
+
+
+async def new_chat(app: ChatApp, profile: str | None = None) -> BrowserTab:
     """A signed-in user's tab with a new chat open."""
     tab = BrowserTab(chat_profile=profile)
     user = await app.store.create_user(User(identifier="ada"))
@@ -80,56 +88,60 @@ def stored(app: ChatApp, thread_id: str) -> list[tuple[str, str]]:
 
 
 async def test_the_users_message_is_stored_before_the_model_runs(
-    app: ChatApp, scripted: type[ScriptedBackend]
+    app: ChatApp, tap: WireTap
 ) -> None:
-    tab = await new_chat(app)
+    tab = await new_chat(app, profile=ENDPOINT)
     seen_in_db: list[list[tuple[str, str]]] = []
-    scripted.replies = ["Stored first."]
-    scripted.before_reply = lambda _: seen_in_db.append(stored(app, tab.session.thread_id))
+    tap.on_request = lambda _: seen_in_db.append(stored(app, tab.session.thread_id))
+    await app.update_settings({"max_tokens": 6, "temperature": 0.0})
     await say(app, tab, "Is my message safe?")
-    assert seen_in_db == [[("user_message", "Is my message safe?")]]
+    # What the database held when the request reached the model's server.
+    assert seen_in_db[-1] == [("user_message", "Is my message safe?")]
+    (reply,) = [m for m in tab.messages() if m["type"] == "assistant_message"]
     # Chainlit's own writes run as tasks: the reply is stored as well, soon after.
     await until(lambda: len(stored(app, tab.session.thread_id)) == 2, what="the reply stored")
     assert stored(app, tab.session.thread_id) == [
         ("user_message", "Is my message safe?"),
-        ("assistant_message", "Stored first."),
+        ("assistant_message", reply["output"]),
     ]
 
 
 async def test_a_reopened_thread_brings_back_messages_memory_sliders_and_model(
-    app: ChatApp, scripted: type[ScriptedBackend]
+    app: ChatApp,
 ) -> None:
-    tab = await new_chat(app)
-    await app.update_settings({"temperature": 0.4, "top_p": 0.5, "seed": "7"})
-    scripted.replies = ["Nice to meet you, Ada.", "You are Ada."]
+    tab = await new_chat(app, profile=ENDPOINT)
+    await app.update_settings({"temperature": 0.4, "top_p": 0.5, "seed": "7", "max_tokens": 12})
     await say(app, tab, "I am Ada.")
     await app.update_settings({"temperature": 1.1})  # after the first message: saved now
     await say(app, tab, "Who am I?")
+    first, second = [m["output"] for m in tab.messages() if m["type"] == "assistant_message"]
 
     again = await reopen(app, tab)
-    assert again.session.chat_profile == "scripted:script"
+    assert again.session.chat_profile == ENDPOINT
     assert cl.user_session.get(HISTORY) == [
         HumanMessage("I am Ada."),
-        AIMessage("Nice to meet you, Ada."),
+        AIMessage(first),
         HumanMessage("Who am I?"),
-        AIMessage("You are Ada."),
+        AIMessage(second),
     ]
     sampling = cl.user_session.get(SAMPLING)
     assert (sampling.temperature, sampling.top_p, sampling.seed) == (1.1, 0.5, 7)
     (panel,) = again.payloads("chat_settings")  # the settings button is back
     assert {w["id"]: w["initial"] for w in panel}["temperature"] == 1.1
 
-    received: list[list[BaseMessage]] = []
-    scripted.replies = ["Still Ada."]
-    scripted.before_reply = received.append
     await say(app, again, "And now?")
-    assert [m.text for m in received[0][1:]] == [
-        "I am Ada.",
-        "Nice to meet you, Ada.",
-        "Who am I?",
-        "You are Ada.",
-        "And now?",
+    (last,) = [m for m in again.messages() if m["type"] == "assistant_message"]
+    # The model received the reopened conversation, then the new message.
+    received = [
+        SystemMessage(app.settings.system_prompt),
+        HumanMessage("I am Ada."),
+        AIMessage(first),
+        HumanMessage("Who am I?"),
+        AIMessage(second),
+        HumanMessage("And now?"),
     ]
+    assert last["metadata"]["receipt"]["prompt_digest"] == prompt_digest(received)
+    assert last["metadata"]["receipt"]["sampling"]["temperature"] == 1.1
 
 
 async def test_a_stopped_reply_is_kept_marked_and_remembered(app: ChatApp) -> None:
@@ -152,31 +164,29 @@ async def test_a_stopped_reply_is_kept_marked_and_remembered(app: ChatApp) -> No
 
 
 async def test_a_message_that_cannot_be_stored_is_not_answered(
-    app: ChatApp, scripted: type[ScriptedBackend], tmp_path: Path
+    app: ChatApp, tap: WireTap, tmp_path: Path
 ) -> None:
-    tab = await new_chat(app)
+    tab = await new_chat(app, profile=ENDPOINT)
     await app.store.close()
     from chatllm.store import Database
 
     db = tmp_path / "chatllm.db"
     app.store.db = Database(f"sqlite+aiosqlite:///file:{db}?mode=ro&uri=true")
-    called: list[object] = []
-    scripted.replies = ["should not happen"]
-    scripted.before_reply = called.append
     await say(app, tab, "Will this be lost?")
-    assert called == []
+    assert tap.chat_requests() == []  # the model was never asked
     (error,) = tab.errors()
     assert "Not saved, so not sent to the model" in error and "could not be saved" in error
 
 
 async def test_the_endpoint_key_and_session_secrets_never_reach_the_database(
-    app: ChatApp, scripted: type[ScriptedBackend], tmp_path: Path
+    app: ChatApp, endpoint: Endpoint, tmp_path: Path
 ) -> None:
-    tab = await new_chat(app)
+    tab = await new_chat(app, profile=ENDPOINT)
     tab.session.user_env = {"OPENAI_API_KEY": "sk-user-env-secret"}
     cl.user_session.set("api_key", "sk-session-secret")
-    scripted.replies = ["ok"]
+    await app.update_settings({"max_tokens": 4})
     await say(app, tab, "hello")
+    assert [m for m in tab.messages() if m["type"] == "assistant_message"]  # it was answered
     # What Chainlit writes when the browser disconnects.
     await persist_user_session(tab.session.thread_id, tab.session.to_persistable())
     thread = await app.store.get_thread(tab.session.thread_id)
@@ -188,14 +198,12 @@ async def test_the_endpoint_key_and_session_secrets_never_reach_the_database(
     for file in tmp_path.glob("chatllm.db*"):
         data = file.read_bytes()
         assert b"sk-user-env-secret" not in data and b"sk-session-secret" not in data
+        assert endpoint.api_key.encode() not in data  # the configured endpoint key
 
 
-async def test_each_stored_reply_says_what_made_it(
-    app: ChatApp, scripted: type[ScriptedBackend]
-) -> None:
-    tab = await new_chat(app)
-    await app.update_settings({"temperature": 0.4, "top_p": 0.5, "max_tokens": 64})
-    scripted.replies = ["first", "second"]
+async def test_each_stored_reply_says_what_made_it(app: ChatApp) -> None:
+    tab = await new_chat(app)  # the local model
+    await app.update_settings({"temperature": 0.4, "top_p": 0.5, "max_tokens": 6})
     await say(app, tab, "one")
     await say(app, tab, "two")
     thread = await app.store.get_thread(tab.session.thread_id)
@@ -203,7 +211,8 @@ async def test_each_stored_reply_says_what_made_it(
     first, second = [
         s["metadata"]["receipt"] for s in thread["steps"] if s["type"] == "assistant_message"
     ]
-    assert (first["backend"], first["model"]) == ("scripted", "script")
+    assert (first["backend"], first["model"]) == ("local", app.settings.local_model_name)
+    assert first["completion_tokens"] <= 6 and not first["tokens_estimated"]
     assert first["sampling"]["temperature"] == 0.4 and first["sampling"]["top_p"] == 0.5
     assert isinstance(first["sampling"]["seed"], int)  # the seed drawn for it, recorded
     assert first["sampling"]["seed"] != second["sampling"]["seed"]
