@@ -276,7 +276,10 @@ class SocketUser:
 
     async def say(self, text: str, **settings: object) -> None:
         if settings:
+            # Applied before the message is sent: the app shows the panel again when done.
+            shown = len(self.named("chat_settings"))
             await self.client.emit("chat_settings_change", settings)
+            await self.wait_for(lambda: len(self.named("chat_settings")) > shown)
         message = {
             "id": str(uuid.uuid4()),
             "threadId": self.thread_id,
@@ -294,12 +297,15 @@ class SocketUser:
         return [str(m["output"]) for m in self.named("new_message") if m.get("isError")]
 
     def finished_replies(self) -> list[dict[str, object]]:
-        """Replies sent whole once they ended (a streamed reply is sent again at its end)."""
-        return [
-            m
-            for m in self.named("new_message") + self.named("update_message")
-            if m.get("type") == "assistant_message" and not m.get("isError") and m.get("output")
-        ]
+        """Replies as they were last sent, once their text is there (a streamed reply is
+        sent again at its end), one per message, in the order they first appeared."""
+        latest: dict[object, dict[str, object]] = {}
+        for name, data in self.events:
+            if name in ("new_message", "update_message") and data.get("type") == (
+                "assistant_message"
+            ):
+                latest[data["id"]] = data
+        return [m for m in latest.values() if m.get("output") and not m.get("isError")]
 
     async def wait_for(self, condition: Callable[[], object], seconds: float = 60) -> None:
         for _ in range(int(seconds / 0.05)):
