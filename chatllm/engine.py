@@ -74,6 +74,8 @@ class EngineProcess:
         self._start_done = threading.Condition(self._lock)
         self.info: dict[str, Any] = {}
         self.starts = 0
+        #: Stop requests sent (a Stop pressed, a tab closed mid-reply), over all processes.
+        self.stops = 0
         #: Tokens the running engine process has sampled, over all its generations.
         self.generated = 0
         #: When the engine last sent anything (for any request), or was sent a request.
@@ -258,6 +260,11 @@ class EngineProcess:
                 connection.send(message)
             except OSError:
                 pass  # the reading thread sees the end and fails the requests
+
+    def stop(self, rid: int) -> None:
+        """Ask the engine to stop request `rid` before its next token."""
+        self.stops += 1
+        self.send(("stop", rid))
 
     def forget(self, rid: int) -> None:
         with self._lock:

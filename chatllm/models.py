@@ -276,7 +276,7 @@ class LocalEngine:
                         yield text, finish, usage
             finally:
                 if not finished:
-                    process.send(("stop", rid))
+                    process.stop(rid)
                     # The line moves on only once llama.cpp has really stopped; a second
                     # cancellation while waiting is allowed to end the wait.
                     await asyncio.shield(self._drain(pending, arrived))
@@ -286,7 +286,7 @@ class LocalEngine:
         """Stop a request whose caller went away before it had its request id."""
         if not submitted.cancelled() and submitted.exception() is None:
             rid = submitted.result()
-            self.process.send(("stop", rid))
+            self.process.stop(rid)
             self.process.forget(rid)
 
     async def _next(self, arrived: asyncio.Event) -> None:

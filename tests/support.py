@@ -5,9 +5,11 @@ OpenAI-compatible server (llama-cpp-python's own) on loopback, and a wire tap in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -217,6 +219,34 @@ class AppServer:
     def stop(self) -> None:
         stop_process(self.process)
         self.process = None
+
+
+#: A message and the slider values under which the embedded model's reply is long (466
+#: tokens: its seed fixes it), so a test can stop, kill or wait behind it whatever the
+#: machine's speed, and never find it already finished.
+LONG_STORY = "Tell me a very long story about the moon."
+LONG_SETTINGS: dict[str, object] = {"max_tokens": 2000, "temperature": 0.9, "seed": "7"}
+
+
+async def stop_while_paused(task: asyncio.Task[Any], engine: Any) -> None:
+    """Stop `task`'s reply as the Stop button does, with the engine process frozen (SIGSTOP)
+    from before the stop until it has been asked to stop: the reply cannot run to its end
+    first, however busy the machine. `engine` is the app's `EngineProcess`."""
+    pid = engine.pid
+    assert pid is not None
+    asked = engine.stops
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        task.cancel()
+        await until(lambda: engine.stops > asked, what="the stop to reach the engine")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    try:
+        await task
+    except asyncio.CancelledError:
+        return
+    raise AssertionError("the reply was not stopped")
 
 
 async def until(condition: Callable[[], object], seconds: float = 60, what: str = "") -> None:

@@ -10,9 +10,18 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from chatllm.config import Settings
+from chatllm.models import local_engine
 from chatllm.receipts import prompt_digest
 from chatllm.ui import HISTORY, SAMPLING, ChatApp
-from tests.support import BrowserTab, open_chat, say, until
+from tests.support import (
+    LONG_SETTINGS,
+    LONG_STORY,
+    BrowserTab,
+    open_chat,
+    say,
+    stop_while_paused,
+    until,
+)
 
 
 async def test_a_new_chat_shows_the_sliders(app: ChatApp) -> None:
@@ -102,15 +111,10 @@ async def test_follow_up_questions_carry_the_conversation(app: ChatApp) -> None:
 async def test_stop_keeps_the_partial_reply_and_frees_the_model(app: ChatApp) -> None:
     tab = BrowserTab()
     await open_chat(app, tab)
-    await app.update_settings({"max_tokens": 2000, "temperature": 0.9})
-    task = asyncio.create_task(say(app, tab, "Write a very long story about the sea."))
-    for _ in range(600):
-        if len(tab.tokens()) >= 5:
-            break
-        await asyncio.sleep(0.05)
-    task.cancel()  # what Chainlit's stop button does
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await app.update_settings(LONG_SETTINGS)
+    task = asyncio.create_task(say(app, tab, LONG_STORY))
+    await until(lambda: len(tab.tokens()) >= 3, what="the reply to start")
+    await stop_while_paused(task, local_engine(app.settings).process)  # the Stop button
     tab.enter()
     history = cl.user_session.get(HISTORY)
     assert [m.type for m in history] == ["human", "ai"]
@@ -128,10 +132,9 @@ async def test_a_second_user_sees_they_are_queued(app: ChatApp) -> None:
         await open_chat(app, tab)
         await app.update_settings({"max_tokens": 40, "temperature": 0.0})
 
-    # The first's reply is long (its seed makes a 466-token story), so it holds the model.
     first.enter()
-    await app.update_settings({"max_tokens": 2000, "temperature": 0.9, "seed": "7"})
-    ahead = asyncio.create_task(say(app, first, "Tell me a very long story about the moon."))
+    await app.update_settings(LONG_SETTINGS)  # the first's reply holds the model a while
+    ahead = asyncio.create_task(say(app, first, LONG_STORY))
     await until(first.tokens, what="the first reply to start")
     behind = asyncio.create_task(say(app, second, "Tell me about the moon."))
 

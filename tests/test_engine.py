@@ -25,7 +25,18 @@ from chatllm.engine_worker import SELF_CHECK_TOKENS
 from chatllm.errors import EngineUnavailable
 from chatllm.models import close_local_engine, local_engine, start_local_engine
 from chatllm.ui import HISTORY, ChatApp
-from tests.support import AppServer, BrowserTab, Endpoint, SocketUser, children, open_chat, say
+from tests.support import (
+    LONG_SETTINGS,
+    LONG_STORY,
+    AppServer,
+    BrowserTab,
+    Endpoint,
+    SocketUser,
+    children,
+    open_chat,
+    say,
+    until,
+)
 
 LIB = Path(llama_cpp.__file__).parent / "lib"
 GGML_CONFIG = "lib/cmake/ggml/ggml-config.cmake"
@@ -216,14 +227,16 @@ async def fragile(settings: Settings, tmp_path: Path) -> AsyncIterator[ChatApp]:
 
 
 async def start_long_reply(app: ChatApp, tab: BrowserTab) -> asyncio.Task[None]:
+    """A reply under way, its engine then frozen (SIGSTOP) so that it is still mid-reply
+    when the test does something to the engine, however busy the machine."""
     await open_chat(app, tab)
-    await app.update_settings({"max_tokens": 2000, "temperature": 0.9, "top_k": 0})
-    task = asyncio.create_task(say(app, tab, "Write a very long story about the sea."))
-    for _ in range(600):
-        if len(tab.tokens()) >= 5:
-            return task
-        await asyncio.sleep(0.05)
-    raise AssertionError("the reply did not start")
+    await app.update_settings(LONG_SETTINGS)
+    task = asyncio.create_task(say(app, tab, LONG_STORY))
+    await until(lambda: len(tab.tokens()) >= 3, what="the reply to start")
+    pid = local_engine(app.settings).process.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    return task
 
 
 async def stored_reply(app: ChatApp, tab: BrowserTab) -> dict[str, object]:
@@ -245,6 +258,7 @@ async def test_an_engine_killed_mid_reply_fails_that_reply_only(
     victim = engine.process.pid
     assert victim is not None
     os.kill(victim, sig)
+    os.kill(victim, signal.SIGCONT)  # a SIGSEGV is delivered as it runs again
     await asyncio.wait_for(task, timeout=30)  # the turn ends; the app did not
     (error,) = tab.errors()
     assert "本機模型的引擎在回覆途中停止了" in error and sig.name in error
@@ -270,9 +284,8 @@ async def test_a_hung_engine_is_killed_and_restarted(fragile: ChatApp) -> None:
     engine = local_engine(fragile.settings)
     tab = BrowserTab()
     task = await start_long_reply(fragile, tab)
-    frozen = engine.process.pid
+    frozen = engine.process.pid  # alive, but not a token more (start_long_reply froze it)
     assert frozen is not None
-    os.kill(frozen, signal.SIGSTOP)  # alive, but not a token more
     try:
         await asyncio.wait_for(task, timeout=30)
     finally:
@@ -304,8 +317,8 @@ async def test_a_reply_stopped_while_the_engine_restarts_is_never_generated(
     os.kill(old, signal.SIGKILL)
     while engine.process.ready:  # noqa: ASYNC110 - until the app has seen the engine end
         await asyncio.sleep(0.01)
-    story = [{"role": "user", "content": "Write a very long story about the sea."}]
-    long = {"max_tokens": 2000, "temperature": 0.9, "top_k": 0, "seed": 1}
+    story = [{"role": "user", "content": LONG_STORY}]
+    long = {"max_tokens": 2000, "temperature": 0.9, "top_k": 40, "seed": 7}
 
     async def reply(params: dict[str, object]) -> str:
         return "".join([delta async for delta, _, _ in engine.stream(story, params)])
@@ -339,8 +352,9 @@ async def test_the_running_app_survives_its_engine_being_killed(server: AppServe
     await victim.connect()
     await bystander.connect()
     try:
-        await victim.say("Write a very long story about the sea.", max_tokens=2000, top_k=0)
-        await victim.wait_for(lambda: len(victim.named("stream_token")) >= 5)
+        await victim.say(LONG_STORY, **LONG_SETTINGS)
+        await victim.wait_for(lambda: len(victim.named("stream_token")) >= 3)
+        os.kill(engine, signal.SIGSTOP)  # mid-reply, whatever the machine
         os.kill(engine, signal.SIGKILL)
         await victim.wait_for(victim.errors)
         (error,) = victim.errors()

@@ -12,6 +12,7 @@ from chatllm.chain import build_chain, chain_input
 from chatllm.errors import ContextOverflow
 from chatllm.models import TEMPLATE_TOKENS_PER_MESSAGE, LocalBackend, queue_listener
 from chatllm.sampling import Sampling
+from tests.support import LONG_STORY, stop_while_paused
 
 STORY = "Write a long story about a lighthouse keeper and her cat."
 
@@ -94,13 +95,13 @@ async def test_two_concurrent_generations_both_complete_in_turn(local: LocalBack
 
 
 async def test_stopping_a_generation_frees_the_model(local: LocalBackend) -> None:
-    sampling = Sampling(max_tokens=2000, temperature=0.8)
+    sampling = Sampling(max_tokens=2000, temperature=0.9, seed=7)  # a 466-token story
     started = asyncio.Event()
     received: list[str] = []
 
     async def long_reply() -> None:
         async for part in chain_for(local, sampling).astream(
-            chain_input(sampling.system_prompt, [], STORY)
+            chain_input(sampling.system_prompt, [], LONG_STORY)
         ):
             received.append(part)
             if len(received) == 5:
@@ -111,9 +112,7 @@ async def test_stopping_a_generation_frees_the_model(local: LocalBackend) -> Non
     before = engine.generated
     task = asyncio.create_task(long_reply())
     await asyncio.wait_for(started.wait(), timeout=60)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await stop_while_paused(task, engine)
     stopped_at = len(received)
     assert stopped_at < 100
     made = engine.generated - before  # counted once the stopped generation has ended

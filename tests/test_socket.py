@@ -3,11 +3,13 @@ own Stop event and its session persistence, end to end."""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 
 import pytest
 
-from tests.support import AppServer, SocketUser
+from tests.support import LONG_SETTINGS, LONG_STORY, AppServer, SocketUser, children
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +36,18 @@ async def test_stop_then_resume_brings_back_the_partial_reply_memory_and_sliders
     tab = SocketUser(server.base)
     await tab.connect()
     try:
-        await tab.say("Write a very long story about the sea.", max_tokens=1500, top_k=0)
-        await tab.wait_for(lambda: len(tab.named("stream_token")) >= 5)
-        await tab.client.emit("stop")  # the Stop button
+        await tab.say(LONG_STORY, **LONG_SETTINGS)
+        await tab.wait_for(lambda: len(tab.named("stream_token")) >= 3)
+        assert server.process is not None
+        (engine,) = children(server.process.pid)
+        os.kill(engine, signal.SIGSTOP)  # still mid-reply when Stop arrives, however busy
+        try:
+            await tab.client.emit("stop")  # the Stop button
+            await tab.wait_for(
+                lambda: [m for m in tab.named("new_message") if "stopped" in str(m["output"])]
+            )
+        finally:
+            os.kill(engine, signal.SIGCONT)
         await tab.wait_for(lambda: replies(tab))  # the partial reply, sent whole at its end
         (partial,) = replies(tab)
         assert partial["output"]
@@ -54,7 +65,7 @@ async def test_stop_then_resume_brings_back_the_partial_reply_memory_and_sliders
         panel = again.named("chat_settings")[-1]["data"]
         assert isinstance(panel, list)
         values = {w["id"]: w["initial"] for w in panel}
-        assert (values["max_tokens"], values["top_k"]) == (1500, 0)  # the sliders came back
+        assert (values["max_tokens"], values["seed"]) == (2000, "7")  # the sliders came back
         await again.say("Thank you.", max_tokens=8)
         await again.wait_for(lambda: replies(again))
         (reply,) = replies(again)
