@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 from collections.abc import Iterator
 
 import chainlit as cl
@@ -76,10 +78,16 @@ async def test_stopping_an_endpoint_reply_keeps_what_was_written(
     await open_chat(app, tab)
     await app.update_settings({"max_tokens": 1000, "temperature": 0.9, "seed": "7"})
     task = asyncio.create_task(say(app, tab, "Write a very long story about the sea."))
-    await until(lambda: len(tab.tokens()) >= 5, what="the reply to start")
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await until(lambda: len(tab.tokens()) >= 3, what="the reply to start")
+    assert endpoint.process is not None
+    server = endpoint.process.pid
+    os.kill(server, signal.SIGSTOP)  # still mid-reply when the stop comes, however busy
+    try:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        os.kill(server, signal.SIGCONT)
     (partial,) = replies(tab)
     assert partial["output"] and partial["metadata"]["finish_reason"] == "cancelled"  # type: ignore[index]
     tab.enter()
