@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,6 +165,18 @@ def sidebar_thread(page: Page, name: str) -> Locator:
     return page.locator("#thread-history span.truncate", has_text=name)
 
 
+def eventually(
+    found: Callable[[], list[dict[str, Any]]], count: int = 1, seconds: float = 30
+) -> list[Any]:
+    """`found()` once it finds `count` rows (a reply is stored just after the page shows
+    it), polling: a bound, not a measure."""
+    for _ in range(int(seconds / 0.05)):
+        if len(result := found()) >= count:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} stored")
+
+
 def fresh_chat(page: Page, app: App) -> None:
     """The app's page opened anew on a new chat: each test starts from here, whatever the
     tests before it left on the page."""
@@ -247,7 +259,7 @@ def test_a_message_gets_a_streamed_reply(local_app: App, browser: Page) -> None:
     # It appeared a piece at a time: several shorter texts were shown before the whole.
     assert len(set(lengths)) >= 5 and min(lengths) < len(reply) // 2
     shot(browser, "02-reply")
-    (stored,) = local_app.replies("Hello! What is a lighthouse?")
+    (stored,) = eventually(lambda: local_app.replies("Hello! What is a lighthouse?"))
     assert words(stored["output"]) == words(reply)  # the same text, as markdown renders it
 
 
@@ -271,7 +283,8 @@ def test_new_slider_values_make_the_next_reply(local_app: App, browser: Page) ->
     wait_for_reply(browser, 2)
     shot(browser, "03-reply-with-new-settings")
     before, after = (
-        r["metadata"]["receipt"]["sampling"] for r in local_app.replies("What colour is the sea?")
+        r["metadata"]["receipt"]["sampling"]
+        for r in eventually(lambda: local_app.replies("What colour is the sea?"), count=2)
     )
     assert (before["temperature"], before["top_p"]) == (0.7, 0.95)  # the defaults
     assert (after["temperature"], after["top_p"]) == (0.4, 0.5)
@@ -304,7 +317,7 @@ def test_a_reloaded_thread_resumes_with_messages_settings_and_memory(
     send(browser, "And what did I ask first?")
     wait_for_reply(browser, 3)
     shot(browser, "04-follow-up")
-    replies = local_app.replies("Where do lighthouses stand?")
+    replies = eventually(lambda: local_app.replies("Where do lighthouses stand?"), count=3)
     assert len(replies) == 3  # the follow-up went on in the same thread
     # The model saw the system prompt, both exchanges and the new question.
     assert replies[-1]["metadata"]["receipt"]["prompt_messages"] == 6
@@ -371,7 +384,10 @@ def test_stop_ends_the_reply_and_the_partial_reply_survives_a_reload(
     expect(browser.locator("#stop-button")).to_have_count(0, timeout=30_000)
     partial = reply.inner_text()
     shot(browser, "06-stopped")
-    (stopped,) = local_app.replies("Write a very long story about a lighthouse keeper and the sea.")
+    # Stored as the stopped turn ends, just after the page shows it.
+    (stopped,) = eventually(
+        lambda: local_app.replies("Write a very long story about a lighthouse keeper and the sea.")
+    )
     assert stopped["metadata"]["finish_reason"] == "cancelled"
     assert stopped["output"].strip()
     browser.reload()
@@ -428,7 +444,7 @@ def test_replies_show_receipts_replay_matches_and_compare_runs_side_by_side(
     receipt = browser.locator(".chatllm-receipt").last
     expect(receipt).to_contain_text("tok/s")
     expect(receipt).to_contain_text("seed")
-    (stored,) = local_app.replies("Name two colours of the sea.")
+    (stored,) = eventually(lambda: local_app.replies("Name two colours of the sea."))
     seed = stored["metadata"]["receipt"]["sampling"]["seed"]
     expect(receipt).to_contain_text(f"seed {seed}")
     receipt.get_by_role("button").click()  # every value, on click
@@ -445,7 +461,9 @@ def test_replies_show_receipts_replay_matches_and_compare_runs_side_by_side(
     variant = browser.locator(".chatllm-receipt-title", has_text="Variant 2")
     expect(variant).to_be_visible(timeout=LONG_WAIT)
     expect(browser.locator("#stop-button")).to_have_count(0, timeout=LONG_WAIT)
-    first_reply, regenerated = local_app.replies("Name two colours of the sea.")
+    first_reply, regenerated = eventually(
+        lambda: local_app.replies("Name two colours of the sea."), count=2
+    )
     assert regenerated["metadata"]["kind"] == "variant"
     assert regenerated["metadata"]["reply_to"] == first_reply["metadata"]["reply_to"]
     browser.get_by_role("button", name="Continue from this").first.click()
@@ -503,7 +521,7 @@ def test_multi_user_mode_logs_in_and_keeps_threads_apart(
         shot(ada, "07-logged-in")
         send(ada, "Ada's private question about lighthouses")
         wait_for_reply(ada, 1)
-        (stored,) = app.replies()
+        (stored,) = eventually(app.replies)
         thread_url = f"{app.base}/thread/{stored['thread']}"
 
         bob = open_browser(playwright, tmp).new_page()
