@@ -5,7 +5,6 @@ OpenAI-compatible server (llama-cpp-python's own) on loopback, and a wire tap in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http.server
 import json
 import os
@@ -41,11 +40,19 @@ class BrowserTab:
     chat_profile: str | None = None
     events: list[tuple[str, Any]] = field(default_factory=list)
     session: WebsocketSession = field(init=False)
+    #: Called once, in the replying task itself, when this many tokens have streamed in:
+    #: what a person does on seeing the reply start (press Stop), at exactly that point,
+    #: however busy the machine.
+    on_tokens: tuple[int, Callable[[], object]] | None = None
 
     def __post_init__(self) -> None:
         async def emit(event: str, data: Any) -> None:
             json.dumps(data, default=str)  # what the socket would have to send
             self.events.append((event, data))
+            if self.on_tokens is not None and len(self.tokens()) >= self.on_tokens[0]:
+                _, act = self.on_tokens
+                self.on_tokens = None
+                act()
 
         async def emit_call(*_: Any) -> None:
             return None
@@ -228,25 +235,17 @@ LONG_STORY = "Tell me a very long story about the moon."
 LONG_SETTINGS: dict[str, object] = {"max_tokens": 2000, "temperature": 0.9, "seed": "7"}
 
 
-async def stop_while_paused(task: asyncio.Task[Any], engine: Any) -> None:
-    """Stop `task`'s reply as the Stop button does, with the engine process frozen (SIGSTOP)
-    from before the stop until it has been asked to stop: the reply cannot run to its end
-    first, however busy the machine. `engine` is the app's `EngineProcess`."""
-    pid = engine.pid
+def press_stop() -> None:
+    """Chainlit's Stop button: cancel the task writing the reply (called from within it)."""
+    task = asyncio.current_task()
+    assert task is not None
+    task.cancel()
+
+
+def freeze(pid: int | None) -> None:
+    """Freeze a process (SIGSTOP): an engine stays mid-reply until it is killed or thawed."""
     assert pid is not None
-    asked = engine.stops
     os.kill(pid, signal.SIGSTOP)
-    try:
-        task.cancel()
-        await until(lambda: engine.stops > asked, what="the stop to reach the engine")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-    try:
-        await task
-    except asyncio.CancelledError:
-        return
-    raise AssertionError("the reply was not stopped")
 
 
 async def until(condition: Callable[[], object], seconds: float = 60, what: str = "") -> None:

@@ -10,7 +10,6 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from chatllm.config import Settings
-from chatllm.models import local_engine
 from chatllm.receipts import prompt_digest
 from chatllm.ui import HISTORY, SAMPLING, ChatApp
 from tests.support import (
@@ -18,8 +17,8 @@ from tests.support import (
     LONG_STORY,
     BrowserTab,
     open_chat,
+    press_stop,
     say,
-    stop_while_paused,
     until,
 )
 
@@ -112,9 +111,9 @@ async def test_stop_keeps_the_partial_reply_and_frees_the_model(app: ChatApp) ->
     tab = BrowserTab()
     await open_chat(app, tab)
     await app.update_settings(LONG_SETTINGS)
-    task = asyncio.create_task(say(app, tab, LONG_STORY))
-    await until(lambda: len(tab.tokens()) >= 3, what="the reply to start")
-    await stop_while_paused(task, local_engine(app.settings).process)  # the Stop button
+    tab.on_tokens = (5, press_stop)  # Stop, once five tokens are shown
+    with pytest.raises(asyncio.CancelledError):
+        await say(app, tab, LONG_STORY)
     tab.enter()
     history = cl.user_session.get(HISTORY)
     assert [m.type for m in history] == ["human", "ai"]

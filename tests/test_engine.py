@@ -33,6 +33,7 @@ from tests.support import (
     Endpoint,
     SocketUser,
     children,
+    freeze,
     open_chat,
     say,
     until,
@@ -231,11 +232,11 @@ async def start_long_reply(app: ChatApp, tab: BrowserTab) -> asyncio.Task[None]:
     when the test does something to the engine, however busy the machine."""
     await open_chat(app, tab)
     await app.update_settings(LONG_SETTINGS)
+    engine = local_engine(app.settings)
+    engine.start()
+    tab.on_tokens = (3, lambda: freeze(engine.process.pid))  # frozen right there
     task = asyncio.create_task(say(app, tab, LONG_STORY))
-    await until(lambda: len(tab.tokens()) >= 3, what="the reply to start")
-    pid = local_engine(app.settings).process.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
+    await until(lambda: tab.on_tokens is None, what="the reply to start")
     return task
 
 

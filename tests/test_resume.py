@@ -15,7 +15,6 @@ from chainlit.user import User
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from chatllm.config import Settings
-from chatllm.models import local_engine
 from chatllm.receipts import prompt_digest
 from chatllm.ui import HISTORY, SAMPLING, ChatApp
 from tests.support import (
@@ -24,7 +23,7 @@ from tests.support import (
     BrowserTab,
     Endpoint,
     WireTap,
-    stop_while_paused,
+    press_stop,
     until,
 )
 
@@ -156,9 +155,9 @@ async def test_a_reopened_thread_brings_back_messages_memory_sliders_and_model(
 async def test_a_stopped_reply_is_kept_marked_and_remembered(app: ChatApp) -> None:
     tab = await new_chat(app, profile=None)  # the real local model
     await app.update_settings(LONG_SETTINGS)
-    task = asyncio.create_task(say(app, tab, LONG_STORY))
-    await until(lambda: len(tab.tokens()) >= 3, what="the reply to start")
-    await stop_while_paused(task, local_engine(app.settings).process)
+    tab.on_tokens = (5, press_stop)  # Stop, once five tokens are shown
+    with pytest.raises(asyncio.CancelledError):
+        await say(app, tab, LONG_STORY)
     thread = await app.store.get_thread(tab.session.thread_id)
     assert thread is not None
     (reply,) = [s for s in thread["steps"] if s["type"] == "assistant_message"]
