@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.support import AppServer
+from tests.support import AppServer, children
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CHATLLM_CHROMIUM", "/usr/bin/chromium")
@@ -380,7 +381,14 @@ def test_stop_ends_the_reply_and_the_partial_reply_survives_a_reload(
         arg=REPLY,
         timeout=LONG_WAIT,
     )
-    browser.locator("#stop-button").click()
+    # The engine frozen mid-reply until the Stop has reached the app, however busy the machine.
+    (engine,) = children(local_app.server.process.pid)  # type: ignore[union-attr]
+    os.kill(engine, signal.SIGSTOP)
+    try:
+        browser.locator("#stop-button").click()
+        expect(browser.get_by_text("Task manually stopped.")).to_be_visible(timeout=30_000)
+    finally:
+        os.kill(engine, signal.SIGCONT)
     expect(browser.locator("#stop-button")).to_have_count(0, timeout=30_000)
     partial = reply.inner_text()
     shot(browser, "06-stopped")
