@@ -14,7 +14,7 @@ from chatllm.config import Settings, embedded_model_path  # noqa: E402
 from chatllm.models import LocalBackend  # noqa: E402
 from chatllm.store import ChatDataLayer, Database, FileStore  # noqa: E402
 from chatllm.ui import ChatApp  # noqa: E402
-from tests.support import Endpoint  # noqa: E402
+from tests.support import Endpoint, WireTap  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +34,14 @@ def endpoint() -> Iterator[Endpoint]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def tap(endpoint: Endpoint) -> Iterator[WireTap]:
+    """The real endpoint behind a wire tap, which sees each request as it arrives."""
+    proxy = WireTap(endpoint.base_url.removesuffix("/v1")).start()
+    yield proxy
+    proxy.stop()
 
 
 @pytest.fixture

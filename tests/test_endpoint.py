@@ -48,13 +48,6 @@ async def test_a_reply_streams_from_the_endpoint(endpoint_settings: Settings) ->
 
 
 @pytest.fixture
-def tap(endpoint: Endpoint) -> Iterator[WireTap]:
-    proxy = WireTap(endpoint.base_url.removesuffix("/v1")).start()
-    yield proxy
-    proxy.stop()
-
-
-@pytest.fixture
 def tapped_settings(endpoint_settings: Settings, tap: WireTap) -> Settings:
     """The endpoint's settings, its requests going through the wire tap."""
     return endpoint_settings.model_copy(update={"openai_base_url": tap.base_url})

@@ -8,7 +8,6 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Iterator
 
 import chainlit as cl
 import pytest
@@ -21,13 +20,6 @@ from tests.support import BrowserTab, Endpoint, WireTap, open_chat, say, until
 
 def replies(tab: BrowserTab) -> list[dict[str, object]]:
     return [m for m in tab.messages() if m["type"] == "assistant_message" and not m["isError"]]
-
-
-@pytest.fixture
-def tap(endpoint: Endpoint) -> Iterator[WireTap]:
-    proxy = WireTap(endpoint.base_url.removesuffix("/v1")).start()
-    yield proxy
-    proxy.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import chainlit as cl
@@ -26,14 +26,6 @@ from tests.support import (
     press_stop,
     until,
 )
-
-
-@pytest.fixture
-def tap(endpoint: Endpoint) -> Iterator[WireTap]:
-    """The real endpoint behind a wire tap, which sees each request as it arrives."""
-    proxy = WireTap(endpoint.base_url.removesuffix("/v1")).start()
-    yield proxy
-    proxy.stop()
 
 
 @pytest.fixture
