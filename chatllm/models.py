@@ -156,25 +156,11 @@ class LocalEngine:
         missing = list(dict.fromkeys(t for t in texts if t not in self._counts))
         if not missing:
             return
-        loop = asyncio.get_running_loop()
+        answer: deque[tuple[Any, ...]] = deque()
         arrived = asyncio.Event()
-        answer: list[tuple[Any, ...]] = []
-
-        def sink(message: tuple[Any, ...]) -> None:
-            answer.append(message)
-            _wake(loop, arrived)
-
-        submitted = loop.run_in_executor(None, self.process.submit, ("count", missing), sink)
+        rid = await self._submit(("count", missing), answer, arrived)
         try:
-            rid = await asyncio.shield(submitted)
-        except asyncio.CancelledError:  # its answer, when it comes, is for nobody
-            submitted.add_done_callback(self._abandon)
-            raise
-        try:
-            await asyncio.wait_for(arrived.wait(), self.spec.hang_timeout)
-        except TimeoutError:
-            self.process.kill_hung()
-            raise EngineHung(self.spec.hang_timeout) from None
+            await self._next(arrived)
         finally:
             self.process.forget(rid)
         message = answer[0]
@@ -229,29 +215,14 @@ class LocalEngine:
         hang timeout is killed and raises `EngineHung`. Either way a new engine starts.
         """
         async with self.turn():
-            loop = asyncio.get_running_loop()
             # The reading thread appends to `pending` (deque appends are thread-safe) and
             # wakes the loop; each wake takes everything waiting, so a consumer that fell
             # behind catches up in one chunk instead of paying LangChain's per-chunk cost
             # per token.
             pending: deque[tuple[Any, ...]] = deque()
             arrived = asyncio.Event()
-
-            def sink(message: tuple[Any, ...]) -> None:
-                pending.append(message)
-                _wake(loop, arrived)
-
             process = self.process
-            submitted = loop.run_in_executor(
-                None, process.submit, ("generate", messages, params), sink
-            )
-            try:
-                # Shielded: a submission under way (waiting for a new engine) completes,
-                # and is stopped at once, rather than generate for nobody.
-                rid = await asyncio.shield(submitted)
-            except asyncio.CancelledError:
-                submitted.add_done_callback(self._abandon)
-                raise
+            rid = await self._submit(("generate", messages, params), pending, arrived)
             finished = False
             try:
                 while not finished:
@@ -281,6 +252,26 @@ class LocalEngine:
                     # cancellation while waiting is allowed to end the wait.
                     await asyncio.shield(self._drain(pending, arrived))
                 process.forget(rid)
+
+    async def _submit(
+        self, message: tuple[Any, ...], pending: deque[tuple[Any, ...]], arrived: asyncio.Event
+    ) -> int:
+        """Send `message` to the engine (starting it first if need be, off the loop); its
+        answers are appended to `pending`, and `arrived` is set for each. The request id."""
+        loop = asyncio.get_running_loop()
+
+        def sink(answer: tuple[Any, ...]) -> None:
+            pending.append(answer)
+            _wake(loop, arrived)
+
+        submitted = loop.run_in_executor(None, self.process.submit, message, sink)
+        try:
+            # Shielded: a submission under way (waiting for a new engine) completes, and is
+            # stopped at once, rather than run for nobody.
+            return await asyncio.shield(submitted)
+        except asyncio.CancelledError:
+            submitted.add_done_callback(self._abandon)
+            raise
 
     def _abandon(self, submitted: asyncio.Future[int]) -> None:
         """Stop a request whose caller went away before it had its request id."""
