@@ -248,6 +248,12 @@ def freeze(pid: int | None) -> None:
     os.kill(pid, signal.SIGSTOP)
 
 
+def thaw(pid: int | None) -> None:
+    """Let a frozen process run again (SIGCONT)."""
+    assert pid is not None
+    os.kill(pid, signal.SIGCONT)
+
+
 async def until(condition: Callable[[], object], seconds: float = 60, what: str = "") -> None:
     """Wait, polling, until `condition()` is true; fail after `seconds` (a bound, not a
     measure: the test is about what happens, never how fast)."""

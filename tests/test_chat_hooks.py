@@ -10,15 +10,18 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from chatllm.config import Settings
+from chatllm.models import local_engine
 from chatllm.receipts import prompt_digest
 from chatllm.ui import HISTORY, SAMPLING, ChatApp
 from tests.support import (
     LONG_SETTINGS,
     LONG_STORY,
     BrowserTab,
+    freeze,
     open_chat,
     press_stop,
     say,
+    thaw,
     until,
 )
 
@@ -132,9 +135,15 @@ async def test_a_second_user_sees_they_are_queued(app: ChatApp) -> None:
         await app.update_settings({"max_tokens": 40, "temperature": 0.0})
 
     first.enter()
-    await app.update_settings(LONG_SETTINGS)  # the first's reply holds the model a while
+    await app.update_settings(LONG_SETTINGS)
+    engine = local_engine(app.settings)
+    # Counted before the freeze below (the engine counts tokens too), as any earlier turn
+    # of the second user's would have.
+    await engine.prepare_counts([app.settings.system_prompt, "Tell me about the moon."])
+    # The first's reply holds the model: its engine frozen mid-reply, however busy the machine.
+    first.on_tokens = (3, lambda: freeze(engine.process.pid))
     ahead = asyncio.create_task(say(app, first, LONG_STORY))
-    await until(first.tokens, what="the first reply to start")
+    await until(lambda: first.on_tokens is None, what="the first reply to start")
     behind = asyncio.create_task(say(app, second, "Tell me about the moon."))
 
     def notices() -> list[dict[str, Any]]:
@@ -143,6 +152,7 @@ async def test_a_second_user_sees_they_are_queued(app: ChatApp) -> None:
     await until(notices, what="the queue notice")  # the first still holds the model
     assert not second.tokens()
     ahead.cancel()  # the first user stops; the second's reply starts
+    thaw(engine.process.pid)
     with pytest.raises(asyncio.CancelledError):
         await ahead
     await behind
