@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -103,9 +104,15 @@ def free_port() -> int:
 
 
 def wait_until_serving(
-    process: subprocess.Popen[bytes], request: urllib.request.Request, what: str, timeout: float
+    process: subprocess.Popen[bytes],
+    request: urllib.request.Request,
+    what: str,
+    timeout: float,
+    log: Path,
 ) -> None:
-    """Poll `request` until it answers; fail with the process's stderr if it exits first."""
+    """Poll `request` until it answers; fail with the end of the process's log (its stderr,
+    written to a file: a pipe nobody reads would stop the process once full) if it exits
+    first."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -113,8 +120,8 @@ def wait_until_serving(
                 return
         except OSError as exc:
             if process.poll() is not None:
-                detail = process.stderr.read().decode() if process.stderr else ""
-                raise RuntimeError(f"{what} exited during start-up: {detail[-2000:]}") from exc
+                detail = log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{what} exited during start-up: {detail}") from exc
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{what} did not start in time") from exc
             time.sleep(0.2)
@@ -140,6 +147,8 @@ class Endpoint:
     interrupt: bool = False
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    #: The server's stderr.
+    log: Path = field(default_factory=lambda: Path(tempfile.mkdtemp()) / "endpoint.log")
 
     @property
     def base_url(self) -> str:
@@ -171,13 +180,13 @@ class Endpoint:
                 "false",
             ],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self.log.open("ab"),
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         request = urllib.request.Request(
             f"{self.base_url}/models", headers={"Authorization": f"Bearer {self.api_key}"}
         )
-        wait_until_serving(self.process, request, "llama_cpp.server", timeout)
+        wait_until_serving(self.process, request, "llama_cpp.server", timeout, self.log)
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -201,6 +210,11 @@ class AppServer:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def log(self) -> Path:
+        """The app's stderr (its log, and its engine's)."""
+        return self.data_dir / "app.log"
+
     def start(self, timeout: float = 120.0) -> AppServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATLLM_", "CHAINLIT_"))}
         self.process = subprocess.Popen(
@@ -217,10 +231,10 @@ class AppServer:
             cwd=ROOT,
             env={**env, "CHATLLM_DATA_DIR": str(self.data_dir)},
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self.log.open("ab"),
         )
         request = urllib.request.Request(self.base + "/health")
-        wait_until_serving(self.process, request, "the app", timeout)
+        wait_until_serving(self.process, request, "the app", timeout, self.log)
         return self
 
     def stop(self) -> None:
@@ -347,7 +361,9 @@ class SocketUser:
             if condition():
                 return
             await asyncio.sleep(0.05)
-        raise AssertionError(f"timed out; events: {[name for name, _ in self.events][-20:]}")
+        names = [name for name, _ in self.events][-20:]
+        said = [str(m.get("output"))[:200] for m in self.named("new_message")][-3:]
+        raise AssertionError(f"timed out; events: {names}; the last messages: {said}")
 
 
 def children(pid: int) -> list[int]:
