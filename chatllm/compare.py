@@ -6,6 +6,7 @@ import asyncio
 import difflib
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,9 +118,10 @@ async def run_comparison(
 
     async def run(column: Column) -> None:
         try:
-            async for _ in column.generation.stream(history, message):
-                if progress is not None:
-                    await progress(columns)
+            async with aclosing(column.generation.stream(history, message)) as texts:
+                async for _ in texts:
+                    if progress is not None:
+                        await progress(columns)
         except ChatLLMError as exc:
             column.error = describe(exc)
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+from typing import cast
 
 from langchain_core.messages import BaseMessage
 
@@ -48,7 +50,7 @@ class Generation:
         self._ended: float | None = None
         self._chunks = 0
 
-    async def stream(self, history: Sequence[BaseMessage], message: str) -> AsyncIterator[str]:
+    async def stream(self, history: Sequence[BaseMessage], message: str) -> AsyncGenerator[str]:
         """Yield the reply's text as it comes. Raises the backend's errors (`ChatLLMError`s)."""
         outer = queue_listener.get()
 
@@ -72,14 +74,20 @@ class Generation:
             )
             inputs = chain_input(self.sampling.system_prompt, history, message)
             self._requested = self._started = time.perf_counter()
-            async for text in chain.astream(inputs, config={"callbacks": [self.record]}):
-                if not text:
-                    continue
-                if self._first is None:
-                    self._first = time.perf_counter()
-                self._chunks += 1
-                self.text += text
-                yield text
+            # Closed here when the consumer stops early (Stop), so the model stops at once,
+            # not whenever the garbage collector gets to the abandoned generators.
+            replies = cast(
+                AsyncGenerator[str], chain.astream(inputs, config={"callbacks": [self.record]})
+            )
+            async with aclosing(replies):
+                async for text in replies:
+                    if not text:
+                        continue
+                    if self._first is None:
+                        self._first = time.perf_counter()
+                    self._chunks += 1
+                    self.text += text
+                    yield text
             if self.record.finish_reason is None and not self.text:
                 raise BackendError(
                     "the model ended its reply with no text and no reason. A server that "
@@ -100,8 +108,9 @@ class Generation:
 
     async def run(self, history: Sequence[BaseMessage], message: str) -> str:
         """The whole reply, without streaming."""
-        async for _ in self.stream(history, message):
-            pass
+        async with aclosing(self.stream(history, message)) as texts:
+            async for _ in texts:
+                pass
         return self.text
 
     def receipt(self) -> Receipt:

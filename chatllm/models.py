@@ -16,10 +16,10 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import openai
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -28,7 +28,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.utils import count_tokens_approximately
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
 from chatllm.config import Settings
 from chatllm.engine import EngineProcess, EngineSpec
@@ -128,6 +128,7 @@ class LocalEngine:
         self.n_ctx = spec.n_ctx
         self.process = EngineProcess(spec)
         self._line: list[_Ticket] = []
+        self._draining: set[asyncio.Task[None]] = set()  # stopped generations, ending
         # Trimming a long thread counts the same messages on every turn, and several times
         # within one (trim_messages bisects); each text is asked of the engine once.
         self._counts: OrderedDict[str, int] = OrderedDict()
@@ -178,11 +179,17 @@ class LocalEngine:
 
     @asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
-        """Wait in line for the model, telling `queue_listener` the position as it moves.
+        """Wait in line for the model, telling `queue_listener` the position as it moves."""
+        ticket = await self._enter()
+        try:
+            yield
+        finally:
+            self._leave(ticket)
 
-        Leaving the line wakes the others synchronously, so a request cancelled while it
-        leaves (a second Stop, a closed tab) cannot strand the ones behind it; notices go
-        out with no lock held, so a slow socket delays only its own request.
+    async def _enter(self) -> _Ticket:
+        """Join the line and wait to be first in it; the caller must `_leave` it.
+
+        Notices go out with no lock held, so a slow socket delays only its own request.
         """
         listener = queue_listener.get()
         ticket = _Ticket()
@@ -198,60 +205,99 @@ class LocalEngine:
                     await ticket.moved.wait()
             if listener is not None and reported:
                 await listener(0)
-            yield
-        finally:
-            self._line.remove(ticket)
-            for waiting in self._line:
-                waiting.moved.set()
+        except BaseException:
+            self._leave(ticket)
+            raise
+        return ticket
+
+    def _leave(self, ticket: _Ticket) -> None:
+        """Leave the line, waking the others synchronously: a request cancelled while it
+        leaves (a second Stop, a closed tab) cannot strand the ones behind it."""
+        self._line.remove(ticket)
+        for waiting in self._line:
+            waiting.moved.set()
 
     async def stream(
         self, messages: list[dict[str, str]], params: dict[str, Any]
-    ) -> AsyncIterator[Delta]:
+    ) -> AsyncGenerator[Delta]:
         """Yield (text delta, finish reason, usage) from the model, in turn with other
         callers; the finish reason and usage come with the last delta.
 
-        Closing or cancelling the iteration stops the generation before its next token. An
-        engine that dies meanwhile raises `EngineCrashed`; one silent for longer than the
-        hang timeout is killed and raises `EngineHung`. Either way a new engine starts.
+        Closing or cancelling the iteration stops the generation before its next token; the
+        line moves on once llama.cpp has stopped. An engine that dies meanwhile raises
+        `EngineCrashed`; one silent for longer than the hang timeout is killed and raises
+        `EngineHung`. Either way a new engine starts.
         """
-        async with self.turn():
-            # The reading thread appends to `pending` (deque appends are thread-safe) and
-            # wakes the loop; each wake takes everything waiting, so a consumer that fell
-            # behind catches up in one chunk instead of paying LangChain's per-chunk cost
-            # per token.
-            pending: deque[tuple[Any, ...]] = deque()
-            arrived = asyncio.Event()
-            process = self.process
+        loop = asyncio.get_running_loop()
+        ticket = await self._enter()
+        # The reading thread appends to `pending` (deque appends are thread-safe) and wakes
+        # the loop; each wake takes everything waiting, so a consumer that fell behind
+        # catches up in one chunk instead of paying LangChain's per-chunk cost per token.
+        pending: deque[tuple[Any, ...]] = deque()
+        arrived = asyncio.Event()
+        process = self.process
+        rid: int | None = None
+        finished = False
+        try:
             rid = await self._submit(("generate", messages, params), pending, arrived)
-            finished = False
+            while not finished:
+                await self._next(arrived)
+                text, finish, usage = "", None, None
+                while pending:
+                    message = pending.popleft()
+                    kind = message[0]
+                    if kind == "delta":
+                        text += message[2]
+                        finish = message[3] or finish
+                        usage = Usage(*message[4]) if message[4] else usage
+                    elif kind == "done":
+                        finished = True
+                        break
+                    elif kind == "error":
+                        raise _local_error(message[2], message[3], self.n_ctx)
+                    elif kind == "lost":
+                        finished = True
+                        raise message[2]
+                if text or finish:
+                    yield text, finish, usage
+        finally:
+            # Nothing here awaits: a generator that nobody closed is closed by the garbage
+            # collector, where an await would abandon this block half-way and strand the
+            # line. A stopped generation is drained by a task of its own, which holds the
+            # place in line until llama.cpp has stopped.
+            if rid is None or finished:
+                if rid is not None:
+                    process.forget(rid)
+                self._leave(ticket)
+            else:
+                process.stop(rid)
+                self._drain_then_leave(loop, rid, pending, arrived, ticket)
+
+    def _drain_then_leave(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        rid: int,
+        pending: deque[tuple[Any, ...]],
+        arrived: asyncio.Event,
+        ticket: _Ticket,
+    ) -> None:
+        async def drain() -> None:
             try:
-                while not finished:
-                    await self._next(arrived)
-                    text, finish, usage = "", None, None
-                    while pending:
-                        message = pending.popleft()
-                        kind = message[0]
-                        if kind == "delta":
-                            text += message[2]
-                            finish = message[3] or finish
-                            usage = Usage(*message[4]) if message[4] else usage
-                        elif kind == "done":
-                            finished = True
-                            break
-                        elif kind == "error":
-                            raise _local_error(message[2], message[3], self.n_ctx)
-                        elif kind == "lost":
-                            finished = True
-                            raise message[2]
-                    if text or finish:
-                        yield text, finish, usage
+                await self._drain(pending, arrived)
             finally:
-                if not finished:
-                    process.stop(rid)
-                    # The line moves on only once llama.cpp has really stopped; a second
-                    # cancellation while waiting is allowed to end the wait.
-                    await asyncio.shield(self._drain(pending, arrived))
-                process.forget(rid)
+                self.process.forget(rid)
+                self._leave(ticket)
+
+        def start() -> None:
+            task = loop.create_task(drain())
+            self._draining.add(task)
+            task.add_done_callback(self._draining.discard)
+
+        try:
+            loop.call_soon_threadsafe(start)
+        except RuntimeError:  # the loop is closed (the app is ending): nobody waits in line
+            self.process.forget(rid)
+            self._leave(ticket)
 
     async def _submit(
         self, message: tuple[Any, ...], pending: deque[tuple[Any, ...]], arrived: asyncio.Event
@@ -410,9 +456,10 @@ class LlamaCppChat(BaseChatModel):
     ) -> ChatResult:
         parts: list[str] = []
         info: dict[str, Any] = {}
-        async for chunk in self._astream(messages, stop, run_manager, **kwargs):
-            parts.append(chunk.text)
-            info.update(chunk.generation_info or {})
+        async with aclosing(self._astream(messages, stop, run_manager, **kwargs)) as chunks:
+            async for chunk in chunks:
+                parts.append(chunk.text)
+                info.update(chunk.generation_info or {})
         message = AIMessageChunk(content="".join(parts), response_metadata=info)
         return ChatResult(generations=[ChatGeneration(message=message, generation_info=info)])
 
@@ -422,22 +469,28 @@ class LlamaCppChat(BaseChatModel):
         stop: list[str] | None = None,
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
-    ) -> AsyncIterator[ChatGenerationChunk]:
+    ) -> AsyncGenerator[ChatGenerationChunk]:
         request = self._request(stop)
-        async for delta, finish, usage in self.engine.stream(_as_dicts(messages), request):
-            info = (
-                {"finish_reason": finish, "model_name": self.model_name, "seed": request["seed"]}
-                if finish
-                else None
-            )
-            message = AIMessageChunk(
-                content=delta,
-                usage_metadata=usage.as_metadata() if usage else None,  # type: ignore[arg-type]
-            )
-            chunk = ChatGenerationChunk(message=message, generation_info=info)
-            if run_manager is not None and delta:
-                await run_manager.on_llm_new_token(delta, chunk=chunk)
-            yield chunk
+        # Closed here, not left to the garbage collector, when the consumer stops early.
+        async with aclosing(self.engine.stream(_as_dicts(messages), request)) as deltas:
+            async for delta, finish, usage in deltas:
+                info = (
+                    {
+                        "finish_reason": finish,
+                        "model_name": self.model_name,
+                        "seed": request["seed"],
+                    }
+                    if finish
+                    else None
+                )
+                message = AIMessageChunk(
+                    content=delta,
+                    usage_metadata=usage.as_metadata() if usage else None,  # type: ignore[arg-type]
+                )
+                chunk = ChatGenerationChunk(message=message, generation_info=info)
+                if run_manager is not None and delta:
+                    await run_manager.on_llm_new_token(delta, chunk=chunk)
+                yield chunk
 
 
 def _as_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
@@ -449,15 +502,35 @@ def _as_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
 
 
 class EndpointChat(ChatOpenAI):
-    """`ChatOpenAI` whose failures arrive as this app's `BackendError`s."""
+    """`ChatOpenAI` whose failures arrive as this app's `BackendError`s.
+
+    The wait for each streamed chunk is bounded by the request timeout here, with
+    `asyncio.timeout`, and langchain-openai's own bound (`stream_chunk_timeout`) is off: it
+    wraps every chunk in `asyncio.wait_for`, which on Python 3.11 loses a cancellation that
+    arrives as a chunk does (CPython gh-86296, fixed in 3.12). A Stop pressed then was
+    ignored, and the reply ran on, or waited out the timeout on a stalled server (seen under
+    load: 4 of 25 stops).
+    """
+
+    stream_chunk_timeout: float | None = Field(default=None, exclude=True)
 
     def _error(self, exc: openai.APIError) -> BackendError:
         return endpoint_error(exc, self.openai_api_base, self.request_timeout, self.model_name)
 
     async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        timeout = self.request_timeout if isinstance(self.request_timeout, int | float) else None
         try:
-            async for chunk in super()._astream(*args, **kwargs):
-                yield chunk
+            chunks = cast(AsyncGenerator[ChatGenerationChunk], super()._astream(*args, **kwargs))
+            async with aclosing(chunks):
+                while True:
+                    try:
+                        async with asyncio.timeout(timeout):
+                            chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        return
+                    except TimeoutError:
+                        raise BackendTimeout(float(timeout or 0)) from None
+                    yield chunk
         except openai.APIError as exc:
             raise endpoint_error(
                 exc, self.openai_api_base, self.request_timeout, self.model_name

@@ -9,6 +9,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -488,8 +489,11 @@ class ChatApp:
         generation: Generation | None = None
         try:
             generation = Generation(self.backends.get(spec.backend), spec.model, sampling)
-            async for token in generation.stream(history, text):
-                await reply.stream_token(token)
+            # Closed at once on Stop (the task is cancelled while it sends a token): the
+            # model stops, and the reply's receipt says it was cancelled.
+            async with aclosing(generation.stream(history, text)) as tokens:
+                async for token in tokens:
+                    await reply.stream_token(token)
         except ChatLLMError as exc:
             await show_error(exc, lang)
         except Exception as exc:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
+import json
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +21,7 @@ from chatllm.errors import (
     EndpointNotFound,
     UnknownModel,
 )
-from chatllm.models import Backends, LocalBackend, OpenAIBackend
+from chatllm.models import Backends, EndpointChat, LocalBackend, OpenAIBackend
 from chatllm.sampling import Sampling
 from tests.support import Endpoint, WireTap
 
@@ -160,6 +164,66 @@ async def test_a_server_too_slow_for_the_timeout_is_reported(
         tap.released.set()
     assert late.value.seconds == 0.5
     assert len(tap.chat_requests()) == 1  # it reached the server, which was too slow
+
+
+class QuietServer:
+    """A scripted endpoint (loopback) that starts a streamed reply, then sends only SSE
+    keep-alive comments, as a server whose generation is stuck but whose event loop is not
+    (llama-cpp-python's server pings every 15 s). Bounded: it ends after `pings`."""
+
+    def __init__(self, pings: int = 100, every: float = 0.1) -> None:
+        chunk = {
+            "id": "quiet",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "smollm2",
+            "choices": [{"index": 0, "delta": {"content": "Once"}, "finish_reason": None}],
+        }
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *_: object) -> None:
+                return None
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                for _ in range(pings):
+                    self.wfile.write(b": ping\n\n")
+                    self.wfile.flush()
+                    time.sleep(every)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_a_reply_that_goes_quiet_while_the_server_pings_is_reported(
+    endpoint_settings: Settings,
+) -> None:
+    """Keep-alives reset the HTTP read timeout; the app bounds the wait for each piece of
+    the reply itself (with `asyncio.timeout`: langchain-openai's bound, with `wait_for`, can
+    lose a Stop on Python 3.11)."""
+    quiet = QuietServer()
+    try:
+        settings = endpoint_settings.model_copy(
+            update={"openai_base_url": quiet.base_url, "openai_timeout": 1.0}
+        )
+        backend = OpenAIBackend(settings)
+        model = backend.chat_model("smollm2", Sampling())
+        assert isinstance(model, EndpointChat) and model.stream_chunk_timeout is None
+        with pytest.raises(BackendTimeout) as late:
+            await reply(backend, Sampling(max_tokens=5))
+    finally:
+        quiet.stop()
+    assert late.value.seconds == 1.0
 
 
 async def test_a_model_the_endpoint_does_not_serve_is_named(endpoint_settings: Settings) -> None:

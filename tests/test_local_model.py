@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
 import time
 
 import pytest
@@ -119,6 +121,39 @@ async def test_stopping_a_generation_frees_the_model(local: LocalBackend) -> Non
     # after the 466 tokens that story runs to.
     assert engine.generated - before <= stopped_at + 10 + 10
     assert len(received) == stopped_at
+
+
+async def test_a_reply_closed_where_nothing_can_wait_still_stops_and_frees_the_model(
+    local: LocalBackend,
+) -> None:
+    """A reply's generator left mid-reply by a stopped consumer is closed by the garbage
+    collector, sometimes where no await can run (seen in the running app, under load): the
+    engine must still stop, and the line move on."""
+    engine = local.engine
+    engine.start()
+    process = engine.process
+    before = process.generated
+    params = local.chat_model("", Sampling(max_tokens=2000, temperature=0.9, seed=7))._params()
+    hooks = sys.get_asyncgen_hooks()
+    sys.set_asyncgen_hooks(firstiter=None, finalizer=None)  # no event loop to close it on
+    try:
+        reply = engine.stream([{"role": "user", "content": LONG_STORY}], params)
+        await anext(reply)
+    finally:
+        sys.set_asyncgen_hooks(*hooks)
+    unfinished: list[object] = []  # a cleanup abandoned half-way is reported here
+    reporting, sys.unraisablehook = sys.unraisablehook, unfinished.append
+    try:
+        del reply  # closed at once, synchronously
+        gc.collect()
+    finally:
+        sys.unraisablehook = reporting
+    assert unfinished == []
+    parts = await collect(local, Sampling(max_tokens=10, temperature=0.0), "Say hi.")
+    assert parts
+    # The model went on to this reply a few tokens into the 466-token story, not after it.
+    assert process.generated - before <= 20 + 10
+    assert engine._line == []
 
 
 async def test_a_message_longer_than_the_context_is_refused_with_numbers(
