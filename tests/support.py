@@ -296,6 +296,8 @@ class SocketUser:
         self.thread_id = thread_id or str(uuid.uuid4())
         self.events: list[tuple[str, dict[str, object]]] = []
         self.client = socketio.AsyncClient()
+        self.session_id = str(uuid.uuid4())
+        self.cookies: dict[str, str] = {}
 
         @self.client.on("*")
         async def record(event: str, data: object = None) -> None:
@@ -306,6 +308,7 @@ class SocketUser:
         chat (`start`) as the page does once connected."""
         if cookies is None:
             cookies = httpx.post(self.base + "/auth/header", timeout=30).cookies
+        self.cookies = dict(cookies)
         await self.client.connect(
             self.base,
             socketio_path="/ws/socket.io",
@@ -313,7 +316,7 @@ class SocketUser:
             headers={"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())},
             auth={
                 "clientType": "webapp",
-                "sessionId": str(uuid.uuid4()),
+                "sessionId": self.session_id,
                 "threadId": self.thread_id,
                 "userEnv": "{}",
             },
@@ -323,7 +326,27 @@ class SocketUser:
             await self.client.emit("connection_successful")
             await self.wait_for(lambda: self.named("chat_settings"))
 
-    async def say(self, text: str, **settings: object) -> None:
+    def answer_file_questions(self, name: str, content: bytes, mime: str) -> None:
+        """Answer the app's file questions (its "ask" calls) as the page does: upload the
+        file over HTTP to the question's session and parent, then answer with its id."""
+
+        async def ask(data: dict[str, Any]) -> list[dict[str, str]]:
+            self.events.append(("ask", data))
+            async with httpx.AsyncClient(cookies=self.cookies, timeout=30) as http:
+                uploaded = await http.post(
+                    self.base + "/project/file",
+                    params={
+                        "session_id": self.session_id,
+                        "ask_parent_id": data["msg"]["parentId"],
+                    },
+                    files={"file": (name, content, mime)},
+                )
+            uploaded.raise_for_status()
+            return [{"id": uploaded.json()["id"]}]
+
+        self.client.on("ask", ask)
+
+    async def say(self, text: str, command: str | None = None, **settings: object) -> None:
         if settings:
             # Applied before the message is sent: the app shows the panel again when done.
             shown = len(self.named("chat_settings"))
@@ -336,6 +359,7 @@ class SocketUser:
             "type": "user_message",
             "output": text,
             "createdAt": "2026-01-01T00:00:00Z",
+            "command": command,
         }
         await self.client.emit("client_message", {"message": message, "fileReferences": []})
 

@@ -15,7 +15,6 @@ from langchain_core.messages import AIMessage, HumanMessage
 
 from chatllm.config import Settings
 from chatllm.receipts import Receipt
-from chatllm.transfer import export_thread
 from chatllm.ui import CHOSEN, HISTORY, SAMPLING, ChatApp
 from tests.support import BrowserTab
 
@@ -347,40 +346,3 @@ async def test_export_from_the_chat_gives_markdown_and_json_with_receipts(
     assert reply["receipt"]["sampling"]["max_tokens"] == 10
     markdown = paths[names[1]].read_text("utf-8")
     assert "你好，請介紹一下你自己。" in markdown and "seed" in markdown
-
-
-async def upload(tab: BrowserTab, name: str, content: bytes) -> None:
-    """The next file question in `tab` is answered with this file, as the browser would."""
-    stored = await tab.session.persist_file(name=name, content=content, mime="application/json")
-
-    async def answer(event: str, data: Any, wait: Any) -> Any:
-        return [{"id": stored["id"]}] if event == "ask" else None
-
-    tab.session.emit_call = answer  # type: ignore[assignment]
-
-
-async def test_import_from_the_chat_adds_an_exported_thread_as_a_new_one(app: ChatApp) -> None:
-    tab = await new_chat(app)
-    await app.update_settings({"temperature": 0.0, "max_tokens": 8})
-    await say(app, tab, "Remember the word lighthouse.")
-    document = await export_thread(app.store, tab.session.thread_id)
-
-    importer = await new_chat(app)
-    await upload(importer, "chat.json", json.dumps(document).encode())
-    await say(app, importer, "now", command="Import")
-    (done,) = [m for m in importer.messages() if "Imported as a new conversation" in m["output"]]
-    new_id = done["output"].split("/thread/")[1].rstrip(").")
-    thread = await app.store.get_thread(new_id)
-    assert thread is not None and thread["userIdentifier"] == "ada"
-    texts = [s["output"] for s in thread["steps"]]
-    assert texts[0] == "Remember the word lighthouse."
-    (reply,) = [s for s in thread["steps"] if s["type"] == "assistant_message"]
-    original = replies(await stored_steps(app, tab))[0]
-    assert reply["metadata"]["receipt"] == original["metadata"]["receipt"]
-
-    await upload(importer, "bad.json", b'{"format": "something else"}')
-    await say(app, importer, "again", command="Import")
-    assert "format" in importer.errors()[-1]
-    await upload(importer, "bad.json", b"not json at all")
-    await say(app, importer, "again", command="Import")
-    assert importer.errors()[-1].startswith("That file is not JSON")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -73,3 +75,93 @@ async def test_stop_then_resume_brings_back_the_partial_reply_memory_and_sliders
         assert reply["metadata"]["receipt"]["prompt_messages"] == 4  # type: ignore[index]
     finally:
         await again.client.disconnect()
+
+
+def exported(server: AppServer, thread_id: str) -> bytes:
+    """The thread as `python -m chatllm export` writes it (JSON)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLLM_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "chatllm", "export", thread_id],
+        env={**env, "CHATLLM_DATA_DIR": str(server.data_dir)},
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout
+
+
+def links(tab: SocketUser) -> list[dict[str, object]]:
+    """The app's messages linking to a thread (an import's result)."""
+    return [m for m in tab.named("new_message") if "/thread/" in str(m["output"])]
+
+
+async def import_file(server: AppServer, name: str, content: bytes, mime: str) -> SocketUser:
+    """A new chat where the Import command is given and answered with an upload."""
+    tab = SocketUser(server.base)
+    await tab.connect()
+    tab.answer_file_questions(name, content, mime)
+    await tab.say("import this", command="Import")
+    await tab.wait_for(lambda: tab.named("ask") and tab.named("task_end"))
+    return tab
+
+
+async def test_import_from_the_chat_takes_an_uploaded_export_as_a_new_thread(
+    server: AppServer,
+) -> None:
+    tab = SocketUser(server.base)
+    await tab.connect()
+    try:
+        await tab.say("Remember the word lighthouse.", max_tokens=8, temperature=0.0)
+        await tab.wait_for(lambda: replies(tab))
+        (original,) = replies(tab)
+    finally:
+        await tab.client.disconnect()
+    document = exported(server, tab.thread_id)
+
+    importer = await import_file(server, "chat.json", document, "application/json")
+    try:
+        await importer.wait_for(
+            lambda: [m for m in importer.named("new_message") if "/thread/" in str(m["output"])]
+        )
+        (done,) = [m for m in importer.named("new_message") if "/thread/" in str(m["output"])]
+        assert "Imported as a new conversation" in str(done["output"])
+        new_id = str(done["output"]).split("/thread/")[1].rstrip(").")
+        assert new_id != tab.thread_id
+    finally:
+        await importer.client.disconnect()
+
+    # The new thread resumes like any other, the reply and its receipt as they were.
+    again = SocketUser(server.base, thread_id=new_id)
+    await again.connect()
+    try:
+        (resumed,) = again.named("resume_thread")
+        steps = resumed["steps"]
+        assert isinstance(steps, list)
+        assert [s["output"] for s in steps if s["type"] == "user_message"] == [
+            "Remember the word lighthouse."
+        ]
+        (reply,) = thread_replies(resumed)
+        assert reply["output"] == original["output"]
+        assert reply["metadata"]["receipt"] == original["metadata"]["receipt"]  # type: ignore[index]
+    finally:
+        await again.client.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b"not json at all", "That file is not JSON"),
+        (b'{"format": "something else"}', "format"),
+    ],
+)
+async def test_an_uploaded_file_that_is_not_an_export_is_refused(
+    server: AppServer, content: bytes, words: str
+) -> None:
+    importer = await import_file(server, "bad.json", content, "application/json")
+    try:
+        await importer.wait_for(importer.errors)
+        (error,) = importer.errors()
+        assert words in error
+        assert not links(importer)
+    finally:
+        await importer.client.disconnect()
