@@ -183,6 +183,7 @@ class EngineProcess:
             first = _receive_within(connection, spec.start_timeout)
         except TimeoutError:
             _kill(process)
+            process.wait()  # reaped: no zombie left behind
             connection.close()
             raise EngineUnavailable(
                 f"the engine did not load the model within {spec.start_timeout:g} s",
@@ -378,6 +379,7 @@ class EngineProcess:
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 _kill(process)
+                process.wait()
 
 
 #: What a SIGILL in the engine most likely means, for the operator.

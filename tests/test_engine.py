@@ -23,7 +23,7 @@ from chatllm.config import Settings
 from chatllm.engine import EngineProcess, EngineSpec
 from chatllm.engine_worker import SELF_CHECK_TOKENS
 from chatllm.errors import EngineUnavailable
-from chatllm.models import close_local_engine, local_engine, start_local_engine
+from chatllm.models import close_local_engine, engine_spec, local_engine, start_local_engine
 from chatllm.ui import HISTORY, ChatApp
 from tests.support import (
     LONG_SETTINGS,
@@ -153,6 +153,31 @@ def test_an_engine_that_fails_its_self_check_is_unavailable_with_the_reason(
             process.start()
         assert not process.ready
         assert process.failure is not None
+    finally:
+        process.close()
+
+
+@pytest.fixture
+def engine_stalls_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Engine processes started from now on hang before they load anything."""
+    (tmp_path / "sitecustomize.py").write_text("import time\ntime.sleep(600)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+
+
+@pytest.mark.usefixtures("engine_stalls_at_start")
+def test_an_engine_slower_to_start_than_its_timeout_is_given_up_and_ended(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHATLLM_ENGINE_START_TIMEOUT", "1.5")
+    configured = Settings(_env_file=None, data_dir=settings.data_dir)  # type: ignore[call-arg]
+    process = EngineProcess(engine_spec(configured))
+    before = set(children(os.getpid()))
+    try:
+        with pytest.raises(EngineUnavailable, match=r"within 1\.5 s") as late:
+            process.start()
+        assert late.value.cause == "timeout"
+        assert not process.ready
+        assert set(children(os.getpid())) == before  # the stalled process was ended
     finally:
         process.close()
 
