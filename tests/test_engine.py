@@ -242,9 +242,11 @@ async def test_a_long_question_is_answered_in_the_chat(app: ChatApp) -> None:
 
 @pytest.fixture
 async def fragile(settings: Settings, tmp_path: Path) -> AsyncIterator[ChatApp]:
-    """An app with an engine of its own, which these tests kill; hung after 3 s of silence."""
+    """An app with an engine of its own, which these tests kill; hung after 10 s of silence
+    (more than a busy machine keeps a working engine quiet: 3 s was, with other work on both
+    cores)."""
     own = settings.model_copy(
-        update={"engine_hang_timeout": 3.0, "data_dir": tmp_path, "n_threads": 1}
+        update={"engine_hang_timeout": 10.0, "data_dir": tmp_path, "n_threads": 1}
     )
     chat = ChatApp(own)
     await chat.prepare("127.0.0.1")
@@ -320,7 +322,7 @@ async def test_a_hung_engine_is_killed_and_restarted(fragile: ChatApp) -> None:
         except ProcessLookupError:
             pass
     (error,) = tab.errors()
-    assert "stopped responding for 3 seconds" in error
+    assert "stopped responding for 10 seconds" in error
     (partial,) = replies(tab)
     assert partial["output"] and partial["metadata"]["finish_reason"] == "error"
     with pytest.raises(ProcessLookupError):  # the hung process was killed
