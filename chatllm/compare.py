@@ -12,10 +12,10 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage
 
+from chatllm.backends import Backend
 from chatllm.errors import ChatLLMError
 from chatllm.generation import Generation
 from chatllm.i18n import t
-from chatllm.models import Backend
 from chatllm.receipts import Receipt
 from chatllm.sampling import Sampling
 

@@ -14,9 +14,9 @@ from typing import cast
 
 from langchain_core.messages import BaseMessage
 
+from chatllm.backends import Backend, draw_seed, queue_listener
 from chatllm.chain import ReplyRecord, build_chain, chain_input
 from chatllm.errors import BackendError
-from chatllm.models import Backend, draw_seed, queue_listener
 from chatllm.receipts import Finish, Receipt, prompt_digest
 from chatllm.sampling import Sampling
 

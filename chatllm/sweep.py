@@ -41,11 +41,11 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from chatllm.backends import Backend, Backends, ProfileSpec
 from chatllm.config import Settings
 from chatllm.errors import ChatLLMError, InvalidSampling
 from chatllm.generation import Generation
 from chatllm.i18n import one_line
-from chatllm.models import Backend, Backends, ProfileSpec
 from chatllm.receipts import Receipt
 from chatllm.sampling import SEED_MAX, Sampling
 

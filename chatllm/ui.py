@@ -24,6 +24,8 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from pydantic import ValidationError
 
 from chatllm.auth import LOCAL_USER, AuthMode, Passwords, decide_mode, ensure_auth_secret
+from chatllm.backends import Backends, ProfileSpec, queue_listener
+from chatllm.backends.local import start_local_engine
 from chatllm.compare import MAX_SETS, Column, SettingsSet, comparison_view, run_comparison
 from chatllm.config import Settings, get_settings
 from chatllm.errors import (
@@ -43,7 +45,6 @@ from chatllm.history import (
     reply_metadata,
 )
 from chatllm.i18n import one_line, t
-from chatllm.models import Backends, ProfileSpec, queue_listener, start_local_engine
 from chatllm.presets import Preset, PresetError, Presets
 from chatllm.receipts import Receipt, receipt_of
 from chatllm.sampling import Sampling

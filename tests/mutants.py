@@ -11,7 +11,7 @@ no difference, which the report should then say). The module is restored after e
 Writes `artifacts/mutants.md` (survivors with their line) and prints a summary. Written
 here rather than taken from mutmut: mutmut 3 rewrites the whole package into a `mutants/`
 tree and runs it from there, which the app's Chainlit config (read from the working
-directory) and the engine process (`python -m chatllm.engine_worker`) do not survive.
+directory) and the engine process (`python -m chatllm.engine.worker`) do not survive.
 """
 
 from __future__ import annotations

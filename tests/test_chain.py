@@ -11,9 +11,9 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
 
+from chatllm.backends.local import LocalBackend
 from chatllm.chain import ReplyRecord, build_chain, chain_input, fit_to_context
 from chatllm.errors import ContextOverflow
-from chatllm.models import LocalBackend
 
 
 def words(messages: Sequence[BaseMessage]) -> int:

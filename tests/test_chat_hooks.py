@@ -9,8 +9,8 @@ import chainlit as cl
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
+from chatllm.backends.local import local_engine
 from chatllm.config import Settings
-from chatllm.models import local_engine
 from chatllm.receipts import prompt_digest
 from chatllm.ui import HISTORY, SAMPLING, ChatApp
 from tests.support import (

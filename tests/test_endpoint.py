@@ -11,6 +11,9 @@ from collections.abc import Iterator
 import pytest
 from pydantic import SecretStr
 
+from chatllm.backends import Backends
+from chatllm.backends.local import LocalBackend
+from chatllm.backends.openai import EndpointChat, OpenAIBackend
 from chatllm.chain import build_chain, chain_input
 from chatllm.config import Settings, embedded_model_path
 from chatllm.errors import (
@@ -21,7 +24,6 @@ from chatllm.errors import (
     EndpointNotFound,
     UnknownModel,
 )
-from chatllm.models import Backends, EndpointChat, LocalBackend, OpenAIBackend
 from chatllm.sampling import Sampling
 from tests.support import Endpoint, WireTap
 

@@ -19,11 +19,11 @@ import httpx
 import llama_cpp
 import pytest
 
+from chatllm.backends.local import close_local_engine, engine_spec, local_engine, start_local_engine
 from chatllm.config import Settings
-from chatllm.engine import EngineProcess, EngineSpec
-from chatllm.engine_worker import SELF_CHECK_TOKENS
+from chatllm.engine.process import EngineProcess, EngineSpec
+from chatllm.engine.worker import SELF_CHECK_TOKENS
 from chatllm.errors import EngineUnavailable
-from chatllm.models import close_local_engine, engine_spec, local_engine, start_local_engine
 from chatllm.ui import HISTORY, ChatApp
 from tests.support import (
     LONG_SETTINGS,

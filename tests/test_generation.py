@@ -9,11 +9,12 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from llama_cpp import Llama
 
+from chatllm.backends.local import LocalBackend
+from chatllm.backends.openai import OpenAIBackend
 from chatllm.compare import SettingsSet, run_comparison, similarity, word_diff, words
 from chatllm.config import Settings, embedded_model_path
-from chatllm.engine_worker import PROMPT_CHUNK
+from chatllm.engine.worker import PROMPT_CHUNK
 from chatllm.generation import Generation
-from chatllm.models import LocalBackend, OpenAIBackend
 from chatllm.receipts import Receipt, receipt_of
 from chatllm.sampling import Sampling
 from tests.support import Endpoint

@@ -10,9 +10,10 @@ import time
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
+from chatllm.backends import TEMPLATE_TOKENS_PER_MESSAGE, queue_listener
+from chatllm.backends.local import LocalBackend
 from chatllm.chain import build_chain, chain_input
 from chatllm.errors import ContextOverflow
-from chatllm.models import TEMPLATE_TOKENS_PER_MESSAGE, LocalBackend, queue_listener
 from chatllm.sampling import Sampling
 from tests.support import LONG_STORY, press_stop
 

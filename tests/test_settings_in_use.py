@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
+from chatllm.backends.local import close_local_engine, local_engine
 from chatllm.config import Settings
-from chatllm.models import close_local_engine, local_engine
 from chatllm.receipts import prompt_digest
 from chatllm.ui import ChatApp
 from tests.support import BrowserTab, Endpoint, open_chat, say

@@ -24,10 +24,11 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from matplotlib import font_manager
 from PIL import Image
 
+from chatllm.backends import Backend
+from chatllm.backends.local import LocalBackend
 from chatllm.cli import main
 from chatllm.config import Settings
 from chatllm.errors import ChatLLMError
-from chatllm.models import Backend, LocalBackend
 from chatllm.receipts import Receipt
 from chatllm.sampling import Sampling
 from chatllm.sweep import (

@@ -1,108 +1,47 @@
-"""The model backends, each behind one factory that returns a LangChain chat model.
+"""The local llama.cpp model: `LocalEngine` (the line in front of the engine process, and
+the client of its protocol), `LlamaCppChat` (LangChain's view of it) and `LocalBackend`.
 
-Backends register themselves in `BACKENDS`; callers ask `Backends.chat_model(...)` and never
-import a backend class. A backend's chat model raises only `chatllm.errors.BackendError`s.
+llama.cpp itself runs in a supervised child process: `chatllm.engine.process` starts and
+watches it, `chatllm.engine.worker` is the child.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import math
 import queue
 import re
-import secrets
 import threading
-import time
-from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, ClassVar, cast
+from typing import Any
 
-import openai
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.messages.utils import count_tokens_approximately
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_openai import ChatOpenAI
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict
 
+from chatllm.backends.base import (
+    TEMPLATE_TOKENS_PER_MESSAGE,
+    Backend,
+    Delta,
+    Usage,
+    draw_seed,
+    queue_listener,
+    register,
+)
 from chatllm.config import Settings
-from chatllm.engine import EngineProcess, EngineSpec
+from chatllm.engine.process import EngineProcess, EngineSpec
 from chatllm.errors import (
-    BackendAuthError,
     BackendError,
-    BackendTimeout,
-    BackendUnreachable,
     ChatLLMError,
     ContextOverflow,
-    EndpointNotFound,
     EngineHung,
     EngineUnavailable,
     UnknownModel,
 )
-from chatllm.sampling import SEED_MAX, Sampling
-
-QueueListener = Callable[[int], Awaitable[None]]
-
-#: Set by whoever runs a turn to hear how many requests wait ahead of it on the local model
-#: (called with 0 once generation starts). A context variable, so it reaches the chat model
-#: through LangChain's runnables without widening their signatures.
-queue_listener: contextvars.ContextVar[QueueListener | None] = contextvars.ContextVar(
-    "queue_listener", default=None
-)
-
-# Tokens a chat template adds around each message (role markers, separators). Counted on
-# top of the content so that trimming errs on the side of room for the reply.
-TEMPLATE_TOKENS_PER_MESSAGE = 8
-
-
-def draw_seed() -> int:
-    return secrets.randbelow(SEED_MAX + 1)
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Tokens one generation took: the prompt as the model received it, and the reply."""
-
-    prompt_tokens: int
-    completion_tokens: int
-
-    def as_metadata(self) -> dict[str, int]:
-        """LangChain's `usage_metadata` form, as ChatOpenAI reports it too."""
-        return {
-            "input_tokens": self.prompt_tokens,
-            "output_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
-
-
-#: A piece of a streamed reply: its text, and on the last piece why it ended and its usage.
-Delta = tuple[str, str | None, Usage | None]
-
-
-@dataclass(frozen=True)
-class ProfileSpec:
-    """One choice in the chat-profile menu: a backend and a model it serves."""
-
-    backend: str
-    model: str
-
-    @property
-    def name(self) -> str:
-        return f"{self.backend}:{self.model}"
-
-    @classmethod
-    def parse(cls, name: str) -> ProfileSpec:
-        backend, _, model = name.partition(":")
-        return cls(backend=backend, model=model)
-
-
-# --------------------------------------------------------------------------------------
-# Local: llama.cpp
+from chatllm.sampling import Sampling
 
 
 class _Ticket:
@@ -117,7 +56,7 @@ class _Ticket:
 class LocalEngine:
     """The local llama.cpp model, serving one generation at a time from its engine process.
 
-    llama.cpp runs in a supervised child process (`chatllm.engine`), so its crash fails one
+    llama.cpp runs in a supervised child process (`chatllm.engine.process`), so its crash fails one
     reply, not the app. The asyncio line in front of it lets a waiting request say how many
     are ahead of it.
     """
@@ -497,133 +436,6 @@ def _as_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
     return [{"role": _role(m), "content": m.text} for m in messages]
 
 
-# --------------------------------------------------------------------------------------
-# OpenAI-compatible endpoints
-
-
-class EndpointChat(ChatOpenAI):
-    """`ChatOpenAI` whose failures arrive as this app's `BackendError`s.
-
-    The wait for each streamed chunk is bounded by the request timeout here, with
-    `asyncio.timeout`, and langchain-openai's own bound (`stream_chunk_timeout`) is off: it
-    wraps every chunk in `asyncio.wait_for`, which on Python 3.11 loses a cancellation that
-    arrives as a chunk does (CPython gh-86296, fixed in 3.12). A Stop pressed then was
-    ignored, and the reply ran on, or waited out the timeout on a stalled server (seen under
-    load: 4 of 25 stops).
-    """
-
-    stream_chunk_timeout: float | None = Field(default=None, exclude=True)
-
-    def _error(self, exc: openai.APIError) -> BackendError:
-        return endpoint_error(exc, self.openai_api_base, self.request_timeout, self.model_name)
-
-    async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
-        timeout = self.request_timeout if isinstance(self.request_timeout, int | float) else None
-        try:
-            chunks = cast(AsyncGenerator[ChatGenerationChunk], super()._astream(*args, **kwargs))
-            async with aclosing(chunks):
-                while True:
-                    try:
-                        async with asyncio.timeout(timeout):
-                            chunk = await anext(chunks)
-                    except StopAsyncIteration:
-                        return
-                    except TimeoutError:
-                        raise BackendTimeout(float(timeout or 0)) from None
-                    yield chunk
-        except openai.APIError as exc:
-            raise endpoint_error(
-                exc, self.openai_api_base, self.request_timeout, self.model_name
-            ) from exc
-
-    async def _agenerate(self, *args: Any, **kwargs: Any) -> ChatResult:
-        try:
-            return await super()._agenerate(*args, **kwargs)
-        except openai.APIError as exc:
-            raise endpoint_error(
-                exc, self.openai_api_base, self.request_timeout, self.model_name
-            ) from exc
-
-
-def endpoint_error(
-    exc: openai.APIError, url: str | None, timeout: Any, model: str | None = None
-) -> BackendError:
-    """This app's error for a failed request to an endpoint."""
-    url = url or ""
-    if isinstance(exc, openai.APITimeoutError):
-        return BackendTimeout(seconds=float(timeout) if isinstance(timeout, int | float) else 0)
-    if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__ or exc
-        return BackendUnreachable(url=url, detail=str(cause) or type(cause).__name__)
-    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
-        return BackendAuthError(status=exc.status_code)
-    if isinstance(exc, openai.NotFoundError):
-        # A 404 naming the model is an unknown model; any other 404 is a wrong address.
-        if model and "model" in str(exc).lower():
-            return UnknownModel(model=model)
-        return EndpointNotFound(url=url)
-    if isinstance(exc, openai.BadRequestError) and "context" in str(exc).lower():
-        return ContextOverflow()
-    status = getattr(exc, "status_code", None)
-    return BackendError(f"HTTP {status}: {exc.message}" if status else exc.message)
-
-
-# --------------------------------------------------------------------------------------
-# The registry
-
-
-class Backend(ABC):
-    """A source of chat models. Subclasses register with `@register`."""
-
-    kind: ClassVar[str]
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    @classmethod
-    def enabled(cls, settings: Settings) -> bool:
-        """Whether these settings turn this backend on."""
-        return True
-
-    @abstractmethod
-    async def models(self) -> list[str]:
-        """The models this backend offers now."""
-
-    async def ensure_model(self, model: str) -> None:
-        """Raise `UnknownModel` if this backend does not serve `model`."""
-        if model not in await self.models():
-            raise UnknownModel(model=model)
-
-    @abstractmethod
-    def chat_model(self, model: str, sampling: Sampling) -> BaseChatModel:
-        """A chat model that replies with `sampling`'s values."""
-
-    @abstractmethod
-    def context_tokens(self, model: str) -> int:
-        """How many tokens the model's context holds, prompt and reply together."""
-
-    @abstractmethod
-    def count_tokens(self, messages: Sequence[BaseMessage]) -> int:
-        """Tokens `messages` take in the prompt, template overhead included."""
-
-    async def prepare_counts(self, messages: Sequence[BaseMessage]) -> None:
-        """Get ready to count `messages` without blocking (the chain calls this before
-        trimming, whose counting is synchronous). Nothing to do for most backends."""
-        return None
-
-    @abstractmethod
-    def count_text(self, text: str) -> int:
-        """Tokens `text` takes (for a reply whose usage the model did not report)."""
-
-
-BACKENDS: dict[str, type[Backend]] = {}
-
-
-def register(cls: type[Backend]) -> type[Backend]:
-    BACKENDS[cls.kind] = cls
-    return cls
-
-
 _engines: dict[EngineSpec, LocalEngine] = {}
 _engines_lock = threading.Lock()
 
@@ -711,121 +523,3 @@ def _try_start(process: EngineProcess) -> None:
         process.ensure_started()
     except (EngineUnavailable, ChatLLMError):
         pass  # still unavailable; the failure is what the next caller is told
-
-
-#: Sampling values the OpenAI API itself defines; others (top_k, repeat_penalty) go in the
-#: request body as extras, which llama.cpp-style servers read.
-OPENAI_SAMPLING = frozenset({"temperature", "top_p", "max_tokens", "seed"})
-
-
-@register
-class OpenAIBackend(Backend):
-    kind = "openai"
-
-    @classmethod
-    def enabled(cls, settings: Settings) -> bool:
-        return bool(settings.openai_base_url)
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self._models: tuple[float, list[str]] | None = None
-
-    @property
-    def base_url(self) -> str:
-        if not self.settings.openai_base_url:
-            raise BackendError("No OpenAI-compatible endpoint is configured.")
-        return self.settings.openai_base_url
-
-    def _api_key(self) -> str:
-        # The openai client refuses an empty key; many self-hosted servers want none.
-        return self.settings.openai_api_key.get_secret_value() or "not-needed"
-
-    async def models(self) -> list[str]:
-        """The endpoint's `/v1/models`, cached briefly; the configured list if one is set."""
-        if self.settings.openai_models:
-            return list(self.settings.openai_models)
-        now = time.monotonic()
-        if self._models and now - self._models[0] < self.settings.openai_models_cache_seconds:
-            return self._models[1]
-        client = openai.AsyncOpenAI(
-            base_url=self.base_url,
-            api_key=self._api_key(),
-            timeout=self.settings.openai_timeout,
-            max_retries=0,
-        )
-        try:
-            page = await client.models.list()
-            names = sorted(model.id for model in page.data)
-        except openai.APIError as exc:
-            raise endpoint_error(exc, self.base_url, self.settings.openai_timeout) from exc
-        finally:
-            await client.close()
-        self._models = (now, names)
-        return names
-
-    def chat_model(self, model: str, sampling: Sampling) -> BaseChatModel:
-        params = sampling.generation_params()
-        if params["seed"] is None:
-            params["seed"] = draw_seed()
-        standard = {k: v for k, v in params.items() if k in OPENAI_SAMPLING}
-        extra = {k: v for k, v in params.items() if k not in OPENAI_SAMPLING}
-        # langchain-openai sends the reply limit as `max_completion_tokens`, OpenAI's newer
-        # name, which llama-cpp-python's server (0.3.x) ignores: its replies then ran to the
-        # end of the context whatever the slider said. Servers of that family read the
-        # older `max_tokens`, sent with the other extras.
-        extra["max_tokens"] = params["max_tokens"]
-        return EndpointChat(
-            base_url=self.base_url,
-            api_key=self._api_key(),  # type: ignore[arg-type]
-            model=model,
-            timeout=self.settings.openai_timeout,
-            max_retries=self.settings.openai_max_retries,
-            streaming=True,
-            # Token usage on the last streamed chunk, for servers that send it; the receipt
-            # estimates the counts for those that do not (llama-cpp-python's).
-            stream_usage=True,
-            extra_body=extra if extra and self.settings.openai_send_extra_sampling else None,
-            **standard,
-        )
-
-    def context_tokens(self, model: str) -> int:
-        return self.settings.openai_context_tokens
-
-    def count_tokens(self, messages: Sequence[BaseMessage]) -> int:
-        # The endpoint's tokenizer is unknown here; an estimate that leans high.
-        return count_tokens_approximately(
-            messages, chars_per_token=3.0, extra_tokens_per_message=TEMPLATE_TOKENS_PER_MESSAGE
-        )
-
-    def count_text(self, text: str) -> int:
-        return math.ceil(len(text) / 3.0)
-
-
-class Backends:
-    """The backends this configuration enables, by kind."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._by_kind: dict[str, Backend] = {
-            kind: cls(settings) for kind, cls in BACKENDS.items() if cls.enabled(settings)
-        }
-
-    def get(self, kind: str) -> Backend:
-        try:
-            return self._by_kind[kind]
-        except KeyError:
-            raise BackendError(f"The backend {kind!r} is not configured.") from None
-
-    def __iter__(self) -> Iterator[Backend]:
-        return iter(self._by_kind.values())
-
-    async def profiles(self) -> tuple[list[ProfileSpec], list[ChatLLMError]]:
-        """Every (backend, model) choice, and the errors of backends that could not list theirs."""
-        specs: list[ProfileSpec] = []
-        problems: list[ChatLLMError] = []
-        for backend in self:
-            try:
-                specs.extend(ProfileSpec(backend.kind, name) for name in await backend.models())
-            except BackendError as exc:
-                problems.append(exc)
-        return specs, problems

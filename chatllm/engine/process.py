@@ -1,6 +1,6 @@
 """The local model's engine process, supervised from the app.
 
-llama.cpp runs in a child process (`chatllm.engine_worker`), never in the web process: a
+llama.cpp runs in a child process (`chatllm.engine.worker`), never in the web process: a
 native fault, an out-of-memory kill or a hang there fails the reply in progress with a
 clear error, and a new engine starts for the next one; every other session goes on.
 
@@ -153,7 +153,7 @@ class EngineProcess:
         command = [
             sys.executable,
             "-m",
-            "chatllm.engine_worker",
+            "chatllm.engine.worker",
             "--fd",
             str(theirs.fileno()),
             "--parent",
@@ -410,7 +410,7 @@ def exit_description(code: int | None) -> str:
 
 
 def _self_check_tokens() -> int:
-    from chatllm.engine_worker import SELF_CHECK_TOKENS
+    from chatllm.engine.worker import SELF_CHECK_TOKENS
 
     return SELF_CHECK_TOKENS
 

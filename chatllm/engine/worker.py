@@ -1,10 +1,11 @@
 """The local model's engine: llama.cpp in a process of its own, serving the app over a pipe.
 
-The app (`chatllm.engine.EngineProcess`) starts this module as a child process, so a native
+The app (`chatllm.engine.process.EngineProcess`) starts this module as a child process, so a native
 crash, an out-of-memory kill or a hang in llama.cpp ends this process only; the app fails
 the reply in progress and starts a new one. Nothing here imports Chainlit or LangChain.
 
-    python -m chatllm.engine_worker --fd FD --parent PID --model PATH --n-ctx N [--n-threads N]
+    python -m chatllm.engine.worker --fd FD --parent PID --model PATH --n-ctx N
+        [--n-threads N]
 
 Messages are pickled tuples over `multiprocessing.connection` on the inherited socket `FD`
 (both ends are this app's own code). The app sends:
@@ -334,7 +335,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chatllm.engine_worker")
+    parser = argparse.ArgumentParser(prog="python -m chatllm.engine.worker")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--model", required=True)

@@ -1,0 +1,158 @@
+"""What every backend shares: the `Backend` interface and its registry, `Backends` (those a
+configuration enables), the profile a chat runs on, and the pieces of a streamed reply.
+
+Backends register themselves in `BACKENDS`; callers ask `Backends` for one by kind and never
+import a backend class. A backend's chat model raises only `chatllm.errors.BackendError`s.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
+
+from chatllm.config import Settings
+from chatllm.errors import BackendError, ChatLLMError, UnknownModel
+from chatllm.sampling import SEED_MAX, Sampling
+
+QueueListener = Callable[[int], Awaitable[None]]
+
+#: Set by whoever runs a turn to hear how many requests wait ahead of it on the local model
+#: (called with 0 once generation starts). A context variable, so it reaches the chat model
+#: through LangChain's runnables without widening their signatures.
+queue_listener: contextvars.ContextVar[QueueListener | None] = contextvars.ContextVar(
+    "queue_listener", default=None
+)
+
+# Tokens a chat template adds around each message (role markers, separators). Counted on
+# top of the content so that trimming errs on the side of room for the reply.
+TEMPLATE_TOKENS_PER_MESSAGE = 8
+
+
+def draw_seed() -> int:
+    return secrets.randbelow(SEED_MAX + 1)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens one generation took: the prompt as the model received it, and the reply."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    def as_metadata(self) -> dict[str, int]:
+        """LangChain's `usage_metadata` form, as ChatOpenAI reports it too."""
+        return {
+            "input_tokens": self.prompt_tokens,
+            "output_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+#: A piece of a streamed reply: its text, and on the last piece why it ended and its usage.
+Delta = tuple[str, str | None, Usage | None]
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """One choice in the chat-profile menu: a backend and a model it serves."""
+
+    backend: str
+    model: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}:{self.model}"
+
+    @classmethod
+    def parse(cls, name: str) -> ProfileSpec:
+        backend, _, model = name.partition(":")
+        return cls(backend=backend, model=model)
+
+
+class Backend(ABC):
+    """A source of chat models. Subclasses register with `@register`."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @classmethod
+    def enabled(cls, settings: Settings) -> bool:
+        """Whether these settings turn this backend on."""
+        return True
+
+    @abstractmethod
+    async def models(self) -> list[str]:
+        """The models this backend offers now."""
+
+    async def ensure_model(self, model: str) -> None:
+        """Raise `UnknownModel` if this backend does not serve `model`."""
+        if model not in await self.models():
+            raise UnknownModel(model=model)
+
+    @abstractmethod
+    def chat_model(self, model: str, sampling: Sampling) -> BaseChatModel:
+        """A chat model that replies with `sampling`'s values."""
+
+    @abstractmethod
+    def context_tokens(self, model: str) -> int:
+        """How many tokens the model's context holds, prompt and reply together."""
+
+    @abstractmethod
+    def count_tokens(self, messages: Sequence[BaseMessage]) -> int:
+        """Tokens `messages` take in the prompt, template overhead included."""
+
+    async def prepare_counts(self, messages: Sequence[BaseMessage]) -> None:
+        """Get ready to count `messages` without blocking (the chain calls this before
+        trimming, whose counting is synchronous). Nothing to do for most backends."""
+        return None
+
+    @abstractmethod
+    def count_text(self, text: str) -> int:
+        """Tokens `text` takes (for a reply whose usage the model did not report)."""
+
+
+BACKENDS: dict[str, type[Backend]] = {}
+
+
+def register(cls: type[Backend]) -> type[Backend]:
+    BACKENDS[cls.kind] = cls
+    return cls
+
+
+class Backends:
+    """The backends this configuration enables, by kind."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._by_kind: dict[str, Backend] = {
+            kind: cls(settings) for kind, cls in BACKENDS.items() if cls.enabled(settings)
+        }
+
+    def get(self, kind: str) -> Backend:
+        try:
+            return self._by_kind[kind]
+        except KeyError:
+            raise BackendError(f"The backend {kind!r} is not configured.") from None
+
+    def __iter__(self) -> Iterator[Backend]:
+        return iter(self._by_kind.values())
+
+    async def profiles(self) -> tuple[list[ProfileSpec], list[ChatLLMError]]:
+        """Every (backend, model) choice, and the errors of backends that could not list theirs."""
+        specs: list[ProfileSpec] = []
+        problems: list[ChatLLMError] = []
+        for backend in self:
+            try:
+                specs.extend(ProfileSpec(backend.kind, name) for name in await backend.models())
+            except BackendError as exc:
+                problems.append(exc)
+        return specs, problems
