@@ -45,10 +45,6 @@ class Preset:
     label: str
     values: dict[str, Any]
 
-    @property
-    def builtin(self) -> bool:
-        return self.key.startswith("builtin:")
-
     def apply(self, sampling: Sampling) -> Sampling:
         return sampling.update(self.values)
 

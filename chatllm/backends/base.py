@@ -132,7 +132,6 @@ class Backends:
     """The backends this configuration enables, by kind."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
         self._by_kind: dict[str, Backend] = {
             kind: cls(settings) for kind, cls in BACKENDS.items() if cls.enabled(settings)
         }

@@ -46,6 +46,7 @@ class EndpointChat(ChatOpenAI):
     stream_chunk_timeout: float | None = Field(default=None, exclude=True)
 
     def _error(self, exc: openai.APIError) -> BackendError:
+        """This app's error for a failed request of this model's."""
         return endpoint_error(exc, self.openai_api_base, self.request_timeout, self.model_name)
 
     async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
@@ -63,17 +64,13 @@ class EndpointChat(ChatOpenAI):
                         raise BackendTimeout(float(timeout or 0)) from None
                     yield chunk
         except openai.APIError as exc:
-            raise endpoint_error(
-                exc, self.openai_api_base, self.request_timeout, self.model_name
-            ) from exc
+            raise self._error(exc) from exc
 
     async def _agenerate(self, *args: Any, **kwargs: Any) -> ChatResult:
         try:
             return await super()._agenerate(*args, **kwargs)
         except openai.APIError as exc:
-            raise endpoint_error(
-                exc, self.openai_api_base, self.request_timeout, self.model_name
-            ) from exc
+            raise self._error(exc) from exc
 
 
 def endpoint_error(
