@@ -7,6 +7,7 @@ compare and the sweep command. So every reply is measured and recorded the same 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
@@ -16,9 +17,11 @@ from langchain_core.messages import BaseMessage
 
 from chatllm.backends import Backend, draw_seed, queue_listener
 from chatllm.chain import ReplyRecord, build_chain, chain_input
-from chatllm.errors import BackendError
+from chatllm.errors import BackendError, ChatLLMError
 from chatllm.receipts import Finish, Receipt, prompt_digest
 from chatllm.sampling import Sampling
+
+log = logging.getLogger("chatllm")
 
 
 def with_seed(sampling: Sampling) -> Sampling:
@@ -154,7 +157,8 @@ class Generation:
             return 0
         try:
             return max(self.backend.count_text(self.text), 1)
-        except Exception:  # counting is best effort; the receipt says the counts are estimates
+        except ChatLLMError:  # the engine went away meanwhile: the pieces received instead
+            log.warning("Could not count the reply's tokens; counting its pieces", exc_info=True)
             return self._chunks or None
 
 

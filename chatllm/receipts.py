@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -14,6 +15,8 @@ from langchain_core.messages import BaseMessage
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatllm.i18n import t
+
+log = logging.getLogger("chatllm")
 
 #: Where a reply step keeps its receipt, in the step's metadata.
 RECEIPT = "receipt"
@@ -117,7 +120,8 @@ def receipt_of(metadata: Mapping[str, Any] | None) -> Receipt | None:
         return None
     try:
         return Receipt.model_validate(raw)
-    except ValueError:
+    except ValueError:  # shown without its receipt, and said in the log
+        log.warning("A stored receipt could not be read", exc_info=True)
         return None
 
 

@@ -30,6 +30,7 @@ import contextlib
 import csv
 import itertools
 import json
+import logging
 import statistics
 import sys
 import time
@@ -48,6 +49,8 @@ from chatllm.generation import Generation
 from chatllm.i18n import one_line
 from chatllm.receipts import Receipt
 from chatllm.sampling import SEED_MAX, Sampling
+
+log = logging.getLogger("chatllm")
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -373,8 +376,10 @@ class Sweep:
         model's first request costs (loading the weights, setting up its buffers)."""
         sampling = self.plan.base.update({"max_tokens": 1})
         generation = Generation(self.backend, self.plan.profile.model, sampling)
-        with contextlib.suppress(ChatLLMError):  # a real problem shows in every run's receipt
+        try:
             await generation.run([], self.plan.prompt)
+        except ChatLLMError:  # a real problem shows in every run's receipt too
+            log.warning("The sweep's warm-up reply failed", exc_info=True)
 
     async def _generate(self, run: Run) -> Reply:
         generation = Generation(self.backend, self.plan.profile.model, run.sampling)

@@ -750,7 +750,7 @@ class ChatApp:
         try:
             await self.store.delete_step(message.id)
         except ChatLLMError:
-            log.warning("Could not remove the command message %s", message.id)
+            log.warning("Could not remove the command message %s", message.id, exc_info=True)
 
     async def export(self, message: cl.Message) -> None:
         """This thread as Markdown and JSON files to download (receipts included)."""
