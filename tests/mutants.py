@@ -33,7 +33,10 @@ REPORT = ROOT / "artifacts" / "mutants.md"
 TARGETS: dict[str, tuple[str, list[str]]] = {
     "sampling": ("chatllm/sampling.py", ["tests/test_sampling.py"]),
     "chain": ("chatllm/chain.py", ["tests/test_chain.py"]),
-    "history": ("chatllm/history.py", ["tests/test_resume.py", "tests/test_comparing.py"]),
+    "history": (
+        "chatllm/history.py",
+        ["tests/test_history.py", "tests/test_resume.py", "tests/test_comparing.py"],
+    ),
     "receipts": ("chatllm/receipts.py", ["tests/test_generation.py", "tests/test_comparing.py"]),
     "search": ("chatllm/store/search.py", ["tests/test_store.py"]),
     "document": ("chatllm/transfer.py", ["tests/test_transfer.py"]),
@@ -179,9 +182,10 @@ def main() -> int:
             print(f"{name}: the tests fail without any mutant; fix them first", file=sys.stderr)
             return 2
         found = sorted(mutants(source), key=lambda mutant: mutant.line)
-        if args.limit:
-            step = max(1, len(found) // args.limit)
-            found = found[::step][: args.limit]
+        if args.limit and len(found) > args.limit:
+            # Spread over the whole module (a step rounded down, then cut, never reached
+            # its end).
+            found = [found[i * len(found) // args.limit] for i in range(args.limit)]
         survivors: list[Mutant] = []
         began = time.monotonic()
         try:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from llama_cpp import Llama
+from pydantic import ValidationError
 
 from chatllm.backends.local import LocalBackend
 from chatllm.backends.openai import OpenAIBackend
@@ -15,6 +17,7 @@ from chatllm.compare import SettingsSet, run_comparison, similarity, word_diff, 
 from chatllm.config import Settings, embedded_model_path
 from chatllm.engine.worker import PROMPT_CHUNK
 from chatllm.generation import Generation
+from chatllm.i18n import t
 from chatllm.receipts import Receipt, receipt_of
 from chatllm.sampling import Sampling
 from tests.support import Endpoint
@@ -80,12 +83,37 @@ async def test_a_receipt_records_settings_seed_tokens_and_speed(local: LocalBack
     # tokens/s: the tokens after the first, over the time after the first.
     after_first = (receipt.duration_ms - receipt.ttft_ms) / 1000
     assert receipt.tokens_per_second == pytest.approx(23 / after_first, rel=1e-3)
+    assert receipt.queued_ms == 0.0  # nobody was ahead of it
+    made = datetime.fromisoformat(receipt.created_at)
+    assert abs(datetime.now(UTC) - made) < timedelta(minutes=5)
     summary = receipt.summary("en")
-    for part in ("local", "T 0.9", "top_p 0.8", "top_k 30", f"seed {drawn}", "+ 24 tokens"):
+    for part in (
+        "local",
+        "T 0.9",
+        "top_p 0.8",
+        "top_k 30",
+        f"seed {drawn}",
+        "+ 24 tokens",
+        t("receipt.ttft", "en", ms=f"{receipt.ttft_ms:.0f}"),
+        t("receipt.speed", "en", rate=f"{receipt.tokens_per_second:.1f}"),
+    ):
         assert part in summary
     assert "截斷" in receipt.summary("zh-TW")
     again = receipt_of({"receipt": receipt.model_dump(mode="json")})
     assert again == receipt  # what is stored reads back unchanged
+    with pytest.raises(ValidationError):  # a receipt, once made, is what made the reply
+        receipt.finish_reason = "stop"
+
+
+def test_a_receipt_stored_without_some_fields_reads_back_with_their_defaults() -> None:
+    """Receipts stored by earlier versions lack the newer fields."""
+    old = receipt_of(
+        {"receipt": {"backend": "local", "model": "m", "sampling": {}, "finish_reason": "stop"}}
+    )
+    assert old is not None
+    assert (old.tokens_estimated, old.queued_ms, old.prompt_messages) == (False, 0.0, 0)
+    summary = old.summary("en")
+    assert "T ? · top_p ?" in summary and "None" not in summary and "≈" not in summary
 
 
 async def test_a_fixed_seed_replays_identical_text(local: LocalBackend) -> None:
@@ -217,4 +245,5 @@ async def test_a_reply_cut_off_by_the_server_is_an_error_not_an_empty_reply(
     assert cut, "the server cut no reply short"
     for generation in cut:
         assert generation.receipt().finish_reason == "error"
+        assert generation.receipt().error == generation.error
         assert "--interrupt_requests False" in (generation.error or "")

@@ -18,6 +18,7 @@ from chainlit.user import PersistedUser, User
 from chatllm.store import ChatDataLayer, Database, FileStore, ThreadAccessDenied
 from chatllm.store import migrations as migrations_module
 from chatllm.store.migrations import MIGRATIONS
+from chatllm.store.search import message_rowid
 from tests.conftest import url
 from tests.support import BrowserTab
 
@@ -286,6 +287,28 @@ async def test_deleting_a_thread_takes_its_steps_feedback_elements_and_files(
     assert await store.get_thread("t2") is not None
 
 
+async def test_deleting_a_thread_leaves_the_search_rows_of_the_next_one(
+    store: ChatDataLayer, ada: PersistedUser
+) -> None:
+    # Each thread's search rows are one rowid range; the range of one must never reach
+    # into the next thread's (seq 2's delete took seq 3's rows with a mask one bit wide).
+    for name in ("t1", "t2", "t3"):
+        await chat(store, ada, name, f"hello {name}zebra", "hi")
+    await store.delete_thread("t2")
+    for word, found in (("t1zebra", ["t1"]), ("t2zebra", []), ("t3zebra", ["t3"])):
+        page = await store.list_threads(
+            Pagination(first=5), ThreadFilter(userId=ada.id, search=word)
+        )
+        assert [t["id"] for t in page.data] == found
+
+
+def test_a_step_number_outside_the_search_key_is_refused() -> None:
+    assert message_rowid(1, (1 << 32) - 1) == (2 << 32) - 1
+    for step_seq in (0, 1 << 32):
+        with pytest.raises(ValueError):
+            message_rowid(1, step_seq)
+
+
 # ---- the thread list
 
 
@@ -351,6 +374,7 @@ async def test_a_malformed_cursor_returns_an_empty_page(
     [
         ("lighthouse", ["en"]),
         ("LIGHT", ["en"]),  # prefix, any case
+        ("lig", ["en"]),  # three letters are a prefix too
         ("th", []),  # two letters: whole words only, not every word starting with th
         ("keeper lighthouse", ["en"]),  # every word, any order
         ("天氣", ["tw"]),  # Traditional, a two-character word inside a sentence
@@ -361,6 +385,8 @@ async def test_a_malformed_cursor_returns_an_empty_page(
         ('"; DROP TABLE threads; --', []),
         ("，。!?", []),  # nothing searchable
         ("   ", ["cn", "en", "named", "tw"]),  # blank: no search
+        # Eight terms at most: a ninth, found nowhere, is not searched for.
+        ("where is the lighthouse keeper lives there ligh nowhere", ["en"]),
     ],
 )
 async def test_search_finds_words_in_messages_and_names_chinese_included(

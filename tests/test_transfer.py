@@ -514,6 +514,10 @@ async def test_the_markdown_shows_every_message_with_its_receipt(store: ChatData
     markdown = transfer.to_markdown(document)
     plain = markdown.replace("\\", "")  # the escapes, removed
     assert markdown.startswith("# 灯塔 Lighthouses\n")
+    about = plain.splitlines()[2]
+    when = r"\d{4}-\d\d-\d\d \d\d:\d\d UTC"
+    assert re.fullmatch(rf"\*chatllm · started {when} · exported {when} · 10 messages\*", about)
+    assert "**System prompt:**\n\n> You are a helpful assistant." in plain
     assert "- **Model:** local:SmolLM2-135M-Instruct" in plain
     assert "- **Temperature:** 0.4" in plain and "- **Seed:** 7" in plain
     assert "> Tell me about lighthouses.\n> 請用中文回答。" in markdown
