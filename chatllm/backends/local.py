@@ -209,8 +209,10 @@ class LocalEngine:
                     process.forget(rid)
                 self._leave(ticket)
             else:
-                process.stop(rid)
-                self._drain_then_leave(loop, rid, pending, arrived, ticket)
+                try:
+                    process.stop(rid)
+                finally:
+                    self._drain_then_leave(loop, rid, pending, arrived, ticket)
 
     def _drain_then_leave(
         self,
