@@ -155,34 +155,35 @@ class Endpoint:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self, timeout: float = 120.0) -> None:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llama_cpp.server",
-                "--model",
-                str(self.model_path),
-                "--model_alias",
-                self.alias,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--api_key",
-                self.api_key,
-                "--n_ctx",
-                "2048",
-                # By default the server cuts a streaming reply short (no text, no finish
-                # reason) when another request arrives; the app says so when it happens.
-                "--interrupt_requests",
-                str(self.interrupt).lower(),
-                "--verbose",
-                "false",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=self.log.open("ab"),
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        with self.log.open("ab") as log:  # the child keeps its own copy
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "llama_cpp.server",
+                    "--model",
+                    str(self.model_path),
+                    "--model_alias",
+                    self.alias,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--api_key",
+                    self.api_key,
+                    "--n_ctx",
+                    "2048",
+                    # By default the server cuts a streaming reply short (no text, no finish
+                    # reason) when another request arrives; the app says so when it happens.
+                    "--interrupt_requests",
+                    str(self.interrupt).lower(),
+                    "--verbose",
+                    "false",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         request = urllib.request.Request(
             f"{self.base_url}/models", headers={"Authorization": f"Bearer {self.api_key}"}
         )
@@ -217,22 +218,23 @@ class AppServer:
 
     def start(self, timeout: float = 120.0) -> AppServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATLLM_", "CHAINLIT_"))}
-        self.process = subprocess.Popen(
-            [
-                CHAINLIT,
-                "run",
-                "app.py",
-                "--headless",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            cwd=ROOT,
-            env={**env, "CHATLLM_DATA_DIR": str(self.data_dir)},
-            stdout=subprocess.DEVNULL,
-            stderr=self.log.open("ab"),
-        )
+        with self.log.open("ab") as log:  # the child keeps its own copy
+            self.process = subprocess.Popen(
+                [
+                    CHAINLIT,
+                    "run",
+                    "app.py",
+                    "--headless",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                cwd=ROOT,
+                env={**env, "CHATLLM_DATA_DIR": str(self.data_dir)},
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         request = urllib.request.Request(self.base + "/health")
         wait_until_serving(self.process, request, "the app", timeout, self.log)
         return self
