@@ -25,7 +25,7 @@ from typing import Any
 from chatllm.auth import Passwords
 from chatllm.config import Settings, get_settings
 from chatllm.errors import ChatLLMError
-from chatllm.store import Database, FileStore
+from chatllm.store import FileStore, migrated
 from chatllm.store.users import Users
 
 
@@ -42,9 +42,7 @@ def _read_password(args: argparse.Namespace) -> str:
 
 
 async def _users(args: argparse.Namespace, settings: Settings) -> str:
-    database = Database(settings.database)
-    try:
-        await database.migrate()
+    async with migrated(settings.database) as database:
         users = Users(database, FileStore(settings.data_dir / "files"))
         if args.action == "list":
             return "\n".join(await users.with_passwords()) or "(no users: local mode)"
@@ -57,8 +55,6 @@ async def _users(args: argparse.Namespace, settings: Settings) -> str:
             return f"Added {args.name}. Restart the app if it runs without a login."
         await users.set_password(args.name, password_hash)
         return f"Set a new password for {args.name}."
-    finally:
-        await database.close()
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

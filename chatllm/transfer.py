@@ -50,7 +50,7 @@ from chatllm.history import CHOSEN_REPLIES, CONVERSATION_KINDS, FINISH_REASON, K
 from chatllm.i18n import normalize, t
 from chatllm.receipts import RECEIPT, receipt_of
 from chatllm.sampling import Sampling
-from chatllm.store import ChatDataLayer, Database, FileStore
+from chatllm.store import ChatDataLayer, FileStore, migrated
 from chatllm.store.users import NoSuchUser
 
 FORMAT = "chatllm.thread"
@@ -678,12 +678,8 @@ def _when(value: str) -> str:
 
 @asynccontextmanager
 async def _open_store(settings: Settings) -> AsyncIterator[ChatDataLayer]:
-    database = Database(settings.database)
-    try:
-        await database.migrate()
+    async with migrated(settings.database) as database:
         yield ChatDataLayer(database, FileStore(settings.data_dir / "files"))
-    finally:
-        await database.close()
 
 
 async def _threads(args: argparse.Namespace, settings: Settings) -> str:

@@ -48,7 +48,7 @@ from chatllm.i18n import one_line, t
 from chatllm.presets import Preset, PresetError, Presets
 from chatllm.receipts import Receipt, receipt_of
 from chatllm.sampling import Sampling
-from chatllm.store import ChatDataLayer, Database, FileStore, StoreError
+from chatllm.store import ChatDataLayer, Database, FileStore, StoreError, migrated
 from chatllm.store.users import Users
 from chatllm.transfer import export_thread, to_markdown
 from chatllm.transfer import import_thread as import_document
@@ -159,12 +159,8 @@ class ChatApp:
         ensure_auth_secret(self.settings.data_dir)
         # A database of its own: connections belong to the event loop that opened them,
         # and this runs before the server's loop starts.
-        database = Database(self.settings.database)
-        try:
-            await database.migrate()
+        async with migrated(self.settings.database) as database:
             users = await Users(database, self.store.files).with_passwords()
-        finally:
-            await database.close()
         self.auth_mode = decide_mode(host, len(users))
         log.info("Authentication: %s", self.auth_mode)
 

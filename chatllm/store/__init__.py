@@ -2,7 +2,7 @@
 
 from chatllm.errors import StoreError
 from chatllm.store.datalayer import ChatDataLayer, ThreadAccessDenied
-from chatllm.store.db import Database
+from chatllm.store.db import Database, migrated
 from chatllm.store.files import FileStore
 
-__all__ = ["ChatDataLayer", "Database", "FileStore", "StoreError", "ThreadAccessDenied"]
+__all__ = ["ChatDataLayer", "Database", "FileStore", "StoreError", "ThreadAccessDenied", "migrated"]

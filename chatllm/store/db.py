@@ -134,3 +134,15 @@ def _sqlite_path(url: str) -> Path:
         # Readers and the writer are separate connections; they must share a file.
         raise ValueError("The database must be a file, e.g. sqlite+aiosqlite:///data/chatllm.db")
     return Path(database.removeprefix("file:"))  # an SQLite URI (…?mode=ro&uri=true)
+
+
+@asynccontextmanager
+async def migrated(url: str) -> AsyncIterator[Database]:
+    """The database at `url`, its schema brought up to date; closed when the block ends.
+    The one way the app and its commands open a store."""
+    database = Database(url)
+    try:
+        await database.migrate()
+        yield database
+    finally:
+        await database.close()
