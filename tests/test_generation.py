@@ -75,14 +75,20 @@ async def test_a_receipt_records_settings_seed_tokens_and_speed(local: LocalBack
     drawn = receipt.seed
     assert isinstance(drawn, int)  # drawn for the empty seed slider, and recorded
     assert receipt.sampling == {**sampling.model_dump(), "seed": drawn}
-    assert receipt.finish_reason == "length" and receipt.completion_tokens == 24
+    tokens = receipt.completion_tokens
+    assert tokens is not None
+    # The drawn seed decides whether the model ends the story on its own before the limit
+    # (now and then it does: seen in CI).
+    assert (receipt.finish_reason, tokens) == ("length", 24) or (
+        receipt.finish_reason == "stop" and 0 < tokens < 24
+    )
     assert receipt.prompt_messages == 4  # system, the exchange, the new message
     assert receipt.prompt_tokens is not None and receipt.prompt_tokens > 20
     assert receipt.ttft_ms is not None and receipt.ttft_ms > 0
     assert receipt.duration_ms is not None and receipt.duration_ms > receipt.ttft_ms
     # tokens/s: the tokens after the first, over the time after the first.
     after_first = (receipt.duration_ms - receipt.ttft_ms) / 1000
-    assert receipt.tokens_per_second == pytest.approx(23 / after_first, rel=1e-3)
+    assert receipt.tokens_per_second == pytest.approx((tokens - 1) / after_first, rel=1e-3)
     assert receipt.queued_ms == 0.0  # nobody was ahead of it
     made = datetime.fromisoformat(receipt.created_at)
     assert abs(datetime.now(UTC) - made) < timedelta(minutes=5)
@@ -93,12 +99,12 @@ async def test_a_receipt_records_settings_seed_tokens_and_speed(local: LocalBack
         "top_p 0.8",
         "top_k 30",
         f"seed {drawn}",
-        "+ 24 tokens",
+        f"+ {tokens} tokens",
         t("receipt.ttft", "en", ms=f"{receipt.ttft_ms:.0f}"),
         t("receipt.speed", "en", rate=f"{receipt.tokens_per_second:.1f}"),
     ):
         assert part in summary
-    assert "截斷" in receipt.summary("zh-TW")
+    assert t(f"finish.{receipt.finish_reason}", "zh-TW") in receipt.summary("zh-TW")
     again = receipt_of({"receipt": receipt.model_dump(mode="json")})
     assert again == receipt  # what is stored reads back unchanged
     with pytest.raises(ValidationError):  # a receipt, once made, is what made the reply
