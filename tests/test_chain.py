@@ -31,6 +31,15 @@ class RecordingChat(GenericFakeChatModel):
         return super()._generate(messages, *args, **kwargs)
 
 
+def recording_chain(reply: str = "ok", **options: Any) -> Any:
+    """The app's chain over a `RecordingChat` scripted to `reply`, its record emptied;
+    `options` are `build_chain`'s (a 1000-token context, 10 for the reply, counted in words,
+    unless given)."""
+    RecordingChat.seen = []
+    settings: dict[str, Any] = {"context_tokens": 1000, "reply_tokens": 10, "count": words}
+    return build_chain(RecordingChat(messages=iter([AIMessage(reply)])), **{**settings, **options})
+
+
 def exchange(n: int) -> list[BaseMessage]:
     return [HumanMessage(f"question {n} " + "w " * 8), AIMessage(f"answer {n} " + "w " * 8)]
 
@@ -75,9 +84,7 @@ def test_trimming_counts_real_tokens_of_the_local_model(local: LocalBackend) -> 
 
 
 async def test_the_model_receives_system_history_and_message_in_order() -> None:
-    model = RecordingChat(messages=iter([AIMessage("scripted reply")]))
-    RecordingChat.seen = []
-    chain = build_chain(model, context_tokens=1000, reply_tokens=100, count=words)
+    chain = recording_chain("scripted reply", reply_tokens=100)
     history = exchange(1)
     parts = [part async for part in chain.astream(chain_input("be brief", history, "and then?"))]
     assert "".join(parts) == "scripted reply"
@@ -90,17 +97,14 @@ async def test_the_model_receives_system_history_and_message_in_order() -> None:
 
 
 async def test_braces_in_a_message_are_not_read_as_template_fields() -> None:
-    model = RecordingChat(messages=iter([AIMessage("ok")]))
-    RecordingChat.seen = []
-    chain = build_chain(model, context_tokens=1000, reply_tokens=100, count=words)
+    chain = recording_chain(reply_tokens=100)
     await chain.ainvoke(chain_input("sys {x}", [], "print({'a': 1}) {message}"))
     assert RecordingChat.seen[0][-1].text == "print({'a': 1}) {message}"
     assert RecordingChat.seen[0][0].text == "sys {x}"
 
 
 async def test_reserving_room_for_the_reply_shrinks_the_prompt_budget() -> None:
-    model = RecordingChat(messages=iter([AIMessage("ok")]))
-    chain = build_chain(model, context_tokens=100, reply_tokens=95, count=words)
+    chain = recording_chain(context_tokens=100, reply_tokens=95)
     with pytest.raises(ContextOverflow) as refused:
         await chain.ainvoke(chain_input("be brief", [], "one two three four five six"))
     assert refused.value.available == 5
@@ -156,14 +160,7 @@ async def test_the_chain_prepares_the_counts_before_it_trims() -> None:
         assert all(m.text in prepared[-1] for m in messages)
         return words(messages)
 
-    RecordingChat.seen = []
-    chain = build_chain(
-        RecordingChat(messages=iter([AIMessage("ok")])),
-        context_tokens=1000,
-        reply_tokens=10,
-        count=count,
-        prepare=prepare,
-    )
+    chain = recording_chain(count=count, prepare=prepare)
     reply = "".join([p async for p in chain.astream(chain_input("be brief", [], "hello"))])
     assert reply == "ok"
     assert prepared == [["be brief", "hello"]]
@@ -196,13 +193,7 @@ async def test_a_reply_record_without_usage_says_so() -> None:
 
 
 def test_a_synchronous_run_of_the_chain_sends_the_same_prompt() -> None:
-    RecordingChat.seen = []
-    chain = build_chain(
-        RecordingChat(messages=iter([AIMessage("ok")])),
-        context_tokens=1000,
-        reply_tokens=10,
-        count=words,
-    )
+    chain = recording_chain()
     assert chain.invoke(chain_input("be brief", exchange(1), "hello")) == "ok"
     (seen,) = RecordingChat.seen
     assert [m.text for m in seen] == ["be brief", *[m.text for m in exchange(1)], "hello"]
