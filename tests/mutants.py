@@ -7,6 +7,7 @@ killed; one they pass on survived, and is a promise no test holds (or a change t
 no difference, which the report should then say). The module is restored after each run.
 
     .venv/bin/python tests/mutants.py [--module sampling] [--limit 50]    # make mutants
+    .venv/bin/python tests/mutants.py --module document --line 194       # one line's
 
 Writes `artifacts/mutants.md` (survivors with their line) and prints a summary. Written
 here rather than taken from mutmut: mutmut 3 rewrites the whole package into a `mutants/`
@@ -166,10 +167,32 @@ def run_tests(tests: list[str], timeout: float) -> bool:
     return done.returncode == 0
 
 
+def section(
+    name: str,
+    module: str,
+    tests: list[str],
+    lines: list[str],
+    survivors: list[Mutant],
+    run: int,
+) -> tuple[str, list[str]]:
+    """A module's total and its survivors' lines after the first `run` of its mutants."""
+    total = f"{name}: {run - len(survivors)} of {run} killed"
+    listed = [f"- line {m.line}: {m.what} — `{lines[m.line - 1].strip()}`" for m in survivors]
+    return total, [f"## {module} ({', '.join(tests)})", "", *(listed or ["- none"]), ""]
+
+
+def write_report(totals: list[str], report: list[str]) -> None:
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text("\n".join(["\n".join(totals), "", *report]), "utf-8")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--module", action="append", choices=sorted(TARGETS))
     parser.add_argument("--limit", type=int, default=0, help="at most this many per module")
+    parser.add_argument(
+        "--line", type=int, action="append", help="only the mutants of this line (repeatable)"
+    )
     parser.add_argument("--timeout", type=float, default=300, help="seconds per test run")
     args = parser.parse_args()
     report = ["# Surviving mutants", ""]
@@ -182,12 +205,15 @@ def main() -> int:
             print(f"{name}: the tests fail without any mutant; fix them first", file=sys.stderr)
             return 2
         found = sorted(mutants(source), key=lambda mutant: mutant.line)
+        if args.line:
+            found = [mutant for mutant in found if mutant.line in args.line]
         if args.limit and len(found) > args.limit:
             # Spread over the whole module (a step rounded down, then cut, never reached
             # its end).
             found = [found[i * len(found) // args.limit] for i in range(args.limit)]
         survivors: list[Mutant] = []
         began = time.monotonic()
+        lines = source.splitlines()
         try:
             for number, mutant in enumerate(found, 1):
                 path.write_text(ast.unparse(mutant.tree) + "\n", "utf-8")
@@ -199,21 +225,18 @@ def main() -> int:
                     file=sys.stderr,
                     flush=True,
                 )
+                # Written after every mutant, so that a run stopped early still says how
+                # far it got and what survived until then.
+                total, listed = section(name, module, tests, lines, survivors, number)
+                total += f" ({time.monotonic() - began:.0f} s, {number} of {len(found)} run)"
+                write_report([*totals, total], [*report, *listed])
         finally:
             path.write_text(source, "utf-8")
         print(file=sys.stderr)
-        lines = source.splitlines()
-        totals.append(
-            f"{name}: {len(found) - len(survivors)} of {len(found)} killed"
-            f" ({time.monotonic() - began:.0f} s)"
-        )
-        report += [f"## {module} ({', '.join(tests)})", ""]
-        report += [
-            f"- line {m.line}: {m.what} — `{lines[m.line - 1].strip()}`" for m in survivors
-        ] or ["- none"]
-        report.append("")
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text("\n".join(["\n".join(totals), "", *report]), "utf-8")
+        total, listed = section(name, module, tests, lines, survivors, len(found))
+        totals.append(f"{total} ({time.monotonic() - began:.0f} s)")
+        report += listed
+    write_report(totals, report)
     print("\n".join(totals))
     print(f"survivors: {REPORT}")
     return 0
