@@ -485,6 +485,46 @@ def test_a_file_that_is_not_json_is_refused_clearly() -> None:
         transfer.load_document("[" * 100_000 + "]" * 100_000)
 
 
+@pytest.mark.parametrize("wrong", [5, 6])
+def test_a_document_with_many_problems_names_the_first_five_and_counts_the_rest(
+    wrong: int,
+) -> None:
+    document = broken("nothing")
+    fields = [(0, "text"), (0, "author"), (0, "is_error"), (1, "text"), (1, "author")]
+    fields += [(1, "is_error")]
+    for n, field in fields[:wrong]:
+        document["messages"][n][field] = 42
+    with pytest.raises(InvalidDocument) as refused:
+        transfer.parse_document(document)
+    said = str(refused.value).removeprefix("the thread export is malformed: ")
+    named = [f"messages[{n}].{field}" for n, field in fields[:5]]
+    assert [problem.split(":")[0] for problem in said.split("; ")] == named
+    more = " (and 1 more)" if wrong == 6 else ""
+    assert said.endswith(f"messages[1].author: Input should be a valid string{more}")
+
+
+async def test_an_untitled_import_is_named_after_its_first_question(store: ChatDataLayer) -> None:
+    await user(store, "bob")
+    question = "What  do lighthouses\n do at night, and who keeps them lit when the keeper sleeps?"
+    document = broken("nothing")
+    document["thread"]["name"] = ""
+    document["messages"][0]["text"] = question
+    document["messages"].insert(
+        0, {"id": "a0", "role": "assistant", "text": "Welcome!", "created_at": at(0)}
+    )
+    new_id = await transfer.import_thread(store, document, "bob")
+    name = "What do lighthouses do at night, and who keeps them lit when"
+    assert (await load(store, new_id))["name"] == f"{name} (imported)"
+    assert len(name) == 60
+
+    del document["thread"]["name"]
+    document["messages"] = document["messages"][:1]  # no question at all
+    document["thread"]["metadata"] = {}
+    document["elements"] = []
+    new_id = await transfer.import_thread(store, document, "bob")
+    assert (await load(store, new_id))["name"] == "Untitled (imported)"
+
+
 async def test_messages_keep_their_order_even_with_times_written_differently(
     store: ChatDataLayer,
 ) -> None:
@@ -597,6 +637,74 @@ async def test_a_hostile_message_cannot_fake_the_markdowns_structure(
 def test_markdown_of_a_bad_document_is_refused() -> None:
     with pytest.raises(InvalidDocument):
         transfer.to_markdown({"format": "chatllm.thread", "version": 1})
+
+
+def answered(*replies: tuple[str, str | None], chosen: str | None = None) -> dict[str, Any]:
+    """A document: one question, and each (text, kind) as a finished reply to it."""
+    document = broken("nothing")
+    document["elements"] = []
+    document["thread"]["metadata"] = {CHOSEN_REPLIES: {"u1": chosen}} if chosen else {}
+    document["messages"][1:] = [
+        {
+            "id": f"r{n}",
+            "role": "assistant",
+            "text": text,
+            "created_at": at(n + 1),
+            "kind": kind,
+            "reply_to": "u1",
+            "finish_reason": "stop",
+        }
+        for n, (text, kind) in enumerate(replies, start=1)
+    ]
+    return document
+
+
+def headings(markdown: str) -> list[str]:
+    """The replies' headings, without their times."""
+    return [line.rsplit(" · ", 1)[0] for line in markdown.splitlines() if line.startswith("## A")]
+
+
+def test_the_newest_reply_is_the_one_continued_when_none_was_chosen() -> None:
+    document = answered(("Lighthouses guide ships.", "reply"), ("They warn of rocks.", "variant"))
+    assert headings(transfer.to_markdown(document)) == [
+        "## Assistant · reply 1 of 2",
+        "## Assistant · reply 2 of 2 · the conversation continues from this one",
+    ]
+    chosen = answered(("one", "reply"), ("two", "variant"), ("three", "variant"), chosen="r2")
+    assert headings(transfer.to_markdown(chosen)) == [
+        "## Assistant · reply 1 of 3",
+        "## Assistant · reply 2 of 3 · the conversation continues from this one",
+        "## Assistant · reply 3 of 3",
+    ]
+
+
+def test_replies_stored_without_a_kind_are_numbered_as_replies() -> None:
+    # Replies saved before replies had a kind: history reads them as replies too.
+    document = answered(("Lighthouses guide ships.", None), ("They warn of rocks.", None))
+    assert headings(transfer.to_markdown(document)) == [
+        "## Assistant · reply 1 of 2",
+        "## Assistant · reply 2 of 2 · the conversation continues from this one",
+    ]
+
+
+def test_an_empty_reply_shows_as_an_empty_quote_and_an_empty_comparison_as_its_columns() -> None:
+    document = answered(("", "reply"))
+    document["messages"][1]["receipt"] = receipt(1).model_dump()
+    markdown = transfer.to_markdown(document)
+    assert "UTC\n\n>\n\n*" in markdown  # the heading, the empty quote, the receipt
+    comparison = answered(("", "compare"))
+    comparison["messages"][1]["compare"] = {"replies": [{"label": "A", "text": "Beams."}]}
+    markdown = transfer.to_markdown(comparison)
+    assert "UTC\n\n### A\n\n> Beams.\n" in markdown  # no empty quote before the columns
+
+
+@pytest.mark.parametrize("empty", ["", None])
+def test_a_setting_left_empty_reads_not_set(empty: str | None) -> None:
+    document = broken("nothing")
+    document["thread"]["metadata"]["chat_settings"] = {"seed": empty, "top_p": 0.9, "preset": ""}
+    markdown = transfer.to_markdown(document)
+    settings = markdown.split("---")[0].splitlines()[4:-1]
+    assert settings == ["- **Seed:** not set", "- **Top P:** 0.9", "- **preset:** not set"]
 
 
 # ---- commands
