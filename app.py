@@ -8,8 +8,8 @@ from chainlit.server import app as server
 from chainlit.types import ThreadDict
 
 from chatllm.auth import AuthMode
+from chatllm.chat import ChatApp
 from chatllm.store import ChatDataLayer
-from chatllm.ui import ChatApp
 from chatllm.web import element_files, mount
 
 chat = ChatApp.from_environment(host=chainlit_config.run.host)
@@ -29,7 +29,7 @@ def data_layer() -> ChatDataLayer:
 
 @cl.set_chat_profiles
 async def chat_profiles(user: cl.User | None, language: str | None = None) -> list[cl.ChatProfile]:
-    return await chat.profiles(language)
+    return await chat.profiles(user, language)
 
 
 @cl.on_chat_start

@@ -20,11 +20,13 @@ import asyncio
 import getpass
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from chatllm.auth import Passwords
 from chatllm.config import Settings, get_settings
 from chatllm.errors import ChatLLMError
+from chatllm.sampling import NUMERIC_FIELDS, Sampling, option_name
 from chatllm.store import FileStore, migrated
 from chatllm.store.users import Users
 
@@ -57,7 +59,13 @@ async def _users(args: argparse.Namespace, settings: Settings) -> str:
         return f"Set a new password for {args.name}."
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+async def _sweep(args: argparse.Namespace, settings: Settings) -> str:
+    from chatllm.sweep import sweep_command  # the models and plots load for this one only
+
+    return await sweep_command(args, settings)
+
+
+def _register_users(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     users = commands.add_parser("users", help="add, reset, remove or list login users")
     actions = users.add_subparsers(dest="action", required=True)
     for action in ("add", "reset", "remove"):
@@ -71,19 +79,83 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     users.set_defaults(handler=_users)
 
 
-#: Each command's module adds its parser with a `handler(args, settings) -> str` coroutine.
+def _register_sweep(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sweep = commands.add_parser(
+        "sweep",
+        help="run one prompt over a grid of sampling values and plot the replies",
+        description="Run one prompt over a grid of sampling values, several times per cell, "
+        "and write every reply with its receipt (CSV, JSON), a summary per cell and heatmaps.",
+    )
+    sweep.add_argument("prompt", help="the message sent to the model in every run")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2,…",
+        help="a sampling value to vary and its values; repeatable. "
+        f"NAME: {', '.join(NUMERIC_FIELDS)}",
+    )
+    sweep.add_argument(
+        "--repeats", type=int, default=3, metavar="N", help="runs per cell (default 3)"
+    )
+    sweep.add_argument(
+        "--profile",
+        metavar="BACKEND:MODEL",
+        help="the model, as in the chat-profile menu (default: the local model)",
+    )
+    sweep.add_argument(
+        "--seed",
+        type=int,
+        metavar="S",
+        help="run r of every cell uses seed S+r (default: a fresh seed per run)",
+    )
+    for name, field in Sampling.model_fields.items():
+        if name in NUMERIC_FIELDS and name != "seed":
+            sweep.add_argument(
+                option_name(name),
+                dest=name,
+                metavar="VALUE",
+                type=int if field.annotation is int else float,
+                help=f"{name} for every run (default {field.default})",
+            )
+    sweep.add_argument("--system-prompt", metavar="TEXT", help="default: CHATLLM_SYSTEM_PROMPT")
+    sweep.add_argument(
+        "--concurrency",
+        type=int,
+        default=4,
+        metavar="N",
+        help="requests in flight to an OpenAI-compatible endpoint (default 4); "
+        "the local model runs one at a time",
+    )
+    sweep.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="output folder (default: DATA_DIR/sweeps/<UTC time>)",
+    )
+    sweep.add_argument("--force", action="store_true", help="overwrite an earlier sweep in --out")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.set_defaults(handler=_sweep)
+
+
+#: Each command's parser sets a `handler(args, settings) -> str` coroutine.
 Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, str]]
 
 
-def main(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chatllm", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    from chatllm import sweep, transfer  # here: `users` needs neither the models nor plots
+def parser() -> argparse.ArgumentParser:
+    """`python -m chatllm` and every subcommand."""
+    from chatllm import transfer
 
-    register(commands)
+    root = argparse.ArgumentParser(prog="python -m chatllm", description=__doc__.split("\n")[0])
+    commands = root.add_subparsers(dest="command", required=True)
+    _register_users(commands)
     transfer.register(commands)
-    sweep.register(commands)
-    args = parser.parse_args(argv)
+    _register_sweep(commands)
+    return root
+
+
+def main(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
+    args = parser().parse_args(argv)
     handler: Handler = args.handler
     try:
         print(asyncio.run(handler(args, settings or get_settings())))

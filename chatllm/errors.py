@@ -23,6 +23,10 @@ class StoreError(ChatLLMError):
     """A write to the database failed; nothing of it was kept."""
 
 
+class PresetError(ChatLLMError):
+    """A preset name or values that cannot be saved."""
+
+
 class BackendError(ChatLLMError):
     """The model backend could not produce a reply."""
 
@@ -105,37 +109,37 @@ class EngineHung(BackendError):
         super().__init__(f"the local model's engine gave no sign of life for {seconds:g} s")
 
 
-def describe(exc: BaseException, language: str | None = None) -> str:
+def describe(exc: BaseException, lang: str | None = None) -> str:
     """Plain words for the user; the one place errors become text."""
     from chatllm.i18n import t
 
     if isinstance(exc, BackendUnreachable):
-        return t("error.unreachable", language, url=exc.url, detail=exc.detail)
+        return t("error.unreachable", lang, url=exc.url, detail=exc.detail)
     if isinstance(exc, BackendTimeout):
-        return t("error.timeout", language, seconds=exc.seconds)
+        return t("error.timeout", lang, seconds=exc.seconds)
     if isinstance(exc, BackendAuthError):
-        return t("error.auth", language, status=exc.status)
+        return t("error.auth", lang, status=exc.status)
     if isinstance(exc, EndpointNotFound):
-        return t("error.not_found", language, url=exc.url)
+        return t("error.not_found", lang, url=exc.url)
     if isinstance(exc, UnknownModel):
-        return t("error.unknown_model", language, model=exc.model)
+        return t("error.unknown_model", lang, model=exc.model)
     if isinstance(exc, ContextOverflow):
         if exc.needed is None or exc.available is None:
-            return t("error.context.unknown", language)
-        return t("error.context", language, needed=exc.needed, available=exc.available)
+            return t("error.context.unknown", lang)
+        return t("error.context", lang, needed=exc.needed, available=exc.available)
     if isinstance(exc, EngineCrashed):
-        return t("error.engine_crashed", language, detail=exc.detail)
+        return t("error.engine_crashed", lang, detail=exc.detail)
     if isinstance(exc, EngineHung):
-        return t("error.engine_hung", language, seconds=exc.seconds)
+        return t("error.engine_hung", lang, seconds=exc.seconds)
     if isinstance(exc, EngineUnavailable):
-        return t("error.engine_unavailable", language, detail=exc.detail)
+        return t("error.engine_unavailable", lang, detail=exc.detail)
     if isinstance(exc, StoreError):
-        return t("error.store", language, detail=str(exc))
+        return t("error.store", lang, detail=str(exc))
     if isinstance(exc, InvalidSampling):
-        return t("settings.refused", language, problems="; ".join(exc.problems))
+        return t("settings.refused", lang, problems="; ".join(exc.problems))
     if isinstance(exc, BackendError):
-        return t("error.backend", language, detail=str(exc))
+        return t("error.backend", lang, detail=str(exc))
     if isinstance(exc, ChatLLMError):
         text = str(exc).strip()
         return (text[:1].upper() + text[1:]).rstrip(".") + "." if text else type(exc).__name__
-    return t("error.unexpected", language, kind=type(exc).__name__)
+    return t("error.unexpected", lang, kind=type(exc).__name__)

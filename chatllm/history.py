@@ -16,12 +16,14 @@ conversation continues from; without a choice the newest one counts.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from chainlit.step import StepDict
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from chatllm.receipts import RECEIPT, Receipt
+
+if TYPE_CHECKING:  # Chainlit's types only: the history needs no UI
+    from chainlit.step import StepDict
 
 FINISH_REASON = "finish_reason"
 KIND = "kind"

@@ -320,9 +320,9 @@ _ZH_CN: dict[str, str] = {
 CATALOGUES: dict[str, dict[str, str]] = {"en": _EN, "zh-TW": _ZH_TW, "zh-CN": _ZH_CN}
 
 
-def normalize(language: str | None) -> Lang:
+def normalize(lang: str | None) -> Lang:
     """Map a browser language tag (zh-Hant-TW, zh_hk, zh, en-GB …) onto a catalogue."""
-    tag = (language or "en").replace("_", "-").lower()
+    tag = (lang or "en").replace("_", "-").lower()
     if not tag.startswith("zh"):
         return "en"
     if any(part in tag for part in ("tw", "hk", "mo", "hant")):
@@ -330,9 +330,9 @@ def normalize(language: str | None) -> Lang:
     return "zh-CN"
 
 
-def t(key: str, language: str | None = None, **values: object) -> str:
+def t(key: str, lang: str | None = None, **values: object) -> str:
     """The text for `key` in the user's language, falling back to English."""
-    catalogue = CATALOGUES[normalize(language)]
+    catalogue = CATALOGUES[normalize(lang)]
     template = catalogue.get(key) or _EN[key]
     return template.format(**values) if values else template
 

@@ -6,18 +6,14 @@ max new tokens); it leaves the seed and the system prompt as they are.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
-
-from chatllm.errors import ChatLLMError, StoreError
+from chatllm.errors import PresetError
 from chatllm.i18n import t
 from chatllm.sampling import Sampling
 from chatllm.store import Database
+from chatllm.store.presets import PresetRows
 
 PRESET_FIELDS = ("temperature", "top_p", "top_k", "repeat_penalty", "max_tokens")
 MAX_NAME = 60
@@ -31,10 +27,6 @@ BUILT_IN: dict[str, dict[str, Any]] = {
     "precise": {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "repeat_penalty": 1.0},
     "creative": {"temperature": 1.1, "top_p": 0.98, "top_k": 100, "repeat_penalty": 1.05},
 }
-
-
-class PresetError(ChatLLMError):
-    """A preset name or values that cannot be saved."""
 
 
 @dataclass(frozen=True)
@@ -75,69 +67,27 @@ def clean_name(name: str) -> str:
 
 
 class Presets:
-    """Each user's saved presets, in the app's database."""
+    """The presets each user is offered: the built-in ones, then their own."""
 
     def __init__(self, db: Database) -> None:
-        self.db = db
+        self.rows = PresetRows(db)
 
     async def for_user(self, user_id: str | None, lang: str | None) -> list[Preset]:
         """The built-in presets, then the user's own by name."""
         presets = builtin_presets(lang)
         if user_id is None:
             return presets
-        async with self.db.read() as conn:
-            rows = (
-                await conn.execute(
-                    text(
-                        "SELECT name, preset_values FROM presets WHERE user_id = :user"
-                        " ORDER BY name COLLATE NOCASE"
-                    ),
-                    {"user": user_id},
-                )
-            ).all()
-        for row in rows:
-            presets.append(
-                Preset(key=f"user:{row.name}", label=row.name, values=json.loads(row.preset_values))
-            )
+        for name, values in await self.rows.for_user(user_id):
+            presets.append(Preset(key=f"user:{name}", label=name, values=values))
         return presets
 
     async def save(self, user_id: str, name: str, sampling: Sampling) -> Preset:
         """Save (or overwrite) the user's preset `name` with `sampling`'s values."""
         name = clean_name(name)
         values = values_of(sampling)
-        try:
-            return await self._save(user_id, name, values)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"the preset could not be saved ({exc})") from exc
-
-    async def _save(self, user_id: str, name: str, values: dict[str, Any]) -> Preset:
-        async with self.db.write() as conn:
-            count = await conn.scalar(
-                text("SELECT count(*) FROM presets WHERE user_id = :user AND name != :name"),
-                {"user": user_id, "name": name},
-            )
-            if (count or 0) >= MAX_PER_USER:
-                raise PresetError(f"at most {MAX_PER_USER} presets can be saved; delete some first")
-            await conn.execute(
-                text(
-                    "INSERT INTO presets (user_id, name, preset_values, created_at)"
-                    " VALUES (:user, :name, :values, :now)"
-                    " ON CONFLICT (user_id, name)"
-                    " DO UPDATE SET preset_values = excluded.preset_values"
-                ),
-                {
-                    "user": user_id,
-                    "name": name,
-                    "values": json.dumps(values),
-                    "now": datetime.now(UTC).isoformat(),
-                },
-            )
+        await self.rows.save(user_id, name, values, MAX_PER_USER)
         return Preset(key=f"user:{name}", label=name, values=values)
 
     async def delete(self, user_id: str, name: str) -> bool:
-        async with self.db.write() as conn:
-            result = await conn.execute(
-                text("DELETE FROM presets WHERE user_id = :user AND name = :name"),
-                {"user": user_id, "name": name},
-            )
-        return bool(result.rowcount)
+        """Delete the user's preset `name`; whether there was one."""
+        return await self.rows.delete(user_id, name)

@@ -8,12 +8,12 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from langchain_core.messages import BaseMessage
 from pydantic import BaseModel, ConfigDict, Field
 
+from chatllm.clock import utc_now
 from chatllm.i18n import t
 
 log = logging.getLogger("chatllm")
@@ -71,7 +71,7 @@ class Receipt(BaseModel):
     tokens_per_second: float | None = None
     duration_ms: float | None = None
     error: str | None = None
-    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
+    created_at: str = Field(default_factory=utc_now)
 
     @property
     def seed(self) -> int | None:

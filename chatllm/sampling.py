@@ -1,6 +1,7 @@
 """The sampling values as one validated model; the sliders are derived from it.
 
-A new knob is added here, once: its bounds, its default and its widget follow.
+A new knob is added here, once: its bounds, its default and its step make its widget in
+the settings panel (chatllm.chat.panel), and every receipt records it.
 """
 
 from __future__ import annotations
@@ -10,11 +11,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from chainlit.input_widget import InputWidget, Slider, TextInput
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from chatllm.errors import InvalidSampling
-from chatllm.i18n import t
 
 log = logging.getLogger("chatllm")
 
@@ -97,43 +96,25 @@ class Sampling(BaseModel):
         values["seed"] = "" if self.seed is None else str(self.seed)
         return values
 
-    def widgets(self, language: str | None = None) -> list[InputWidget]:
-        """The chat-settings panel showing these values."""
-        widgets: list[InputWidget] = []
-        for name, field in type(self).model_fields.items():
-            label = t(name, language)
-            tooltip = t(f"{name}.help", language)
-            value = getattr(self, name)
-            if name == "seed":
-                widgets.append(
-                    TextInput(
-                        id=name,
-                        label=label,
-                        initial="" if value is None else str(value),
-                        placeholder=t("seed.placeholder", language),
-                        tooltip=tooltip,
-                    )
-                )
-            elif name == "system_prompt":
-                widgets.append(
-                    TextInput(id=name, label=label, initial=value, multiline=True, tooltip=tooltip)
-                )
-            else:
-                low, high = _bounds(field.metadata)
-                extra = field.json_schema_extra
-                step = extra["step"] if isinstance(extra, dict) else 1
-                widgets.append(
-                    Slider(
-                        id=name,
-                        label=label,
-                        initial=value,
-                        min=low,
-                        max=high,
-                        step=float(step),  # type: ignore[arg-type]
-                        tooltip=tooltip,
-                    )
-                )
-        return widgets
+    @classmethod
+    def slider(cls, name: str) -> tuple[float, float, float]:
+        """(lowest, highest, step) of the numeric value `name`, for its slider."""
+        field = cls.model_fields[name]
+        low, high = _bounds(field.metadata)
+        extra = field.json_schema_extra
+        step = extra["step"] if isinstance(extra, dict) else 1
+        return low, high, float(step)  # type: ignore[arg-type]
+
+
+#: The numeric values (every one but the system prompt): those a sweep can vary.
+NUMERIC_FIELDS: tuple[str, ...] = tuple(
+    name for name, field in Sampling.model_fields.items() if field.annotation is not str
+)
+
+
+def option_name(name: str) -> str:
+    """The command-line option of a sampling value: top_p → --top-p."""
+    return "--" + name.replace("_", "-")
 
 
 def _bounds(metadata: list[Any]) -> tuple[float, float]:

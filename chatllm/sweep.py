@@ -38,30 +38,26 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tqdm import tqdm
 
 from chatllm.backends import Backend, Backends, ProfileSpec
+from chatllm.clock import format_time
 from chatllm.config import Settings
 from chatllm.errors import ChatLLMError, InvalidSampling
 from chatllm.generation import Generation
 from chatllm.i18n import one_line
 from chatllm.receipts import Receipt
-from chatllm.sampling import SEED_MAX, Sampling
+from chatllm.sampling import NUMERIC_FIELDS, SEED_MAX, Sampling, option_name
 
 log = logging.getLogger("chatllm")
 
-if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
 
 Number = int | float
 
 #: The sampling values a grid can vary: every numeric one, so a new knob is sweepable too.
-GRID_FIELDS: tuple[str, ...] = tuple(
-    name for name, field in Sampling.model_fields.items() if field.annotation is not str
-)
+GRID_FIELDS = NUMERIC_FIELDS
 
 #: Every file a sweep writes; an output folder holding any of them is not overwritten
 #: without --force.
@@ -74,10 +70,6 @@ OUTPUTS = (
     "tokens_per_second.png",
     "summary.png",
 )
-
-#: Tried in order for each character, so a Chinese or Japanese prompt in a title renders
-#: when the CJK fonts are installed (Debian's fonts-noto-cjk).
-FONT_FAMILIES = ("DejaVu Sans", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK JP")
 
 
 class SweepStopped(ChatLLMError):
@@ -117,7 +109,7 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return " ".join(f"{name}={_num(value)}" for name, value in self.values) or "base"
+        return " ".join(f"{name}={number_text(value)}" for name, value in self.values) or "base"
 
 
 @dataclass(frozen=True)
@@ -199,10 +191,6 @@ class SweepPlan:
 # Reading the command line
 
 
-def _option(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def _validated(base: Sampling, name: str, value: Any, where: str) -> Sampling:
     try:
         return base.update({name: value})
@@ -263,14 +251,14 @@ def plan_sweep(args: argparse.Namespace, settings: Settings) -> SweepPlan:
     for name in GRID_FIELDS:
         value = getattr(args, name, None)
         if name != "seed" and value is not None:
-            base = _validated(base, name, value, f"{_option(name)} {value}")
+            base = _validated(base, name, value, f"{option_name(name)} {value}")
     axes = [parse_axis(spec, base) for spec in args.grid]
     names = [axis.name for axis in axes]
     for name in names:
         if names.count(name) > 1:
             raise ChatLLMError(f"--grid {name} is given twice; list all its values in one")
         if name != "seed" and getattr(args, name, None) is not None:
-            raise ChatLLMError(f"{_option(name)} and --grid {name} both set {name}; give one")
+            raise ChatLLMError(f"{option_name(name)} and --grid {name} both set {name}; give one")
     if args.repeats < 1:
         raise ChatLLMError(f"--repeats {args.repeats}: a sweep needs at least one run per cell")
     if args.concurrency < 1:
@@ -482,11 +470,15 @@ async def sweep_command(args: argparse.Namespace, settings: Settings) -> str:
 # Writing
 
 
+def cell_fields(cell: Cell) -> dict[str, Any]:
+    """Which cell a record is of: its number and its grid values."""
+    return {"cell": cell.index, "values": dict(cell.values)}
+
+
 def reply_record(reply: Reply) -> dict[str, Any]:
     """A reply as sweep.json holds it: the receipt nested as the app stores it."""
     return {
-        "cell": reply.cell.index,
-        "values": dict(reply.cell.values),
+        **cell_fields(reply.cell),
         "repeat": reply.repeat,
         "text": reply.text,
         "receipt": reply.receipt.model_dump(mode="json"),
@@ -518,8 +510,7 @@ def reply_row(reply: Reply) -> dict[str, Any]:
 
 def cell_record(summary: CellSummary) -> dict[str, Any]:
     return {
-        "cell": summary.cell.index,
-        "values": dict(summary.cell.values),
+        **cell_fields(summary.cell),
         "replies": summary.replies,
         "errors": summary.errors,
         **{metric.key: _rounded(summary.measure(metric)) for metric in METRICS},
@@ -544,8 +535,8 @@ def sweep_header(
         "seed": plan.seed,
         "base": plan.base.model_dump(),
         "concurrency": sweep.concurrency,
-        "started_at": started.isoformat(),
-        "finished_at": finished.isoformat(),
+        "started_at": format_time(started),
+        "finished_at": format_time(finished),
         "runs": len(sweep.runs),
         "stopped": stopped,
         "cells": [cell_record(summary) for summary in summaries],
@@ -577,120 +568,12 @@ def write_sweep(
                 row = cell_record(summary)
                 values = row.pop("values")
                 writer.writerow({**row, **values})
+        from chatllm.plots import write_plots  # matplotlib loads only when a sweep ends
+
         plots = write_plots(plan, summaries)
     except OSError as exc:
         raise ChatLLMError(f"cannot write the sweep to {out}: {exc.strerror or exc}") from exc
     return [out / "sweep.csv", out / "sweep.json", out / "summary.csv", *plots]
-
-
-def _font_families() -> list[str]:
-    from matplotlib import font_manager
-
-    installed = {font.name for font in font_manager.fontManager.ttflist}
-    # Naming an absent family makes matplotlib log a warning for every text drawn.
-    return [family for family in FONT_FAMILIES if family in installed] or ["sans-serif"]
-
-
-def _layout(axes: Sequence[Axis]) -> tuple[str, list[str], str, list[str]]:
-    """The heatmaps' row title and labels, column title and labels. Cells fill the grid
-    row by row, as grid order (first axis outermost) lists them."""
-    if not axes:
-        return "", [""], "", ["base"]
-    if len(axes) == 1:
-        (axis,) = axes
-        return "", [""], axis.name, [_num(value) for value in axis.values]
-    first, rest = axes[0], axes[1:]
-    columns = [
-        ", ".join(f"{axis.name}={_num(value)}" for axis, value in zip(rest, combo, strict=True))
-        for combo in itertools.product(*(axis.values for axis in rest))
-    ]
-    return first.name, [_num(value) for value in first.values], "", columns
-
-
-def _tilted(labels: Sequence[str]) -> bool:
-    """Whether column labels are too long to stand side by side."""
-    return sum(len(label) for label in labels) > 40
-
-
-def _heatmap(
-    figure: Figure, panel: Axes, plan: SweepPlan, summaries: Sequence[CellSummary], metric: Metric
-) -> None:
-    import matplotlib
-    import numpy as np
-
-    row_title, rows, column_title, columns = _layout(plan.axes)
-    grid = np.full((len(rows), len(columns)), np.nan)
-    failed: set[int] = set()
-    for summary in summaries:
-        value = summary.measure(metric)
-        if value is not None:
-            grid.flat[summary.cell.index] = value
-        elif summary.errors:
-            failed.add(summary.cell.index)
-    colours = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
-    share = metric.key == "distinct"  # a share reads against its whole range, 0 to 1
-    image = panel.imshow(
-        np.ma.masked_invalid(grid),
-        cmap=colours,
-        aspect="auto",
-        vmin=0.0 if share else None,
-        vmax=1.0 if share else None,
-    )
-    low, high = image.get_clim()
-    for (row, column), value in np.ndenumerate(grid):
-        blank = "failed" if row * len(columns) + column in failed else "—"
-        # Light text on viridis's dark (low) end, dark text on its light end.
-        dark = not np.isnan(value) and (high <= low or (value - low) / (high - low) < 0.6)
-        panel.text(
-            column,
-            row,
-            blank if np.isnan(value) else f"{value:.{metric.places}f}",
-            ha="center",
-            va="center",
-            color="white" if dark else "black",
-        )
-    panel.set_xticks(
-        range(len(columns)),
-        labels=columns,
-        rotation=30 if _tilted(columns) else 0,
-        ha="right" if _tilted(columns) else "center",
-    )
-    panel.set_yticks(range(len(rows)), labels=rows)
-    panel.set_xlabel(column_title)
-    panel.set_ylabel(row_title)
-    panel.set_title(metric.title)
-    figure.colorbar(image, ax=panel)
-
-
-def write_plots(plan: SweepPlan, summaries: Sequence[CellSummary]) -> list[Path]:
-    """One heatmap PNG per measure, and summary.png with the three side by side."""
-    # Imported here: matplotlib takes a moment to load, and only a sweep's end needs it.
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    _, rows, _, columns = _layout(plan.axes)
-    width = max(4.5, 2.5 + 1.0 * len(columns))
-    height = max(3.0, 2.0 + 0.5 * len(rows)) + (1.0 if _tilted(columns) else 0.0)
-    prompt = one_line(plan.prompt, 60)
-    subtitle = f"“{prompt}” · {plan.profile.name} · {_plural(plan.repeats, 'repeat')}"
-    paths = []
-    with matplotlib.rc_context({"font.family": _font_families()}):
-        for metric in METRICS:
-            figure = Figure(figsize=(width, height), layout="constrained")
-            FigureCanvasAgg(figure)
-            _heatmap(figure, figure.add_subplot(), plan, summaries, metric)
-            figure.suptitle(subtitle, fontsize="small")
-            paths.append(plan.out / f"{metric.key}.png")
-            figure.savefig(paths[-1], dpi=110)
-        figure = Figure(figsize=(3 * width, height), layout="constrained")
-        FigureCanvasAgg(figure)
-        for metric, panel in zip(METRICS, figure.subplots(1, len(METRICS)), strict=True):
-            _heatmap(figure, panel, plan, summaries, metric)
-        figure.suptitle(subtitle)
-        paths.append(plan.out / "summary.png")
-        figure.savefig(paths[-1], dpi=110)
-    return paths
 
 
 def summary_text(
@@ -704,14 +587,14 @@ def summary_text(
     seeds = f"seeds {plan.seed}+repeat" if plan.seed is not None else "random seeds"
     lines = [
         f"Sweep of “{one_line(plan.prompt, 60)}” on {plan.profile.name}: "
-        f"{_plural(len(summaries), 'cell')} × {_plural(plan.repeats, 'repeat')}, {seeds}; "
-        f"{_plural(finished, 'run')} in {elapsed:.1f} s",
+        f"{plural(len(summaries), 'cell')} × {plural(plan.repeats, 'repeat')}, {seeds}; "
+        f"{plural(finished, 'run')} in {elapsed:.1f} s",
         "",
     ]
     names = [axis.name for axis in plan.axes] or ["cell"]
     table = [[*names, "replies", "errors", "length", "distinct", "tok/s"]]
     for summary in summaries:
-        values = [_num(value) for _, value in summary.cell.values] or [summary.cell.label]
+        values = [number_text(value) for _, value in summary.cell.values] or [summary.cell.label]
         measures = [
             "—" if (value := summary.measure(m)) is None else f"{value:.{m.places}f}"
             for m in METRICS
@@ -723,11 +606,11 @@ def summary_text(
     return "\n".join(lines)
 
 
-def _plural(count: int, noun: str) -> str:
+def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-def _num(value: Number) -> str:
+def number_text(value: Number) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
@@ -735,66 +618,3 @@ def _num(value: Number) -> str:
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
-
-
-# --------------------------------------------------------------------------------------
-# The command line
-
-
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `sweep` to `python -m chatllm`."""
-    sweep = commands.add_parser(
-        "sweep",
-        help="run one prompt over a grid of sampling values and plot the replies",
-        description="Run one prompt over a grid of sampling values, several times per cell, "
-        "and write every reply with its receipt (CSV, JSON), a summary per cell and heatmaps.",
-    )
-    sweep.add_argument("prompt", help="the message sent to the model in every run")
-    sweep.add_argument(
-        "--grid",
-        action="append",
-        default=[],
-        metavar="NAME=V1,V2,…",
-        help=f"a sampling value to vary and its values; repeatable. NAME: {', '.join(GRID_FIELDS)}",
-    )
-    sweep.add_argument(
-        "--repeats", type=int, default=3, metavar="N", help="runs per cell (default 3)"
-    )
-    sweep.add_argument(
-        "--profile",
-        metavar="BACKEND:MODEL",
-        help="the model, as in the chat-profile menu (default: the local model)",
-    )
-    sweep.add_argument(
-        "--seed",
-        type=int,
-        metavar="S",
-        help="run r of every cell uses seed S+r (default: a fresh seed per run)",
-    )
-    for name, field in Sampling.model_fields.items():
-        if name in GRID_FIELDS and name != "seed":
-            sweep.add_argument(
-                _option(name),
-                dest=name,
-                metavar="VALUE",
-                type=int if field.annotation is int else float,
-                help=f"{name} for every run (default {field.default})",
-            )
-    sweep.add_argument("--system-prompt", metavar="TEXT", help="default: CHATLLM_SYSTEM_PROMPT")
-    sweep.add_argument(
-        "--concurrency",
-        type=int,
-        default=4,
-        metavar="N",
-        help="requests in flight to an OpenAI-compatible endpoint (default 4); "
-        "the local model runs one at a time",
-    )
-    sweep.add_argument(
-        "--out",
-        type=Path,
-        metavar="DIR",
-        help="output folder (default: DATA_DIR/sweeps/<UTC time>)",
-    )
-    sweep.add_argument("--force", action="store_true", help="overwrite an earlier sweep in --out")
-    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
-    sweep.set_defaults(handler=sweep_command)

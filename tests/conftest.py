@@ -11,9 +11,9 @@ ROOT = Path(__file__).resolve().parent.parent
 os.chdir(ROOT)
 
 from chatllm.backends.local import LocalBackend  # noqa: E402
+from chatllm.chat import ChatApp  # noqa: E402
 from chatllm.config import Settings, embedded_model_path  # noqa: E402
 from chatllm.store import ChatDataLayer, Database, FileStore  # noqa: E402
-from chatllm.ui import ChatApp  # noqa: E402
 from tests.support import Endpoint, WireTap  # noqa: E402
 
 

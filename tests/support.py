@@ -30,7 +30,15 @@ from chainlit.config import FILES_DIRECTORY
 from chainlit.context import init_ws_context
 from chainlit.session import WebsocketSession
 
-from chatllm.ui import ChatApp
+from chatllm.chat import ChatApp, ChatSession
+from chatllm.chat.session import KEY as SESSION_KEY
+
+
+def live_session() -> ChatSession:
+    """The running chat's session, as the app left it."""
+    session = cl.user_session.get(SESSION_KEY)
+    assert isinstance(session, ChatSession), "no chat has started in this tab"
+    return session
 
 
 @dataclass

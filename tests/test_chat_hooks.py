@@ -5,19 +5,19 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import chainlit as cl
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from chatllm.backends.local import local_engine
+from chatllm.chat import ChatApp
 from chatllm.config import Settings
 from chatllm.receipts import prompt_digest
-from chatllm.ui import HISTORY, SAMPLING, ChatApp
 from tests.support import (
     LONG_SETTINGS,
     LONG_STORY,
     BrowserTab,
     freeze,
+    live_session,
     open_chat,
     press_stop,
     say,
@@ -58,7 +58,7 @@ async def test_a_reply_streams_into_the_chat_and_is_remembered(app: ChatApp) -> 
     assert reply["output"].strip()
     assert reply["output"] == "".join([tab.payloads("stream_start")[0]["output"], *tab.tokens()])
     assert reply["metadata"]["finish_reason"] == "length"  # 24 tokens cut the answer short
-    history = cl.user_session.get(HISTORY)
+    history = live_session().history
     assert history == [HumanMessage("What is a lighthouse?"), AIMessage(reply["output"])]
 
 
@@ -66,7 +66,7 @@ async def test_slider_changes_apply_to_the_next_reply(app: ChatApp) -> None:
     tab = BrowserTab()
     await open_chat(app, tab)
     await app.update_settings({"temperature": 0.4, "top_p": 0.5, "max_tokens": 3, "seed": "9"})
-    sampling = cl.user_session.get(SAMPLING)
+    sampling = live_session().sampling
     assert (sampling.temperature, sampling.top_p, sampling.seed) == (0.4, 0.5, 9)
     await say(app, tab, "Tell me a story.")
     (reply,) = [m for m in tab.messages() if m["type"] == "assistant_message"]
@@ -79,7 +79,7 @@ async def test_a_bad_slider_value_is_refused_and_the_old_values_kept(app: ChatAp
     await open_chat(app, tab)
     await app.update_settings({"temperature": 0.3})
     await app.update_settings({"temperature": "9000", "top_p": 0.2})
-    sampling = cl.user_session.get(SAMPLING)
+    sampling = live_session().sampling
     assert (sampling.temperature, sampling.top_p) == (0.3, 0.95)  # nothing of it applied
     (error,) = tab.errors()
     assert "temperature" in error and "設定未套用" in error
@@ -94,7 +94,7 @@ async def test_follow_up_questions_carry_the_conversation(app: ChatApp) -> None:
     await app.update_settings({"max_tokens": 8, "temperature": 0.0})
     await say(app, tab, "My name is Ada.")
     await say(app, tab, "What is my name?")
-    history = cl.user_session.get(HISTORY)
+    history = live_session().history
     assert [m.type for m in history] == ["human", "ai", "human", "ai"]
     assert history[0].text == "My name is Ada."
     # What the model received for the follow-up: the first exchange, then the question.
@@ -118,14 +118,14 @@ async def test_stop_keeps_the_partial_reply_and_frees_the_model(app: ChatApp) ->
     with pytest.raises(asyncio.CancelledError):
         await say(app, tab, LONG_STORY)
     tab.enter()
-    history = cl.user_session.get(HISTORY)
+    history = live_session().history
     assert [m.type for m in history] == ["human", "ai"]
     (partial,) = [m for m in tab.messages() if m["type"] == "assistant_message"]
     assert partial["metadata"]["finish_reason"] == "cancelled"
     assert partial["output"] == history[1].text and partial["output"]
     await app.update_settings({"max_tokens": 5})
     await say(app, tab, "Hi")
-    assert len(cl.user_session.get(HISTORY)) == 4
+    assert len(live_session().history) == 4
 
 
 async def test_a_second_user_sees_they_are_queued(app: ChatApp) -> None:
@@ -184,7 +184,7 @@ async def test_an_unreachable_endpoint_is_a_plain_chat_message(settings: Setting
     await say(app, tab, "Hello?")
     (error,) = tab.errors()
     assert "Cannot reach the model endpoint" in error and dead.openai_base_url in error
-    assert cl.user_session.get(HISTORY) == []  # no reply: nothing for the model to recall
+    assert live_session().history == []  # no reply: nothing for the model to recall
     await say(app, tab, "Still there?")  # the app stays up and answers again
     assert len(tab.errors()) == 2
 
@@ -198,7 +198,7 @@ async def test_a_message_too_long_for_the_context_is_explained(app: ChatApp) -> 
 
 
 async def test_profiles_offer_the_local_model_first_in_the_users_language(app: ChatApp) -> None:
-    (local,) = await app.profiles("zh-TW")
+    (local,) = await app.profiles(None, "zh-TW")
     assert local.name == "local:SmolLM2-135M-Instruct"
     assert local.default
     assert local.display_name == "本機 · SmolLM2-135M-Instruct"
@@ -221,7 +221,7 @@ async def test_a_new_chat_says_why_endpoint_models_are_missing(settings: Setting
     )
     app = ChatApp(dead)
     await app.prepare("127.0.0.1")
-    profiles = await app.profiles("en")
+    profiles = await app.profiles(None, "en")
     assert [p.name for p in profiles] == ["local:SmolLM2-135M-Instruct"]  # local still offered
     tab = BrowserTab()
     await open_chat(app, tab)

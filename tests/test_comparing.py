@@ -13,10 +13,10 @@ import pytest
 from chainlit.user import User
 from langchain_core.messages import AIMessage, HumanMessage
 
+from chatllm.chat import ChatApp
 from chatllm.config import Settings
 from chatllm.receipts import Receipt
-from chatllm.ui import CHOSEN, HISTORY, SAMPLING, ChatApp
-from tests.support import BrowserTab
+from tests.support import BrowserTab, live_session
 
 QUESTION = "Write a short poem about the sea."
 
@@ -121,7 +121,7 @@ async def test_replay_reruns_a_reply_and_says_the_text_matched(app: ChatApp) -> 
     seeds = {r["metadata"]["receipt"]["sampling"]["seed"] for r in (original, replay)}
     assert len(seeds) == 1
     # A replay is a check, not part of the conversation.
-    assert len(cl.user_session.get(HISTORY)) == 4
+    assert len(live_session().history) == 4
 
 
 async def test_a_replay_after_the_conversation_changed_shows_where_the_text_differs(
@@ -173,15 +173,15 @@ async def test_regenerate_keeps_variants_and_the_user_picks_which_one_continues(
     assert receipt_view["props"]["title"].startswith("Variant 2")
     assert "choose" in actions_for(tab, variant["id"]) and "choose" in actions_for(tab, first["id"])
     # The conversation continues from the new variant ...
-    assert cl.user_session.get(HISTORY) == [HumanMessage(QUESTION), AIMessage(variant["output"])]
+    assert live_session().history == [HumanMessage(QUESTION), AIMessage(variant["output"])]
     # ... until the user picks the first reply.
     await click(app, tab, "choose", first["id"])
-    assert cl.user_session.get(HISTORY) == [HumanMessage(QUESTION), AIMessage(first["output"])]
+    assert live_session().history == [HumanMessage(QUESTION), AIMessage(first["output"])]
     assert tab.payloads("toast")
     # The choice holds after a reload, and the next turn builds on it.
     again = await reopen(app, tab)
-    assert cl.user_session.get(CHOSEN) == {first["metadata"]["reply_to"]: first["id"]}
-    assert cl.user_session.get(HISTORY)[1] == AIMessage(first["output"])
+    assert live_session().chosen == {first["metadata"]["reply_to"]: first["id"]}
+    assert live_session().history[1] == AIMessage(first["output"])
     assert "choose" in actions_for(again, variant["id"])
     await say(app, again, "Shorter, please.")
     last = replies(await stored_steps(app, again))[-1]
@@ -195,7 +195,7 @@ async def test_presets_set_the_sliders_and_users_save_their_own(app: ChatApp) ->
     labels = {item["value"]: item["label"] for item in preset["items"]}
     assert labels["builtin:code"].startswith("Code assistant")
     await app.update_settings({"preset": "builtin:code"})
-    sampling = cl.user_session.get(SAMPLING)
+    sampling = live_session().sampling
     assert (sampling.temperature, sampling.top_p) == (0.4, 0.5)
     latest = tab.payloads("chat_settings")[-1]
     shown = {w["id"]: w["initial"] for w in latest}
@@ -214,10 +214,10 @@ async def test_presets_set_the_sliders_and_users_save_their_own(app: ChatApp) ->
 
     # It is the user's own: back in a new chat, and not offered to someone else.
     await app.update_settings({"preset": "builtin:precise"})
-    assert cl.user_session.get(SAMPLING).temperature == 0.0
+    assert live_session().sampling.temperature == 0.0
     later = await new_chat(app)
     await app.update_settings({"preset": "user:My poems"})
-    sampling = cl.user_session.get(SAMPLING)
+    sampling = live_session().sampling
     assert (sampling.temperature, sampling.top_k, sampling.max_tokens) == (0.55, 12, 99)
     assert later.payloads("chat_settings")
     # Deleting it: only the user's own presets, and it is gone from the menu.
@@ -227,7 +227,7 @@ async def test_presets_set_the_sliders_and_users_save_their_own(app: ChatApp) ->
     assert "user:My poems" not in [item["value"] for item in menu["items"]]
     assert menu["initial"] == "custom"
     await app.update_settings({"preset": "builtin:code", "delete_preset": True})
-    assert cl.user_session.get(SAMPLING).temperature == 0.4  # a built-in one stays
+    assert live_session().sampling.temperature == 0.4  # a built-in one stays
     other = await new_chat(app, who="bob")
     (panel,) = other.payloads("chat_settings")
     values = [item["value"] for item in next(w for w in panel if w["id"] == "preset")["items"]]
@@ -250,7 +250,7 @@ async def test_a_preset_saved_again_by_name_is_overwritten_and_never_holds_seed_
     await new_chat(app)
     await app.update_settings({"seed": "11", "system_prompt": "Be brief."})
     await app.update_settings({"preset": "user:Harbour"})
-    sampling = cl.user_session.get(SAMPLING)
+    sampling = live_session().sampling
     assert (sampling.temperature, sampling.top_k) == (0.9, 7)  # the second save's values
     assert (sampling.seed, sampling.system_prompt) == (11, "Be brief.")
 
@@ -306,7 +306,7 @@ async def test_compare_shows_replies_side_by_side_and_comes_back_on_resume(
     )
     assert set(final["props"]["diffs"]) == {"0-1", "0-2", "1-2"}
     # Not part of the model's memory; shown again on resume.
-    assert cl.user_session.get(HISTORY) == []
+    assert live_session().history == []
     await reopen(app, tab)
     thread = await app.store.get_thread(tab.session.thread_id)
     assert thread is not None

@@ -13,9 +13,9 @@ import chainlit as cl
 import pytest
 from pydantic import SecretStr
 
+from chatllm.chat import ChatApp
 from chatllm.config import Settings
-from chatllm.ui import HISTORY, ChatApp
-from tests.support import BrowserTab, Endpoint, WireTap, open_chat, say, until
+from tests.support import BrowserTab, Endpoint, WireTap, live_session, open_chat, say, until
 
 
 def replies(tab: BrowserTab) -> list[dict[str, object]]:
@@ -59,7 +59,7 @@ async def test_an_endpoint_chat_streams_and_its_receipt_says_the_counts_are_esti
     assert receipt["tokens_estimated"] is True
     assert receipt["completion_tokens"] > 0 and receipt["prompt_tokens"] > 0
     assert receipt["finish_reason"] == "length"
-    assert cl.user_session.get(HISTORY)[-1].text == reply["output"]
+    assert live_session().history[-1].text == reply["output"]
 
 
 async def test_stopping_an_endpoint_reply_keeps_what_was_written(
@@ -83,7 +83,7 @@ async def test_stopping_an_endpoint_reply_keeps_what_was_written(
     (partial,) = replies(tab)
     assert partial["output"] and partial["metadata"]["finish_reason"] == "cancelled"  # type: ignore[index]
     tab.enter()
-    assert [m.type for m in cl.user_session.get(HISTORY)] == ["human", "ai"]
+    assert [m.type for m in live_session().history] == ["human", "ai"]
 
 
 @pytest.mark.parametrize(

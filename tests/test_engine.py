@@ -14,17 +14,16 @@ from collections.abc import AsyncIterator, Iterator
 from importlib.metadata import distribution
 from pathlib import Path
 
-import chainlit as cl
 import httpx
 import llama_cpp
 import pytest
 
 from chatllm.backends.local import close_local_engine, engine_spec, local_engine, start_local_engine
+from chatllm.chat import ChatApp
 from chatllm.config import Settings
 from chatllm.engine.process import EngineProcess, EngineSpec
 from chatllm.engine.worker import SELF_CHECK_TOKENS
 from chatllm.errors import EngineUnavailable
-from chatllm.ui import HISTORY, ChatApp
 from tests.support import (
     LONG_SETTINGS,
     LONG_STORY,
@@ -34,6 +33,7 @@ from tests.support import (
     SocketUser,
     children,
     freeze,
+    live_session,
     open_chat,
     say,
     until,
@@ -210,7 +210,7 @@ async def test_an_engine_that_crashes_at_start_leaves_the_endpoint_working(
     assert "SIGILL" in str(failure) and "CPU instructions" in str(failure)
     app = ChatApp(crashing)
     await app.prepare("127.0.0.1")
-    profiles = await app.profiles("zh-TW")
+    profiles = await app.profiles(None, "zh-TW")
     assert [p.name for p in profiles] == [f"openai:{endpoint.alias}"]
     tab = BrowserTab(language="zh-TW", chat_profile=f"openai:{endpoint.alias}")
     await open_chat(app, tab)
@@ -296,7 +296,7 @@ async def test_an_engine_killed_mid_reply_fails_that_reply_only(
     assert stored["output"] == partial["output"]  # what was written is kept
     assert stored["metadata"]["finish_reason"] == "error"  # type: ignore[index]
     tab.enter()
-    assert [m.type for m in cl.user_session.get(HISTORY)] == ["human", "ai"]
+    assert [m.type for m in live_session().history] == ["human", "ai"]
 
     # A new engine answers the next message, and another user's chat goes on.
     await fragile.update_settings({"max_tokens": 8, "temperature": 0.0})

@@ -14,15 +14,16 @@ from chainlit.socket import persist_user_session
 from chainlit.user import User
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
+from chatllm.chat import ChatApp
 from chatllm.config import Settings
 from chatllm.receipts import prompt_digest
-from chatllm.ui import HISTORY, SAMPLING, ChatApp
 from tests.support import (
     LONG_SETTINGS,
     LONG_STORY,
     BrowserTab,
     Endpoint,
     WireTap,
+    live_session,
     press_stop,
     until,
 )
@@ -118,13 +119,13 @@ async def test_a_reopened_thread_brings_back_messages_memory_sliders_and_model(
 
     again = await reopen(app, tab)
     assert again.session.chat_profile == ENDPOINT
-    assert cl.user_session.get(HISTORY) == [
+    assert live_session().history == [
         HumanMessage("I am Ada."),
         AIMessage(first),
         HumanMessage("Who am I?"),
         AIMessage(second),
     ]
-    sampling = cl.user_session.get(SAMPLING)
+    sampling = live_session().sampling
     assert (sampling.temperature, sampling.top_p, sampling.seed) == (1.1, 0.5, 7)
     (panel,) = again.payloads("chat_settings")  # the settings button is back
     assert {w["id"]: w["initial"] for w in panel}["temperature"] == 1.1
@@ -156,7 +157,7 @@ async def test_a_stopped_reply_is_kept_marked_and_remembered(app: ChatApp) -> No
     assert reply["metadata"]["finish_reason"] == "cancelled"
     assert reply["output"].strip()
     await reopen(app, tab)
-    history = cl.user_session.get(HISTORY)
+    history = live_session().history
     assert [m.type for m in history] == ["human", "ai"]
     assert history[1].text == reply["output"]
 

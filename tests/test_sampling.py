@@ -8,6 +8,7 @@ import pytest
 from chainlit.input_widget import Slider, TextInput
 from pydantic import ValidationError
 
+from chatllm.chat.panel import sampling_widgets
 from chatllm.errors import InvalidSampling
 from chatllm.sampling import Sampling, parse_sampling
 
@@ -18,7 +19,7 @@ def test_defaults_are_within_their_own_bounds() -> None:
 
 def test_sliders_carry_the_models_bounds_and_current_values() -> None:
     sampling = Sampling(temperature=0.4, top_p=0.5, seed=7)
-    widgets = {w.id: w for w in sampling.widgets()}
+    widgets = {w.id: w for w in sampling_widgets(sampling)}
     assert set(widgets) == set(Sampling.model_fields)
     temperature = widgets["temperature"]
     assert isinstance(temperature, Slider)
@@ -32,9 +33,9 @@ def test_sliders_carry_the_models_bounds_and_current_values() -> None:
 
 
 def test_slider_labels_follow_the_browser_language() -> None:
-    labels = {w.id: w.label for w in Sampling().widgets("zh-TW")}
+    labels = {w.id: w.label for w in sampling_widgets(Sampling(), "zh-TW")}
     assert labels["temperature"] == "溫度"
-    labels = {w.id: w.label for w in Sampling().widgets("zh-CN")}
+    labels = {w.id: w.label for w in sampling_widgets(Sampling(), "zh-CN")}
     assert labels["temperature"] == "温度"
 
 
@@ -113,7 +114,7 @@ SLIDERS = {
 @pytest.mark.parametrize("name", sorted(SLIDERS))
 def test_each_slider_offers_its_range_and_accepts_its_ends_only(name: str) -> None:
     default, low, high, step = SLIDERS[name]
-    (slider,) = [w for w in Sampling().widgets() if w.id == name]
+    (slider,) = [w for w in sampling_widgets(Sampling()) if w.id == name]
     assert isinstance(slider, Slider)
     assert (slider.initial, slider.min, slider.max, slider.step) == (default, low, high, step)
     assert getattr(Sampling().update({name: high}), name) == high
@@ -134,7 +135,7 @@ def test_the_seed_and_the_system_prompt_have_their_limits() -> None:
     assert len(Sampling().update({"system_prompt": "x" * 8000}).system_prompt) == 8000
     with pytest.raises(InvalidSampling):
         Sampling().update({"system_prompt": "x" * 8001})
-    (prompt,) = [w for w in Sampling().widgets() if w.id == "system_prompt"]
+    (prompt,) = [w for w in sampling_widgets(Sampling()) if w.id == "system_prompt"]
     assert isinstance(prompt, TextInput) and prompt.multiline
 
 

@@ -11,9 +11,9 @@ import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from chatllm.backends.local import close_local_engine, local_engine
+from chatllm.chat import ChatApp
 from chatllm.config import Settings
 from chatllm.receipts import prompt_digest
-from chatllm.ui import ChatApp
 from tests.support import BrowserTab, Endpoint, open_chat, say
 
 
@@ -74,7 +74,7 @@ async def test_another_gguf_by_path_is_the_local_model_offered_and_used(
     another_model: Settings,
 ) -> None:
     app = await chat_app(another_model)
-    (profile,) = await app.profiles("en")
+    (profile,) = await app.profiles(None, "en")
     assert profile.name == "local:Lighthouse-Keeper-135M"
     assert profile.display_name == "Local · Lighthouse-Keeper-135M"
     tab = BrowserTab(chat_profile=profile.name)

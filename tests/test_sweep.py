@@ -26,7 +26,7 @@ from PIL import Image
 
 from chatllm.backends import Backend
 from chatllm.backends.local import LocalBackend
-from chatllm.cli import main
+from chatllm.cli import main, parser
 from chatllm.config import Settings
 from chatllm.errors import ChatLLMError
 from chatllm.receipts import Receipt
@@ -37,7 +37,6 @@ from chatllm.sweep import (
     SweepStopped,
     plan_sweep,
     prepare_out,
-    register,
     run_sweep,
 )
 
@@ -48,9 +47,7 @@ PLOTS = ("length.png", "distinct.png", "tokens_per_second.png", "summary.png")
 
 def parse(*argv: str) -> argparse.Namespace:
     """The arguments as `python -m chatllm sweep …` reads them."""
-    parser = argparse.ArgumentParser(prog="python -m chatllm")
-    register(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(["sweep", *argv])
+    return parser().parse_args(["sweep", *argv])
 
 
 async def sweep(settings: Settings, *argv: str) -> str:

@@ -813,9 +813,8 @@ async def test_the_commands_say_what_went_wrong(app_data: Settings, tmp_path: Pa
 async def test_an_imported_thread_resumes_in_the_app_with_its_memory_and_sliders(
     tmp_path: Path,
 ) -> None:
-    import chainlit as cl
-
-    from chatllm.ui import CHOSEN, HISTORY, SAMPLING, ChatApp
+    from chatllm.chat import ChatApp
+    from tests.support import live_session
 
     app = ChatApp(Settings(_env_file=None, data_dir=tmp_path))  # type: ignore[call-arg]
     await app.prepare("127.0.0.1")
@@ -830,11 +829,11 @@ async def test_an_imported_thread_resumes_in_the_app_with_its_memory_and_sliders
         tab.session.thread_id = imported["id"]
         tab.enter()
         await app.resume(imported)
-        assert cl.user_session.get(HISTORY) == history_from_steps(
+        assert live_session().history == history_from_steps(
             original["steps"], (original["metadata"] or {})[CHOSEN_REPLIES]
         )
-        assert cl.user_session.get(CHOSEN) == (imported["metadata"] or {})[CHOSEN_REPLIES]
-        sampling: Sampling = cl.user_session.get(SAMPLING)
+        assert live_session().chosen == (imported["metadata"] or {})[CHOSEN_REPLIES]
+        sampling: Sampling = live_session().sampling
         assert (sampling.temperature, sampling.seed) == (0.4, 7)
     finally:
         await app.store.close()

@@ -14,7 +14,6 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -34,8 +33,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from chatllm.errors import ChatLLMError, StoreError
-from chatllm.store.db import Database
+from chatllm.clock import utc_now
+from chatllm.errors import ChatLLMError
+from chatllm.store.db import Database, writes
 from chatllm.store.files import FileStore
 from chatllm.store.search import (
     THREAD_SEQ_OF_ROW,
@@ -67,30 +67,6 @@ STEP_COLUMNS = {
 
 class ThreadAccessDenied(ChatLLMError, PermissionError):
     """A write aimed at a thread that belongs to another user."""
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def logged(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Log a failed write before raising it: Chainlit runs most writes as tasks that nobody
-    awaits, where an exception would otherwise go unseen."""
-
-    @functools.wraps(method)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await method(*args, **kwargs)
-        except ThreadAccessDenied:
-            log.error("Refused %s: %s", method.__name__, args[1:] if len(args) > 1 else "")
-            raise
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("Database write %s failed", method.__name__)
-            raise
-
-    return wrapper
 
 
 def until_first_message(
@@ -151,16 +127,10 @@ class ChatDataLayer(BaseDataLayer):
     # ---- users
 
     async def get_user(self, identifier: str) -> PersistedUser | None:
-        async with self.db.read() as conn:
-            row = (
-                await conn.execute(
-                    text(
-                        "SELECT id, identifier, metadata, created_at FROM users"
-                        " WHERE identifier = :identifier"
-                    ),
-                    {"identifier": identifier},
-                )
-            ).first()
+        row = await self.db.first(
+            "SELECT id, identifier, metadata, created_at FROM users WHERE identifier = :identifier",
+            {"identifier": identifier},
+        )
         if row is None:
             return None
         metadata = json.loads(row.metadata)
@@ -172,30 +142,27 @@ class ChatDataLayer(BaseDataLayer):
             display_name=metadata.get("display_name"),
         )
 
-    @logged
+    @writes("the user could not be saved")
     async def create_user(self, user: User) -> PersistedUser | None:
         metadata = scrub(user.metadata)
         if user.display_name:
             metadata["display_name"] = user.display_name
-        async with self.db.write() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO users (id, identifier, metadata, created_at)"
-                    " VALUES (:id, :identifier, :metadata, :created_at)"
-                    " ON CONFLICT (identifier) DO UPDATE SET metadata = excluded.metadata"
-                ),
-                {
-                    "id": str(uuid.uuid4()),
-                    "identifier": user.identifier,
-                    "metadata": json.dumps(metadata, ensure_ascii=False),
-                    "created_at": now(),
-                },
-            )
+        await self.db.execute(
+            "INSERT INTO users (id, identifier, metadata, created_at)"
+            " VALUES (:id, :identifier, :metadata, :created_at)"
+            " ON CONFLICT (identifier) DO UPDATE SET metadata = excluded.metadata",
+            {
+                "id": str(uuid.uuid4()),
+                "identifier": user.identifier,
+                "metadata": json.dumps(metadata, ensure_ascii=False),
+                "created_at": utc_now(),
+            },
+        )
         return await self.get_user(user.identifier)
 
     # ---- feedback
 
-    @logged
+    @writes("the feedback could not be saved")
     async def upsert_feedback(self, feedback: Feedback) -> str:
         feedback_id = feedback.id or str(uuid.uuid4())
         async with self.db.write() as conn:
@@ -220,18 +187,16 @@ class ChatDataLayer(BaseDataLayer):
             )
         return feedback_id
 
-    @logged
+    @writes("the feedback could not be removed")
     async def delete_feedback(self, feedback_id: str) -> bool:
-        async with self.db.write() as conn:
-            result = await conn.execute(
-                text("DELETE FROM feedbacks WHERE id = :id"), {"id": feedback_id}
-            )
-        return bool(result.rowcount)
+        return bool(
+            await self.db.execute("DELETE FROM feedbacks WHERE id = :id", {"id": feedback_id})
+        )
 
     # ---- elements
 
     @until_first_message
-    @logged
+    @writes("the attachment could not be saved")
     async def create_element(self, element: Element) -> None:
         data = await _element_bytes(element)
         object_key = await asyncio.to_thread(self.files.save, data) if data is not None else None
@@ -272,76 +237,60 @@ class ChatDataLayer(BaseDataLayer):
             raise
 
     async def get_element(self, thread_id: str, element_id: str) -> ElementDict | None:
-        async with self.db.read() as conn:
-            row = (
-                await conn.execute(
-                    text("SELECT * FROM elements WHERE id = :id AND thread_id = :thread"),
-                    {"id": element_id, "thread": thread_id},
-                )
-            ).first()
+        row = await self.db.first(
+            "SELECT * FROM elements WHERE id = :id AND thread_id = :thread",
+            {"id": element_id, "thread": thread_id},
+        )
         return None if row is None else self._element_dict(row)
 
     async def element_file(
         self, thread_id: str, element_id: str
     ) -> tuple[Path, str, str | None] | None:
         """The stored file of an element (path, name, mime), if it has one."""
-        async with self.db.read() as conn:
-            row = (
-                await conn.execute(
-                    text(
-                        "SELECT object_key, name, mime FROM elements"
-                        " WHERE id = :id AND thread_id = :thread AND object_key IS NOT NULL"
-                    ),
-                    {"id": element_id, "thread": thread_id},
-                )
-            ).first()
+        row = await self.db.first(
+            "SELECT object_key, name, mime FROM elements"
+            " WHERE id = :id AND thread_id = :thread AND object_key IS NOT NULL",
+            {"id": element_id, "thread": thread_id},
+        )
         if row is None:
             return None
         return self.files.path(row.object_key), row.name, row.mime
 
     @until_first_message
-    @logged
+    @writes("the attachment could not be removed")
     async def delete_element(self, element_id: str, thread_id: str | None = None) -> None:
-        async with self.db.write() as conn:
-            query = "DELETE FROM elements WHERE id = :id"
-            if thread_id:
-                query += " AND thread_id = :thread"
-            row = (
-                await conn.execute(
-                    text(query + " RETURNING object_key"), {"id": element_id, "thread": thread_id}
-                )
-            ).first()
+        query = "DELETE FROM elements WHERE id = :id"
+        if thread_id:
+            query += " AND thread_id = :thread"
+        row = await self.db.returning(
+            query + " RETURNING object_key", {"id": element_id, "thread": thread_id}
+        )
         if row is not None and row.object_key:
             await asyncio.to_thread(self.files.delete, row.object_key)
 
     # ---- steps
 
     @until_first_message
-    @logged
+    @writes("the message could not be saved")
     async def create_step(self, step_dict: StepDict) -> None:
         await self._upsert_step(step_dict)
 
     @until_first_message
-    @logged
+    @writes("the message could not be saved")
     async def update_step(self, step_dict: StepDict) -> None:
         await self._upsert_step(step_dict)
 
+    @writes("the message could not be saved")
     async def save_step(self, step_dict: StepDict) -> None:
         """Write a step now and wait for it: for callers that must know it is stored."""
-        try:
-            await self._upsert_step(step_dict)
-        except ThreadAccessDenied:
-            raise
-        except Exception as exc:
-            log.exception("Saving step %s failed", step_dict.get("id"))
-            raise StoreError(f"the message could not be saved ({exc})") from exc
+        await self._upsert_step(step_dict)
 
     async def _upsert_step(self, step: StepDict) -> None:
         thread_id = step.get("threadId")
         if not thread_id:
             raise ValueError(f"step {step.get('id')} has no thread")
         extra = {k: v for k, v in step.items() if k not in STEP_COLUMNS and v is not None}
-        created = step.get("createdAt") or now()
+        created = step.get("createdAt") or utc_now()
         async with self.db.write() as conn:
             thread_seq = await self._ensure_thread(conn, thread_id)
             row = (
@@ -395,11 +344,11 @@ class ChatDataLayer(BaseDataLayer):
                 )
             await conn.execute(
                 text("UPDATE threads SET updated_at = :now WHERE id = :id"),
-                {"now": now(), "id": thread_id},
+                {"now": utc_now(), "id": thread_id},
             )
 
     @until_first_message
-    @logged
+    @writes("the message could not be removed")
     async def delete_step(self, step_id: str) -> None:
         async with self.db.write() as conn:
             row = (
@@ -426,17 +375,13 @@ class ChatDataLayer(BaseDataLayer):
     # ---- threads
 
     async def get_thread_author(self, thread_id: str) -> str:
-        async with self.db.read() as conn:
-            identifier = await conn.scalar(
-                text(
-                    "SELECT u.identifier FROM threads t JOIN users u ON u.id = t.user_id"
-                    " WHERE t.id = :id"
-                ),
-                {"id": thread_id},
-            )
+        identifier = await self.db.value(
+            "SELECT u.identifier FROM threads t JOIN users u ON u.id = t.user_id WHERE t.id = :id",
+            {"id": thread_id},
+        )
         return str(identifier or "")
 
-    @logged
+    @writes("the thread could not be removed")
     async def delete_thread(self, thread_id: str) -> None:
         async with self.db.write() as conn:
             seq = await conn.scalar(
@@ -494,8 +439,7 @@ class ChatDataLayer(BaseDataLayer):
             f" WHERE {' AND '.join(conditions)}"
             " ORDER BY t.updated_at DESC, t.id DESC LIMIT :limit"
         )
-        async with self.db.read() as conn:
-            rows = (await conn.execute(text(sql), params)).all()
+        rows = await self.db.rows(sql, params)
         has_next = len(rows) > pagination.first
         rows = rows[: pagination.first]
         threads = [
@@ -564,7 +508,7 @@ class ChatDataLayer(BaseDataLayer):
             elements=[self._element_dict(row) for row in elements],
         )
 
-    @logged
+    @writes("the thread's settings could not be saved")
     async def update_thread(
         self,
         thread_id: str,
@@ -586,7 +530,7 @@ class ChatDataLayer(BaseDataLayer):
                 # whose thread was just deleted. Writing it would bring the thread back.
                 return
             if current is None:
-                stamp = now()
+                stamp = utc_now()
                 seq = await conn.scalar(
                     text(
                         "INSERT INTO threads (id, user_id, name, metadata, tags, created_at,"
@@ -627,18 +571,13 @@ class ChatDataLayer(BaseDataLayer):
                 )
 
     async def get_favorite_steps(self, user_id: str) -> list[StepDict]:
-        async with self.db.read() as conn:
-            rows = (
-                await conn.execute(
-                    text(
-                        "SELECT s.*, NULL AS feedback_id FROM steps s"
-                        " JOIN threads t ON t.id = s.thread_id WHERE t.user_id = :user"
-                        " AND json_extract(s.metadata, '$.favorite') = 1"
-                        " ORDER BY s.created_at DESC"
-                    ),
-                    {"user": user_id},
-                )
-            ).all()
+        rows = await self.db.rows(
+            "SELECT s.*, NULL AS feedback_id FROM steps s"
+            " JOIN threads t ON t.id = s.thread_id WHERE t.user_id = :user"
+            " AND json_extract(s.metadata, '$.favorite') = 1"
+            " ORDER BY s.created_at DESC",
+            {"user": user_id},
+        )
         return [_step_dict(row) for row in rows]
 
     async def build_debug_url(self) -> str:
@@ -659,7 +598,7 @@ class ChatDataLayer(BaseDataLayer):
         ).first()
         acting = _acting_user_id()
         if owner is None:
-            stamp = now()
+            stamp = utc_now()
             seq = await conn.scalar(
                 text(
                     "INSERT INTO threads (id, user_id, metadata, tags, created_at, updated_at)"

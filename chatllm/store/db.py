@@ -6,21 +6,26 @@ SQLAlchemy Core over aiosqlite keeps the SQL portable to PostgreSQL (asyncpg) la
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import event, text
+from sqlalchemy import Row, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from chatllm.errors import ChatLLMError, StoreError
 from chatllm.store.migrations import MIGRATIONS
 
 log = logging.getLogger("chatllm.store")
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -83,6 +88,33 @@ class Database:
         async with self.reader.begin() as conn:
             yield conn
 
+    # One statement in a transaction of its own: the boilerplate of most reads and writes.
+
+    async def first(self, sql: str, params: Mapping[str, Any] | None = None) -> Row[Any] | None:
+        """The first row a read gives, if any."""
+        async with self.read() as conn:
+            return (await conn.execute(text(sql), dict(params or {}))).first()
+
+    async def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row[Any]]:
+        """Every row a read gives."""
+        async with self.read() as conn:
+            return list((await conn.execute(text(sql), dict(params or {}))).all())
+
+    async def value(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+        """The first column of the first row a read gives (None if no row)."""
+        async with self.read() as conn:
+            return await conn.scalar(text(sql), dict(params or {}))
+
+    async def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
+        """A write; how many rows it changed."""
+        async with self.write() as conn:
+            return int((await conn.execute(text(sql), dict(params or {}))).rowcount)
+
+    async def returning(self, sql: str, params: Mapping[str, Any] | None = None) -> Row[Any] | None:
+        """A write with RETURNING; the first row it returned, if any."""
+        async with self.write() as conn:
+            return (await conn.execute(text(sql), dict(params or {}))).first()
+
     async def migrate(self) -> list[str]:
         """Apply the migrations not yet recorded, each with its record in one transaction."""
         applied_now: list[str] = []
@@ -134,6 +166,34 @@ def _sqlite_path(url: str) -> Path:
         # Readers and the writer are separate connections; they must share a file.
         raise ValueError("The database must be a file, e.g. sqlite+aiosqlite:///data/chatllm.db")
     return Path(database.removeprefix("file:"))  # an SQLite URI (…?mode=ro&uri=true)
+
+
+def writes(
+    what: str,
+) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callable[P, Coroutine[Any, Any, R]]]:
+    """A write whose failure is logged, then raised as a `StoreError` saying `what` ("the
+    message could not be saved"); the app's own refusals (a `ChatLLMError`) go through as
+    they are. Logged because Chainlit runs most writes as tasks nobody awaits, where an
+    exception would otherwise go unseen; wrapped so that every caller that does await
+    catches one kind of error, whatever the driver raised."""
+
+    def decorate(
+        method: Callable[P, Coroutine[Any, Any, R]],
+    ) -> Callable[P, Coroutine[Any, Any, R]]:
+        @functools.wraps(method)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return await method(*args, **kwargs)
+            except ChatLLMError as exc:
+                log.error("Refused %s: %s", method.__name__, exc)
+                raise
+            except Exception as exc:
+                log.exception("Database write %s failed", method.__name__)
+                raise StoreError(f"{what} ({exc})") from exc
+
+        return wrapper
+
+    return decorate
 
 
 @asynccontextmanager

@@ -7,9 +7,9 @@ import uuid
 
 from sqlalchemy import text
 
+from chatllm.clock import utc_now
 from chatllm.errors import ChatLLMError
-from chatllm.store.datalayer import now
-from chatllm.store.db import Database
+from chatllm.store.db import Database, writes
 from chatllm.store.files import FileStore
 from chatllm.store.search import thread_rowids
 
@@ -27,6 +27,7 @@ class Users:
         self.db = db
         self.files = files
 
+    @writes("the user could not be added")
     async def add(self, identifier: str, password_hash: str) -> None:
         async with self.db.write() as conn:
             exists = await conn.scalar(
@@ -44,19 +45,20 @@ class Users:
                     "i": identifier,
                     "hash": password_hash,
                     "metadata": json.dumps({}),
-                    "now": now(),
+                    "now": utc_now(),
                 },
             )
 
+    @writes("the password could not be saved")
     async def set_password(self, identifier: str, password_hash: str) -> None:
-        async with self.db.write() as conn:
-            result = await conn.execute(
-                text("UPDATE users SET password_hash = :hash WHERE identifier = :i"),
-                {"hash": password_hash, "i": identifier},
-            )
-            if not result.rowcount:
-                raise NoSuchUser(f"there is no user {identifier!r}")
+        changed = await self.db.execute(
+            "UPDATE users SET password_hash = :hash WHERE identifier = :i",
+            {"hash": password_hash, "i": identifier},
+        )
+        if not changed:
+            raise NoSuchUser(f"there is no user {identifier!r}")
 
+    @writes("the user could not be removed")
     async def remove(self, identifier: str) -> None:
         """Remove the user with their threads, search entries and files."""
         owned = (
@@ -92,18 +94,13 @@ class Users:
             self.files.delete(key)
 
     async def password_hash(self, identifier: str) -> str | None:
-        async with self.db.read() as conn:
-            value = await conn.scalar(
-                text("SELECT password_hash FROM users WHERE identifier = :i"), {"i": identifier}
-            )
+        value = await self.db.value(
+            "SELECT password_hash FROM users WHERE identifier = :i", {"i": identifier}
+        )
         return None if value is None else str(value)
 
     async def with_passwords(self) -> list[str]:
-        async with self.db.read() as conn:
-            rows = await conn.execute(
-                text(
-                    "SELECT identifier FROM users WHERE password_hash IS NOT NULL"
-                    " ORDER BY identifier"
-                )
-            )
-            return [str(row.identifier) for row in rows]
+        rows = await self.db.rows(
+            "SELECT identifier FROM users WHERE password_hash IS NOT NULL ORDER BY identifier"
+        )
+        return [str(row.identifier) for row in rows]

@@ -1,0 +1,192 @@
+"""The app behind the Chainlit hooks: its services, who is chatting, the chat profiles, a
+chat started or resumed, and each message handed to what answers it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import chainlit as cl
+from chainlit.types import ThreadDict
+from pydantic import ValidationError
+
+from chatllm.auth import LOCAL_USER, AuthMode, Passwords, decide_mode, ensure_auth_secret
+from chatllm.backends import Backends, ProfileSpec
+from chatllm.backends.local import start_local_engine
+from chatllm.chat.commands import Commands
+from chatllm.chat.panel import COMPARE, EXPORT, IMPORT, Panel, send_commands
+from chatllm.chat.replies import Replies, send_reply_actions, store_message
+from chatllm.chat.session import ChatSession, current_lang, current_session, set_session
+from chatllm.config import Settings, get_settings
+from chatllm.errors import ChatLLMError, ConfigError, EngineUnavailable, describe
+from chatllm.i18n import t
+from chatllm.presets import Presets
+from chatllm.store import ChatDataLayer, Database, FileStore, migrated
+from chatllm.store.users import Users
+
+log = logging.getLogger("chatllm")
+
+
+def _settings_or_config_error() -> Settings:
+    """The settings, or a ConfigError naming each malformed variable."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"CHATLLM_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ConfigError(f"Some settings are malformed: {problems}.") from exc
+
+
+class ChatApp:
+    """The app's behaviour behind the Chainlit hooks, for one process."""
+
+    def __init__(self, settings: Settings) -> None:
+        settings.resolve_model_path()  # a missing GGUF stops start-up, naming the setting
+        self.settings = settings
+        self.backends = Backends(settings)
+        files = FileStore(settings.data_dir / "files")
+        self.store = ChatDataLayer(Database(settings.database), files)
+        self.users = Users(self.store.db, files)
+        self.passwords = Passwords()
+        self.auth_mode = AuthMode.LOCAL
+        self.presets = Presets(self.store.db)
+        self.panel = Panel(self.presets, self.store)
+        self.replies = Replies(self.backends, self.store)
+        self.commands = Commands(self.backends, self.store, self.panel)
+        #: Why some backends were left out of the profiles a user was last offered, by
+        #: user; told in that user's next chat.
+        self._problems: dict[str, list[ChatLLMError]] = {}
+
+    @classmethod
+    def from_environment(cls, host: str) -> ChatApp:
+        """Build from the environment for serving on `host`; a configuration that cannot
+        work ends the process with a message saying what to change."""
+        try:
+            app = cls(_settings_or_config_error())
+            # Loaded and checked now: a file that is no model stops start-up; an engine that
+            # fails its self-check leaves the local profile out, the endpoint's still offered.
+            failure = start_local_engine(app.settings)
+            if failure is not None:
+                log.error("%s", failure)
+            asyncio.run(app.prepare(host))
+        except ConfigError as exc:
+            print(f"chatllm cannot start: {exc}", file=sys.stderr)
+            raise SystemExit(2) from exc
+        return app
+
+    async def prepare(self, host: str) -> None:
+        """Bring the database schema up to date and choose how users log in."""
+        ensure_auth_secret(self.settings.data_dir)
+        # A database of its own: connections belong to the event loop that opened them,
+        # and this runs before the server's loop starts.
+        async with migrated(self.settings.database) as database:
+            users = await Users(database, self.store.files).with_passwords()
+        self.auth_mode = decide_mode(host, len(users))
+        log.info("Authentication: %s", self.auth_mode)
+
+    def data_layer(self) -> ChatDataLayer:
+        return self.store
+
+    # ---- who is chatting
+
+    async def local_login(self, _headers: object) -> cl.User | None:
+        """Local mode: everyone reaching the loopback address is the one local user."""
+        if self.auth_mode is not AuthMode.LOCAL:
+            return None
+        return cl.User(identifier=LOCAL_USER, display_name="Local user")
+
+    async def login(self, username: str, password: str) -> cl.User | None:
+        """Password mode; an unknown user takes as long to refuse as a wrong password."""
+        stored = await self.users.password_hash(username)
+        if await self.passwords.averify(stored, password):
+            return cl.User(identifier=username)
+        return None
+
+    # ---- chat profiles: one per backend and model
+
+    async def profiles(self, user: cl.User | None, lang: str | None) -> list[cl.ChatProfile]:
+        specs, problems = await self.backends.profiles()
+        for problem in problems:
+            log.warning("Models unavailable, offering the others: %s", problem)
+        self._problems[_identifier(user)] = problems
+        return [self._profile(spec, lang, default=index == 0) for index, spec in enumerate(specs)]
+
+    def _profile(self, spec: ProfileSpec, lang: str | None, default: bool) -> cl.ChatProfile:
+        if spec.backend == "local":
+            title = t("profile.local", lang, model=spec.model)
+            about = t("profile.local.desc", lang, model=spec.model)
+        else:
+            url = self.settings.openai_base_url or ""
+            title = t("profile.remote", lang, model=spec.model)
+            about = t("profile.remote.desc", lang, model=spec.model, url=url)
+        return cl.ChatProfile(
+            name=spec.name,
+            display_name=title,
+            markdown_description=about,
+            icon="/public/favicon.svg",
+            default=default,
+        )
+
+    # ---- a chat
+
+    def _session(self) -> ChatSession:
+        return current_session(self.settings)
+
+    async def start(self) -> None:
+        lang = current_lang()
+        session = ChatSession.new(self.settings)
+        session.problems = self._problems.get(_identifier(cl.user_session.get("user")), [])
+        set_session(session)
+        await self.panel.send(session, lang)
+        await send_commands(lang)
+        for problem in session.problems:
+            if isinstance(problem, EngineUnavailable):
+                text = describe(problem, lang)
+            else:
+                text = t("notice.endpoint_unavailable", lang, reason=describe(problem, lang))
+            await cl.Message(content=text, author="chatllm").send()
+
+    async def resume(self, thread: ThreadDict) -> None:
+        """An old thread reopened: its memory, sliders and reply actions come back."""
+        lang = current_lang()
+        session = set_session(ChatSession.from_thread(thread, self.settings))
+        # Without this the settings button is gone after a resume.
+        await self.panel.send(session, lang)
+        await send_commands(lang)
+        await send_reply_actions(thread.get("steps") or [], lang)
+
+    async def update_settings(self, values: dict[str, Any]) -> None:
+        await self.panel.update(self._session(), values, current_lang())
+
+    async def answer(self, message: cl.Message) -> None:
+        """A message: a command's, or one chat turn (the model's reply streamed in)."""
+        session = self._session()
+        if message.command == COMPARE:
+            await self.commands.compare(session, message)
+        elif message.command == EXPORT:
+            await self.commands.export(message)
+        elif message.command == IMPORT:
+            await self.commands.import_thread(message)
+        elif await store_message(self.store, session, message):
+            await self.replies.stream(
+                session, session.sampling, session.history, message.content, message.id, "reply"
+            )
+
+    # ---- the buttons under a reply
+
+    async def replay(self, action: cl.Action) -> None:
+        await self.replies.replay(self._session(), action)
+
+    async def regenerate(self, action: cl.Action) -> None:
+        await self.replies.regenerate(self._session(), action)
+
+    async def choose(self, action: cl.Action) -> None:
+        await self.replies.choose(self._session(), action)
+
+
+def _identifier(user: object) -> str:
+    return str(getattr(user, "identifier", ""))

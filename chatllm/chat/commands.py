@@ -1,0 +1,181 @@
+"""The chat's commands: compare one message under several settings, export the thread,
+import an exported one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import chainlit as cl
+
+from chatllm.backends import Backends
+from chatllm.chat.panel import Panel
+from chatllm.chat.replies import save_message, store_message
+from chatllm.chat.session import ChatSession, current_lang, show_error
+from chatllm.compare import MAX_SETS, Column, SettingsSet, comparison_view, run_comparison
+from chatllm.errors import ChatLLMError, InvalidSampling, describe
+from chatllm.generation import with_seed
+from chatllm.history import KIND, REPLY_TO
+from chatllm.i18n import t
+from chatllm.store import ChatDataLayer
+from chatllm.transfer import export_thread, import_thread, to_markdown
+
+log = logging.getLogger("chatllm")
+
+COMPARE_REFRESH_SECONDS = 0.3
+IMPORT_MAX_MB = 50
+
+
+class Commands:
+    def __init__(self, backends: Backends, store: ChatDataLayer, panel: Panel) -> None:
+        self.backends = backends
+        self.store = store
+        self.panel = panel
+
+    async def compare(self, session: ChatSession, message: cl.Message) -> None:
+        """Run `message` under the current settings and the presets chosen under "Compare
+        with", on the current model, and show the replies side by side."""
+        lang = current_lang()
+        sampling = with_seed(session.sampling)
+        presets = {p.key: p for p in await self.panel.available(lang)}
+        chosen = [presets[k] for k in session.compare_with if k in presets]
+        if not chosen:
+            await cl.ErrorMessage(content=t("compare.none", lang), author="chatllm").send()
+            return
+        if not await store_message(self.store, session, message):
+            return
+        # One seed for every column, so the settings are all that differs.
+        sets = [SettingsSet(t("compare.current", lang), sampling)]
+        for preset in chosen[: MAX_SETS - 1]:
+            try:
+                sets.append(SettingsSet(preset.label, preset.apply(sampling)))
+            except InvalidSampling as exc:
+                await show_error(exc, lang)
+                return
+        spec = session.profile
+        try:
+            backend = self.backends.get(spec.backend)
+        except ChatLLMError as exc:
+            await show_error(exc, lang)
+            return
+        view = cl.CustomElement(
+            name="Compare",
+            props=comparison_view(message.content, [], lang, done=False),
+            display="inline",
+        )
+        header = t("compare.header", lang, count=len(sets), model=spec.model, seed=sampling.seed)
+        holder = cl.Message(content=header, author="chatllm")
+        await holder.send()
+        await view.send(for_id=holder.id, persist=False)
+        last_update = 0.0
+        columns: list[Column] = []
+
+        async def progress(current: list[Column]) -> None:
+            nonlocal last_update, columns
+            columns = current
+            now = time.monotonic()
+            if now - last_update >= COMPARE_REFRESH_SECONDS:
+                last_update = now
+                view.props = comparison_view(
+                    message.content, [c.as_dict() for c in current], lang, done=False
+                )
+                await view.send(for_id=holder.id, persist=False)
+
+        try:
+            columns = await run_comparison(
+                backend,
+                spec.model,
+                sets,
+                session.history,
+                message.content,
+                parallel=spec.backend != "local",
+                progress=progress,
+                describe=lambda exc: describe(exc, lang),
+            )
+        finally:
+            replies = [c.as_dict() for c in columns]
+            view.props = comparison_view(message.content, replies, lang, done=True)
+            holder.metadata = {
+                KIND: "compare",
+                REPLY_TO: message.id,
+                "compare": {"prompt": message.content, "replies": replies},
+            }
+            await holder.update()
+            await save_message(self.store, holder, view)
+
+    async def _drop_command(self, message: cl.Message) -> None:
+        """A command's own message is not part of the conversation."""
+        await message.remove()
+        try:
+            await self.store.delete_step(message.id)
+        except ChatLLMError:
+            log.warning("Could not remove the command message %s", message.id, exc_info=True)
+
+    async def export(self, message: cl.Message) -> None:
+        """This thread as Markdown and JSON files to download (receipts included)."""
+        lang = current_lang()
+        await self._drop_command(message)
+        try:
+            document = await export_thread(self.store, cl.context.session.thread_id)
+        except ChatLLMError as exc:
+            await show_error(exc, lang)
+            return
+        name = _file_stem(document)
+        files = [
+            cl.File(
+                name=f"{name}.md",
+                content=to_markdown(document, lang).encode("utf-8"),
+                mime="text/markdown",
+                display="inline",
+            ),
+            cl.File(
+                name=f"{name}.json",
+                content=json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8"),
+                mime="application/json",
+                display="inline",
+            ),
+        ]
+        ready = cl.Message(
+            content=t("export.ready", lang), author="chatllm", metadata={KIND: "export"}
+        )
+        await ready.send()
+        await save_message(self.store, ready, *files)
+
+    async def import_thread(self, message: cl.Message) -> None:
+        """Ask for an exported JSON file and add it as a new thread."""
+        lang = current_lang()
+        await self._drop_command(message)
+        files = await cl.AskFileMessage(
+            content=t("import.ask", lang),
+            accept={"application/json": [".json"]},
+            max_size_mb=IMPORT_MAX_MB,
+            timeout=600,
+            author="chatllm",
+        ).send()
+        if not files:
+            return
+        user = cl.user_session.get("user")
+        try:
+            raw = await asyncio.to_thread(Path(files[0].path).read_text, "utf-8")
+            try:
+                document = json.loads(raw)
+            except ValueError as exc:
+                raise ChatLLMError(t("import.not_json", lang, detail=exc)) from exc
+            thread_id = await import_thread(self.store, document, user.identifier)
+        except (ChatLLMError, OSError, UnicodeDecodeError) as exc:
+            await show_error(exc, lang)
+            return
+        await cl.Message(
+            content=t("import.done", lang, url=f"/thread/{thread_id}"), author="chatllm"
+        ).send()
+
+
+def _file_stem(document: dict[str, Any]) -> str:
+    name = str((document.get("thread") or {}).get("name") or "chat")
+    stem = re.sub(r"[^\w\-]+", "-", name, flags=re.UNICODE).strip("-")[:60]
+    return f"chatllm-{stem or 'chat'}"

@@ -1,0 +1,302 @@
+"""A reply streamed into the chat and stored with its receipt; the buttons under it
+(replay with the same seed, regenerate, continue from this one) and what they do."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import aclosing
+from dataclasses import replace
+
+import chainlit as cl
+from chainlit.element import Element
+from chainlit.step import StepDict
+from langchain_core.messages import BaseMessage
+
+from chatllm.backends import Backends, queue_listener
+from chatllm.chat.session import ChatSession, current_lang, save_session, show_error
+from chatllm.compare import comparison_view
+from chatllm.errors import ChatLLMError
+from chatllm.generation import Generation
+from chatllm.history import (
+    history_from_steps,
+    replies_by_message,
+    reply_metadata,
+)
+from chatllm.i18n import one_line, t
+from chatllm.receipts import Receipt, receipt_of
+from chatllm.sampling import Sampling
+from chatllm.store import ChatDataLayer
+
+log = logging.getLogger("chatllm")
+
+#: The buttons under a reply, by action name, with their icons (lucide names).
+REPLY_ACTIONS = {"replay": "repeat", "regenerate": "refresh-cw", "choose": "check"}
+
+
+def reply_action(name: str, step_id: str, lang: str) -> cl.Action:
+    return cl.Action(
+        name=name,
+        payload={"step": step_id},
+        label=t(f"action.{name}", lang),
+        tooltip=t(f"action.{name}.help", lang),
+        icon=REPLY_ACTIONS[name],
+    )
+
+
+def reply_actions(step_id: str, variants: bool, lang: str) -> list[cl.Action]:
+    """The buttons under a reply: replay it, regenerate it, and (once its message has
+    several replies) continue the conversation from it."""
+    names = ["replay", "regenerate", *(["choose"] if variants else [])]
+    return [reply_action(name, step_id, lang) for name in names]
+
+
+async def send_reply_actions(steps: Sequence[StepDict], lang: str) -> None:
+    """Every reply's buttons again (Chainlit does not store actions)."""
+    _, replies = replies_by_message(steps)
+    for variants in replies.values():
+        for step in variants:
+            for action in reply_actions(step["id"], len(variants) > 1, lang):
+                await action.send(for_id=step["id"])
+
+
+def receipt_element(receipt: Receipt, lang: str, title: str | None) -> cl.CustomElement:
+    return cl.CustomElement(name="Receipt", props=receipt.view(lang, title), display="inline")
+
+
+class QueueNotice:
+    """A chat message saying how many requests wait ahead; removed once generation starts."""
+
+    def __init__(self, lang: str) -> None:
+        self.lang = lang
+        self.message: cl.Message | None = None
+
+    async def show(self, ahead: int) -> None:
+        if ahead <= 0:
+            await self.clear()
+            return
+        text = t("queue.waiting", self.lang, ahead=ahead)
+        if self.message is None:
+            self.message = cl.Message(content=text, author="chatllm")
+            await self.message.send()
+        else:
+            self.message.content = text
+            await self.message.update()
+
+    async def clear(self) -> None:
+        if self.message is not None:
+            message, self.message = self.message, None
+            await message.remove()
+
+
+async def save_message(store: ChatDataLayer, message: cl.Message, *elements: Element) -> None:
+    """Store a sent message and show `elements` under it, awaiting every write (the
+    elements are sent unpersisted: Chainlit's own writes are unawaited tasks). A failed
+    write is shown to the user."""
+    try:
+        await store.save_step(message.to_dict())
+        for element in elements:
+            await element.send(for_id=message.id, persist=False)
+            await store.create_element(element)
+    except ChatLLMError as exc:
+        await show_error(exc, current_lang())
+
+
+async def store_message(store: ChatDataLayer, session: ChatSession, message: cl.Message) -> bool:
+    """The user's words (and the session) safe on disk before the model runs; False, and
+    the user told, if they could not be saved."""
+    try:
+        await store.save_step(message.to_dict())
+        await save_session(store, session)
+    except ChatLLMError as exc:
+        await show_error(exc, current_lang())
+        return False
+    return True
+
+
+class Replies:
+    """Replies in a chat: a turn's, and those the buttons under a reply make."""
+
+    def __init__(self, backends: Backends, store: ChatDataLayer) -> None:
+        self.backends = backends
+        self.store = store
+
+    async def stream(
+        self,
+        session: ChatSession,
+        sampling: Sampling,
+        history: Sequence[BaseMessage],
+        text: str,
+        reply_to: str,
+        kind: str,
+        *,
+        title: str | None = None,
+        variants: int = 1,
+    ) -> cl.Message | None:
+        """Stream one reply to `text` into the chat and store it with its receipt; the
+        stored reply, or None if nothing was written (the error has been shown). Whatever
+        was written is kept, of a stopped or failed reply too; a chat turn's ("reply")
+        joins the session's memory, before a Stop's cancellation goes on."""
+        lang = current_lang()
+        reply = cl.Message(content="")
+        notice = QueueNotice(lang)
+        listening = queue_listener.set(notice.show)
+        generation: Generation | None = None
+        try:
+            spec = session.profile
+            generation = Generation(self.backends.get(spec.backend), spec.model, sampling)
+            # Closed at once on Stop (the task is cancelled while it sends a token): the
+            # model stops, and the reply's receipt says it was cancelled.
+            async with aclosing(generation.stream(history, text)) as tokens:
+                async for token in tokens:
+                    await reply.stream_token(token)
+        except ChatLLMError as exc:
+            await show_error(exc, lang)
+        except Exception as exc:
+            log.exception("Reply failed")
+            await show_error(exc, lang)
+        finally:
+            queue_listener.reset(listening)
+            await notice.clear()
+            if generation is not None and reply.content:
+                if kind == "reply":
+                    session.remember(text, reply.content)
+                receipt = generation.receipt()
+                reply.metadata = reply_metadata(receipt, reply_to, kind)
+                reply.actions = reply_actions(reply.id, variants > 1, lang)
+                await reply.send()
+                await save_message(self.store, reply, receipt_element(receipt, lang, title))
+        return reply if reply.content else None
+
+    async def _thread_steps(self) -> list[StepDict]:
+        thread = await self.store.get_thread(cl.context.session.thread_id)
+        if thread is None:
+            raise ChatLLMError("this conversation is not saved yet")
+        return list(thread.get("steps") or [])
+
+    async def _find_reply(
+        self, step_id: str
+    ) -> tuple[list[StepDict], StepDict, StepDict, dict[str, list[StepDict]]]:
+        """The thread's steps, a reply, the user message it answers, and all replies."""
+        steps = await self._thread_steps()
+        messages, replies = replies_by_message(steps)
+        for message in messages:
+            for step in replies.get(message["id"], []):
+                if step["id"] == step_id:
+                    return steps, step, message, replies
+        raise ChatLLMError("that reply is no longer in this conversation")
+
+    async def replay(self, session: ChatSession, action: cl.Action) -> None:
+        """Re-run a reply with its recorded seed, settings, model and history, and say
+        whether the text came out the same."""
+        lang = current_lang()
+        try:
+            steps, target, message, _ = await self._find_reply(str(action.payload.get("step")))
+            receipt = receipt_of(target.get("metadata"))
+            if receipt is None:
+                raise ChatLLMError(t("replay.no_receipt", lang))
+            try:
+                sampling = Sampling.model_validate(receipt.sampling)
+            except ValueError as exc:
+                raise ChatLLMError(t("replay.no_receipt", lang)) from exc
+            history = history_from_steps(steps, session.chosen, before=message["id"])
+            backend = self.backends.get(receipt.backend)
+        except ChatLLMError as exc:
+            await show_error(exc, lang)
+            return
+        generation = Generation(backend, receipt.model, sampling)
+        progress = cl.Message(
+            content=t("replay.running", lang, seed=sampling.seed), author="chatllm"
+        )
+        await progress.send()
+        try:
+            await generation.run(history, message.get("output") or "")
+        except ChatLLMError as exc:
+            await progress.remove()
+            await show_error(exc, lang)
+            return
+        await progress.remove()
+        again = generation.receipt()
+        original = target.get("output") or ""
+        same = generation.text == original
+        verdict = t("replay.same" if same else "replay.differs", lang, seed=sampling.seed)
+        if again.prompt_digest != receipt.prompt_digest:
+            verdict += " " + t("replay.prompt_changed", lang)
+        elements: list[Element] = [receipt_element(again, lang, None)]
+        if not same:
+            view = comparison_view(
+                message.get("output") or "",
+                [
+                    {
+                        "label": t("replay.original", lang),
+                        "text": original,
+                        "receipt": receipt.model_dump(),
+                    },
+                    {
+                        "label": t("replay.replayed", lang),
+                        "text": generation.text,
+                        "receipt": again.model_dump(),
+                    },
+                ],
+                lang,
+            )
+            elements.append(cl.CustomElement(name="Compare", props=view, display="inline"))
+        result = cl.Message(
+            content=f"**{verdict}**\n\n{generation.text}",
+            author="chatllm",
+            metadata={
+                **reply_metadata(again, message["id"], "replay"),
+                "replay_of": target["id"],
+                "identical": same,
+            },
+        )
+        await result.send()
+        await save_message(self.store, result, *elements)
+
+    async def regenerate(self, session: ChatSession, action: cl.Action) -> None:
+        """Answer a message again with the current settings; the earlier replies stay and
+        the conversation continues from the new one (another can be chosen)."""
+        lang = current_lang()
+        try:
+            steps, _, message, replies = await self._find_reply(str(action.payload.get("step")))
+        except ChatLLMError as exc:
+            await show_error(exc, lang)
+            return
+        history = history_from_steps(steps, session.chosen, before=message["id"])
+        earlier = replies.get(message["id"], [])
+        number = len(earlier) + 1
+        title = t(
+            "variant.title", lang, number=number, prompt=one_line(message.get("output") or "", 40)
+        )
+        reply = await self.stream(
+            session,
+            session.sampling,
+            history,
+            message.get("output") or "",
+            message["id"],
+            "variant",
+            title=title,
+            variants=number,
+        )
+        if reply is None:
+            return
+        if number == 2:  # the first reply gets its "continue from this" button now
+            await reply_action("choose", earlier[0]["id"], lang).send(for_id=earlier[0]["id"])
+        await self._choose(session, message["id"], reply.id)
+
+    async def choose(self, session: ChatSession, action: cl.Action) -> None:
+        """Continue the conversation from this reply (one of a message's variants)."""
+        lang = current_lang()
+        try:
+            _, target, message, _ = await self._find_reply(str(action.payload.get("step")))
+            await self._choose(session, message["id"], target["id"])
+        except ChatLLMError as exc:
+            await show_error(exc, lang)
+            return
+        await cl.context.emitter.send_toast(t("variant.chosen", lang), "success")
+
+    async def _choose(self, session: ChatSession, message_id: str, reply_id: str) -> None:
+        chosen = {**session.chosen, message_id: reply_id}
+        await save_session(self.store, replace(session, chosen=chosen))  # kept if stored
+        session.chosen = chosen
+        session.history = history_from_steps(await self._thread_steps(), chosen)
