@@ -15,21 +15,16 @@ from langchain_core.messages import BaseMessage
 from chatllm.backends import Backend
 from chatllm.errors import ChatLLMError
 from chatllm.generation import Generation
-from chatllm.i18n import t
+from chatllm.i18n import CJK, t
 from chatllm.receipts import Receipt
 from chatllm.sampling import Sampling
 
 MIN_SETS = 2
 MAX_SETS = 4
 
-# A word, one CJK character (Chinese has no spaces between words), a run of whitespace, or
+# One CJK character (Chinese has no spaces between words), a word, a run of whitespace, or
 # any other single character (punctuation).
-_TOKEN = re.compile(
-    r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]"
-    r"|[^\W\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]+"
-    r"|\s+|.",
-    re.DOTALL,
-)
+_TOKEN = re.compile(f"[{CJK}]|[^\\W{CJK}]+|\\s+|.", re.DOTALL)
 
 
 def words(text: str) -> list[str]:

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 Lang = str
 
+#: Characters of scripts written without spaces between words (Han with extension A and
+#: the compatibility ideographs, kana) and the CJK punctuation and fullwidth forms around
+#: them. Search and the word diff both take each one as a word of its own.
+CJK = "\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
+
 _EN: dict[str, str] = {
     "temperature": "Temperature",
     "temperature.help": "Higher is more varied, lower is more focused. 0 always picks the likeliest token.",

@@ -20,6 +20,7 @@ from chatllm.generation import Generation
 from chatllm.i18n import t
 from chatllm.receipts import Receipt, receipt_of
 from chatllm.sampling import Sampling
+from chatllm.store.search import index_text
 from tests.support import Endpoint
 
 STORY = "Write a long story about a lighthouse keeper and her cat."
@@ -222,6 +223,15 @@ def test_word_diff_splits_words_and_chinese_characters() -> None:
     assert ("-", "quick") in diff and ("+", "slow") in diff
     assert ("-", "狗") in diff
     assert similarity(a, a) == 1.0 and 0 < similarity(a, b) < 1
+
+
+def test_the_word_diff_and_search_take_the_same_characters_as_words_of_their_own() -> None:
+    """Kana, CJK punctuation and fullwidth forms are single words in the diff, as they are
+    single tokens in the search index (one definition, chatllm.i18n.CJK)."""
+    text = "カナ。ＡＢ「引用」漢字"
+    assert words(text) == list(text)
+    assert index_text(text).split() == list(text)
+    assert words("한국어 ok") == ["한국어", " ", "ok"]  # Korean is written with spaces
 
 
 async def test_a_reply_cut_off_by_the_server_is_an_error_not_an_empty_reply(

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 
-# Han (incl. extensions A and compatibility), kana, CJK punctuation and fullwidth forms.
-_CJK = "\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
-_CJK_CHAR = re.compile(f"([{_CJK}])")
-_QUERY_TERM = re.compile(f"[{_CJK}]+|[^\\s{_CJK}]+")
+from chatllm.i18n import CJK
+
+_CJK_CHAR = re.compile(f"([{CJK}])")
+_QUERY_TERM = re.compile(f"[{CJK}]+|[^\\s{CJK}]+")
 _WORD_CHARS = re.compile(r"\w+")
 
 
