@@ -136,7 +136,7 @@ class Generation:
         started = self._started if self._started is not None else self._created
         queued = started - self._requested if self._requested is not None else 0.0
         return Receipt(
-            backend=self.backend.kind,
+            backend=self.backend.name,
             model=self.model,
             sampling=self.sampling.model_dump(),
             finish_reason=self.finish,

@@ -335,7 +335,7 @@ class Sweep:
     def concurrency(self) -> int:
         # The local model decodes one request at a time: more in flight would only wait in
         # its line. An endpoint may serve several at once.
-        return 1 if self.backend.kind == "local" else self.plan.concurrency
+        return 1 if self.backend.name == "local" else self.plan.concurrency
 
     async def run(
         self,

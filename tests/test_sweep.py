@@ -551,7 +551,7 @@ class SlowEcho(BaseChatModel):
 class SlowBackend(Backend):
     """An endpoint-like backend (not the local model) whose later runs answer sooner."""
 
-    kind = "slow"
+    name = "slow"
 
     def __init__(self, settings: Settings, gauge: Gauge) -> None:
         super().__init__(settings)

@@ -1,7 +1,7 @@
 """What every backend shares: the `Backend` interface and its registry, `Backends` (those a
 configuration enables), the profile a chat runs on, and the pieces of a streamed reply.
 
-Backends register themselves in `BACKENDS`; callers ask `Backends` for one by kind and never
+Backends register themselves in `BACKENDS`; callers ask `Backends` for one by name and never
 import a backend class. A backend's chat model raises only `chatllm.errors.BackendError`s.
 """
 
@@ -79,7 +79,8 @@ class ProfileSpec:
 class Backend(ABC):
     """A source of chat models. Subclasses register with `@register`."""
 
-    kind: ClassVar[str]
+    #: What profiles and receipts call this backend ("local", "openai").
+    name: ClassVar[str]
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -124,26 +125,26 @@ BACKENDS: dict[str, type[Backend]] = {}
 
 
 def register(cls: type[Backend]) -> type[Backend]:
-    BACKENDS[cls.kind] = cls
+    BACKENDS[cls.name] = cls
     return cls
 
 
 class Backends:
-    """The backends this configuration enables, by kind."""
+    """The backends this configuration enables, by name."""
 
     def __init__(self, settings: Settings) -> None:
-        self._by_kind: dict[str, Backend] = {
-            kind: cls(settings) for kind, cls in BACKENDS.items() if cls.enabled(settings)
+        self._by_name: dict[str, Backend] = {
+            name: cls(settings) for name, cls in BACKENDS.items() if cls.enabled(settings)
         }
 
-    def get(self, kind: str) -> Backend:
+    def get(self, name: str) -> Backend:
         try:
-            return self._by_kind[kind]
+            return self._by_name[name]
         except KeyError:
-            raise BackendError(f"The backend {kind!r} is not configured.") from None
+            raise BackendError(f"The backend {name!r} is not configured.") from None
 
     def __iter__(self) -> Iterator[Backend]:
-        return iter(self._by_kind.values())
+        return iter(self._by_name.values())
 
     async def profiles(self) -> tuple[list[ProfileSpec], list[ChatLLMError]]:
         """Every (backend, model) choice, and the errors of backends that could not list theirs."""
@@ -151,7 +152,7 @@ class Backends:
         problems: list[ChatLLMError] = []
         for backend in self:
             try:
-                specs.extend(ProfileSpec(backend.kind, name) for name in await backend.models())
+                specs.extend(ProfileSpec(backend.name, model) for model in await backend.models())
             except BackendError as exc:
                 problems.append(exc)
         return specs, problems

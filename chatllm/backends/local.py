@@ -483,7 +483,7 @@ def start_local_engine(settings: Settings) -> EngineUnavailable | None:
 
 @register
 class LocalBackend(Backend):
-    kind = "local"
+    name = "local"
 
     @property
     def engine(self) -> LocalEngine:

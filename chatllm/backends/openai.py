@@ -101,7 +101,7 @@ OPENAI_SAMPLING = frozenset({"temperature", "top_p", "max_tokens", "seed"})
 
 @register
 class OpenAIBackend(Backend):
-    kind = "openai"
+    name = "openai"
 
     @classmethod
     def enabled(cls, settings: Settings) -> bool:
