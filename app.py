@@ -10,11 +10,16 @@ from chainlit.types import ThreadDict
 from chatllm.auth import AuthMode
 from chatllm.chat import ChatApp
 from chatllm.store import ChatDataLayer
-from chatllm.web import element_files, mount
+from chatllm.web import element_files, guard, mount
 
 chat = ChatApp.from_environment(host=chainlit_config.run.host)
 
 mount(server, element_files(chat.store))
+guard(
+    server,
+    allowed=chat.settings.allowed_origins,
+    loopback_only=lambda: chat.auth_mode is AuthMode.LOCAL,
+)
 
 if chat.auth_mode is AuthMode.PASSWORD:
     cl.password_auth_callback(chat.login)

@@ -6,6 +6,7 @@ import importlib.metadata
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -77,16 +78,33 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the database; empty means data_dir/chatllm.db.",
     )
 
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Other web origins (scheme://host[:port], comma-separated) whose pages "
+        "may call the app with the user's cookie; empty: the app's own pages only.",
+    )
+
     @property
     def database(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'chatllm.db'}"
 
-    @field_validator("openai_models", mode="before")
+    @field_validator("openai_models", "allowed_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        origins = []
+        for origin in value:
+            parsed = urlsplit(origin.strip())
+            if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path:
+                raise ValueError(f"{origin!r} is not an origin like https://chat.example.org")
+            origins.append(f"{parsed.scheme}://{parsed.netloc.lower()}")
+        return origins
 
     @field_validator("openai_base_url")
     @classmethod

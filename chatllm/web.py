@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from chainlit.auth import get_current_user
 from chainlit.data.acl import is_thread_author
 from chainlit.user import PersistedUser, User
 from fastapi import APIRouter, Depends, FastAPI, HTTPException
 from fastapi.responses import FileResponse
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from chatllm.auth import is_loopback
 from chatllm.store import ChatDataLayer
 from chatllm.store.files import FileStore
 
@@ -43,3 +48,68 @@ def mount(server: FastAPI, router: APIRouter) -> None:
     added = routes[before:]
     del routes[before:]
     routes[0:0] = added
+
+
+class OriginGuard:
+    """ASGI middleware in front of every route and the socket: a request a page of another
+    origin sends (its `Origin` is neither this server's nor one the operator allowed) is
+    refused, and so is, in local mode, a `Host` that is not a loopback name — a page whose
+    DNS name was rebound to 127.0.0.1 gets nothing. Requests without an `Origin` (the
+    app's own page loads, scripts and command-line clients) pass."""
+
+    def __init__(
+        self, app: ASGIApp, *, allowed: Iterable[str], loopback_only: Callable[[], bool]
+    ) -> None:
+        self.app = app
+        self.allowed = frozenset(allowed)
+        self.loopback_only = loopback_only
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            host = headers.get("host", "")
+            refusal = self.refusal(host, headers.get("origin"))
+            if refusal is not None:
+                await _refuse(scope, send, refusal)
+                return
+        await self.app(scope, receive, send)
+
+    def refusal(self, host: str, origin: str | None) -> str | None:
+        """Why a request with these headers is refused, or None."""
+        if self.loopback_only() and not is_loopback(urlsplit(f"//{host}").hostname or ""):
+            return f"this app serves only its loopback address, not {host!r}"
+        if origin is None:
+            return None
+        parsed = urlsplit(origin)
+        if parsed.netloc.lower() == host.lower() or origin.lower() in self.allowed:
+            return None
+        return f"requests from {origin!r} are not allowed"
+
+
+async def _refuse(scope: Scope, send: Send, reason: str) -> None:
+    if scope["type"] == "websocket":  # closed before accepting: the client sees a 403
+        await send({"type": "websocket.close", "code": 1008, "reason": reason})
+        return
+    body = reason.encode("utf-8")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 403,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def guard(server: FastAPI, *, allowed: list[str], loopback_only: Callable[[], bool]) -> None:
+    """Credentialed cross-origin calls only from `allowed` origins (Chainlit's CORS
+    middleware is set up from its config's `allow_origins`, which would echo any origin
+    back with credentials; it gets `allowed` instead), and the `OriginGuard` outermost."""
+    for middleware in server.user_middleware:
+        if middleware.cls is CORSMiddleware:  # type: ignore[comparison-overlap]
+            options: dict[str, Any] = middleware.kwargs
+            options["allow_origins"] = list(allowed)
+    server.add_middleware(OriginGuard, allowed=allowed, loopback_only=loopback_only)

@@ -214,6 +214,8 @@ class AppServer:
     data_dir: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    #: CHATLLM_ settings for this app, beside its data directory
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def base(self) -> str:
@@ -239,7 +241,7 @@ class AppServer:
                     str(self.port),
                 ],
                 cwd=ROOT,
-                env={**env, "CHATLLM_DATA_DIR": str(self.data_dir)},
+                env={**env, **self.env, "CHATLLM_DATA_DIR": str(self.data_dir)},
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )
