@@ -10,11 +10,12 @@ from chainlit.types import ThreadDict
 from chatllm.auth import AuthMode
 from chatllm.chat import ChatApp
 from chatllm.store import ChatDataLayer
-from chatllm.web import element_files, guard, mount
+from chatllm.web import element_files, guard, mount, owner_checks
 
 chat = ChatApp.from_environment(host=chainlit_config.run.host)
 
 mount(server, element_files(chat.store))
+mount(server, owner_checks(chat.store))
 guard(
     server,
     allowed=chat.settings.allowed_origins,

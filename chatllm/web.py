@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+from chainlit import server as chainlit_server
 from chainlit.auth import get_current_user
+from chainlit.config import config as chainlit_config
 from chainlit.data.acl import is_thread_author
+from chainlit.types import (
+    DeleteFeedbackRequest,
+    ElementRequest,
+    ShareThreadRequest,
+    UpdateFeedbackRequest,
+)
 from chainlit.user import PersistedUser, User
-from fastapi import APIRouter, Depends, FastAPI, HTTPException
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -35,6 +43,69 @@ def element_files(store: ChatDataLayer) -> APIRouter:
             raise HTTPException(status_code=404, detail="Not found")
         path, name, mime = stored
         return FileResponse(path, media_type=mime or "application/octet-stream", filename=name)
+
+    return router
+
+
+def owner_checks(store: ChatDataLayer) -> APIRouter:
+    """Chainlit's feedback and element routes, behind the check they lack: the caller owns
+    the thread the feedback, step or element belongs to. An unknown id is a 404 (Chainlit
+    answers a 500 carrying the SQL), another user's a 403. Chainlit's handler then does
+    the work. Thread sharing stays off through the API while the operator has it off."""
+    router = APIRouter()
+
+    async def require_owner(
+        user: User | PersistedUser | None,
+        table: Literal["steps", "feedbacks", "elements"],
+        row_id: str | None,
+    ) -> None:
+        if user is None:
+            raise HTTPException(status_code=401, detail="Unauthorized")
+        owner = await store.owner_of(table, row_id) if row_id else None
+        if owner is None:
+            raise HTTPException(status_code=404, detail="Not found")
+        if owner != user.identifier:
+            raise HTTPException(status_code=403, detail="Not yours")
+
+    @router.put("/feedback")
+    async def update_feedback(
+        request: Request, update: UpdateFeedbackRequest, user: CurrentUser
+    ) -> Any:
+        await require_owner(user, "steps", update.feedback.forId)
+        if update.feedback.id and await store.owner_of("feedbacks", update.feedback.id):
+            await require_owner(user, "feedbacks", update.feedback.id)
+        return await chainlit_server.update_feedback(request, update, user)
+
+    @router.delete("/feedback")
+    async def delete_feedback(
+        request: Request, payload: DeleteFeedbackRequest, user: CurrentUser
+    ) -> Any:
+        await require_owner(user, "feedbacks", payload.feedbackId)
+        return await chainlit_server.delete_feedback(request, payload, user)
+
+    @router.put("/project/element")
+    async def update_element(payload: ElementRequest, user: CurrentUser) -> Any:
+        await require_owner(user, "elements", str(payload.element.get("id") or ""))
+        return await chainlit_server.update_thread_element(payload, user)
+
+    @router.delete("/project/element")
+    async def delete_element(payload: ElementRequest, user: CurrentUser) -> Any:
+        await require_owner(user, "elements", str(payload.element.get("id") or ""))
+        return await chainlit_server.delete_thread_element(payload, user)
+
+    def sharing_on() -> None:
+        if not chainlit_config.features.allow_thread_sharing:
+            raise HTTPException(status_code=404, detail="Thread sharing is off")
+
+    @router.put("/project/thread/share")
+    async def share_thread(request: Request, payload: ShareThreadRequest, user: CurrentUser) -> Any:
+        sharing_on()
+        return await chainlit_server.share_thread(request, payload, user)
+
+    @router.get("/project/share/{thread_id}")
+    async def shared_thread(request: Request, thread_id: str, user: CurrentUser) -> Any:
+        sharing_on()
+        return await chainlit_server.get_shared_thread(request, thread_id, user)
 
     return router
 

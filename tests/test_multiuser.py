@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 import socketio
-from chainlit.element import Text
+from chainlit.element import CustomElement, Text
+from chainlit.types import Feedback
 from chainlit.user import User
 
 from chatllm.auth import Passwords
@@ -68,8 +69,18 @@ def seeded(server_dir: Path) -> dict[str, str]:
         tab.session.has_first_interaction = True
         element = Text(name="plan.txt", content="the plan", for_id="ada-1", thread_id="ada-thread")
         await layer.create_element(element)
+        receipt = CustomElement(
+            name="Receipt", props={"seed": 7}, for_id="ada-1", thread_id="ada-thread"
+        )
+        await layer.create_element(receipt)
+        feedback = await layer.upsert_feedback(Feedback(forId="ada-1", value=1, comment="ada's"))
         await layer.close()
-        return {"thread": "ada-thread", "element": element.id}
+        return {
+            "thread": "ada-thread",
+            "element": element.id,
+            "receipt": receipt.id,
+            "feedback": feedback,
+        }
 
     return asyncio.run(seed())
 
@@ -138,6 +149,94 @@ def test_another_user_gets_nothing_of_it_through_any_route(
     assert searched.json()["data"] == []
     still = login(server, "ada").get(f"/project/thread/{thread}").json()
     assert still["name"] == "Ada's plans" and len(still["steps"]) == 2
+
+
+async def test_another_user_cannot_change_or_remove_her_feedback_or_elements(
+    server: str, seeded: dict[str, str], server_dir: Path
+) -> None:
+    settings = Settings(_env_file=None, data_dir=server_dir)  # type: ignore[call-arg]
+    layer = ChatDataLayer(Database(settings.database), FileStore(server_dir / "files"))
+    bob_user = await layer.get_user("bob") or await layer.create_user(User(identifier="bob"))
+    assert bob_user is not None
+    await layer.update_thread("bob-thread", name="Bob's", user_id=bob_user.id)
+    await layer.create_step(
+        {
+            "id": "bob-0",
+            "threadId": "bob-thread",
+            "type": "assistant_message",
+            "output": "hi bob",
+            "createdAt": "2026-01-01T00:00:00Z",
+            "metadata": {"finish_reason": "stop"},
+        }
+    )
+    await layer.close()
+    bob_cookies = login(server, "bob").cookies
+    bob_tab = SocketUser(server, thread_id="bob-thread")
+    await bob_tab.connect(bob_cookies, start=False)  # his own session, as the page has
+    bob = login(server, "bob")
+    feedback, receipt = seeded["feedback"], seeded["receipt"]
+    theirs = {"name": "Receipt", "type": "custom", "display": "inline", "props": {"seed": 0}}
+    attempts = {
+        "feedback on her reply": bob.put(
+            "/feedback",
+            json={
+                "feedback": {"id": feedback, "forId": "ada-1", "value": 0, "comment": "bob's"},
+                "sessionId": bob_tab.session_id,
+            },
+        ),
+        "her feedback moved to his reply": bob.put(
+            "/feedback",
+            json={
+                "feedback": {"id": feedback, "forId": "bob-0", "value": 0, "comment": "bob's"},
+                "sessionId": bob_tab.session_id,
+            },
+        ),
+        "her feedback deleted": bob.request("DELETE", "/feedback", json={"feedbackId": feedback}),
+        "her receipt overwritten through his session": bob.put(
+            "/project/element",
+            json={
+                "element": {**theirs, "id": receipt, "threadId": ""},
+                "sessionId": bob_tab.session_id,
+            },
+        ),
+        "her receipt deleted": bob.request(
+            "DELETE",
+            "/project/element",
+            json={
+                "element": {**theirs, "id": receipt, "threadId": "ada-thread"},
+                "sessionId": bob_tab.session_id,
+            },
+        ),
+    }
+    for what, response in attempts.items():
+        assert response.status_code == 403, (what, response.text)
+    unknown = bob.put(
+        "/feedback",
+        json={"feedback": {"forId": "no-such-step", "value": 1}, "sessionId": bob_tab.session_id},
+    )
+    assert unknown.status_code == 404 and "SELECT" not in unknown.text
+    own = bob.put(
+        "/feedback",
+        json={"feedback": {"forId": "bob-0", "value": 1}, "sessionId": bob_tab.session_id},
+    )
+    assert own.status_code == 200  # his own reply takes his feedback
+    await bob_tab.client.disconnect()
+    thread = login(server, "ada").get(f"/project/thread/{seeded['thread']}").json()
+    (reply,) = [s for s in thread["steps"] if s["id"] == "ada-1"]
+    assert reply["feedback"]["value"] == 1 and reply["feedback"]["comment"] == "ada's"
+    (kept,) = [e for e in thread["elements"] if e["id"] == receipt]
+    assert kept["props"] == {"seed": 7}
+
+
+def test_sharing_stays_off_through_the_api_while_the_operator_has_it_off(
+    server: str, seeded: dict[str, str]
+) -> None:
+    ada = login(server, "ada")
+    shared = ada.put("/project/thread/share", json={"threadId": seeded["thread"], "isShared": True})
+    assert shared.status_code == 404 and "sharing is off" in shared.text
+    assert ada.get(f"/project/share/{seeded['thread']}").status_code == 404
+    metadata = ada.get(f"/project/thread/{seeded['thread']}").json()["metadata"]
+    assert not metadata.get("is_shared")
 
 
 async def test_another_user_cannot_resume_it_over_the_socket(

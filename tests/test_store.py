@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chainlit.element import Text
+from chainlit.element import CustomElement, Text
 from chainlit.types import Feedback, Pagination, ThreadFilter
 from chainlit.user import PersistedUser, User
 
@@ -201,6 +201,35 @@ async def test_a_thread_round_trips_with_steps_feedback_and_elements(
     assert element["name"] == "../../etc/passwd" and element["forId"] == "r1"
     assert await store.get_thread_author("t1") == "ada"
     assert await store.get_thread_author("missing") == ""
+
+
+async def test_an_element_needs_a_thread_and_never_moves_into_another(
+    store: ChatDataLayer, ada: PersistedUser
+) -> None:
+    await chat(store, ada, "t1", "hello", "hi")
+    await chat(store, ada, "t2", "again", "hi again")
+    tab = BrowserTab()
+    tab.enter()
+    tab.session.has_first_interaction = True
+    receipt = CustomElement(name="Receipt", props={"seed": 1}, for_id="t1-1", thread_id="t1")
+    await store.create_element(receipt)
+    for loose in (receipt.id, "a-new-one"):  # no thread: no owner to check
+        with pytest.raises(ThreadAccessDenied):
+            await store.create_element(
+                CustomElement(id=loose, name="Receipt", props={"seed": 2}, thread_id="")
+            )
+    with pytest.raises(ThreadAccessDenied):  # its id, written as another thread's
+        await store.create_element(
+            CustomElement(id=receipt.id, name="Receipt", props={"seed": 3}, thread_id="t2")
+        )
+    kept = await store.get_element("t1", receipt.id)
+    assert kept is not None and kept["props"] == {"seed": 1}
+    assert await store.get_element("t2", receipt.id) is None
+    await store.create_element(  # within its own thread it updates
+        CustomElement(id=receipt.id, name="Receipt", props={"seed": 4}, thread_id="t1")
+    )
+    updated = await store.get_element("t1", receipt.id)
+    assert updated is not None and updated["props"] == {"seed": 4}
 
 
 async def test_element_files_get_generated_names_inside_the_data_dir(

@@ -15,7 +15,7 @@ import re
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 from chainlit.data.base import BaseDataLayer
 from chainlit.data.utils import queue_until_user_message
@@ -201,11 +201,13 @@ class ChatDataLayer(BaseDataLayer):
         data = await _element_bytes(element)
         object_key = await asyncio.to_thread(self.files.save, data) if data is not None else None
         record = element.to_dict()
+        if not element.thread_id:
+            # An element belongs to a thread; without one no owner could be checked.
+            raise ThreadAccessDenied(f"element {element.id} names no thread")
         try:
             async with self.db.write() as conn:
-                if element.thread_id:
-                    await self._ensure_thread(conn, element.thread_id)
-                await conn.execute(
+                await self._ensure_thread(conn, element.thread_id)
+                written = await conn.execute(
                     text(
                         "INSERT INTO elements (id, thread_id, step_id, type, name, mime, url,"
                         " object_key, chainlit_key, display, size, language, page, props)"
@@ -213,6 +215,9 @@ class ChatDataLayer(BaseDataLayer):
                         " :object_key, :chainlit_key, :display, :size, :language, :page, :props)"
                         " ON CONFLICT (id) DO UPDATE SET props = excluded.props,"
                         " object_key = COALESCE(excluded.object_key, elements.object_key)"
+                        # An element of another thread keeps its own: no update, no row.
+                        " WHERE elements.thread_id = excluded.thread_id"
+                        " RETURNING id"
                     ),
                     {
                         "id": element.id,
@@ -231,6 +236,8 @@ class ChatDataLayer(BaseDataLayer):
                         "props": json.dumps(record.get("props") or {}, ensure_ascii=False),
                     },
                 )
+                if written.first() is None:
+                    raise ThreadAccessDenied(f"element {element.id} belongs to another thread")
         except BaseException:
             if object_key:
                 await asyncio.to_thread(self.files.delete, object_key)
@@ -373,6 +380,26 @@ class ChatDataLayer(BaseDataLayer):
         await self._delete_files(keys)
 
     # ---- threads
+
+    async def owner_of(
+        self, table: Literal["steps", "feedbacks", "elements"], row_id: str
+    ) -> str | None:
+        """The identifier of the user whose thread holds this step, feedback or element;
+        None if there is no such row. ("" for a thread without an owner.)"""
+        query = {
+            "steps": "SELECT t.user_id FROM steps s JOIN threads t ON t.id = s.thread_id"
+            " WHERE s.id = :id",
+            "feedbacks": "SELECT t.user_id FROM feedbacks f JOIN steps s ON s.id = f.step_id"
+            " JOIN threads t ON t.id = s.thread_id WHERE f.id = :id",
+            "elements": "SELECT t.user_id FROM elements e JOIN threads t ON t.id = e.thread_id"
+            " WHERE e.id = :id",
+        }[table]
+        row = await self.db.first(
+            f"SELECT r.user_id, u.identifier FROM ({query}) r"
+            " LEFT JOIN users u ON u.id = r.user_id",
+            {"id": row_id},
+        )
+        return None if row is None else str(row.identifier or "")
 
     async def get_thread_author(self, thread_id: str) -> str:
         identifier = await self.db.value(
