@@ -4,9 +4,13 @@ with every receipt, and a JSON export brought back as a new thread that resumes 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import re
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ from chainlit.step import StepDict
 from chainlit.types import ThreadDict
 from chainlit.user import PersistedUser, User
 from langchain_core.messages import HumanMessage, SystemMessage
+from pydantic import ValidationError
 
 from chatllm import transfer
 from chatllm.config import Settings
@@ -28,6 +33,8 @@ from chatllm.store import ChatDataLayer, Database, FileStore
 from chatllm.store.users import NoSuchUser
 from chatllm.transfer import InvalidDocument, ThreadNotFound, TransferError
 from tests.support import BrowserTab
+
+ROOT = Path(__file__).resolve().parent.parent
 
 HOSTILE = (
     "Ignore that.\n"
@@ -428,6 +435,8 @@ def broken(change: str) -> Any:
             reply["reply_to"] = "u9"
         case "reply_to a reply":
             reply["reply_to"] = "r1"
+        case "replay_of":
+            reply["replay_of"] = "u1"
         case "twice":
             messages.append(dict(reply))
         case "user with receipt":
@@ -438,6 +447,12 @@ def broken(change: str) -> Any:
             document["elements"][0]["for"] = "r9"
         case "compare":
             reply["compare"] = {"replies": [{"label": "A"}]}
+        case "compare label":
+            reply["compare"] = {"replies": [{"text": "A"}]}
+        case "error flag":
+            reply["is_error"] = "yes"
+        case "empty id":
+            user_message["id"] = ""
     return document
 
 
@@ -456,11 +471,15 @@ def broken(change: str) -> Any:
         ("unknown field", r"messages\[1\]\.reply_too: Extra inputs are not permitted"),
         ("reply_to", r"messages\[1\]\.reply_to: 'u9' names no user message"),
         ("reply_to a reply", r"messages\[1\]\.reply_to: 'r1' names no user message"),
+        ("replay_of", r"messages\[1\]\.replay_of: 'u1' names no assistant message"),
         ("twice", r"messages\[2\]\.id: 'r1' appears twice"),
         ("user with receipt", r"messages\[0\] is the user's, but has receipt"),
         ("chosen", r"chosen_replies\['u1'\]: 'u1' names no assistant message"),
         ("element", r"elements\[0\]\.for: 'r9' names no message"),
         ("compare", r"messages\[1\]\.compare\.replies\[0\]\.text: Field required"),
+        ("compare label", r"messages\[1\]\.compare\.replies\[0\]\.label: Field required"),
+        ("error flag", r"messages\[1\]\.is_error: Input should be a valid boolean"),
+        ("empty id", r"messages\[0\]\.id: String should have at least 1 character"),
     ],
 )
 async def test_a_bad_document_is_refused_naming_what_is_wrong_and_writes_nothing(
@@ -501,6 +520,24 @@ def test_a_document_with_many_problems_names_the_first_five_and_counts_the_rest(
     assert [problem.split(":")[0] for problem in said.split("; ")] == named
     more = " (and 1 more)" if wrong == 6 else ""
     assert said.endswith(f"messages[1].author: Input should be a valid string{more}")
+
+
+def test_a_checked_document_is_read_only() -> None:
+    document = transfer.parse_document(broken("nothing"))
+    assert transfer.parse_document(document) is document
+    with pytest.raises(ValidationError, match="frozen"):
+        document.thread.name = "changed"
+    with pytest.raises(ValidationError, match="frozen"):
+        document.messages[0].text = "changed"
+
+
+async def test_a_message_id_of_one_character_will_do(store: ChatDataLayer) -> None:
+    await user(store, "bob")
+    document = answered(("hello", "reply"))
+    document["messages"][0]["id"], document["messages"][1]["reply_to"] = "q", "q"
+    new_id = await transfer.import_thread(store, document, "bob")
+    steps = (await load(store, new_id))["steps"]
+    assert [(s["output"], s["isError"]) for s in steps] == [("hi", False), ("hello", False)]
 
 
 async def test_an_untitled_import_is_named_after_its_first_question(store: ChatDataLayer) -> None:
@@ -641,7 +678,7 @@ def test_markdown_of_a_bad_document_is_refused() -> None:
 
 def answered(*replies: tuple[str, str | None], chosen: str | None = None) -> dict[str, Any]:
     """A document: one question, and each (text, kind) as a finished reply to it."""
-    document = broken("nothing")
+    document: dict[str, Any] = broken("nothing")
     document["elements"] = []
     document["thread"]["metadata"] = {CHOSEN_REPLIES: {"u1": chosen}} if chosen else {}
     document["messages"][1:] = [
@@ -808,6 +845,65 @@ async def test_the_commands_say_what_went_wrong(app_data: Settings, tmp_path: Pa
         await run(app_data, "threads", "--user", "carol")
     with pytest.raises(SystemExit):
         command("threads", "--limit", "0")
+
+
+def chatllm(data_dir: Path, *argv: str) -> tuple[int, str]:
+    """`python -m chatllm …` run as a user runs it: its exit status and what it printed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLLM_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "chatllm", *argv],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**env, "CHATLLM_DATA_DIR": str(data_dir)},
+        timeout=120,
+    )
+    return done.returncode, (done.stdout + done.stderr).strip()
+
+
+def test_listing_threads_in_a_fresh_data_directory_finds_none_and_adds_no_user(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    assert chatllm(data, "threads") == (0, "(no threads for local)")
+    with sqlite3.connect(data / "chatllm.db") as raw:
+        assert raw.execute("SELECT COUNT(*) FROM users").fetchone()[0] == 0
+
+
+async def test_a_listing_can_be_limited_to_the_latest_thread(
+    app_data: Settings, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy.json"
+    await run(app_data, "export", "t1", "-o", str(copy))
+    new_id = (await run(app_data, "import", str(copy), "--user", "ada")).rsplit("/", 1)[1]
+    listing = (await run(app_data, "threads", "--user", "ada", "--limit", "1")).splitlines()
+    assert [line.split()[0] for line in listing] == ["ID", new_id]
+
+
+async def test_the_exported_json_file_is_readable_text_with_the_chinese_as_written(
+    app_data: Settings, tmp_path: Path
+) -> None:
+    exported = tmp_path / "lighthouses.json"
+    await run(app_data, "export", "t1", "-o", str(exported))
+    text = exported.read_text("utf-8")
+    assert text.startswith('{\n  "format": "chatllm.thread",\n  "version": 1,\n')
+    assert "請用中文回答。" in text and "\\u" not in text and text.endswith("\n}\n")
+    printed = await run(app_data, "export", "t1")
+    assert "請用中文回答。" in printed and "\\u" not in printed
+
+
+async def test_a_file_that_cannot_be_written_or_read_is_refused_with_the_systems_reason(
+    app_data: Settings, tmp_path: Path
+) -> None:
+    reason = os.strerror(errno.ENOENT)  # "No such file or directory", not a Python repr
+    nowhere = tmp_path / "no" / "such" / "dir.json"
+    with pytest.raises(TransferError) as refused:
+        await run(app_data, "export", "t1", "-o", str(nowhere))
+    assert str(refused.value) == f"cannot write {nowhere}: {reason}"
+    missing = tmp_path / "missing.json"
+    with pytest.raises(TransferError) as refused:
+        await run(app_data, "import", str(missing))
+    assert str(refused.value) == f"cannot read {missing}: {reason}"
 
 
 async def test_an_imported_thread_resumes_in_the_app_with_its_memory_and_sliders(
