@@ -203,6 +203,18 @@ async def test_a_thread_round_trips_with_steps_feedback_and_elements(
     assert await store.get_thread_author("missing") == ""
 
 
+async def test_a_page_size_beyond_reason_gets_the_largest_page(
+    store: ChatDataLayer, ada: PersistedUser
+) -> None:
+    for n in range(3):
+        await chat(store, ada, f"t{n}", f"thread {n}", "hi")
+    for first in (2**63, 2**70, 10**6):
+        page = await store.list_threads(Pagination(first=first), ThreadFilter(userId=ada.id))
+        assert len(page.data) == 3 and not page.pageInfo.hasNextPage
+    page = await store.list_threads(Pagination(first=0), ThreadFilter(userId=ada.id))
+    assert len(page.data) == 1 and page.pageInfo.hasNextPage
+
+
 async def test_an_element_needs_a_thread_and_never_moves_into_another(
     store: ChatDataLayer, ada: PersistedUser
 ) -> None:
@@ -244,6 +256,9 @@ async def test_element_files_get_generated_names_inside_the_data_dir(
     stored = [p for p in (tmp_path / "files").rglob("*") if p.is_file()]
     assert len(stored) == 1
     assert stored[0].read_text() == "echo hi"
+    assert stored[0].stat().st_mode & 0o777 == 0o600  # like the database: the owner's only
+    for folder in (stored[0].parent, tmp_path / "files"):
+        assert folder.stat().st_mode & 0o777 == 0o700
     assert stored[0].is_relative_to(tmp_path / "files")
     assert "evil" not in stored[0].name
     fetched = await store.get_element("t1", element.id)

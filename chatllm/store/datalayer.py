@@ -65,6 +65,10 @@ STEP_COLUMNS = {
 }  # fmt: skip
 
 
+#: The most threads one page of the list holds.
+MAX_PAGE = 200
+
+
 class ThreadAccessDenied(ChatLLMError, PermissionError):
     """A write aimed at a thread that belongs to another user."""
 
@@ -438,7 +442,10 @@ class ChatDataLayer(BaseDataLayer):
         if not filters.userId:
             return PaginatedResponse(PageInfo(False, None, None), [])  # never everyone's
         conditions = ["t.user_id = :user"]
-        params: dict[str, Any] = {"user": filters.userId, "limit": pagination.first + 1}
+        # The sidebar asks for 20; a client asking for more than a page's worth (or for a
+        # number SQLite cannot hold) gets the most a page has.
+        first = min(max(pagination.first, 1), MAX_PAGE)
+        params: dict[str, Any] = {"user": filters.userId, "limit": first + 1}
         if pagination.cursor:
             try:
                 params["after_time"], params["after_id"] = pagination.cursor.split("|", 1)
@@ -467,8 +474,8 @@ class ChatDataLayer(BaseDataLayer):
             " ORDER BY t.updated_at DESC, t.id DESC LIMIT :limit"
         )
         rows = await self.db.rows(sql, params)
-        has_next = len(rows) > pagination.first
-        rows = rows[: pagination.first]
+        has_next = len(rows) > first
+        rows = rows[:first]
         threads = [
             ThreadDict(
                 id=row.id,

@@ -25,11 +25,14 @@ class FileStore:
         return self.root / key[:2] / key
 
     def save(self, data: bytes) -> str:
+        """Store `data`, readable by this user only (like the database); its key."""
         key = uuid.uuid4().hex
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
         partial = path.with_suffix(".partial")
-        with partial.open("wb") as out:
+        descriptor = os.open(partial, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as out:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
