@@ -259,6 +259,9 @@ async def test_a_bad_preset_name_or_too_many_compare_sets_are_refused(app: ChatA
     tab = await new_chat(app)
     await app.update_settings({"save_preset": "x" * 61})
     assert "at most 60 characters" in tab.errors()[-1]
+    await app.update_settings({"save_preset": ["a", "b"]})
+    assert "preset name must be text" in tab.errors()[-1]
+    assert "['a', 'b']" not in [p.label for p in await app.panel.available("en")]
     await app.update_settings(
         {
             "compare_with": [

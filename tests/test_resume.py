@@ -10,7 +10,6 @@ from pathlib import Path
 
 import chainlit as cl
 import pytest
-from chainlit.socket import persist_user_session
 from chainlit.user import User
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
@@ -27,6 +26,12 @@ from tests.support import (
     press_stop,
     until,
 )
+
+
+async def close_tab(app: ChatApp, tab: BrowserTab) -> None:
+    """What Chainlit does when the browser disconnects (`persist_user_session`, which
+    writes through the data layer app.py registers: here, the app's store)."""
+    await app.store.update_thread(tab.session.thread_id, metadata=tab.session.to_persistable())
 
 
 @pytest.fixture
@@ -187,7 +192,7 @@ async def test_the_endpoint_key_and_session_secrets_never_reach_the_database(
     await say(app, tab, "hello")
     assert [m for m in tab.messages() if m["type"] == "assistant_message"]  # it was answered
     # What Chainlit writes when the browser disconnects.
-    await persist_user_session(tab.session.thread_id, tab.session.to_persistable())
+    await close_tab(app, tab)
     thread = await app.store.get_thread(tab.session.thread_id)
     assert thread is not None
     saved = thread["metadata"] or {}
@@ -198,6 +203,28 @@ async def test_the_endpoint_key_and_session_secrets_never_reach_the_database(
         data = file.read_bytes()
         assert b"sk-user-env-secret" not in data and b"sk-session-secret" not in data
         assert endpoint.api_key.encode() not in data  # the configured endpoint key
+
+
+async def test_the_settings_saved_when_the_tab_closes_are_those_replies_use(
+    app: ChatApp,
+) -> None:
+    tab = await new_chat(app, profile=ENDPOINT)
+
+    async def submit(values: dict[str, object]) -> None:
+        """The panel submitted, as Chainlit handles it: its copy first, then the hook."""
+        tab.session.chat_settings.update(values)
+        await app.update_settings(values)
+
+    await submit({"max_tokens": 4, "temperature": 0.3, "bogus": "x"})
+    await say(app, tab, "hello")
+    await submit({"temperature": 9.5})  # refused: out of range
+    assert "temperature" in tab.errors()[-1]
+    await close_tab(app, tab)
+    thread = await app.store.get_thread(tab.session.thread_id)
+    assert thread is not None
+    saved = (thread["metadata"] or {})["chat_settings"]
+    assert saved["temperature"] == 0.3 and saved["max_tokens"] == 4
+    assert not {"bogus", "save_preset", "delete_preset"} & set(saved)
 
 
 async def test_each_stored_reply_says_what_made_it(app: ChatApp) -> None:

@@ -130,6 +130,7 @@ class Panel:
             *sampling_widgets(session.sampling, lang),
         ]
         await cl.ChatSettings(widgets).send()
+        _mirror(session)
 
     async def update(self, session: ChatSession, values: dict[str, Any], lang: str) -> None:
         """Apply the panel: a newly chosen preset sets the sliders, a name saves the current
@@ -138,13 +139,17 @@ class Panel:
         current = session.sampling
         values = dict(values)
         preset_key = str(values.pop("preset", None) or CUSTOM)
-        save_as = str(values.pop("save_preset", None) or "").strip()
+        name = values.pop("save_preset", None)
         compare_with = values.pop("compare_with", None)
         delete = values.pop("delete_preset", None) is True
         previous_key = session.preset
         presets = {p.key: p for p in await self.available(lang)}
         notices: list[str] = []
+        save_as = ""
         try:
+            if name is not None and not isinstance(name, str):
+                raise PresetError("a preset name must be text")
+            save_as = (name or "").strip()
             updated = current.update(
                 {k: v for k, v in values.items() if k in Sampling.model_fields}
             )
@@ -187,6 +192,7 @@ class Panel:
         session.preset = preset_key
         if preset_key != previous_key or save_as or delete or updated != current:
             await self.send(session, lang)  # the sliders show what will be used
+        _mirror(session)
         for notice in notices:
             await cl.context.emitter.send_toast(notice, "success")
         if cl.context.session.has_first_interaction:  # else the thread does not exist yet
@@ -194,3 +200,10 @@ class Panel:
                 await save_session(self.store, session)
             except ChatLLMError as exc:
                 await show_error(exc, lang)
+
+
+def _mirror(session: ChatSession) -> None:
+    """Chainlit keeps its own copy of the panel's values (refused ones, the preset form's
+    fields, any key a client sends) and saves it as the thread's chat_settings when the tab
+    closes; it is made the session's settings, so what is saved is what replies use."""
+    cl.context.session.chat_settings = session.metadata()["chat_settings"]
