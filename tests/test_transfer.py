@@ -311,6 +311,30 @@ async def test_exporting_a_missing_thread_says_so(store: ChatDataLayer) -> None:
         await transfer.export_thread(store, "nope")
 
 
+async def test_a_view_travels_with_its_display_if_it_belongs_to_the_thread_or_its_talk(
+    store: ChatDataLayer,
+) -> None:
+    await conversation(store, await user(store, "ada"))
+    views = [
+        CustomElement(name="Side", props={"n": 1}, display="side", for_id="r4", thread_id="t1"),
+        CustomElement(name="Thread-wide", props={"n": 2}, thread_id="t1"),  # no message
+        CustomElement(name="Link", props={"n": 3}, for_id="x1", thread_id="t1"),  # the download
+    ]
+    for view in views:
+        await store.create_element(view)
+    document = await transfer.export_thread(store, "t1")
+    exported = {e["name"]: (e["for"], e["display"], e["props"]) for e in document["elements"]}
+    assert exported == {
+        "Receipt": ("r1", "inline", exported["Receipt"][2]),
+        "Compare": ("c1", "inline", exported["Compare"][2]),
+        "Side": ("r4", "side", {"n": 1}),
+        "Thread-wide": (None, "inline", {"n": 2}),
+    }
+    imported = await load(store, await transfer.import_thread(store, document, "ada"))
+    elements = {e["name"]: e for e in imported["elements"] or []}
+    assert (elements["Side"]["display"], elements["Thread-wide"]["forId"]) == ("side", None)
+
+
 async def test_a_reference_to_a_deleted_message_is_dropped_so_the_export_still_imports(
     store: ChatDataLayer,
 ) -> None:
@@ -443,6 +467,8 @@ def broken(change: str) -> Any:
             user_message["receipt"] = {}
         case "chosen":
             document["thread"]["metadata"][CHOSEN_REPLIES] = {"u1": "u1"}
+        case "chosen for a reply":
+            document["thread"]["metadata"][CHOSEN_REPLIES] = {"r1": "r1"}
         case "element":
             document["elements"][0]["for"] = "r9"
         case "compare":
@@ -475,6 +501,7 @@ def broken(change: str) -> Any:
         ("twice", r"messages\[2\]\.id: 'r1' appears twice"),
         ("user with receipt", r"messages\[0\] is the user's, but has receipt"),
         ("chosen", r"chosen_replies\['u1'\]: 'u1' names no assistant message"),
+        ("chosen for a reply", r"chosen_replies: 'r1' names no user message"),
         ("element", r"elements\[0\]\.for: 'r9' names no message"),
         ("compare", r"messages\[1\]\.compare\.replies\[0\]\.text: Field required"),
         ("compare label", r"messages\[1\]\.compare\.replies\[0\]\.label: Field required"),
