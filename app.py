@@ -10,16 +10,18 @@ from chainlit.types import ThreadDict
 from chatllm.auth import AuthMode
 from chatllm.chat import ChatApp
 from chatllm.store import ChatDataLayer
-from chatllm.web import element_files, guard, mount, owner_checks
+from chatllm.web import SessionGuard, element_files, guard, mount, owner_checks, sessions
 
 chat = ChatApp.from_environment(host=chainlit_config.run.host)
 
 mount(server, element_files(chat.store))
 mount(server, owner_checks(chat.store))
+mount(server, sessions(chat.users, chat.passwords, chat.throttle))
+server.add_middleware(SessionGuard, users=chat.users, local_user=chat.local_user)
 guard(
     server,
     allowed=chat.settings.allowed_origins,
-    loopback_only=lambda: chat.auth_mode is AuthMode.LOCAL,
+    loopback_only=lambda: chat.local_user() is not None,
 )
 
 if chat.auth_mode is AuthMode.PASSWORD:

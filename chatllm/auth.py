@@ -13,13 +13,16 @@ import asyncio
 import ipaddress
 import os
 import secrets
+import time
+from collections import deque
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from chatllm.errors import ConfigError
+from chatllm.errors import ChatLLMError, ConfigError
 
 LOCAL_USER = "local"
 AUTH_SECRET_ENV = "CHAINLIT_AUTH_SECRET"
@@ -52,12 +55,81 @@ def decide_mode(host: str, password_users: int) -> AuthMode:
     )
 
 
-class Passwords:
-    """Argon2 hashing with equal work for unknown users and wrong passwords."""
+#: The token metadata key naming one login (so that logging out ends that session alone);
+#: "token" in the name keeps it out of the stored user (chatllm.store.datalayer.scrub).
+LOGIN_ID = "login_token"
 
-    def __init__(self) -> None:
+
+def login_metadata() -> dict[str, str]:
+    """Metadata for a new session's token."""
+    return {LOGIN_ID: secrets.token_urlsafe(12)}
+
+
+class LoginBusy(ChatLLMError):
+    """Too many logins are being checked at once; the caller should try again shortly."""
+
+
+class LoginThrottle:
+    """Failed logins counted per account and per client address over a sliding window;
+    past the limit, logins are refused until the oldest failure leaves the window.
+
+    Counts live in this process: with several workers each counts its own (sticky
+    sessions send a client to one worker, so an address's count stays whole)."""
+
+    def __init__(
+        self,
+        account_limit: int,
+        address_limit: int,
+        window: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limits = {"account": account_limit, "address": address_limit}
+        self.window = window
+        self.clock = clock
+        self._failures: dict[tuple[str, str], deque[float]] = {}
+
+    def _recent(self, key: tuple[str, str]) -> deque[float]:
+        failures = self._failures.get(key)
+        if failures is None:
+            return deque()
+        cutoff = self.clock() - self.window
+        while failures and failures[0] <= cutoff:
+            failures.popleft()
+        if not failures:
+            del self._failures[key]
+        return failures
+
+    def retry_after(self, account: str, address: str) -> float | None:
+        """Seconds until a login for `account` from `address` may be tried, or None."""
+        waits = []
+        for kind, value in (("account", account), ("address", address)):
+            failures = self._recent((kind, value))
+            if len(failures) >= self.limits[kind]:
+                waits.append(failures[-self.limits[kind]] + self.window - self.clock())
+        return max(waits) if waits else None
+
+    def failed(self, account: str, address: str) -> None:
+        now = self.clock()
+        for key in (("account", account), ("address", address)):
+            self._failures.setdefault(key, deque()).append(now)
+
+    def succeeded(self, account: str) -> None:
+        self._failures.pop(("account", account), None)
+
+
+class Passwords:
+    """Argon2 hashing with equal work for unknown users and wrong passwords.
+
+    Verifications run one at a time off the event loop, and at most `queue` wait for their
+    turn (the rest are refused with LoginBusy at once): a flood of logins, which anyone can
+    send, costs at most one core and never the chats'."""
+
+    def __init__(self, queue: int = 8) -> None:
         self._hasher = PasswordHasher()
         self._decoy = self._hasher.hash(secrets.token_urlsafe(16))
+        self._queue = queue
+        self._waiting = 0
+        self._turn: asyncio.Lock | None = None
 
     def hash(self, password: str) -> str:
         if not password:
@@ -72,8 +144,17 @@ class Passwords:
         return matched and stored_hash is not None
 
     async def averify(self, stored_hash: str | None, password: str) -> bool:
-        """`verify` off the event loop: Argon2 is deliberately slow."""
-        return await asyncio.to_thread(self.verify, stored_hash, password)
+        """`verify` off the event loop, one at a time (Argon2 is deliberately slow)."""
+        if self._waiting >= self._queue:
+            raise LoginBusy("too many logins are being checked; try again in a moment")
+        if self._turn is None:
+            self._turn = asyncio.Lock()
+        self._waiting += 1
+        try:
+            async with self._turn:
+                return await asyncio.to_thread(self.verify, stored_hash, password)
+        finally:
+            self._waiting -= 1
 
 
 def ensure_auth_secret(data_dir: Path) -> None:

@@ -78,6 +78,21 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the database; empty means data_dir/chatllm.db.",
     )
 
+    login_attempts: int = Field(
+        default=7,
+        ge=1,
+        description="Failed logins per account within the window before "
+        "that account's logins wait (429).",
+    )
+    login_address_attempts: int = Field(
+        default=20,
+        ge=1,
+        description="Failed logins from one client address within the "
+        "window before its logins wait (429).",
+    )
+    login_window: float = Field(
+        default=300.0, gt=0, description="Seconds over which failed logins are counted."
+    )
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Other web origins (scheme://host[:port], comma-separated) whose pages "

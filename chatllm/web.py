@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
+from http.cookies import CookieError, SimpleCookie
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import jwt as pyjwt
 from chainlit import server as chainlit_server
 from chainlit.auth import get_current_user
+from chainlit.auth.cookie import get_token_from_cookies
+from chainlit.auth.jwt import get_jwt_secret
 from chainlit.config import config as chainlit_config
 from chainlit.data.acl import is_thread_author
 from chainlit.types import (
@@ -17,14 +22,16 @@ from chainlit.types import (
     UpdateFeedbackRequest,
 )
 from chainlit.user import PersistedUser, User
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import FileResponse
+from fastapi.security import OAuth2PasswordRequestForm
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chatllm.auth import is_loopback
+from chatllm.auth import LOGIN_ID, LoginBusy, LoginThrottle, Passwords, is_loopback
 from chatllm.store import ChatDataLayer
 from chatllm.store.files import FileStore
+from chatllm.store.users import Users
 
 CurrentUser = Annotated[User | PersistedUser | None, Depends(get_current_user)]
 
@@ -157,7 +164,7 @@ class OriginGuard:
         return f"requests from {origin!r} are not allowed"
 
 
-async def _refuse(scope: Scope, send: Send, reason: str) -> None:
+async def _refuse(scope: Scope, send: Send, reason: str, status: int = 403) -> None:
     if scope["type"] == "websocket":  # closed before accepting: the client sees a 403
         await send({"type": "websocket.close", "code": 1008, "reason": reason})
         return
@@ -165,7 +172,7 @@ async def _refuse(scope: Scope, send: Send, reason: str) -> None:
     await send(
         {
             "type": "http.response.start",
-            "status": 403,
+            "status": status,
             "headers": [
                 (b"content-type", b"text/plain; charset=utf-8"),
                 (b"content-length", str(len(body)).encode()),
@@ -173,6 +180,130 @@ async def _refuse(scope: Scope, send: Send, reason: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+#: Paths that act for a signed-in user; a token whose session ended is refused on them.
+#: (Pages, assets and the login routes stay open: the login page must load.)
+SESSION_PATHS = ("/project/", "/ws/", "/feedback", "/user", "/chatllm/", "/mcp")
+
+
+def _token(headers: dict[str, str]) -> str | None:
+    authorization = headers.get("authorization", "")
+    if authorization.lower().startswith("bearer "):
+        return authorization[7:].strip() or None
+    cookies = SimpleCookie()
+    try:
+        cookies.load(headers.get("cookie", ""))
+    except CookieError:
+        return None
+    return get_token_from_cookies({name: morsel.value for name, morsel in cookies.items()})
+
+
+def _claims(token: str) -> dict[str, Any] | None:
+    """The token's claims if it is one of this app's and has not expired."""
+    secret = get_jwt_secret()
+    if not secret:
+        return None
+    try:
+        claims: dict[str, Any] = pyjwt.decode(token, secret, algorithms=["HS256"])
+    except pyjwt.PyJWTError:
+        return None
+    return claims
+
+
+class SessionGuard:
+    """ASGI middleware: a token whose session has ended (logged out, issued before its
+    user's password was reset, its user removed) gets a 401 on every route and on the
+    socket, although its signature still holds. Also marks cookies `Secure` when the app
+    is reached over TLS (directly, or through a proxy saying X-Forwarded-Proto: https)."""
+
+    def __init__(self, app: ASGIApp, *, users: Users, local_user: Callable[[], str | None]) -> None:
+        self.app = app
+        self.users = users
+        self.local_user = local_user  # the user that may be absent from the database
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if scope["path"].startswith(SESSION_PATHS):
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            token = _token(headers)
+            claims = _claims(token) if token else None
+            if claims is not None and await self.ended(claims):
+                await _refuse(scope, send, "this session has ended; log in again", status=401)
+                return
+        if scope.get("scheme") in ("https", "wss"):
+            send = _secure_cookies(send)
+        await self.app(scope, receive, send)
+
+    async def ended(self, claims: dict[str, Any]) -> bool:
+        identifier = str(claims.get("identifier") or "")
+        login = (claims.get("metadata") or {}).get(LOGIN_ID)
+        ended = await self.users.session_ended(identifier, int(claims.get("iat") or 0), login)
+        if ended is None:  # no such user: removed, unless it is the local user's first visit
+            return identifier != self.local_user()
+        return ended
+
+
+def _secure_cookies(send: Send) -> Send:
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [
+                (name, value + b"; Secure")
+                if name.lower() == b"set-cookie" and b"secure" not in value.lower()
+                else (name, value)
+                for name, value in message["headers"]
+            ]
+        await send(message)
+
+    return sending
+
+
+def sessions(users: Users, passwords: Passwords, throttle: LoginThrottle) -> APIRouter:
+    """Login with throttling, and logout that ends the session, ahead of Chainlit's."""
+    router = APIRouter()
+
+    @router.post("/login")
+    async def login(
+        request: Request,
+        response: Response,
+        form_data: Annotated[OAuth2PasswordRequestForm, Depends()],
+    ) -> Any:
+        account = form_data.username
+        address = request.client.host if request.client else ""
+        wait = throttle.retry_after(account, address)
+        if wait is not None:
+            raise HTTPException(
+                status_code=429,
+                detail="Too many failed logins; try again later.",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+        try:
+            answer = await chainlit_server.login(request, response, form_data)
+        except LoginBusy as exc:
+            raise HTTPException(
+                status_code=429, detail=str(exc), headers={"Retry-After": "1"}
+            ) from exc
+        except HTTPException as exc:
+            if exc.status_code == 401:
+                throttle.failed(account, address)
+            raise
+        throttle.succeeded(account)
+        return answer
+
+    @router.post("/logout")
+    async def logout(request: Request, response: Response) -> Any:
+        token = get_token_from_cookies(dict(request.cookies)) or _token(
+            {"authorization": request.headers.get("authorization", "")}
+        )
+        claims = _claims(token) if token else None
+        login = ((claims or {}).get("metadata") or {}).get(LOGIN_ID)
+        if claims is not None and login:
+            await users.end_session(str(login), int(claims.get("exp") or 0))
+        return await chainlit_server.logout(request, response)
+
+    return router
 
 
 def guard(server: FastAPI, *, allowed: list[str], loopback_only: Callable[[], bool]) -> None:

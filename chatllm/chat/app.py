@@ -12,7 +12,15 @@ import chainlit as cl
 from chainlit.types import ThreadDict
 from pydantic import ValidationError
 
-from chatllm.auth import LOCAL_USER, AuthMode, Passwords, decide_mode, ensure_auth_secret
+from chatllm.auth import (
+    LOCAL_USER,
+    AuthMode,
+    LoginThrottle,
+    Passwords,
+    decide_mode,
+    ensure_auth_secret,
+    login_metadata,
+)
 from chatllm.backends import Backends, ProfileSpec
 from chatllm.backends.local import start_local_engine
 from chatllm.chat.commands import Commands
@@ -52,6 +60,9 @@ class ChatApp:
         self.store = ChatDataLayer(Database(settings.database), files)
         self.users = Users(self.store.db, files)
         self.passwords = Passwords()
+        self.throttle = LoginThrottle(
+            settings.login_attempts, settings.login_address_attempts, settings.login_window
+        )
         self.auth_mode = AuthMode.LOCAL
         self.presets = Presets(self.store.db)
         self.panel = Panel(self.presets, self.store)
@@ -91,19 +102,23 @@ class ChatApp:
     def data_layer(self) -> ChatDataLayer:
         return self.store
 
+    def local_user(self) -> str | None:
+        """The user everyone is in local mode; None in password mode."""
+        return LOCAL_USER if self.auth_mode is AuthMode.LOCAL else None
+
     # ---- who is chatting
 
     async def local_login(self, _headers: object) -> cl.User | None:
         """Local mode: everyone reaching the loopback address is the one local user."""
         if self.auth_mode is not AuthMode.LOCAL:
             return None
-        return cl.User(identifier=LOCAL_USER, display_name="Local user")
+        return cl.User(identifier=LOCAL_USER, display_name="Local user", metadata=login_metadata())
 
     async def login(self, username: str, password: str) -> cl.User | None:
         """Password mode; an unknown user takes as long to refuse as a wrong password."""
         stored = await self.users.password_hash(username)
         if await self.passwords.averify(stored, password):
-            return cl.User(identifier=username)
+            return cl.User(identifier=username, metadata=login_metadata())
         return None
 
     # ---- chat profiles: one per backend and model

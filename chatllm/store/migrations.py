@@ -100,4 +100,16 @@ MIGRATIONS: list[Migration] = [
             )""",
         ),
     ),
+    Migration(
+        name="sessions that end: on logout, password reset and removal",
+        statements=(
+            # Tokens issued (iat) before this time (epoch milliseconds) are not accepted.
+            "ALTER TABLE users ADD COLUMN sessions_valid_after INTEGER NOT NULL DEFAULT 0",
+            # Logins logged out before their token expired, kept until it would have.
+            """CREATE TABLE ended_sessions (
+                login TEXT PRIMARY KEY,
+                expires_at INTEGER NOT NULL
+            )""",
+        ),
+    ),
 ]

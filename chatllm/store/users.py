@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 from sqlalchemy import text
@@ -52,8 +53,10 @@ class Users:
     @writes("the password could not be saved")
     async def set_password(self, identifier: str, password_hash: str) -> None:
         changed = await self.db.execute(
-            "UPDATE users SET password_hash = :hash WHERE identifier = :i",
-            {"hash": password_hash, "i": identifier},
+            # Every session begun with the old password ends.
+            "UPDATE users SET password_hash = :hash, sessions_valid_after = :now"
+            " WHERE identifier = :i",
+            {"hash": password_hash, "i": identifier, "now": int(time.time() * 1000)},
         )
         if not changed:
             raise NoSuchUser(f"there is no user {identifier!r}")
@@ -92,6 +95,40 @@ class Users:
                 raise NoSuchUser(f"there is no user {identifier!r}")
         for key in keys:
             self.files.delete(key)
+
+    @writes("the logout could not be recorded")
+    async def end_session(self, login: str, expires_at: int) -> None:
+        """Refuse the token of this login from now on (until it would have expired)."""
+        async with self.db.write() as conn:
+            await conn.execute(
+                text("DELETE FROM ended_sessions WHERE expires_at < :now"),
+                {"now": int(time.time())},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO ended_sessions (login, expires_at) VALUES (:login, :expires)"
+                    " ON CONFLICT (login) DO NOTHING"
+                ),
+                {"login": login, "expires": expires_at},
+            )
+
+    async def session_ended(
+        self, identifier: str, issued_at: int, login: str | None
+    ) -> bool | None:
+        """Whether a token of `identifier` issued at `issued_at` (epoch seconds) for
+        `login` no longer counts (logged out, or issued before the password's last
+        reset); None if there is no such user."""
+        row = await self.db.first(
+            "SELECT u.sessions_valid_after,"
+            " EXISTS (SELECT 1 FROM ended_sessions WHERE login = :login) AS ended"
+            " FROM users u WHERE u.identifier = :i",
+            {"i": identifier, "login": login or ""},
+        )
+        if row is None:
+            return None
+        # Milliseconds against whole seconds: a token made in the same second as the reset
+        # counts as before it (its user logs in once more), never the other way round.
+        return bool(row.ended) or issued_at * 1000 < int(row.sessions_valid_after)
 
     async def password_hash(self, identifier: str) -> str | None:
         value = await self.db.value(
