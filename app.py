@@ -10,9 +10,18 @@ from chainlit.types import ThreadDict
 from chatllm.auth import AuthMode
 from chatllm.chat import ChatApp
 from chatllm.store import ChatDataLayer
-from chatllm.web import SessionGuard, element_files, guard, mount, owner_checks, sessions
+from chatllm.web import (
+    SessionGuard,
+    element_files,
+    guard,
+    mount,
+    owner_checks,
+    session_files,
+    sessions,
+)
 
 chat = ChatApp.from_environment(host=chainlit_config.run.host)
+session_files(chat.settings.data_dir)
 
 mount(server, element_files(chat.store))
 mount(server, owner_checks(chat.store))

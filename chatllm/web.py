@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from collections.abc import Callable, Iterable
 from http.cookies import CookieError, SimpleCookie
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -315,3 +318,35 @@ def guard(server: FastAPI, *, allowed: list[str], loopback_only: Callable[[], bo
             options: dict[str, Any] = middleware.kwargs
             options["allow_origins"] = list(allowed)
     server.add_middleware(OriginGuard, allowed=allowed, loopback_only=loopback_only)
+
+
+def session_files(data_dir: Path) -> Path:
+    """Give this process a folder of its own for Chainlit's session files (uploads before
+    they are stored), under the data directory, and leave the others alone.
+
+    Chainlit keeps them in `.files` beside app.py and deletes that whole folder when its
+    server stops: a second instance started in the same place, once stopped, took the
+    first one's uploads with it. Folders left by processes no longer running are removed."""
+    import chainlit.config
+    import chainlit.server
+
+    root = data_dir / "session-files"
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for folder in root.iterdir():
+        if folder.name.isdigit() and not _running(int(folder.name)):
+            shutil.rmtree(folder, ignore_errors=True)
+    mine = root / str(os.getpid())
+    mine.mkdir(mode=0o700, exist_ok=True)
+    chainlit.config.FILES_DIRECTORY = mine  # read by each session when it makes its folder
+    chainlit.server.FILES_DIRECTORY = mine  # type: ignore[attr-defined]  # removed at stop
+    return mine
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -3,15 +3,19 @@ own Stop event and its session persistence, end to end."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
-from tests.support import LONG_SETTINGS, LONG_STORY, AppServer, SocketUser, children
+from tests.support import LONG_SETTINGS, LONG_STORY, ROOT, AppServer, SocketUser, children
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +149,54 @@ async def test_import_from_the_chat_takes_an_uploaded_export_as_a_new_thread(
         assert reply["metadata"]["receipt"] == original["metadata"]["receipt"]  # type: ignore[index]
     finally:
         await again.client.disconnect()
+
+
+async def test_a_second_instance_stopping_leaves_the_first_ones_uploads_alone(
+    server: AppServer,
+) -> None:
+    """Two instances on one data directory (a restart overlapping the old process, or a
+    mistake): the second one's stop used to delete the first one's session files, here an
+    export uploaded for import but not yet read."""
+    tab = SocketUser(server.base)
+    await tab.connect()
+    await tab.say("Hello.", max_tokens=4, temperature=0.0)
+    await tab.wait_for(lambda: replies(tab))
+    content = exported(server, tab.thread_id)
+    uploaded, release = asyncio.Event(), asyncio.Event()
+
+    async def ask(data: dict[str, Any]) -> list[dict[str, str]]:
+        """The page's answer to the file question, held back until the test says."""
+        async with httpx.AsyncClient(cookies=tab.cookies, timeout=30) as http:
+            answer = await http.post(
+                server.base + "/project/file",
+                params={"session_id": tab.session_id, "ask_parent_id": data["msg"]["parentId"]},
+                files={"file": ("chat.json", content, "application/json")},
+            )
+        answer.raise_for_status()
+        uploaded.set()
+        await release.wait()
+        return [{"id": answer.json()["id"]}]
+
+    def held() -> list[Path]:
+        places = [ROOT / ".files", server.data_dir]
+        found = [p for place in places for p in place.rglob("*") if p.is_file()]
+        return [p for p in found if p.read_bytes() == content]
+
+    tab.client.on("ask", ask)
+    try:
+        await tab.say("import this", command="Import")
+        await asyncio.wait_for(uploaded.wait(), timeout=60)
+        assert held()
+        second = AppServer(server.data_dir).start()
+        second.stop()
+        (kept,) = held()
+        assert kept.is_relative_to(server.data_dir)  # beside the data, not beside app.py
+        release.set()
+        await tab.wait_for(
+            lambda: [m for m in tab.named("new_message") if "/thread/" in str(m["output"])]
+        )
+    finally:
+        await tab.client.disconnect()
 
 
 @pytest.mark.parametrize(
