@@ -78,6 +78,13 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the database; empty means data_dir/chatllm.db.",
     )
 
+    max_message_chars: int = Field(
+        default=100_000,
+        ge=1,
+        le=1_000_000,
+        description="The longest message a user may send, in characters; a longer one is "
+        "kept but not sent to the model, and the user is told.",
+    )
     login_attempts: int = Field(
         default=7,
         ge=1,

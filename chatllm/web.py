@@ -350,3 +350,16 @@ def _running(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+#: The largest socket.io packet the server takes (Chainlit's default, 1 MB, closed the
+#: socket on a long message with no word to the user). Anything up to this arrives and
+#: gets an answer; the app refuses a message over CHATLLM_MAX_MESSAGE_CHARS itself.
+SOCKET_MAX_BYTES = 8 * 1024 * 1024
+
+
+def socket_limit(max_message_chars: int) -> int:
+    """Let a message of `max_message_chars` (and well beyond) reach the app; the limit."""
+    limit = max(SOCKET_MAX_BYTES, max_message_chars * 6 + 65536)  # JSON: ≤ 6 bytes a char
+    chainlit_server.sio.eio.max_http_buffer_size = limit
+    return limit

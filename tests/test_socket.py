@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -149,6 +150,34 @@ async def test_import_from_the_chat_takes_an_uploaded_export_as_a_new_thread(
         assert reply["metadata"]["receipt"] == original["metadata"]["receipt"]  # type: ignore[index]
     finally:
         await again.client.disconnect()
+
+
+async def test_a_message_too_long_is_kept_and_the_user_told_the_socket_stays_open(
+    server: AppServer,
+) -> None:
+    tab = SocketUser(server.base)
+    await tab.connect()
+    try:
+        for length in (100_001, 2_000_000):  # just over the limit; twice Chainlit's socket cap
+            await tab.say("x" * length)
+            await tab.wait_for(lambda: any("characters" in e for e in tab.errors()))
+            (error,) = tab.errors()
+            assert f"{length} characters" in error and "100000" in error
+            tab.events.clear()
+        await tab.say("Say hi.", max_tokens=4, temperature=0.0)  # the same socket goes on
+        await tab.wait_for(lambda: replies(tab))
+    finally:
+        await tab.client.disconnect()
+    with sqlite3.connect(server.data_dir / "chatllm.db") as raw:
+        kept = [
+            len(text)
+            for (text,) in raw.execute(
+                "SELECT output FROM steps WHERE thread_id = ? AND type = 'user_message'"
+                " ORDER BY seq",
+                (tab.thread_id,),
+            )
+        ]
+    assert kept == [100_001, 2_000_000, len("Say hi.")]
 
 
 async def test_a_second_instance_stopping_leaves_the_first_ones_uploads_alone(

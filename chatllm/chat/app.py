@@ -180,6 +180,14 @@ class ChatApp:
     async def answer(self, message: cl.Message) -> None:
         """A message: a command's, or one chat turn (the model's reply streamed in)."""
         session = self._session()
+        most = self.settings.max_message_chars
+        if len(message.content) > most:  # kept, as every message is, but not answered
+            if await store_message(self.store, session, message):
+                text = t(
+                    "error.message_too_long", current_lang(), length=len(message.content), most=most
+                )
+                await cl.ErrorMessage(content=text, author="chatllm").send()
+            return
         if message.command == COMPARE:
             await self.commands.compare(session, message)
         elif message.command == EXPORT:
