@@ -167,6 +167,26 @@ async def test_a_stopped_reply_is_kept_marked_and_remembered(app: ChatApp) -> No
     assert history[1].text == reply["output"]
 
 
+async def test_a_reply_whose_receipt_cannot_be_stored_is_remembered_and_the_user_told(
+    app: ChatApp, tmp_path: Path
+) -> None:
+    tab = await new_chat(app, profile=ENDPOINT)
+    await app.update_settings({"max_tokens": 6, "temperature": 0.0})
+    with sqlite3.connect(tmp_path / "chatllm.db") as raw:  # the disk refuses elements
+        raw.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON elements"
+            " BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    await say(app, tab, "Name a colour.")
+    (error,) = tab.errors()
+    assert "Shown but not saved" in error and "could not be saved (disk full)" in error
+    assert "INSERT" not in error  # the driver's reason, not the SQL
+    (reply,) = [m for m in tab.messages() if m["type"] == "assistant_message" and not m["isError"]]
+    history = live_session().history
+    assert [m.type for m in history] == ["human", "ai"]  # the model remembers it
+    assert history[1].text == reply["output"]
+
+
 async def test_a_message_that_cannot_be_stored_is_not_answered(
     app: ChatApp, tap: WireTap, tmp_path: Path
 ) -> None:

@@ -16,7 +16,7 @@ from langchain_core.messages import BaseMessage
 from chatllm.backends import Backends, queue_listener
 from chatllm.chat.session import ChatSession, current_lang, save_session, show_error
 from chatllm.compare import comparison_view
-from chatllm.errors import ChatLLMError
+from chatllm.errors import ChatLLMError, StoreError
 from chatllm.generation import Generation
 from chatllm.history import (
     history_from_steps,
@@ -98,6 +98,10 @@ async def save_message(store: ChatDataLayer, message: cl.Message, *elements: Ele
         for element in elements:
             await element.send(for_id=message.id, persist=False)
             await store.create_element(element)
+    except StoreError as exc:
+        lang = current_lang()
+        text = t("error.store.shown", lang, detail=str(exc))
+        await cl.ErrorMessage(content=text, author="chatllm").send()
     except ChatLLMError as exc:
         await show_error(exc, current_lang())
 

@@ -189,7 +189,8 @@ def writes(
                 raise
             except Exception as exc:
                 log.exception("Database write %s failed", method.__name__)
-                raise StoreError(f"{what} ({exc})") from exc
+                # The driver's own words, not SQLAlchemy's (which add the SQL and its values).
+                raise StoreError(f"{what} ({getattr(exc, 'orig', None) or exc})") from exc
 
         return wrapper
 
