@@ -49,6 +49,17 @@ async def _users(args: argparse.Namespace, settings: Settings) -> str:
         if args.action == "list":
             return "\n".join(await users.with_passwords()) or "(no users: local mode)"
         if args.action == "remove":
+            if not args.yes:
+                threads = await users.thread_count(args.name)
+                print(
+                    f"Remove {args.name} and their {threads} thread(s), for good? "
+                    "Type the name to confirm: ",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                if sys.stdin.readline().strip() != args.name:
+                    raise ChatLLMError("not confirmed; nothing was removed")
             await users.remove(args.name)
             return f"Removed {args.name} and their threads."
         password_hash = Passwords().hash(_read_password(args))
@@ -74,6 +85,10 @@ def _register_users(commands: argparse._SubParsersAction[argparse.ArgumentParser
         if action != "remove":
             sub.add_argument(
                 "--password-stdin", action="store_true", help="read the password from stdin"
+            )
+        else:
+            sub.add_argument(
+                "--yes", action="store_true", help="do not ask to confirm (for scripts)"
             )
     actions.add_parser("list")
     users.set_defaults(handler=_users)

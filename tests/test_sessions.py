@@ -131,7 +131,7 @@ def test_a_removed_user_is_signed_out_and_never_comes_back_without_a_password(
     app, settings = server
     dee = signed_in(app, "dee")
     assert works(dee)
-    users(settings, "remove", "dee")
+    users(settings, "remove", "dee", "--yes")
     assert not works(dee)
     assert dee.get("/user").status_code == 401
     assert not asyncio.run(socket_connects(app, str(dee.cookies.get("access_token"))))

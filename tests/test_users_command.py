@@ -83,9 +83,13 @@ def test_an_operator_adds_resets_lists_and_removes_users(tmp_path: Path) -> None
         await layer.close()
 
     asyncio.run(seed())
-    assert users(tmp_path, "remove", "bob") == (0, "Removed bob and their threads.")
+    code, said = users(tmp_path, "remove", "bob", password="not bob")  # typed the wrong name
+    assert code == 1 and "bob and their 1 thread(s)" in said and "nothing was removed" in said
+    assert users(tmp_path, "list") == (0, "ada\nbob")
+    code, said = users(tmp_path, "remove", "bob", password="bob")  # confirmed by name
+    assert code == 0 and said.startswith("Removed bob and their threads.")  # stdout first
     assert users(tmp_path, "list") == (0, "ada")
-    code, said = users(tmp_path, "remove", "bob")
+    code, said = users(tmp_path, "remove", "bob", "--yes")
     assert code == 1 and "no user 'bob'" in said
 
     async def threads() -> list[str | None]:

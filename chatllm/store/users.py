@@ -130,6 +130,17 @@ class Users:
         # counts as before it (its user logs in once more), never the other way round.
         return bool(row.ended) or issued_at * 1000 < int(row.sessions_valid_after)
 
+    async def thread_count(self, identifier: str) -> int:
+        """How many threads the user has; NoSuchUser if there is no such user."""
+        row = await self.db.first(
+            "SELECT count(t.id) AS n FROM users u LEFT JOIN threads t ON t.user_id = u.id"
+            " WHERE u.identifier = :i GROUP BY u.id",
+            {"i": identifier},
+        )
+        if row is None:
+            raise NoSuchUser(f"there is no user {identifier!r}")
+        return int(row.n)
+
     async def password_hash(self, identifier: str) -> str | None:
         value = await self.db.value(
             "SELECT password_hash FROM users WHERE identifier = :i", {"i": identifier}
