@@ -757,9 +757,39 @@ def test_an_empty_reply_shows_as_an_empty_quote_and_an_empty_comparison_as_its_c
     markdown = transfer.to_markdown(document)
     assert "UTC\n\n>\n\n*" in markdown  # the heading, the empty quote, the receipt
     comparison = answered(("", "compare"))
-    comparison["messages"][1]["compare"] = {"replies": [{"label": "A", "text": "Beams."}]}
+    comparison["messages"][1]["compare"] = {"replies": [{"label": "A", "text": "**Beams.**"}]}
     markdown = transfer.to_markdown(comparison)
-    assert "UTC\n\n### A\n\n> Beams.\n" in markdown  # no empty quote before the columns
+    # No empty quote before the columns; a column is a reply, and keeps its Markdown.
+    assert "UTC\n\n### A\n\n> **Beams.**\n" in markdown
+
+
+def test_the_markdown_lists_model_settings_and_tags_then_the_system_prompt_as_written() -> None:
+    document = broken("nothing")
+    document["thread"]["tags"] = ["local", "demo"]
+    document["thread"]["metadata"]["chat_profile"] = "local:SmolLM2"
+    document["thread"]["metadata"]["chat_settings"] = {
+        "temperature": 0.4,
+        "system_prompt": "Be brief.\n# Not a heading",
+    }
+    lines = transfer.to_markdown(document).splitlines()
+    assert lines[: lines.index("---") + 1] == [
+        "# x",
+        "",
+        "*chatllm · 2 messages*",
+        "",
+        "- **Model:** local:SmolLM2",
+        "- **Temperature:** 0.4",
+        "- **Tags:** local, demo",
+        "",  # so that the list is not a heading over the rule
+        "**System prompt:**",
+        "",
+        "> Be brief.",
+        "> \\# Not a heading",
+        "",
+        "---",
+    ]
+    bare = transfer.to_markdown(answered(("hello", "reply"))).splitlines()
+    assert bare[: bare.index("---") + 1] == ["# x", "", "*chatllm · 2 messages*", "", "---"]
 
 
 @pytest.mark.parametrize("empty", ["", None])
