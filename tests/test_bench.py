@@ -52,3 +52,27 @@ def test_the_thread_list_benchmark_compares_the_store_with_chainlits(tmp_path: P
     assert set(figures["ratios"]) == {"page1", "page2", "open200", "search_en", "search_zh"}
     assert {run["measured"]["kind"] for run in figures["runs"]} == {"app", "chainlit"}
     assert figures["targets"]
+
+
+def test_the_durability_check_kills_the_app_and_finds_every_acknowledged_message(
+    tmp_path: Path,
+) -> None:
+    """One SIGKILL round and two chats at once: what it checks holds (nothing acknowledged
+    lost, the database intact, every chat answered), not how fast."""
+    out = tmp_path / "d.json"
+    done = subprocess.run(
+        [
+            *(sys.executable, str(ROOT / "bench" / "durability.py")),
+            *("--rounds", "1", "--chats", "2", "--parallel", "2", "--json", str(out)),
+        ],
+        cwd=ROOT,
+        timeout=600,
+        stdout=subprocess.DEVNULL,
+    )
+    figures = json.loads(out.read_text("utf-8"))
+    assert done.returncode == 0, figures
+    kill = figures["kill"]
+    assert kill["rounds"] == 1 and kill["acknowledged"] > 0
+    assert kill["found"] == kill["acknowledged"] and kill["lost"] == 0
+    assert kill["integrity"] == "ok"
+    assert figures["parallel"]["answered"] == figures["parallel"]["chats"] == 2
