@@ -188,9 +188,16 @@ def writes(
                 log.error("Refused %s: %s", method.__name__, exc)
                 raise
             except Exception as exc:
-                log.exception("Database write %s failed", method.__name__)
-                # The driver's own words, not SQLAlchemy's (which add the SQL and its values).
-                raise StoreError(f"{what} ({getattr(exc, 'orig', None) or exc})") from exc
+                # The driver's own words, not SQLAlchemy's, which add the SQL and its values
+                # (message text: not for the log, nor for the user).
+                reason = getattr(exc, "orig", None) or exc
+                log.error(
+                    "Database write %s failed: %s",
+                    method.__name__,
+                    reason,
+                    exc_info=(type(reason), reason, reason.__traceback__),
+                )
+                raise StoreError(f"{what} ({reason})") from exc
 
         return wrapper
 
