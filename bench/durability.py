@@ -191,7 +191,11 @@ async def kill_rounds(
         stop = asyncio.Event()
         round_chats = [Chat(app.base) for _ in range(chats)]
         tasks = [asyncio.create_task(chatting(c, stop, i)) for i, c in enumerate(round_chats)]
-        await asyncio.sleep(rng.uniform(2.0, 8.0))
+        for _ in range(6000):  # up to 2 minutes for the chats to get going
+            if any(c.acknowledged for c in round_chats):
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(rng.uniform(1.0, 10.0))
         app.kill()  # wherever it is
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
