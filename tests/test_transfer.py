@@ -4,6 +4,7 @@ with every receipt, and a JSON export brought back as a new thread that resumes 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import json
 import os
@@ -411,6 +412,45 @@ async def test_an_import_that_fails_halfway_leaves_no_thread_behind(
     assert thread_count(tmp_path / "chatllm.db") == before
 
 
+@pytest.mark.parametrize("stop", [StoreError("the database is locked"), asyncio.CancelledError()])
+async def test_an_import_stopped_by_a_store_error_or_a_cancel_keeps_nothing_and_passes_it_on(
+    store: ChatDataLayer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: BaseException
+) -> None:
+    await conversation(store, await user(store, "ada"))
+    document = await transfer.export_thread(store, "t1")
+    before = thread_count(tmp_path / "chatllm.db")
+    real = store.save_step
+    calls = 0
+
+    async def stops_the_second_time(*args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise stop
+        await real(*args)
+
+    monkeypatch.setattr(store, "save_step", stops_the_second_time)
+    with pytest.raises(type(stop)) as raised:
+        await transfer.import_thread(store, document, "ada")
+    if isinstance(stop, StoreError):
+        assert raised.value is stop  # the store's own words, not wrapped in others
+    assert thread_count(tmp_path / "chatllm.db") == before
+
+
+async def test_an_imported_thread_keeps_only_the_metadata_it_had_and_finished_messages(
+    store: ChatDataLayer,
+) -> None:
+    await user(store, "bob")
+    new_id = await transfer.import_thread(store, broken("nothing"), "bob")
+    imported = await load(store, new_id)
+    asked, answer = (step["id"] for step in imported["steps"])
+    assert imported["metadata"] == {CHOSEN_REPLIES: {asked: answer}}  # no settings: none added
+    again = await transfer.export_thread(store, new_id)
+    assert again["thread"]["metadata"] == {CHOSEN_REPLIES: {asked: answer}}
+    # Neither still streaming nor waiting for an answer, as Chainlit writes a sent message.
+    assert [(s["streaming"], s["waitForAnswer"]) for s in imported["steps"]] == [(False, False)] * 2
+
+
 def broken(change: str) -> Any:
     """A valid export with one thing wrong."""
     document: dict[str, Any] = {
@@ -609,6 +649,16 @@ async def test_messages_keep_their_order_even_with_times_written_differently(
     ]
 
 
+async def test_a_time_written_with_an_offset_is_read_in_utc(store: ChatDataLayer) -> None:
+    await user(store, "bob")
+    document = broken("nothing")
+    document["messages"][0]["created_at"] = "2026-01-01T08:00:01+08:00"
+    assert "## You · 2026-01-01 00:00 UTC" in transfer.to_markdown(document)
+    new_id = await transfer.import_thread(store, document, "bob")
+    steps = (await load(store, new_id))["steps"]
+    assert [s["createdAt"] for s in steps] == [at(1), at(2)]
+
+
 # ---- Markdown
 
 
@@ -756,11 +806,13 @@ def test_an_empty_reply_shows_as_an_empty_quote_and_an_empty_comparison_as_its_c
     document["messages"][1]["receipt"] = receipt(1).model_dump()
     markdown = transfer.to_markdown(document)
     assert "UTC\n\n>\n\n*" in markdown  # the heading, the empty quote, the receipt
+    assert headings(markdown) == ["## Assistant"]  # a lone reply: no number, no kind
     comparison = answered(("", "compare"))
     comparison["messages"][1]["compare"] = {"replies": [{"label": "A", "text": "**Beams.**"}]}
     markdown = transfer.to_markdown(comparison)
     # No empty quote before the columns; a column is a reply, and keeps its Markdown.
     assert "UTC\n\n### A\n\n> **Beams.**\n" in markdown
+    assert headings(markdown) == ["## Assistant · comparison"]
 
 
 def test_the_markdown_lists_model_settings_and_tags_then_the_system_prompt_as_written() -> None:
@@ -770,6 +822,7 @@ def test_the_markdown_lists_model_settings_and_tags_then_the_system_prompt_as_wr
     document["thread"]["metadata"]["chat_settings"] = {
         "temperature": 0.4,
         "system_prompt": "Be brief.\n# Not a heading",
+        "stop": ["END", "STOP"],
     }
     lines = transfer.to_markdown(document).splitlines()
     assert lines[: lines.index("---") + 1] == [
@@ -779,6 +832,7 @@ def test_the_markdown_lists_model_settings_and_tags_then_the_system_prompt_as_wr
         "",
         "- **Model:** local:SmolLM2",
         "- **Temperature:** 0.4",
+        "- **stop:** END, STOP",
         "- **Tags:** local, demo",
         "",  # so that the list is not a heading over the rule
         "**System prompt:**",
