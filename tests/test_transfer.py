@@ -846,6 +846,13 @@ def test_the_markdown_lists_model_settings_and_tags_then_the_system_prompt_as_wr
     assert bare[: bare.index("---") + 1] == ["# x", "", "*chatllm · 2 messages*", "", "---"]
 
 
+def test_a_thread_time_that_is_not_a_time_is_shown_as_written() -> None:
+    document = broken("nothing")
+    document["thread"]["created_at"] = "last week"  # only message times are checked
+    about = transfer.to_markdown(document).splitlines()[2]
+    assert about == "*chatllm · started last week · 2 messages*"
+
+
 @pytest.mark.parametrize("empty", ["", None])
 def test_a_setting_left_empty_reads_not_set(empty: str | None) -> None:
     document = broken("nothing")
@@ -989,6 +996,20 @@ async def test_a_listing_can_be_limited_to_the_latest_thread(
     new_id = (await run(app_data, "import", str(copy), "--user", "ada")).rsplit("/", 1)[1]
     listing = (await run(app_data, "threads", "--user", "ada", "--limit", "1")).splitlines()
     assert [line.split()[0] for line in listing] == ["ID", new_id]
+
+
+async def test_a_listing_shows_the_latest_twenty_threads_unless_told_otherwise(
+    app_data: Settings,
+) -> None:
+    db = Database(app_data.database)
+    layer = ChatDataLayer(db, FileStore(app_data.data_dir / "files"))
+    bob = await layer.get_user("bob")
+    assert bob is not None
+    for n in range(21):
+        await layer.update_thread(f"b{n}", name=f"thread {n}", user_id=bob.id)
+    await layer.close()
+    listing = (await run(app_data, "threads", "--user", "bob")).splitlines()
+    assert len(listing) == 1 + 20 and "b0" not in {line.split()[0] for line in listing}
 
 
 async def test_the_exported_json_file_is_readable_text_with_the_chinese_as_written(
