@@ -55,14 +55,17 @@ def decide_mode(host: str, password_users: int) -> AuthMode:
     )
 
 
-#: The token metadata key naming one login (so that logging out ends that session alone);
-#: "token" in the name keeps it out of the stored user (chatllm.store.datalayer.scrub).
+#: Token metadata: which login (so that logging out ends that session alone), and when,
+#: in milliseconds (a token's own `iat` is in whole seconds, too coarse to tell a login
+#: just before a password reset from one just after). "token" in the names keeps them out
+#: of the stored user (chatllm.store.datalayer.scrub).
 LOGIN_ID = "login_token"
+LOGIN_MS = "token_issued_ms"
 
 
-def login_metadata() -> dict[str, str]:
+def login_metadata() -> dict[str, str | int]:
     """Metadata for a new session's token."""
-    return {LOGIN_ID: secrets.token_urlsafe(12)}
+    return {LOGIN_ID: secrets.token_urlsafe(12), LOGIN_MS: int(time.time() * 1000)}
 
 
 class LoginBusy(ChatLLMError):

@@ -31,7 +31,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chatllm.auth import LOGIN_ID, LoginBusy, LoginThrottle, Passwords, is_loopback
+from chatllm.auth import LOGIN_ID, LOGIN_MS, LoginBusy, LoginThrottle, Passwords, is_loopback
 from chatllm.store import ChatDataLayer
 from chatllm.store.files import FileStore
 from chatllm.store.users import Users
@@ -242,8 +242,12 @@ class SessionGuard:
 
     async def ended(self, claims: dict[str, Any]) -> bool:
         identifier = str(claims.get("identifier") or "")
-        login = (claims.get("metadata") or {}).get(LOGIN_ID)
-        ended = await self.users.session_ended(identifier, int(claims.get("iat") or 0), login)
+        metadata = claims.get("metadata") or {}
+        login = metadata.get(LOGIN_ID)
+        issued = metadata.get(LOGIN_MS)
+        if not isinstance(issued, int):  # a token made before logins carried the time
+            issued = int(claims.get("iat") or 0) * 1000
+        ended = await self.users.session_ended(identifier, issued, login)
         if ended is None:  # no such user: removed, unless it is the local user's first visit
             return identifier != self.local_user()
         return ended

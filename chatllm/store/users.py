@@ -113,9 +113,9 @@ class Users:
             )
 
     async def session_ended(
-        self, identifier: str, issued_at: int, login: str | None
+        self, identifier: str, issued_ms: int, login: str | None
     ) -> bool | None:
-        """Whether a token of `identifier` issued at `issued_at` (epoch seconds) for
+        """Whether a token of `identifier` issued at `issued_ms` (epoch milliseconds) for
         `login` no longer counts (logged out, or issued before the password's last
         reset); None if there is no such user."""
         row = await self.db.first(
@@ -126,9 +126,7 @@ class Users:
         )
         if row is None:
             return None
-        # Milliseconds against whole seconds: a token made in the same second as the reset
-        # counts as before it (its user logs in once more), never the other way round.
-        return bool(row.ended) or issued_at * 1000 < int(row.sessions_valid_after)
+        return bool(row.ended) or issued_ms < int(row.sessions_valid_after)
 
     async def thread_count(self, identifier: str) -> int:
         """How many threads the user has; NoSuchUser if there is no such user."""
