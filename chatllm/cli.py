@@ -18,17 +18,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
+import logging
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from chatllm.auth import Passwords
+from chatllm.auth import LOCAL_USER, Passwords
+from chatllm.clock import readable_time
 from chatllm.config import Settings, get_settings
 from chatllm.errors import ChatLLMError
 from chatllm.sampling import NUMERIC_FIELDS, Sampling, option_name
-from chatllm.store import FileStore, migrated
-from chatllm.store.users import Users
+
+if TYPE_CHECKING:
+    from chatllm.store import ChatDataLayer
+
+# Each command imports what it needs when it runs: `sweep` loads the models but neither
+# Chainlit nor the store, the others the store but no model.
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -44,6 +52,9 @@ def _read_password(args: argparse.Namespace) -> str:
 
 
 async def _users(args: argparse.Namespace, settings: Settings) -> str:
+    from chatllm.store import FileStore, migrated
+    from chatllm.store.users import Users
+
     async with migrated(settings.database) as database:
         users = Users(database, FileStore(settings.data_dir / "files"))
         if args.action == "list":
@@ -74,6 +85,96 @@ async def _sweep(args: argparse.Namespace, settings: Settings) -> str:
     from chatllm.sweep import sweep_command  # the models and plots load for this one only
 
     return await sweep_command(args, settings)
+
+
+@asynccontextmanager
+async def _open_store(settings: Settings) -> AsyncIterator[ChatDataLayer]:
+    from chatllm.store import ChatDataLayer, FileStore, migrated
+
+    async with migrated(settings.database) as database:
+        yield ChatDataLayer(database, FileStore(settings.data_dir / "files"))
+
+
+async def _threads(args: argparse.Namespace, settings: Settings) -> str:
+    from chatllm.export import conversation_steps, stored_user
+
+    async with _open_store(settings) as store:
+        user = await stored_user(store, args.user, create_local=False)
+        if user is None:
+            return f"(no threads for {args.user})"
+        rows = []
+        for listed in await store.user_threads(user.id, search=args.search, limit=args.limit):
+            thread = await store.get_thread(listed["id"])
+            count = len(conversation_steps(thread)) if thread is not None else 0
+            rows.append(
+                (
+                    listed["id"],
+                    readable_time(listed["createdAt"]),
+                    str(count),
+                    _printable(listed["name"]),
+                )
+            )
+    if not rows:
+        return f"(no threads for {args.user})"
+    table = [("ID", "UPDATED", "MESSAGES", "NAME"), *rows]
+    widths = [max(len(row[column]) for row in table) for column in range(3)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
+        + f"  {row[3]}"
+        for row in table
+    )
+
+
+async def _export(args: argparse.Namespace, settings: Settings) -> str:
+    from chatllm.export import TransferError, export_thread
+    from chatllm.markdown import to_markdown
+
+    async with _open_store(settings) as store:
+        document = await export_thread(store, args.thread_id)
+    form = args.format or ("md" if args.output and args.output.suffix == ".md" else "json")
+    if form == "md":
+        text = to_markdown(document, args.lang)
+    else:
+        text = json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+    if args.output is None:
+        return text.rstrip("\n")
+    try:
+        args.output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise TransferError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    return f"Exported {len(document['messages'])} messages to {args.output}."
+
+
+async def _import(args: argparse.Namespace, settings: Settings) -> str:
+    from chatllm.export import (
+        MAX_DOCUMENT_MB,
+        InvalidDocument,
+        TransferError,
+        import_thread,
+        load_document,
+    )
+
+    most = MAX_DOCUMENT_MB * 1024 * 1024
+    try:
+        if str(args.file) == "-":
+            stream = getattr(sys.stdin, "buffer", None)  # a text stream where stdin is replaced
+            data = stream.read(most + 1) if stream else sys.stdin.read(most + 1).encode()
+        elif args.file.stat().st_size > most:
+            data = b"x" * (most + 1)  # not read: it is too big anyway
+        else:
+            data = args.file.read_bytes()
+    except OSError as exc:
+        raise TransferError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    if len(data) > most:
+        raise InvalidDocument(f"{args.file} is over {MAX_DOCUMENT_MB} MB; no export is that big")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidDocument(f"{args.file} is not UTF-8 text") from None
+    document = load_document(text)
+    async with _open_store(settings) as store:
+        thread_id = await import_thread(store, document, args.user)
+    return f"Imported as thread {thread_id}: open /thread/{thread_id}"
 
 
 def _register_users(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -153,25 +254,73 @@ def _register_sweep(commands: argparse._SubParsersAction[argparse.ArgumentParser
     sweep.set_defaults(handler=_sweep)
 
 
+def _register_threads(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    threads = commands.add_parser("threads", help="list a user's threads")
+    threads.add_argument(
+        "--user", default=LOCAL_USER, help=f"whose threads (default: {LOCAL_USER})"
+    )
+    threads.add_argument("--search", help="only threads whose name or messages match")
+    threads.add_argument("--limit", type=_positive, default=20, help="at most this many")
+    threads.set_defaults(handler=_threads)
+
+    export = commands.add_parser("export", help="a thread as JSON or Markdown, receipts included")
+    export.add_argument("thread_id")
+    export.add_argument(
+        "--format", choices=("json", "md"), help="default: md for an -o FILE.md, else json"
+    )
+    export.add_argument("--lang", default="en", help="Markdown's language: en, zh-TW or zh-CN")
+    export.add_argument("-o", "--output", type=Path, help="write to this file, not stdout")
+    export.set_defaults(handler=_export)
+
+    imports = commands.add_parser("import", help="a JSON export as a new thread")
+    imports.add_argument("file", type=Path, help="the JSON export; - reads stdin")
+    imports.add_argument(
+        "--user", default=LOCAL_USER, help=f"the new owner (default: {LOCAL_USER})"
+    )
+    imports.set_defaults(handler=_import)
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def _printable(text: str | None) -> str:
+    """A name safe to print on a terminal: one line, no control characters."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text or "").split())
+
+
 #: Each command's parser sets a `handler(args, settings) -> str` coroutine.
 Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, str]]
 
 
 def parser() -> argparse.ArgumentParser:
     """`python -m chatllm` and every subcommand."""
-    from chatllm import transfer
-
     root = argparse.ArgumentParser(prog="python -m chatllm", description=__doc__.split("\n")[0])
     commands = root.add_subparsers(dest="command", required=True)
     _register_users(commands)
-    transfer.register(commands)
+    _register_threads(commands)
     _register_sweep(commands)
     return root
+
+
+class _Brief(logging.Formatter):
+    """One line a record, on a terminal: what went wrong, without the traceback (the
+    command's own last line says what it means for the user)."""
+
+    def formatException(self, ei: Any) -> str:
+        return ""
 
 
 def main(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
     args = parser().parse_args(argv)
     handler: Handler = args.handler
+    if not logging.getLogger().handlers:  # as a command (a test's caller may have its own)
+        terminal = logging.StreamHandler()
+        terminal.setFormatter(_Brief("%(levelname)s: %(message)s"))
+        logging.basicConfig(level=logging.WARNING, handlers=[terminal])
     try:
         print(asyncio.run(handler(args, settings or get_settings())))
     except ChatLLMError as exc:

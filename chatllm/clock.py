@@ -20,4 +20,12 @@ def parse_time(value: str) -> datetime:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise ValueError(f"{value!r} is not an ISO 8601 time") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    try:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-05:00 is past the last time Python has
+        raise ValueError(f"{value!r} is beyond the times this app can keep") from None
+
+
+def readable_time(value: str) -> str:
+    """ "2026-12-01 21:07 UTC", for people; ValueError for a string that is no time."""
+    return parse_time(value).strftime("%Y-%m-%d %H:%M UTC")

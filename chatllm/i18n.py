@@ -116,6 +116,22 @@ _EN: dict[str, str] = {
     "preset.delete": "Delete the chosen preset",
     "preset.delete.help": "Turn on and confirm to delete the preset chosen above (only your own presets can be deleted).",
     "preset.deleted": "Deleted the preset “{name}”.",
+    # the Markdown export
+    "markdown.you": "You",
+    "markdown.assistant": "Assistant",
+    "markdown.untitled": "Untitled",
+    "markdown.started": "started {when}",
+    "markdown.exported": "exported {when}",
+    "markdown.messages": "{count} messages",
+    "markdown.model": "Model",
+    "markdown.tags": "Tags",
+    "markdown.variant": "reply {n} of {of}",
+    "markdown.chosen": "the conversation continues from this one",
+    "markdown.replay": "replay",
+    "markdown.compare": "comparison",
+    "markdown.error": "error",
+    "markdown.failed": "failed: {error}",
+    "markdown.unset": "not set",
 }
 
 _ZH_TW: dict[str, str] = {
@@ -221,6 +237,22 @@ _ZH_TW: dict[str, str] = {
     "preset.delete": "刪除所選的預設組合",
     "preset.delete.help": "開啟並確認即可刪除上方所選的預設組合（只能刪除您自己的預設組合）。",
     "preset.deleted": "已刪除預設組合「{name}」。",
+    # the Markdown export
+    "markdown.you": "你",
+    "markdown.assistant": "助理",
+    "markdown.untitled": "未命名",
+    "markdown.started": "開始於 {when}",
+    "markdown.exported": "匯出於 {when}",
+    "markdown.messages": "{count} 則訊息",
+    "markdown.model": "模型",
+    "markdown.tags": "標籤",
+    "markdown.variant": "第 {n} 個回覆（共 {of} 個）",
+    "markdown.chosen": "對話從這個回覆延續",
+    "markdown.replay": "重播",
+    "markdown.compare": "比較",
+    "markdown.error": "錯誤",
+    "markdown.failed": "失敗：{error}",
+    "markdown.unset": "未設定",
 }
 
 _ZH_CN: dict[str, str] = {
@@ -326,6 +358,22 @@ _ZH_CN: dict[str, str] = {
     "preset.delete": "删除所选的预设",
     "preset.delete.help": "打开并确认即可删除上方所选的预设（只能删除您自己的预设）。",
     "preset.deleted": "已删除预设“{name}”。",
+    # the Markdown export
+    "markdown.you": "你",
+    "markdown.assistant": "助手",
+    "markdown.untitled": "未命名",
+    "markdown.started": "开始于 {when}",
+    "markdown.exported": "导出于 {when}",
+    "markdown.messages": "{count} 条消息",
+    "markdown.model": "模型",
+    "markdown.tags": "标签",
+    "markdown.variant": "第 {n} 个回复（共 {of} 个）",
+    "markdown.chosen": "对话从这个回复继续",
+    "markdown.replay": "重放",
+    "markdown.compare": "比较",
+    "markdown.error": "错误",
+    "markdown.failed": "失败：{error}",
+    "markdown.unset": "未设置",
 }
 
 CATALOGUES: dict[str, dict[str, str]] = {"en": _EN, "zh-TW": _ZH_TW, "zh-CN": _ZH_CN}

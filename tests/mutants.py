@@ -40,7 +40,8 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     ),
     "receipts": ("chatllm/receipts.py", ["tests/test_generation.py", "tests/test_comparing.py"]),
     "search": ("chatllm/store/search.py", ["tests/test_store.py"]),
-    "document": ("chatllm/transfer.py", ["tests/test_transfer.py"]),
+    "document": ("chatllm/export.py", ["tests/test_transfer.py", "tests/test_importing.py"]),
+    "markdown": ("chatllm/markdown.py", ["tests/test_transfer.py"]),
 }
 
 SWAPS: dict[type[ast.AST], type[ast.AST]] = {

@@ -23,16 +23,19 @@ from chainlit.types import ThreadDict
 from chainlit.user import PersistedUser, User
 from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import ValidationError
+from sqlalchemy import event
 
-from chatllm import transfer
+from chatllm import export
+from chatllm.cli import parser
 from chatllm.config import Settings
 from chatllm.errors import StoreError
+from chatllm.export import InvalidDocument, ThreadNotFound, TransferError
 from chatllm.history import CHOSEN_REPLIES, history_from_steps, reply_metadata
+from chatllm.markdown import to_markdown
 from chatllm.receipts import Receipt, prompt_digest
 from chatllm.sampling import Sampling
 from chatllm.store import ChatDataLayer, Database, FileStore
 from chatllm.store.users import NoSuchUser
-from chatllm.transfer import InvalidDocument, ThreadNotFound, TransferError
 from tests.support import BrowserTab
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,7 +226,7 @@ async def load(store: ChatDataLayer, thread_id: str) -> ThreadDict:
 
 
 def messages_of(thread: ThreadDict) -> list[StepDict]:
-    return transfer.conversation_steps(thread)
+    return export.conversation_steps(thread)
 
 
 # ---- export and import
@@ -234,9 +237,9 @@ async def test_an_imported_thread_is_the_same_conversation_with_new_ids_for_its_
 ) -> None:
     ada, bob = await user(store, "ada"), await user(store, "bob")
     await conversation(store, ada)
-    document = await transfer.export_thread(store, "t1")
+    document = await export.export_thread(store, "t1")
     assert (document["format"], document["version"]) == ("chatllm.thread", 1)
-    new_id = await transfer.import_thread(store, json.loads(json.dumps(document)), "bob")
+    new_id = await export.import_thread(store, json.loads(json.dumps(document)), "bob")
 
     original, imported = await load(store, "t1"), await load(store, new_id)
     assert new_id != "t1"
@@ -275,7 +278,7 @@ async def test_an_imported_thread_is_the_same_conversation_with_new_ids_for_its_
     assert history == history_from_steps(original["steps"], old_metadata[CHOSEN_REPLIES])
     assert history[1].text.startswith("## 灯塔")  # the chosen first reply, not the variant
 
-    again = await transfer.export_thread(store, new_id)
+    again = await export.export_thread(store, new_id)
     back = {value: key for key, value in new.items()}
     for entry in again["messages"]:
         entry["id"] = back[entry["id"]]
@@ -289,7 +292,7 @@ async def test_the_json_export_describes_the_conversation_and_nothing_else(
     store: ChatDataLayer,
 ) -> None:
     await conversation(store, await user(store, "ada"))
-    document = await transfer.export_thread(store, "t1")
+    document = await export.export_thread(store, "t1")
     assert document["thread"]["name"] == "灯塔 Lighthouses"
     assert set(document["thread"]["metadata"]) == {"chat_settings", "chat_profile", CHOSEN_REPLIES}
     first = document["messages"][1]
@@ -309,7 +312,7 @@ async def test_the_json_export_describes_the_conversation_and_nothing_else(
 
 async def test_exporting_a_missing_thread_says_so(store: ChatDataLayer) -> None:
     with pytest.raises(ThreadNotFound, match="no thread 'nope'"):
-        await transfer.export_thread(store, "nope")
+        await export.export_thread(store, "nope")
 
 
 async def test_a_view_travels_with_its_display_if_it_belongs_to_the_thread_or_its_talk(
@@ -323,7 +326,7 @@ async def test_a_view_travels_with_its_display_if_it_belongs_to_the_thread_or_it
     ]
     for view in views:
         await store.create_element(view)
-    document = await transfer.export_thread(store, "t1")
+    document = await export.export_thread(store, "t1")
     exported = {e["name"]: (e["for"], e["display"], e["props"]) for e in document["elements"]}
     assert exported == {
         "Receipt": ("r1", "inline", exported["Receipt"][2]),
@@ -331,7 +334,7 @@ async def test_a_view_travels_with_its_display_if_it_belongs_to_the_thread_or_it
         "Side": ("r4", "side", {"n": 1}),
         "Thread-wide": (None, "inline", {"n": 2}),
     }
-    imported = await load(store, await transfer.import_thread(store, document, "ada"))
+    imported = await load(store, await export.import_thread(store, document, "ada"))
     elements = {e["name"]: e for e in imported["elements"] or []}
     assert (elements["Side"]["display"], elements["Thread-wide"]["forId"]) == ("side", None)
 
@@ -343,14 +346,14 @@ async def test_a_reference_to_a_deleted_message_is_dropped_so_the_export_still_i
     await store.update_thread("t1", metadata={CHOSEN_REPLIES: {"u1": "r1", "u4": "r4"}})
     await store.delete_step("u4")
     await store.delete_step("r1")
-    document = await transfer.export_thread(store, "t1")
+    document = await export.export_thread(store, "t1")
     by_id = {m["id"]: m for m in document["messages"]}
     assert by_id["r4"]["reply_to"] is None and by_id["p1"]["replay_of"] is None
     assert document["thread"]["metadata"][CHOSEN_REPLIES] == {}
     assert [e["name"] for e in document["elements"]] == ["Compare"]  # r1's receipt went too
-    new_id = await transfer.import_thread(store, document, "ada")
+    new_id = await export.import_thread(store, document, "ada")
     assert len(messages_of(await load(store, new_id))) == len(document["messages"])
-    assert "> 在的。" in transfer.to_markdown(document)
+    assert "> 在的。" in to_markdown(document)
 
 
 async def test_an_import_inside_a_chat_session_writes_everything_at_once(
@@ -358,11 +361,11 @@ async def test_an_import_inside_a_chat_session_writes_everything_at_once(
 ) -> None:
     ada = await user(store, "ada")
     await conversation(store, ada)
-    document = await transfer.export_thread(store, "t1")
+    document = await export.export_thread(store, "t1")
     tab = BrowserTab()
     tab.session.user = ada
     tab.enter()  # a fresh chat: Chainlit would hold its writes until the first message
-    new_id = await transfer.import_thread(store, document, "ada")
+    new_id = await export.import_thread(store, document, "ada")
     imported = await load(store, new_id)
     assert imported["userIdentifier"] == "ada"
     assert len(imported["elements"] or []) == 2
@@ -371,8 +374,8 @@ async def test_an_import_inside_a_chat_session_writes_everything_at_once(
 
 async def test_the_local_user_can_import_before_their_first_visit(store: ChatDataLayer) -> None:
     await conversation(store, await user(store, "ada"))
-    document = await transfer.export_thread(store, "t1")
-    new_id = await transfer.import_thread(store, document, "local")
+    document = await export.export_thread(store, "t1")
+    new_id = await export.import_thread(store, document, "local")
     assert (await load(store, new_id))["userIdentifier"] == "local"
 
 
@@ -380,60 +383,68 @@ async def test_an_import_for_an_unknown_user_writes_nothing(
     store: ChatDataLayer, tmp_path: Path
 ) -> None:
     await conversation(store, await user(store, "ada"))
-    document = await transfer.export_thread(store, "t1")
+    document = await export.export_thread(store, "t1")
     before = thread_count(tmp_path / "chatllm.db")
     with pytest.raises(NoSuchUser, match="no user 'carol'"):
-        await transfer.import_thread(store, document, "carol")
+        await export.import_thread(store, document, "carol")
     assert thread_count(tmp_path / "chatllm.db") == before
 
 
-@pytest.mark.parametrize("failing", ["save_step", "create_element"])
+@pytest.mark.parametrize("table", ["steps", "elements"])
 async def test_an_import_that_fails_halfway_leaves_no_thread_behind(
-    store: ChatDataLayer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+    store: ChatDataLayer, tmp_path: Path, table: str
 ) -> None:
     await conversation(store, await user(store, "ada"))
     await user(store, "bob")
-    document = await transfer.export_thread(store, "t1")
+    document = await export.export_thread(store, "t1")
     before = thread_count(tmp_path / "chatllm.db")
-    real = getattr(store, failing)
-    calls = 0
-
-    async def fails_the_second_time(*args: Any) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise OSError("disk full")
-        await real(*args)
-
-    monkeypatch.setattr(store, failing, fails_the_second_time)
+    with sqlite3.connect(tmp_path / "chatllm.db") as raw:  # the disk fails on the second row
+        raw.execute(
+            f"CREATE TRIGGER refuse BEFORE INSERT ON {table} WHEN"
+            f" (SELECT count(*) FROM {table} WHERE thread_id = NEW.thread_id) >= 1"
+            " BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
     with pytest.raises(StoreError, match=r"disk full.*nothing was kept"):
-        await transfer.import_thread(store, document, "bob")
-    assert calls == 2
+        await export.import_thread(store, document, "bob")
     assert thread_count(tmp_path / "chatllm.db") == before
 
 
-@pytest.mark.parametrize("stop", [StoreError("the database is locked"), asyncio.CancelledError()])
-async def test_an_import_stopped_by_a_store_error_or_a_cancel_keeps_nothing_and_passes_it_on(
-    store: ChatDataLayer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: BaseException
+async def test_an_import_the_database_will_not_take_keeps_nothing_and_says_why(
+    store: ChatDataLayer, tmp_path: Path
 ) -> None:
     await conversation(store, await user(store, "ada"))
-    document = await transfer.export_thread(store, "t1")
+    document = await export.export_thread(store, "t1")
     before = thread_count(tmp_path / "chatllm.db")
-    real = store.save_step
-    calls = 0
+    holder = sqlite3.connect(tmp_path / "chatllm.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock throughout
+    try:
+        with pytest.raises(StoreError, match=r"database is locked.*nothing was kept"):
+            await export.import_thread(store, document, "ada")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert thread_count(tmp_path / "chatllm.db") == before
 
-    async def stops_the_second_time(*args: Any) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise stop
-        await real(*args)
 
-    monkeypatch.setattr(store, "save_step", stops_the_second_time)
-    with pytest.raises(type(stop)) as raised:
-        await transfer.import_thread(store, document, "ada")
-    if isinstance(stop, StoreError):
-        assert raised.value is stop  # the store's own words, not wrapped in others
+async def test_an_import_cancelled_while_it_writes_keeps_nothing_and_passes_the_cancel_on(
+    store: ChatDataLayer, tmp_path: Path
+) -> None:
+    await conversation(store, await user(store, "ada"))
+    document = await export.export_thread(store, "t1")
+    before = thread_count(tmp_path / "chatllm.db")
+    importing = asyncio.create_task(export.import_thread(store, document, "ada"))
+    loop = asyncio.get_running_loop()
+
+    def cancel_on_the_messages(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("INSERT INTO steps"):  # the thread's row is already written
+            loop.call_soon_threadsafe(importing.cancel)
+
+    event.listen(store.db.writer.sync_engine, "before_cursor_execute", cancel_on_the_messages)
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await importing
+    finally:
+        event.remove(store.db.writer.sync_engine, "before_cursor_execute", cancel_on_the_messages)
     assert thread_count(tmp_path / "chatllm.db") == before
 
 
@@ -441,11 +452,11 @@ async def test_an_imported_thread_keeps_only_the_metadata_it_had_and_finished_me
     store: ChatDataLayer,
 ) -> None:
     await user(store, "bob")
-    new_id = await transfer.import_thread(store, broken("nothing"), "bob")
+    new_id = await export.import_thread(store, broken("nothing"), "bob")
     imported = await load(store, new_id)
     asked, answer = (step["id"] for step in imported["steps"])
     assert imported["metadata"] == {CHOSEN_REPLIES: {asked: answer}}  # no settings: none added
-    again = await transfer.export_thread(store, new_id)
+    again = await export.export_thread(store, new_id)
     assert again["thread"]["metadata"] == {CHOSEN_REPLIES: {asked: answer}}
     # Neither still streaming nor waiting for an answer, as Chainlit writes a sent message.
     assert [(s["streaming"], s["waitForAnswer"]) for s in imported["steps"]] == [(False, False)] * 2
@@ -554,21 +565,21 @@ async def test_a_bad_document_is_refused_naming_what_is_wrong_and_writes_nothing
 ) -> None:
     await user(store, "bob")
     with pytest.raises(InvalidDocument, match=says):
-        await transfer.import_thread(store, broken(change), "bob")
+        await export.import_thread(store, broken(change), "bob")
     assert thread_count(tmp_path / "chatllm.db") == [0, 0, 0]
 
 
 async def test_the_unbroken_test_document_imports(store: ChatDataLayer) -> None:
     await user(store, "bob")
-    new_id = await transfer.import_thread(store, broken("nothing"), "bob")
+    new_id = await export.import_thread(store, broken("nothing"), "bob")
     assert [s["output"] for s in (await load(store, new_id))["steps"]] == ["hi", "hello"]
 
 
 def test_a_file_that_is_not_json_is_refused_clearly() -> None:
     with pytest.raises(InvalidDocument, match=r"not JSON \(line 1, column 2"):
-        transfer.load_document("{nope")
+        export.load_document("{nope")
     with pytest.raises(InvalidDocument, match="nested too deeply"):
-        transfer.load_document("[" * 100_000 + "]" * 100_000)
+        export.load_document("[" * 100_000 + "]" * 100_000)
 
 
 @pytest.mark.parametrize("wrong", [5, 6])
@@ -581,7 +592,7 @@ def test_a_document_with_many_problems_names_the_first_five_and_counts_the_rest(
     for n, field in fields[:wrong]:
         document["messages"][n][field] = 42
     with pytest.raises(InvalidDocument) as refused:
-        transfer.parse_document(document)
+        export.parse_document(document)
     said = str(refused.value).removeprefix("the thread export is malformed: ")
     named = [f"messages[{n}].{field}" for n, field in fields[:5]]
     assert [problem.split(":")[0] for problem in said.split("; ")] == named
@@ -590,8 +601,8 @@ def test_a_document_with_many_problems_names_the_first_five_and_counts_the_rest(
 
 
 def test_a_checked_document_is_read_only() -> None:
-    document = transfer.parse_document(broken("nothing"))
-    assert transfer.parse_document(document) is document
+    document = export.parse_document(broken("nothing"))
+    assert export.parse_document(document) is document
     with pytest.raises(ValidationError, match="frozen"):
         document.thread.name = "changed"
     with pytest.raises(ValidationError, match="frozen"):
@@ -602,7 +613,7 @@ async def test_a_message_id_of_one_character_will_do(store: ChatDataLayer) -> No
     await user(store, "bob")
     document = answered(("hello", "reply"))
     document["messages"][0]["id"], document["messages"][1]["reply_to"] = "q", "q"
-    new_id = await transfer.import_thread(store, document, "bob")
+    new_id = await export.import_thread(store, document, "bob")
     steps = (await load(store, new_id))["steps"]
     assert [(s["output"], s["isError"]) for s in steps] == [("hi", False), ("hello", False)]
 
@@ -616,7 +627,7 @@ async def test_an_untitled_import_is_named_after_its_first_question(store: ChatD
     document["messages"].insert(
         0, {"id": "a0", "role": "assistant", "text": "Welcome!", "created_at": at(0)}
     )
-    new_id = await transfer.import_thread(store, document, "bob")
+    new_id = await export.import_thread(store, document, "bob")
     name = "What do lighthouses do at night, and who keeps them lit when"
     assert (await load(store, new_id))["name"] == f"{name} (imported)"
     assert len(name) == 60
@@ -625,7 +636,7 @@ async def test_an_untitled_import_is_named_after_its_first_question(store: ChatD
     document["messages"] = document["messages"][:1]  # no question at all
     document["thread"]["metadata"] = {}
     document["elements"] = []
-    new_id = await transfer.import_thread(store, document, "bob")
+    new_id = await export.import_thread(store, document, "bob")
     assert (await load(store, new_id))["name"] == "Untitled (imported)"
 
 
@@ -639,7 +650,7 @@ async def test_messages_keep_their_order_even_with_times_written_differently(
     document["messages"].append(
         {"id": "u2", "role": "user", "text": "late clock", "created_at": "2026-01-01T00:00:01Z"}
     )
-    new_id = await transfer.import_thread(store, document, "bob")
+    new_id = await export.import_thread(store, document, "bob")
     steps = (await load(store, new_id))["steps"]
     assert [s["output"] for s in steps] == ["hi", "hello", "late clock"]
     assert [s["createdAt"] for s in steps] == [
@@ -653,8 +664,8 @@ async def test_a_time_written_with_an_offset_is_read_in_utc(store: ChatDataLayer
     await user(store, "bob")
     document = broken("nothing")
     document["messages"][0]["created_at"] = "2026-01-01T08:00:01+08:00"
-    assert "## You · 2026-01-01 00:00 UTC" in transfer.to_markdown(document)
-    new_id = await transfer.import_thread(store, document, "bob")
+    assert "## You · 2026-01-01 00:00 UTC" in to_markdown(document)
+    new_id = await export.import_thread(store, document, "bob")
     steps = (await load(store, new_id))["steps"]
     assert [s["createdAt"] for s in steps] == [at(1), at(2)]
 
@@ -664,8 +675,8 @@ async def test_a_time_written_with_an_offset_is_read_in_utc(store: ChatDataLayer
 
 async def test_the_markdown_shows_every_message_with_its_receipt(store: ChatDataLayer) -> None:
     await conversation(store, await user(store, "ada"))
-    document = await transfer.export_thread(store, "t1")
-    markdown = transfer.to_markdown(document)
+    document = await export.export_thread(store, "t1")
+    markdown = to_markdown(document)
     plain = markdown.replace("\\", "")  # the escapes, removed
     assert markdown.startswith("# 灯塔 Lighthouses\n")
     about = plain.splitlines()[2]
@@ -696,8 +707,8 @@ async def test_the_markdown_shows_every_message_with_its_receipt(store: ChatData
 
 async def test_the_markdown_speaks_the_readers_language(store: ChatDataLayer) -> None:
     await conversation(store, await user(store, "ada"))
-    document = await transfer.export_thread(store, "t1")
-    markdown = transfer.to_markdown(document, "zh-TW")
+    document = await export.export_thread(store, "t1")
+    markdown = to_markdown(document, "zh-TW")
     assert "## 你 · 2026-01-01 00:00 UTC" in markdown
     assert "## 助理 · 第 1 個回覆（共 2 個）" in markdown
     assert "- **溫度:** 0.4" in markdown
@@ -708,7 +719,7 @@ async def test_a_hostile_message_cannot_fake_the_markdowns_structure(
     store: ChatDataLayer,
 ) -> None:
     await conversation(store, await user(store, "ada"))
-    markdown = transfer.to_markdown(await transfer.export_thread(store, "t1"))
+    markdown = to_markdown(await export.export_thread(store, "t1"))
     lines = markdown.splitlines()
     headings = [line.split(" · ")[0] for line in lines if line.startswith("#")]
     assert headings == [
@@ -750,7 +761,7 @@ async def test_a_hostile_message_cannot_fake_the_markdowns_structure(
 
 def test_markdown_of_a_bad_document_is_refused() -> None:
     with pytest.raises(InvalidDocument):
-        transfer.to_markdown({"format": "chatllm.thread", "version": 1})
+        to_markdown({"format": "chatllm.thread", "version": 1})
 
 
 def answered(*replies: tuple[str, str | None], chosen: str | None = None) -> dict[str, Any]:
@@ -780,12 +791,12 @@ def headings(markdown: str) -> list[str]:
 
 def test_the_newest_reply_is_the_one_continued_when_none_was_chosen() -> None:
     document = answered(("Lighthouses guide ships.", "reply"), ("They warn of rocks.", "variant"))
-    assert headings(transfer.to_markdown(document)) == [
+    assert headings(to_markdown(document)) == [
         "## Assistant · reply 1 of 2",
         "## Assistant · reply 2 of 2 · the conversation continues from this one",
     ]
     chosen = answered(("one", "reply"), ("two", "variant"), ("three", "variant"), chosen="r2")
-    assert headings(transfer.to_markdown(chosen)) == [
+    assert headings(to_markdown(chosen)) == [
         "## Assistant · reply 1 of 3",
         "## Assistant · reply 2 of 3 · the conversation continues from this one",
         "## Assistant · reply 3 of 3",
@@ -795,7 +806,7 @@ def test_the_newest_reply_is_the_one_continued_when_none_was_chosen() -> None:
 def test_replies_stored_without_a_kind_are_numbered_as_replies() -> None:
     # Replies saved before replies had a kind: history reads them as replies too.
     document = answered(("Lighthouses guide ships.", None), ("They warn of rocks.", None))
-    assert headings(transfer.to_markdown(document)) == [
+    assert headings(to_markdown(document)) == [
         "## Assistant · reply 1 of 2",
         "## Assistant · reply 2 of 2 · the conversation continues from this one",
     ]
@@ -804,12 +815,12 @@ def test_replies_stored_without_a_kind_are_numbered_as_replies() -> None:
 def test_an_empty_reply_shows_as_an_empty_quote_and_an_empty_comparison_as_its_columns() -> None:
     document = answered(("", "reply"))
     document["messages"][1]["receipt"] = receipt(1).model_dump()
-    markdown = transfer.to_markdown(document)
+    markdown = to_markdown(document)
     assert "UTC\n\n>\n\n*" in markdown  # the heading, the empty quote, the receipt
     assert headings(markdown) == ["## Assistant"]  # a lone reply: no number, no kind
     comparison = answered(("", "compare"))
     comparison["messages"][1]["compare"] = {"replies": [{"label": "A", "text": "**Beams.**"}]}
-    markdown = transfer.to_markdown(comparison)
+    markdown = to_markdown(comparison)
     # No empty quote before the columns; a column is a reply, and keeps its Markdown.
     assert "UTC\n\n### A\n\n> **Beams.**\n" in markdown
     assert headings(markdown) == ["## Assistant · comparison"]
@@ -824,7 +835,7 @@ def test_the_markdown_lists_model_settings_and_tags_then_the_system_prompt_as_wr
         "system_prompt": "Be brief.\n# Not a heading",
         "stop": ["END", "STOP"],
     }
-    lines = transfer.to_markdown(document).splitlines()
+    lines = to_markdown(document).splitlines()
     assert lines[: lines.index("---") + 1] == [
         "# x",
         "",
@@ -842,22 +853,46 @@ def test_the_markdown_lists_model_settings_and_tags_then_the_system_prompt_as_wr
         "",
         "---",
     ]
-    bare = transfer.to_markdown(answered(("hello", "reply"))).splitlines()
+    bare = to_markdown(answered(("hello", "reply"))).splitlines()
     assert bare[: bare.index("---") + 1] == ["# x", "", "*chatllm · 2 messages*", "", "---"]
 
 
 def test_a_thread_time_that_is_not_a_time_is_shown_as_written() -> None:
     document = broken("nothing")
-    document["thread"]["created_at"] = "last week"  # only message times are checked
-    about = transfer.to_markdown(document).splitlines()[2]
-    assert about == "*chatllm · started last week · 2 messages*"
+    document["thread"]["created_at"] = "last *week*"  # only message times are checked
+    about = to_markdown(document).splitlines()[2]
+    assert about == "*chatllm · started last \\*week\\* · 2 messages*"  # escaped once
+
+
+def test_a_reply_stored_before_replies_named_their_message_is_numbered_with_its_variants() -> None:
+    """Older threads hold replies without `reply_to` (they answer the message before them);
+    the Markdown numbers them with the variants made later, as the model's memory does."""
+    document = broken("nothing")
+    document["thread"]["metadata"] = {}
+    del document["messages"][1]["reply_to"]  # the first reply, stored by an older version
+    document["messages"].append(
+        {
+            "id": "r2",
+            "role": "assistant",
+            "text": "hello again",
+            "created_at": at(3),
+            "kind": "variant",
+            "reply_to": "u1",
+            "finish_reason": "stop",
+        }
+    )
+    headings = [line for line in to_markdown(document).splitlines() if line.startswith("## ")]
+    assert headings[1].startswith("## Assistant · reply 1 of 2 · 2026")
+    assert headings[2].startswith(
+        "## Assistant · reply 2 of 2 · the conversation continues from this one · 2026"
+    )
 
 
 @pytest.mark.parametrize("empty", ["", None])
 def test_a_setting_left_empty_reads_not_set(empty: str | None) -> None:
     document = broken("nothing")
     document["thread"]["metadata"]["chat_settings"] = {"seed": empty, "top_p": 0.9, "preset": ""}
-    markdown = transfer.to_markdown(document)
+    markdown = to_markdown(document)
     settings = markdown.split("---")[0].splitlines()[4:-1]
     assert settings == ["- **Seed:** not set", "- **Top P:** 0.9", "- **preset:** not set"]
 
@@ -866,9 +901,7 @@ def test_a_setting_left_empty_reads_not_set(empty: str | None) -> None:
 
 
 def command(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    transfer.register(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
+    return parser().parse_args(argv)
 
 
 async def run(settings: Settings, *argv: str) -> str:
@@ -1050,8 +1083,8 @@ async def test_an_imported_thread_resumes_in_the_app_with_its_memory_and_sliders
         ada = await user(app.store, "ada")
         await conversation(app.store, ada)
         original = await load(app.store, "t1")
-        document = await transfer.export_thread(app.store, "t1")
-        imported = await load(app.store, await transfer.import_thread(app.store, document, "ada"))
+        document = await export.export_thread(app.store, "t1")
+        imported = await load(app.store, await export.import_thread(app.store, document, "ada"))
         tab = BrowserTab()
         tab.session.user = ada
         tab.session.thread_id = imported["id"]

@@ -19,16 +19,16 @@ from chatllm.chat.replies import save_message, store_message
 from chatllm.chat.session import ChatSession, current_lang, show_error
 from chatllm.compare import MAX_SETS, Column, SettingsSet, comparison_view, run_comparison
 from chatllm.errors import ChatLLMError, InvalidSampling, describe
+from chatllm.export import MAX_DOCUMENT_MB, export_thread, import_thread
 from chatllm.generation import with_seed
 from chatllm.history import KIND, REPLY_TO
 from chatllm.i18n import t
+from chatllm.markdown import to_markdown
 from chatllm.store import ChatDataLayer
-from chatllm.transfer import export_thread, import_thread, to_markdown
 
 log = logging.getLogger("chatllm")
 
 COMPARE_REFRESH_SECONDS = 0.3
-IMPORT_MAX_MB = 50
 
 
 class Commands:
@@ -153,7 +153,7 @@ class Commands:
         files = await cl.AskFileMessage(
             content=t("import.ask", lang),
             accept={"application/json": [".json"]},
-            max_size_mb=IMPORT_MAX_MB,
+            max_size_mb=MAX_DOCUMENT_MB,
             timeout=600,
             author="chatllm",
         ).send()

@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
@@ -300,8 +300,6 @@ class ChatDataLayer(BaseDataLayer):
         thread_id = step.get("threadId")
         if not thread_id:
             raise ValueError(f"step {step.get('id')} has no thread")
-        extra = {k: v for k, v in step.items() if k not in STEP_COLUMNS and v is not None}
-        created = step.get("createdAt") or utc_now()
         async with self.db.write() as conn:
             thread_seq = await self._ensure_thread(conn, thread_id)
             row = (
@@ -327,21 +325,7 @@ class ChatDataLayer(BaseDataLayer):
                         " WHERE steps.thread_id = excluded.thread_id"
                         " RETURNING seq, type, output"
                     ),
-                    {
-                        "id": step["id"],
-                        "thread_id": thread_id,
-                        "parent_id": step.get("parentId"),
-                        "type": step.get("type") or "undefined",
-                        "name": step.get("name"),
-                        "input": _as_text(step.get("input")),
-                        "output": _as_text(step.get("output")),
-                        "is_error": step.get("isError"),
-                        "metadata": json.dumps(step.get("metadata") or {}, ensure_ascii=False),
-                        "extra": json.dumps(extra, ensure_ascii=False, default=str),
-                        "created_at": created,
-                        "start": step.get("start") or created,
-                        "end": step.get("end"),
-                    },
+                    _step_row(step, thread_id, utc_now()),
                 )
             ).first()
             if row is None:
@@ -430,6 +414,99 @@ class ChatDataLayer(BaseDataLayer):
             # Steps, their feedback and the thread's elements go by ON DELETE CASCADE.
             await conn.execute(text("DELETE FROM threads WHERE id = :id"), {"id": thread_id})
         await self._delete_files(keys)
+
+    async def user_threads(
+        self, user_id: str, *, search: str | None = None, limit: int = 20
+    ) -> list[ThreadDict]:
+        """The user's most recently active threads (for callers outside Chainlit)."""
+        page = await self.list_threads(
+            Pagination(first=limit), ThreadFilter(userId=user_id, search=search)
+        )
+        return list(page.data)
+
+    @writes("the thread could not be imported")
+    async def add_thread(
+        self,
+        thread: ThreadDict,
+        steps: Sequence[StepDict],
+        elements: Sequence[ElementDict],
+    ) -> None:
+        """A whole new thread (an import) in one transaction, its rows written in batches:
+        all of it, or — a failure, a kill — none of it. Ids must be new."""
+        stamp = utc_now()
+        async with self.db.write() as conn:
+            seq = await conn.scalar(
+                text(
+                    "INSERT INTO threads (id, user_id, name, metadata, tags, created_at,"
+                    " updated_at) VALUES (:id, :user, :name, :metadata, :tags, :now, :now)"
+                    " RETURNING seq"
+                ),
+                {
+                    "id": thread["id"],
+                    "user": thread.get("userId"),
+                    "name": (thread.get("name") or "")[:255] or None,
+                    "metadata": json.dumps(scrub(thread.get("metadata")), ensure_ascii=False),
+                    "tags": json.dumps(thread.get("tags") or [], ensure_ascii=False),
+                    "now": stamp,
+                },
+            )
+            if thread.get("name"):
+                await conn.execute(
+                    text("INSERT INTO search (rowid, body) VALUES (:key, :body)"),
+                    {"key": name_rowid(seq), "body": index_text(str(thread["name"]))},
+                )
+            if steps:
+                await conn.execute(
+                    text(
+                        "INSERT INTO steps (id, thread_id, parent_id, type, name, input,"
+                        " output, is_error, metadata, extra, created_at, start_time, end_time)"
+                        " VALUES (:id, :thread_id, :parent_id, :type, :name, :input, :output,"
+                        " :is_error, :metadata, :extra, :created_at, :start, :end)"
+                    ),
+                    [_step_row(step, thread["id"], stamp) for step in steps],
+                )
+                written = await conn.execute(
+                    text(
+                        "SELECT seq, output FROM steps WHERE thread_id = :id"
+                        " AND type LIKE '%message' AND output != ''"
+                    ),
+                    {"id": thread["id"]},
+                )
+                rows = [
+                    {"key": message_rowid(seq, row.seq), "body": index_text(row.output)}
+                    for row in written
+                ]
+                if rows:
+                    await conn.execute(
+                        text("INSERT INTO search (rowid, body) VALUES (:key, :body)"), rows
+                    )
+            if elements:
+                await conn.execute(
+                    text(
+                        "INSERT INTO elements (id, thread_id, step_id, type, name, mime,"
+                        " display, props) VALUES (:id, :thread_id, :step_id, :type, :name,"
+                        " :mime, :display, :props)"
+                    ),
+                    [
+                        {
+                            "id": element["id"],
+                            "thread_id": thread["id"],
+                            "step_id": element.get("forId"),
+                            "type": element.get("type") or "custom",
+                            "name": element.get("name") or "",
+                            "mime": element.get("mime"),
+                            "display": element.get("display") or "inline",
+                            "props": json.dumps(element.get("props") or {}, ensure_ascii=False),
+                        }
+                        for element in elements
+                    ],
+                )
+
+    async def ensure_user(self, identifier: str) -> PersistedUser | None:
+        """The stored user `identifier`, stored now if they are not yet."""
+        return await self.get_user(identifier) or await self.create_user(
+            User(identifier=identifier)
+        )
 
     async def list_threads(
         self, pagination: Pagination, filters: ThreadFilter
@@ -690,6 +767,27 @@ class ChatDataLayer(BaseDataLayer):
             props=json.loads(row.props),
             forId=row.step_id,
         )
+
+
+def _step_row(step: StepDict, thread_id: str, now: str) -> dict[str, Any]:
+    """A step's values for the `steps` table."""
+    extra = {k: v for k, v in step.items() if k not in STEP_COLUMNS and v is not None}
+    created = step.get("createdAt") or now
+    return {
+        "id": step["id"],
+        "thread_id": thread_id,
+        "parent_id": step.get("parentId"),
+        "type": step.get("type") or "undefined",
+        "name": step.get("name"),
+        "input": _as_text(step.get("input")),
+        "output": _as_text(step.get("output")),
+        "is_error": step.get("isError"),
+        "metadata": json.dumps(step.get("metadata") or {}, ensure_ascii=False),
+        "extra": json.dumps(extra, ensure_ascii=False, default=str),
+        "created_at": created,
+        "start": step.get("start") or created,
+        "end": step.get("end"),
+    }
 
 
 def _as_text(value: Any) -> str | None:

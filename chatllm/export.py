@@ -1,0 +1,453 @@
+"""The thread document: a thread out as JSON (receipts included), and back in.
+
+The JSON document describes itself:
+
+    {"format": "chatllm.thread", "version": 1, "exported_at": …,
+     "thread": {"id", "name", "created_at", "tags",
+                "metadata": {"chat_settings", "chat_profile", "chosen_replies"}},
+     "messages": [{"id", "role": "user" | "assistant", "author", "text", "created_at",
+                   "is_error", "extra" (any other step metadata, as stored),
+                   and for replies: "kind", "reply_to", "finish_reason", "receipt",
+                   "compare", "replay_of"}, …],
+     "elements": [{"name", "for": a message id, "display", "props"}, …]}
+
+Messages are the conversation in order: Chainlit's run and tool steps around them are left
+out, and so is a reference to a message that is no longer there. Only custom elements (the
+receipt and comparison views) travel; uploaded files do not. An import becomes a new thread
+of the importing user, with new ids throughout and every reference between messages
+(reply_to, replay_of, chosen_replies, an element's message) pointed at the new ones.
+
+chatllm.markdown renders a document to read; `python -m chatllm export|import` and the
+chat's Export and Import commands use both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import uuid
+from collections.abc import Coroutine, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from chatllm.auth import LOCAL_USER
+from chatllm.clock import format_time, parse_time, utc_now
+from chatllm.errors import ChatLLMError, StoreError
+from chatllm.history import CHOSEN_REPLIES, FINISH_REASON, KIND, REPLY_TO
+from chatllm.receipts import RECEIPT
+from chatllm.store import ChatDataLayer
+from chatllm.store.users import NoSuchUser
+
+if TYPE_CHECKING:  # the data layer's records; the document itself needs no UI
+    from chainlit.element import ElementDict
+    from chainlit.step import StepDict
+    from chainlit.types import ThreadDict
+    from chainlit.user import PersistedUser
+
+FORMAT = "chatllm.thread"
+VERSION = 1
+
+COMPARE = "compare"
+REPLAY_OF = "replay_of"
+#: Step metadata that has a field of its own in an exported message.
+REPLY_FIELDS = (KIND, REPLY_TO, FINISH_REASON, RECEIPT, COMPARE, REPLAY_OF)
+#: Thread metadata worth carrying to another database; the rest is Chainlit's session copy.
+THREAD_METADATA = ("chat_settings", "chat_profile", CHOSEN_REPLIES)
+#: Assistant messages that only served the session they were shown in (download links).
+SESSION_KINDS = frozenset({"export"})
+ROLE_OF_STEP = {"user_message": "user", "assistant_message": "assistant"}
+IMPORTED_SUFFIX = " (imported)"
+
+#: The times a message may carry: anything else is a damaged or made-up file.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+#: The largest export read (the chat's upload and the command alike).
+MAX_DOCUMENT_MB = 50
+
+T = TypeVar("T")
+
+
+class TransferError(ChatLLMError):
+    """A thread could not be exported or imported."""
+
+
+class ThreadNotFound(TransferError):
+    """No thread has that id."""
+
+
+class InvalidDocument(TransferError):
+    """The file is not a chatllm thread export this version can read."""
+
+
+# ---- the document
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ThreadMetadata(_Strict):
+    chat_settings: dict[str, Any] | None = None
+    chat_profile: str | None = None
+    chosen_replies: dict[str, str] | None = None
+
+
+class ThreadInfo(_Strict):
+    id: str | None = None
+    name: str | None = None
+    created_at: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    metadata: ThreadMetadata = Field(default_factory=ThreadMetadata)
+
+
+class CompareReply(BaseModel):
+    """One column of a comparison. Unknown keys are kept: the whole comparison travels as
+    it was stored."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    label: str
+    text: str
+    receipt: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class Comparison(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    replies: list[CompareReply]
+
+
+class MessageEntry(_Strict):
+    id: str = Field(min_length=1)
+    role: Literal["user", "assistant"]
+    text: str
+    created_at: str
+    author: str | None = None
+    is_error: bool = False
+    kind: str | None = None
+    reply_to: str | None = None
+    finish_reason: str | None = None
+    #: Stored as it was, not re-validated, so that it comes back exactly.
+    receipt: dict[str, Any] | None = None
+    compare: dict[str, Any] | None = None
+    replay_of: str | None = None
+    #: Other step metadata, kept as it was.
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("created_at")
+    @classmethod
+    def _timestamp(cls, value: str) -> str:
+        if not EARLIEST <= parse_time(value) < LATEST:
+            raise ValueError(f"{value!r} is not a plausible time (1970 to 2200)")
+        return value
+
+    @field_validator("compare")
+    @classmethod
+    def _comparison(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            Comparison.model_validate(value)
+        return value
+
+    def comparison(self) -> list[CompareReply]:
+        return Comparison.model_validate(self.compare).replies if self.compare else []
+
+
+class ElementEntry(_Strict):
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str
+    for_: str | None = Field(default=None, alias="for")
+    display: Literal["inline", "side", "page"] = "inline"
+    props: dict[str, Any]
+
+
+class ThreadDocument(_Strict):
+    format: Literal["chatllm.thread"]
+    version: Literal[1]
+    exported_at: str | None = None
+    thread: ThreadInfo
+    messages: list[MessageEntry]
+    elements: list[ElementEntry] = Field(default_factory=list)
+
+
+def parse_document(document: object) -> ThreadDocument:
+    """A thread document checked through: its format and version, every field's type, and
+    that every reference names a message of the document. Raises InvalidDocument saying
+    what is wrong."""
+    if isinstance(document, ThreadDocument):
+        return document
+    if not isinstance(document, Mapping) or document.get("format") != FORMAT:
+        raise InvalidDocument(f'this is not a chatllm thread export (no "format": "{FORMAT}")')
+    version = document.get("version")
+    if type(version) is not int or version != VERSION:
+        raise InvalidDocument(
+            f"this export has version {version!r} of the thread format; "
+            f"this chatllm reads version {VERSION}"
+        )
+    try:
+        parsed = ThreadDocument.model_validate(document)
+    except ValidationError as exc:
+        problems = [f"{_location(error['loc'])}: {error['msg']}" for error in exc.errors()]
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise InvalidDocument(
+            f"the thread export is malformed: {'; '.join(problems[:5])}{more}"
+        ) from None
+    _check_references(parsed)
+    return parsed
+
+
+def load_document(text: str) -> ThreadDocument:
+    """A thread document from the text of an exported JSON file."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}"
+        raise InvalidDocument(f"the file is not JSON ({where}: {exc.msg})") from None
+    except RecursionError:
+        raise InvalidDocument("the file is JSON nested too deeply to be an export") from None
+    return parse_document(raw)
+
+
+def _check_references(document: ThreadDocument) -> None:
+    roles: dict[str, str] = {}
+    for n, message in enumerate(document.messages):
+        if message.id in roles:
+            raise InvalidDocument(f"messages[{n}].id: {message.id!r} appears twice")
+        roles[message.id] = message.role
+        if message.role == "user":
+            given = [key for key in REPLY_FIELDS if getattr(message, key) is not None]
+            if given:
+                raise InvalidDocument(
+                    f"messages[{n}] is the user's, but has {', '.join(given)}; "
+                    "only replies have those"
+                )
+
+    def must_be(where: str, message_id: str | None, role: str) -> None:
+        if message_id is not None and roles.get(message_id) != role:
+            raise InvalidDocument(f"{where}: {message_id!r} names no {role} message of this file")
+
+    for n, message in enumerate(document.messages):
+        must_be(f"messages[{n}].reply_to", message.reply_to, "user")
+        must_be(f"messages[{n}].replay_of", message.replay_of, "assistant")
+    for asked, reply in (document.thread.metadata.chosen_replies or {}).items():
+        must_be("thread.metadata.chosen_replies", asked, "user")
+        must_be(f"thread.metadata.chosen_replies[{asked!r}]", reply, "assistant")
+    for n, element in enumerate(document.elements):
+        if element.for_ is not None and element.for_ not in roles:
+            raise InvalidDocument(f"elements[{n}].for: {element.for_!r} names no message")
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text or "document"
+
+
+# ---- export
+
+
+async def export_thread(store: ChatDataLayer, thread_id: str) -> dict[str, Any]:
+    """The thread as a self-describing JSON document (see the module's docstring)."""
+    thread = await store.get_thread(thread_id)
+    if thread is None:
+        raise ThreadNotFound(f"there is no thread {thread_id!r}")
+    messages = [_exported_message(step) for step in conversation_steps(thread)]
+    roles = {message["id"]: message["role"] for message in messages}
+    for message in messages:
+        # A reference to a message that is gone (or never was one) would point at nothing.
+        for key, role in ((REPLY_TO, "user"), (REPLAY_OF, "assistant")):
+            if key in message and roles.get(message[key]) != role:
+                message[key] = None
+    saved = thread.get("metadata") or {}
+    metadata: dict[str, Any] = {key: saved[key] for key in THREAD_METADATA if key in saved}
+    if isinstance(metadata.get(CHOSEN_REPLIES), Mapping):
+        metadata[CHOSEN_REPLIES] = {
+            asked: reply
+            for asked, reply in metadata[CHOSEN_REPLIES].items()
+            if roles.get(asked) == "user" and roles.get(reply) == "assistant"
+        }
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "exported_at": utc_now(),
+        "thread": {
+            "id": thread["id"],
+            "name": thread.get("name"),
+            "created_at": thread.get("createdAt"),
+            "tags": list(thread.get("tags") or []),
+            "metadata": metadata,
+        },
+        "messages": messages,
+        "elements": [
+            {
+                "name": element.get("name") or "",
+                "for": element.get("forId"),
+                "display": element.get("display") or "inline",
+                "props": element.get("props") or {},
+            }
+            for element in thread.get("elements") or []
+            if element.get("type") == "custom"
+            and (element.get("forId") is None or element.get("forId") in roles)
+        ],
+    }
+
+
+def conversation_steps(thread: ThreadDict) -> list[StepDict]:
+    """The thread's user and assistant messages in order, errors included; the run and
+    tool steps Chainlit wraps them in, and messages that only served their session, are
+    not part of the conversation."""
+    return [
+        step
+        for step in thread.get("steps") or []
+        if step.get("type") in ROLE_OF_STEP
+        and (step.get("metadata") or {}).get(KIND) not in SESSION_KINDS
+    ]
+
+
+def _exported_message(step: StepDict) -> dict[str, Any]:
+    metadata = dict(step.get("metadata") or {})
+    role = ROLE_OF_STEP[step.get("type") or ""]
+    message: dict[str, Any] = {
+        "id": step["id"],
+        "role": role,
+        "author": step.get("name"),
+        "text": step.get("output") or "",
+        "created_at": step.get("createdAt") or "",
+        "is_error": bool(step.get("isError")),
+    }
+    if role == "assistant":
+        for key in REPLY_FIELDS:
+            message[key] = metadata.pop(key, None)
+    if metadata:
+        message["extra"] = metadata
+    return message
+
+
+# ---- import
+
+
+async def import_thread(store: ChatDataLayer, document: object, user_identifier: str) -> str:
+    """Add an exported thread as a new thread of `user_identifier`; returns its id.
+
+    The document is checked through before anything is written (InvalidDocument). All or
+    nothing: if a write fails, what was written of the new thread is deleted again.
+    Runs outside the caller's Chainlit session, if any: the thread's owner is the user
+    named here, and no write waits for that session's first message.
+    """
+    parsed = parse_document(document)
+    return await _outside_chainlit(_write_thread(store, parsed, user_identifier))
+
+
+async def _outside_chainlit(work: Coroutine[Any, Any, T]) -> T:
+    # An empty context has no Chainlit session: the data layer then writes at once and
+    # takes the owner from the call instead of from the session's user.
+    return await asyncio.create_task(work, context=contextvars.Context())
+
+
+async def _write_thread(store: ChatDataLayer, document: ThreadDocument, identifier: str) -> str:
+    user = await stored_user(store, identifier, create_local=True)
+    if user is None:
+        raise NoSuchUser(f"the user {identifier!r} could not be created")
+    thread_id = str(uuid.uuid4())
+    new_ids = {message.id: str(uuid.uuid4()) for message in document.messages}
+    info = document.thread
+    metadata: dict[str, Any] = info.metadata.model_dump(exclude_none=True)
+    if CHOSEN_REPLIES in metadata:
+        metadata[CHOSEN_REPLIES] = {
+            new_ids[asked]: new_ids[reply] for asked, reply in metadata[CHOSEN_REPLIES].items()
+        }
+    steps = [
+        _step(message, thread_id, new_ids, created)
+        for message, created in zip(document.messages, _ordered_times(document), strict=True)
+    ]
+    elements: list[ElementDict] = [
+        {
+            "id": str(uuid.uuid4()),
+            "threadId": thread_id,
+            "forId": new_ids[element.for_] if element.for_ is not None else None,
+            "type": "custom",
+            "name": element.name,
+            "mime": "application/json",
+            "display": element.display,
+            "props": dict(element.props),
+        }
+        for element in document.elements
+    ]
+    thread: ThreadDict = {
+        "id": thread_id,
+        "name": _imported_name(document),
+        "userId": user.id,
+        "metadata": metadata,
+        "tags": list(info.tags),
+    }  # type: ignore[typeddict-item]
+    try:
+        await store.add_thread(thread, steps, elements)
+    except StoreError as exc:
+        raise StoreError(f"{exc}; nothing was kept") from exc
+    return thread_id
+
+
+def _step(
+    message: MessageEntry, thread_id: str, new_ids: Mapping[str, str], created: str
+) -> StepDict:
+    metadata: dict[str, Any] = dict(message.extra)
+    for key in REPLY_FIELDS:
+        value = getattr(message, key)
+        if key in (REPLY_TO, REPLAY_OF) and value is not None:
+            value = new_ids[value]
+        if value is not None:
+            metadata[key] = value
+    user = message.role == "user"
+    # What Chainlit's Message.to_dict() writes, so that resuming the thread works as usual.
+    return {
+        "id": new_ids[message.id],
+        "threadId": thread_id,
+        "parentId": None,
+        "type": "user_message" if user else "assistant_message",
+        "name": message.author or ("User" if user else "chatllm"),
+        "input": "",
+        "output": message.text,
+        "createdAt": created,
+        "start": created,
+        "end": created,
+        "isError": message.is_error,
+        "metadata": metadata,
+        "streaming": False,
+        "waitForAnswer": False,
+    }
+
+
+def _ordered_times(document: ThreadDocument) -> list[str]:
+    """The messages' times in the data layer's format, never earlier than the message
+    before: the thread is read back in time order, and must come back in this order."""
+    times: list[str] = []
+    latest = datetime.min.replace(tzinfo=UTC)
+    for message in document.messages:
+        latest = max(latest, parse_time(message.created_at))
+        times.append(format_time(latest))
+    return times
+
+
+def _imported_name(document: ThreadDocument) -> str:
+    name = document.thread.name
+    if not name:
+        first = next((m.text for m in document.messages if m.role == "user"), "")
+        name = " ".join(first.split())[:60] or "Untitled"
+    return name + IMPORTED_SUFFIX
+
+
+async def stored_user(
+    store: ChatDataLayer, identifier: str, *, create_local: bool
+) -> PersistedUser | None:
+    """The stored user; the local user may not be stored yet (before the first visit)."""
+    user = await store.get_user(identifier)
+    if user is None and identifier == LOCAL_USER:
+        return await store.ensure_user(LOCAL_USER) if create_local else None
+    if user is None:
+        raise NoSuchUser(f"there is no user {identifier!r}")
+    return user
