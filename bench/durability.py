@@ -155,9 +155,14 @@ class Chat:
                 "fileReferences": [],
             },
         )
-        if await self.until(lambda: self.seen("stream_start") > started, 120):
-            self.acknowledged.append(message_id)
-        return await self.until(lambda: self.seen("task_end") > ended, 120)
+
+        def gone() -> bool:  # the app was killed
+            return not client.connected
+
+        if await self.until(lambda: self.seen("stream_start") > started or gone(), 120):
+            if self.seen("stream_start") > started:
+                self.acknowledged.append(message_id)
+        return await self.until(lambda: self.seen("task_end") > ended or gone(), 120) and not gone()
 
 
 async def chatting(chat: Chat, stop: asyncio.Event, number: int) -> None:
