@@ -97,9 +97,11 @@ class Chat:
     events: list[tuple[str, Any]] = field(default_factory=list)
     acknowledged: list[str] = field(default_factory=list)
 
-    async def open(self) -> socketio.AsyncClient:
-        async with httpx.AsyncClient(timeout=30) as http:
-            cookies = (await http.post(self.base + "/auth/header")).cookies
+    async def open(self, cookies: dict[str, str] | None = None) -> socketio.AsyncClient:
+        """Connect (as the local user, unless `cookies` sign another in) and start a chat."""
+        if cookies is None:
+            async with httpx.AsyncClient(timeout=30) as http:
+                cookies = dict((await http.post(self.base + "/auth/header")).cookies)
         client = socketio.AsyncClient(reconnection=False)
 
         async def record(event: str, data: Any = None) -> None:

@@ -111,13 +111,20 @@ class LoginThrottle:
                 waits.append(failures[-self.limits[kind]] + self.window - self.clock())
         return max(waits) if waits else None
 
-    def failed(self, account: str, address: str) -> None:
+    def attempt(self, account: str, address: str) -> None:
+        """Count a login as failed from the moment it is tried, so that a hundred sent at
+        once are counted as they arrive, not when their checks end; `succeeded` takes it
+        back."""
         now = self.clock()
         for key in (("account", account), ("address", address)):
             self._failures.setdefault(key, deque()).append(now)
 
-    def succeeded(self, account: str) -> None:
+    def succeeded(self, account: str, address: str) -> None:
+        """The right password: the account starts afresh; the address loses this try."""
         self._failures.pop(("account", account), None)
+        tried = self._failures.get(("address", address))
+        if tried:
+            tried.pop()
 
 
 class Passwords:

@@ -286,17 +286,14 @@ def sessions(users: Users, passwords: Passwords, throttle: LoginThrottle) -> API
                 detail="Too many failed logins; try again later.",
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
+        throttle.attempt(account, address)
         try:
             answer = await chainlit_server.login(request, response, form_data)
         except LoginBusy as exc:
             raise HTTPException(
                 status_code=429, detail=str(exc), headers={"Retry-After": "1"}
             ) from exc
-        except HTTPException as exc:
-            if exc.status_code == 401:
-                throttle.failed(account, address)
-            raise
-        throttle.succeeded(account)
+        throttle.succeeded(account, address)
         return answer
 
     @router.post("/logout")

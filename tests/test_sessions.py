@@ -175,21 +175,44 @@ def test_guessing_passwords_is_throttled_per_account_then_per_address(tmp_path: 
         app.stop()
 
 
+def test_a_hundred_guesses_at_once_are_counted_as_they_arrive(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
+    users(settings, "add", "gus", "--password-stdin")
+    app = AppServer(tmp_path).start()  # the defaults: 20 failures from one address
+
+    async def guesses() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=app.base, timeout=120) as http:
+            return await asyncio.gather(
+                *(
+                    http.post("/login", data={"username": f"guess{n}", "password": "wrong"})
+                    for n in range(100)
+                )
+            )
+
+    try:
+        codes = [a.status_code for a in asyncio.run(guesses())]
+        assert codes.count(401) <= 20 and codes.count(401) + codes.count(429) == 100
+    finally:
+        app.stop()
+
+
 def test_the_throttle_counts_failures_in_a_sliding_window() -> None:
     now = [1000.0]
     throttle = LoginThrottle(account_limit=2, address_limit=4, window=60, clock=lambda: now[0])
-    throttle.failed("ada", "10.0.0.1")
+    throttle.attempt("ada", "10.0.0.1")
     now[0] += 10
-    throttle.failed("ada", "10.0.0.1")
+    throttle.attempt("ada", "10.0.0.1")
     assert throttle.retry_after("ada", "10.0.0.1") == pytest.approx(50)
     assert throttle.retry_after("bob", "10.0.0.2") is None
     now[0] += 50.5  # the first failure left the window
     assert throttle.retry_after("ada", "10.0.0.1") is None
-    throttle.failed("ada", "10.0.0.1")
-    throttle.succeeded("ada")  # a right password clears the account, not the address
+    throttle.attempt("ada", "10.0.0.1")
+    throttle.succeeded("ada", "10.0.0.1")  # the right password: that try is taken back
     assert throttle.retry_after("ada", "10.0.0.9") is None
-    throttle.failed("bob", "10.0.0.1")
-    throttle.failed("cyd", "10.0.0.1")
+    throttle.attempt("bob", "10.0.0.1")
+    throttle.attempt("cyd", "10.0.0.1")
+    assert throttle.retry_after("dee", "10.0.0.1") is None  # three failures from it so far
+    throttle.attempt("cyd", "10.0.0.1")
     assert throttle.retry_after("dee", "10.0.0.1") is not None  # four from this address
 
 
