@@ -300,6 +300,26 @@ async def say(app: ChatApp, tab: BrowserTab, text: str) -> None:
     await app.answer(cl.Message(content=text, author="User", type="user_message"))
 
 
+async def socket_connects(base: str, headers: Mapping[str, str]) -> bool:
+    """Whether the app's socket accepts a connection sent with `headers` (a cookie, an
+    Origin): the handshake only, closed again at once."""
+    client = socketio.AsyncClient()
+    try:
+        await client.connect(
+            base,
+            socketio_path="/ws/socket.io",
+            transports=["websocket"],
+            headers=dict(headers),
+            auth={"clientType": "webapp", "sessionId": "s", "threadId": "t", "userEnv": "{}"},
+            wait_timeout=10,
+        )
+    except socketio.exceptions.ConnectionError:
+        return False
+    finally:
+        await client.shutdown()
+    return True
+
+
 class SocketUser:
     """A browser tab's socket.io conversation with the running app, in local mode."""
 

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import socketio
 from playwright.sync_api import sync_playwright
 
-from tests.support import AppServer, free_port
+from tests.support import AppServer, free_port, socket_connects
 from tests.test_browser import CHROMIUM, open_browser, ready
 
 ALLOWED = "http://allowed.example"  # an origin the operator lets in
@@ -72,24 +71,8 @@ def test_an_origin_the_operator_allows_gets_credentialed_cors(app: AppServer) ->
 
 
 async def connects(app: AppServer, origin: str) -> bool:
-    client = socketio.AsyncClient()
-    try:
-        await client.connect(
-            app.base,
-            socketio_path="/ws/socket.io",
-            transports=["websocket"],
-            headers={
-                "Origin": origin,
-                "Cookie": "; ".join(f"{k}={v}" for k, v in cookies(app).items()),
-            },
-            auth={"clientType": "webapp", "sessionId": "s", "threadId": "t", "userEnv": "{}"},
-            wait_timeout=10,
-        )
-    except socketio.exceptions.ConnectionError:
-        return False
-    finally:
-        await client.shutdown()
-    return True
+    cookie = "; ".join(f"{k}={v}" for k, v in cookies(app).items())
+    return await socket_connects(app.base, {"Origin": origin, "Cookie": cookie})
 
 
 async def test_the_socket_refuses_another_origin(app: AppServer) -> None:

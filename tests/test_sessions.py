@@ -12,12 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import socketio
 
 from chatllm.auth import LoginBusy, LoginThrottle, Passwords
 from chatllm.cli import main as cli
 from chatllm.config import Settings
-from tests.support import AppServer
+from tests.support import AppServer, socket_connects
 
 PASSWORD = "a-good-password-1"
 
@@ -87,26 +86,12 @@ def test_a_logged_out_token_is_refused_everywhere(server: tuple[AppServer, Setti
     assert kept.get("/user").status_code == 401
     bearer = httpx.get(app.base + "/user", headers={"Authorization": f"Bearer {token}"})
     assert bearer.status_code == 401
-    assert not asyncio.run(socket_connects(app, token))
+    assert not asyncio.run(token_connects(app, token))
     assert works(signed_in(app, "bob"))  # a new login is a new session
 
 
-async def socket_connects(app: AppServer, token: str) -> bool:
-    client = socketio.AsyncClient()
-    try:
-        await client.connect(
-            app.base,
-            socketio_path="/ws/socket.io",
-            transports=["websocket"],
-            headers={"Cookie": f"access_token={token}"},
-            auth={"clientType": "webapp", "sessionId": "s", "threadId": "t", "userEnv": "{}"},
-            wait_timeout=10,
-        )
-    except socketio.exceptions.ConnectionError:
-        return False
-    finally:
-        await client.shutdown()
-    return True
+async def token_connects(app: AppServer, token: str) -> bool:
+    return await socket_connects(app.base, {"Cookie": f"access_token={token}"})
 
 
 def test_a_password_reset_ends_every_session_begun_before_it(
@@ -115,10 +100,10 @@ def test_a_password_reset_ends_every_session_begun_before_it(
     app, settings = server
     before = signed_in(app, "cyd")
     token = str(before.cookies.get("access_token"))
-    assert works(before) and asyncio.run(socket_connects(app, token))
+    assert works(before) and asyncio.run(token_connects(app, token))
     users(settings, "reset", "cyd", "--password-stdin", password="another-password-2")
     assert not works(before)
-    assert not asyncio.run(socket_connects(app, token))
+    assert not asyncio.run(token_connects(app, token))
     assert login(app, "cyd").status_code == 401  # the old password is gone too
     after = login(app, "cyd", "another-password-2")
     assert after.status_code == 200
@@ -134,7 +119,7 @@ def test_a_removed_user_is_signed_out_and_never_comes_back_without_a_password(
     users(settings, "remove", "dee", "--yes")
     assert not works(dee)
     assert dee.get("/user").status_code == 401
-    assert not asyncio.run(socket_connects(app, str(dee.cookies.get("access_token"))))
+    assert not asyncio.run(token_connects(app, str(dee.cookies.get("access_token"))))
     assert login(app, "dee").status_code == 401
     with sqlite3.connect(settings.data_dir / "chatllm.db") as raw:  # nothing re-created her
         assert raw.execute("SELECT count(*) FROM users WHERE identifier = 'dee'").fetchone() == (0,)
