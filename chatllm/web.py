@@ -298,9 +298,7 @@ def sessions(users: Users, passwords: Passwords, throttle: LoginThrottle) -> API
 
     @router.post("/logout")
     async def logout(request: Request, response: Response) -> Any:
-        token = get_token_from_cookies(dict(request.cookies)) or _token(
-            {"authorization": request.headers.get("authorization", "")}
-        )
+        token = _token(dict(request.headers))  # the cookie, or a bearer token
         claims = _claims(token) if token else None
         login = ((claims or {}).get("metadata") or {}).get(LOGIN_ID)
         if claims is not None and login:
