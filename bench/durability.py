@@ -6,19 +6,26 @@
    streaming (the app stores every message before the model runs). After each kill the
    database must hold every acknowledged message and pass SQLite's integrity check; the
    next round starts the app again on the same data, as a restart after a crash would.
-2. Parallel chats: M chats send a message at the same moment to the local model (one
+2. Data-layer kill rounds: a process writes through the data layer alone (threads, user
+   and assistant steps, a step's update, elements with their files, feedback) from several
+   tasks at once, printing each write once its call has returned; after a random moment it
+   gets SIGKILL. Every printed write must be in the database (an element's file on disk
+   with its bytes), and the database must pass SQLite's integrity check.
+3. Parallel chats: M chats send a message at the same moment to the local model (one
    generation at a time: the others wait in its line); every one must be answered.
 
-    .venv/bin/python bench/durability.py [--rounds 10] [--chats 3] [--parallel 8] [--json F]
+    .venv/bin/python bench/durability.py [--rounds 10] [--chats 3] [--layer-rounds 30]
+                                         [--parallel 8] [--json F]
 
 Prints the figures (acknowledged vs found, integrity, answered, times) and exits non-zero
-if a message was lost, the database is damaged, or a chat went unanswered.
+if a message or write was lost, the database is damaged, or a chat went unanswered.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -29,15 +36,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import socketio
+
+if TYPE_CHECKING:
+    from chatllm.store import ChatDataLayer
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAINLIT = str(Path(sys.executable).with_name("chainlit"))
@@ -230,6 +241,146 @@ async def kill_rounds(
     }
 
 
+WRITERS = 4  # tasks writing at once in the data-layer process
+
+
+async def write_until_killed(data_dir: Path) -> None:
+    """The data-layer process: each task writes a thread's worth of records, one call at a
+    time, and prints `table id` once the call has returned (acknowledged)."""
+    from chatllm.store import ChatDataLayer, FileStore, migrated
+
+    async with migrated(f"sqlite+aiosqlite:///{data_dir / 'chatllm.db'}") as db:
+        await write_through(ChatDataLayer(db, FileStore(data_dir / "files")))
+
+
+async def write_through(layer: ChatDataLayer) -> None:
+    from chainlit.element import Text
+    from chainlit.types import Feedback
+    from chainlit.user import User
+
+    from chatllm.clock import utc_now
+
+    user = await layer.create_user(User(identifier="writer"))
+    assert user is not None
+
+    def acknowledge(table: str, key: str) -> None:
+        sys.stdout.write(f"{table} {key}\n")
+        sys.stdout.flush()
+
+    async def writer(number: int) -> None:
+        for n in itertools.count():
+            thread = str(uuid.uuid4())
+            await layer.update_thread(thread, name=f"writer {number} thread {n}", user_id=user.id)
+            acknowledge("threads", thread)
+            asked, answered = str(uuid.uuid4()), str(uuid.uuid4())
+            steps: list[tuple[str, Literal["user_message", "assistant_message"], str]] = [
+                (asked, "user_message", f"question {n} 問題"),
+                (answered, "assistant_message", ""),
+            ]
+            for step_id, kind, words in steps:
+                await layer.create_step(
+                    {
+                        "id": step_id,
+                        "threadId": thread,
+                        "type": kind,
+                        "name": kind,
+                        "output": words,
+                        "createdAt": utc_now(),
+                    }
+                )
+                acknowledge("steps", step_id)
+            await layer.update_step(
+                {
+                    "id": answered,
+                    "threadId": thread,
+                    "type": "assistant_message",
+                    "name": "chatllm",
+                    "output": f"answer {n} " + "字" * (n % 50),
+                    "createdAt": utc_now(),
+                }
+            )
+            acknowledge("answers", f"{answered} {n}")
+            element = Text(content=f"element {thread}", for_id=answered, thread_id=thread)
+            await layer.create_element(element)
+            acknowledge("elements", f"{element.id} {thread}")
+            feedback = await layer.upsert_feedback(Feedback(forId=answered, value=1))
+            acknowledge("feedbacks", feedback)
+
+    await asyncio.gather(*(writer(n) for n in range(WRITERS)))
+
+
+def layer_writes_found(data_dir: Path, acknowledged: list[str]) -> tuple[int, str]:
+    """How many of the acknowledged writes the database (and the file store) holds."""
+    found = 0
+    with sqlite3.connect(data_dir / "chatllm.db") as raw:
+        for line in acknowledged:
+            table, key, *rest = line.split()
+            if table == "answers":
+                row = raw.execute("SELECT output FROM steps WHERE id = ?", (key,)).fetchone()
+                found += row is not None and str(row[0]).startswith(f"answer {rest[0]} ")
+            elif table == "elements":
+                row = raw.execute("SELECT object_key FROM elements WHERE id = ?", (key,)).fetchone()
+                file = data_dir / "files" / str(row[0])[:2] / str(row[0]) if row else None
+                found += bool(file and file.read_text("utf-8") == f"element {rest[0]}")
+            else:
+                found += (
+                    raw.execute(f"SELECT 1 FROM {table} WHERE id = ?", (key,)).fetchone()
+                    is not None
+                )
+        (integrity,) = raw.execute("PRAGMA integrity_check").fetchone()
+    return found, str(integrity)
+
+
+def layer_kill_rounds(data_dir: Path, rounds: int, rng: random.Random) -> dict[str, Any]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    acknowledged: list[str] = []
+    per_round = []
+    integrity = "ok"
+    for number in range(rounds):
+        writer = subprocess.Popen(
+            [sys.executable, __file__, "--writer", str(data_dir)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert writer.stdout is not None
+        lines: list[str] = []
+        reader = threading.Thread(target=lines.extend, args=(writer.stdout,), daemon=True)
+        reader.start()
+        for _ in range(3000):  # up to a minute for the first write
+            if lines or writer.poll() is not None:
+                break
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.2, 3.0))
+        if writer.poll() is not None:
+            raise RuntimeError(f"the writer ended by itself ({writer.returncode})")
+        writer.kill()  # wherever it is
+        writer.wait()
+        reader.join(timeout=10)
+        written = [line.strip() for line in lines if line.strip()]
+        acknowledged += written
+        found, integrity = layer_writes_found(data_dir, written)
+        per_round.append(
+            {"round": number + 1, "acknowledged": len(written), "lost": len(written) - found}
+        )
+        print(
+            f"  round {number + 1:>2}: {len(written):>4} acknowledged, "
+            f"{len(written) - found} lost, integrity {integrity}",
+            flush=True,
+        )
+        if integrity != "ok" or not written:
+            break
+    found, integrity = layer_writes_found(data_dir, acknowledged)
+    return {
+        "rounds": len(per_round),
+        "acknowledged": len(acknowledged),
+        "found": found,
+        "lost": len(acknowledged) - found,
+        "integrity": integrity,
+        "per_round": per_round,
+    }
+
+
 async def parallel_chats(data_dir: Path, count: int) -> dict[str, Any]:
     app = App(data_dir)
     try:
@@ -261,29 +412,44 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10, help="SIGKILL rounds (default 10)")
     parser.add_argument("--chats", type=int, default=3, help="chats during each round")
+    parser.add_argument(
+        "--layer-rounds", type=int, default=30, help="SIGKILL rounds of the data layer alone"
+    )
+    parser.add_argument("--writer", type=Path, help=argparse.SUPPRESS)  # the killed process
     parser.add_argument("--parallel", type=int, default=8, help="chats at once (default 8)")
     parser.add_argument("--seed", type=int, default=1, help="when in each round the kill comes")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    if args.writer:
+        asyncio.run(write_until_killed(args.writer))
+        return 0
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="chatllm-durability-") as tmp:
         print(f"Kill rounds: {args.rounds} × SIGKILL of the app and its engine, {args.chats} chats")
         killed = asyncio.run(kill_rounds(Path(tmp) / "kill", args.rounds, args.chats, rng))
+        print(f"Data-layer kill rounds: {args.layer_rounds} × SIGKILL, {WRITERS} writers")
+        layer = layer_kill_rounds(Path(tmp) / "layer", args.layer_rounds, rng)
         print(f"Parallel: {args.parallel} chats at once on the local model")
         parallel = asyncio.run(parallel_chats(Path(tmp) / "parallel", args.parallel))
     ok = killed["lost"] == 0 and killed["integrity"] == "ok"
+    ok = ok and layer["lost"] == 0 and layer["integrity"] == "ok" and layer["acknowledged"] > 0
     ok = ok and parallel["answered"] == parallel["chats"]
     print(
         f"\nacknowledged {killed['acknowledged']}, found {killed['found']}, "
         f"lost {killed['lost']}, integrity {killed['integrity']} "
         f"({killed['rounds']} rounds)\n"
+        f"data layer: acknowledged {layer['acknowledged']}, found {layer['found']}, "
+        f"lost {layer['lost']}, integrity {layer['integrity']} ({layer['rounds']} rounds)\n"
         f"parallel: {parallel['answered']} of {parallel['chats']} answered, "
         f"median {parallel['seconds_median']} s, slowest {parallel['seconds_max']} s\n"
         f"{'PASS' if ok else 'FAIL'}"
     )
     if args.json:
         args.json.write_text(
-            json.dumps({"kill": killed, "parallel": parallel, "pass": ok}, indent=2), "utf-8"
+            json.dumps(
+                {"kill": killed, "layer": layer, "parallel": parallel, "pass": ok}, indent=2
+            ),
+            "utf-8",
         )
     return 0 if ok else 1
 

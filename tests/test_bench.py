@@ -57,13 +57,15 @@ def test_the_thread_list_benchmark_compares_the_store_with_chainlits(tmp_path: P
 def test_the_durability_check_kills_the_app_and_finds_every_acknowledged_message(
     tmp_path: Path,
 ) -> None:
-    """One SIGKILL round and two chats at once: what it checks holds (nothing acknowledged
-    lost, the database intact, every chat answered), not how fast."""
+    """One SIGKILL round of the app, two of the data layer alone, and two chats at once: what
+    it checks holds (nothing acknowledged lost, the database intact, every chat answered),
+    not how fast."""
     out = tmp_path / "d.json"
     done = subprocess.run(
         [
             *(sys.executable, str(ROOT / "bench" / "durability.py")),
-            *("--rounds", "1", "--chats", "2", "--parallel", "2", "--json", str(out)),
+            *("--rounds", "1", "--chats", "2", "--layer-rounds", "2", "--parallel", "2"),
+            *("--json", str(out)),
         ],
         cwd=ROOT,
         timeout=600,
@@ -75,4 +77,8 @@ def test_the_durability_check_kills_the_app_and_finds_every_acknowledged_message
     assert kill["rounds"] == 1 and kill["acknowledged"] > 0
     assert kill["found"] == kill["acknowledged"] and kill["lost"] == 0
     assert kill["integrity"] == "ok"
+    layer = figures["layer"]
+    assert layer["rounds"] == 2 and layer["acknowledged"] > 0
+    assert layer["found"] == layer["acknowledged"] and layer["lost"] == 0
+    assert layer["integrity"] == "ok"
     assert figures["parallel"]["answered"] == figures["parallel"]["chats"] == 2
