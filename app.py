@@ -18,12 +18,14 @@ from chatllm.web import (
     owner_checks,
     session_files,
     sessions,
+    socket_events,
     socket_limit,
 )
 
 chat = ChatApp.from_environment(host=chainlit_config.run.host)
 session_files(chat.settings.data_dir)
 socket_limit(chat.settings.max_message_chars)
+socket_events()
 
 mount(server, element_files(chat.store))
 mount(server, owner_checks(chat.store))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -35,6 +36,8 @@ from chatllm.auth import LOGIN_ID, LOGIN_MS, LoginBusy, LoginThrottle, Passwords
 from chatllm.store import ChatDataLayer
 from chatllm.store.files import FileStore
 from chatllm.store.users import Users
+
+logger = logging.getLogger(__name__)
 
 CurrentUser = Annotated[User | PersistedUser | None, Depends(get_current_user)]
 
@@ -355,6 +358,51 @@ def _running(pid: int) -> bool:
 #: socket on a long message with no word to the user). Anything up to this arrives and
 #: gets an answer; the app refuses a message over CHATLLM_MAX_MESSAGE_CHARS itself.
 SOCKET_MAX_BYTES = 8 * 1024 * 1024
+
+
+def socket_events() -> None:
+    """Chainlit's socket events for switched-off features answer nothing.
+
+    Chainlit registers them whatever the config says: `edit_message` rewrites a message and
+    deletes every step after it in the data layer, then runs the message again (with no
+    message at all when the id is not one of the session's, which the app would answer
+    with an error); `audio_end` names the thread "audio". So each is refused unless its
+    feature is on, and an edit also unless its message is one this session has shown.
+    """
+    from chainlit.chat_context import chat_contexts
+    from chainlit.session import WebsocketSession
+
+    handlers = chainlit_server.sio.handlers["/"]
+
+    def editable(sid: str, payload: Any) -> bool:
+        session = WebsocketSession.get(sid)
+        message = payload.get("message") if isinstance(payload, dict) else None
+        wanted = message.get("id") if isinstance(message, dict) else None
+        shown = chat_contexts.get(session.id, []) if session else []
+        return bool(chainlit_config.features.edit_message) and any(m.id == wanted for m in shown)
+
+    def audio(sid: str, *_: Any) -> bool:
+        return bool(chainlit_config.features.audio and chainlit_config.features.audio.enabled)
+
+    for event, allowed in (
+        ("edit_message", editable),
+        ("audio_start", audio),
+        ("audio_chunk", audio),
+        ("audio_end", audio),
+    ):
+        handlers[event] = _only_if(allowed, handlers[event], event)
+
+
+def _only_if(
+    allowed: Callable[..., bool], handler: Callable[..., Any], event: str
+) -> Callable[..., Any]:
+    async def checked(sid: str, *args: Any) -> Any:
+        if not allowed(sid, *args):
+            logger.info("socket %s: %s refused (switched off, or not this session's)", sid, event)
+            return None
+        return await handler(sid, *args)
+
+    return checked
 
 
 def socket_limit(max_message_chars: int) -> int:

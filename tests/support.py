@@ -378,7 +378,10 @@ class SocketUser:
 
         self.client.on("ask", ask)
 
-    async def say(self, text: str, command: str | None = None, **settings: object) -> None:
+    async def say(
+        self, text: str, command: str | None = None, **settings: object
+    ) -> dict[str, object]:
+        """Send `text` (after `settings`) as the page does; the message as sent."""
         if settings:
             # Applied before the message is sent: the app shows the panel again when done.
             shown = len(self.named("chat_settings"))
@@ -394,6 +397,7 @@ class SocketUser:
             "command": command,
         }
         await self.client.emit("client_message", {"message": message, "fileReferences": []})
+        return message
 
     def named(self, event: str) -> list[dict[str, object]]:
         return [data for name, data in self.events if name == event]

@@ -246,3 +246,44 @@ async def test_an_uploaded_file_that_is_not_an_export_is_refused(
         assert not links(importer)
     finally:
         await importer.client.disconnect()
+
+
+async def test_an_edit_sent_while_editing_is_off_changes_and_removes_nothing(
+    server: AppServer,
+) -> None:
+    """Chainlit's `edit_message` event rewrites a message and deletes every step after it,
+    whether or not the operator turned editing on; with it off the app ignores the event."""
+    tab = SocketUser(server.base)
+    await tab.connect()
+    try:
+
+        async def answered(text: str, **settings: object) -> dict[str, object]:
+            ended = len(tab.named("task_end"))
+            message = await tab.say(text, **settings)
+            await tab.wait_for(lambda: len(tab.named("task_end")) > ended and replies(tab))
+            return message
+
+        first = await answered("Say hi.", max_tokens=4, temperature=0.0)
+        await answered("Say bye.")
+        edited = {**first, "output": "Say something else."}
+        await tab.client.emit("edit_message", {"message": edited})
+        await tab.client.emit("edit_message", {"message": {**edited, "id": "not-a-message"}})
+        await answered("Still here?")  # the socket goes on
+        assert len(replies(tab)) == 3
+    finally:
+        await tab.client.disconnect()
+    with sqlite3.connect(server.data_dir / "chatllm.db") as raw:
+        asked = [
+            text
+            for (text,) in raw.execute(
+                "SELECT output FROM steps WHERE thread_id = ? AND type = 'user_message'"
+                " ORDER BY seq",
+                (tab.thread_id,),
+            )
+        ]
+        (answers,) = raw.execute(
+            "SELECT count(*) FROM steps WHERE thread_id = ? AND type = 'assistant_message'",
+            (tab.thread_id,),
+        ).fetchone()
+    assert asked == ["Say hi.", "Say bye.", "Still here?"]
+    assert answers == 3
