@@ -14,6 +14,7 @@ from chatllm.backends.local import LocalBackend  # noqa: E402
 from chatllm.chat import ChatApp  # noqa: E402
 from chatllm.config import Settings, embedded_model_path  # noqa: E402
 from chatllm.store import ChatDataLayer, Database, FileStore  # noqa: E402
+from tests.postgres import PostgresServer  # noqa: E402
 from tests.support import Endpoint, WireTap  # noqa: E402
 
 
@@ -67,9 +68,32 @@ async def app(settings: Settings) -> ChatApp:
     return chat
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server on loopback, for the whole run; each test that asks for
+    one gets a database of its own (`database_url`)."""
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+#: Run a test on SQLite only (it is about SQLite's file, locks or URIs).
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database: an SQLite file in the test's temp dir, or a new database on the
+    test PostgreSQL server. Each test asking for it (or for `store`) runs on both."""
+    if request.param == "sqlite":
+        return url(tmp_path / "chatllm.db")
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.new_database()
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[ChatDataLayer]:
-    db = Database(url(tmp_path / "chatllm.db"))
+async def store(database_url: str, tmp_path: Path) -> AsyncIterator[ChatDataLayer]:
+    db = Database(database_url)
     await db.migrate()
     layer = ChatDataLayer(db, FileStore(tmp_path / "files"))
     yield layer

@@ -14,12 +14,13 @@ import pytest
 from chainlit.element import CustomElement, Text
 from chainlit.types import Feedback, Pagination, ThreadFilter
 from chainlit.user import PersistedUser, User
+from sqlalchemy import text as sql_text
 
 from chatllm.store import ChatDataLayer, Database, FileStore, ThreadAccessDenied
 from chatllm.store import migrations as migrations_module
 from chatllm.store.migrations import MIGRATIONS
 from chatllm.store.search import message_rowid
-from tests.conftest import url
+from tests.conftest import sqlite_only, url
 from tests.support import BrowserTab
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +38,10 @@ async def bob(store: ChatDataLayer) -> PersistedUser:
     user = await store.create_user(User(identifier="bob"))
     assert user is not None
     return user
+
+
+async def rows_in(store: ChatDataLayer, table: str) -> int:
+    return int(await store.db.value(f"SELECT count(*) FROM {table}"))
 
 
 def step(thread: str, step_id: str, kind: str, text: str, at: str, **extra: Any) -> Any:
@@ -97,6 +102,7 @@ async def test_an_older_database_is_brought_up_to_date_keeping_its_data(
     await layer.close()
 
 
+@sqlite_only
 async def test_the_database_file_is_readable_by_its_owner_only(
     store: ChatDataLayer, ada: PersistedUser, tmp_path: Path
 ) -> None:
@@ -105,6 +111,7 @@ async def test_the_database_file_is_readable_by_its_owner_only(
         assert file.stat().st_mode & 0o777 == 0o600, file
 
 
+@sqlite_only
 async def test_connections_use_wal_foreign_keys_and_a_busy_timeout(store: ChatDataLayer) -> None:
     from sqlalchemy import text
 
@@ -114,6 +121,7 @@ async def test_connections_use_wal_foreign_keys_and_a_busy_timeout(store: ChatDa
         assert await conn.scalar(text("PRAGMA busy_timeout")) >= 5000
 
 
+@sqlite_only
 async def test_a_read_that_turns_into_a_write_waits_instead_of_failing(
     store: ChatDataLayer, ada: PersistedUser, tmp_path: Path
 ) -> None:
@@ -321,13 +329,10 @@ async def test_deleting_a_thread_takes_its_steps_feedback_elements_and_files(
     await store.delete_thread("t1")
     assert await store.get_thread("t1") is None
     assert not [p for p in (tmp_path / "files").rglob("*") if p.is_file()]
-    with sqlite3.connect(tmp_path / "chatllm.db") as raw:
-        for table in ("steps", "feedbacks", "elements"):
-            (count,) = raw.execute(f"SELECT count(*) FROM {table}").fetchone()
-            expected = 2 if table == "steps" else 0
-            assert count == expected, table
-        (indexed,) = raw.execute("SELECT count(*) FROM search").fetchone()
-        assert indexed == 3  # t2's name and two messages
+    for table in ("steps", "feedbacks", "elements"):
+        expected = 2 if table == "steps" else 0
+        assert await rows_in(store, table) == expected, table
+    assert await rows_in(store, "search") == 3  # t2's name and two messages
     assert await store.get_thread("t2") is not None
 
 
@@ -373,12 +378,19 @@ async def test_every_thread_is_reachable_page_by_page_past_a_thousand(
     # Chainlit's SQLAlchemy layer loads at most 1,000 threads and pages in Python; here the
     # 1,001st and later are there too. Seeded in bulk; the data layer reads them.
     total = 1_050
-    with sqlite3.connect(tmp_path / "chatllm.db") as raw:
-        raw.executemany(
-            "INSERT INTO threads (id, user_id, name, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?)",
+    async with store.db.write() as conn:
+        await conn.execute(
+            sql_text(
+                "INSERT INTO threads (id, user_id, name, created_at, updated_at)"
+                " VALUES (:id, :user, :name, '2026-01-01Z', :at)"
+            ),
             [
-                (f"t{n:04d}", ada.id, f"thread {n}", "2026-01-01Z", f"2026-01-01T{n:08d}Z")
+                {
+                    "id": f"t{n:04d}",
+                    "user": ada.id,
+                    "name": f"thread {n}",
+                    "at": f"2026-01-01T{n:08d}Z",
+                }
                 for n in range(total)
             ],
         )
@@ -502,6 +514,7 @@ async def test_a_session_cannot_write_into_another_users_thread(
 # ---- nothing lost, nothing secret
 
 
+@sqlite_only
 async def test_a_write_that_fails_raises_and_is_logged(
     store: ChatDataLayer, ada: PersistedUser, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -519,6 +532,7 @@ async def test_a_write_that_fails_raises_and_is_logged(
     await layer.close()
 
 
+@sqlite_only
 async def test_credentials_in_session_metadata_never_reach_the_file(
     store: ChatDataLayer, ada: PersistedUser, tmp_path: Path
 ) -> None:
@@ -540,8 +554,8 @@ async def test_credentials_in_session_metadata_never_reach_the_file(
         assert b"sk-live-123456" not in data and b"tok-abcdef" not in data, file
 
 
-async def test_a_new_process_on_the_same_file_sees_the_thread(
-    store: ChatDataLayer, ada: PersistedUser, tmp_path: Path
+async def test_a_new_process_on_the_same_database_sees_the_thread(
+    store: ChatDataLayer, ada: PersistedUser, database_url: str, tmp_path: Path
 ) -> None:
     await chat(store, ada, "t1", "你好", "Hello!")
     await store.close()
@@ -549,7 +563,7 @@ async def test_a_new_process_on_the_same_file_sees_the_thread(
         "import asyncio, json, sys\n"
         "from chatllm.store import ChatDataLayer, Database, FileStore\n"
         "async def main():\n"
-        f"    layer = ChatDataLayer(Database({url(tmp_path / 'chatllm.db')!r}), FileStore({str(tmp_path)!r}))\n"  # noqa: E501
+        f"    layer = ChatDataLayer(Database({database_url!r}), FileStore({str(tmp_path)!r}))\n"
         "    thread = await layer.get_thread('t1')\n"
         "    print(json.dumps([(s['type'], s['output']) for s in thread['steps']]))\n"
         "    await layer.close()\n"
@@ -594,9 +608,7 @@ async def test_removing_a_user_removes_their_threads_search_rows_and_files(
         Pagination(first=10), ThreadFilter(userId=bob.id, search="lighthouse")
     )
     assert [t["id"] for t in page.data] == ["b1"]
-    with sqlite3.connect(tmp_path / "chatllm.db") as raw:
-        (indexed,) = raw.execute("SELECT count(*) FROM search").fetchone()
-    assert indexed == 3  # bob's thread name and two messages
+    assert await rows_in(store, "search") == 3  # bob's thread name and two messages
 
 
 async def test_concurrent_writes_to_a_new_thread_all_land(store: ChatDataLayer) -> None:

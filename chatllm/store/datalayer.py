@@ -1,4 +1,4 @@
-"""Chainlit's data layer on SQLite: users, threads, steps, feedback, elements, search.
+"""Chainlit's data layer on SQLite or PostgreSQL: users, threads, steps, feedback, elements, search.
 
 Unlike Chainlit's own SQLAlchemy layer, a failed write raises (after being logged, since
 Chainlit fires many writes as tasks nobody awaits), the thread list is paged in SQL with a
@@ -40,9 +40,9 @@ from chatllm.store.files import FileStore
 from chatllm.store.search import (
     THREAD_SEQ_OF_ROW,
     index_text,
-    match_terms,
     message_rowid,
     name_rowid,
+    query_terms,
     thread_rowids,
 )
 
@@ -170,6 +170,10 @@ class ChatDataLayer(BaseDataLayer):
     async def upsert_feedback(self, feedback: Feedback) -> str:
         feedback_id = feedback.id or str(uuid.uuid4())
         async with self.db.write() as conn:
+            await conn.execute(  # the step's feedback changes one write at a time
+                text("SELECT 1 FROM steps WHERE id = :step" + self.db.dialect.for_update),
+                {"step": feedback.forId},
+            )
             # One feedback per step: a new thumb replaces the old one.
             await conn.execute(
                 text("DELETE FROM feedbacks WHERE step_id = :step AND id != :id"),
@@ -530,14 +534,14 @@ class ChatDataLayer(BaseDataLayer):
                 return PaginatedResponse(PageInfo(False, None, None), [])
             conditions.append("(t.updated_at, t.id) < (:after_time, :after_id)")
         if filters.search and filters.search.strip():  # blank means no search
-            terms = match_terms(filters.search)
+            terms = query_terms(filters.search)
             if not terms:
                 return PaginatedResponse(PageInfo(False, None, None), [])
             for n, term in enumerate(terms):
+                match, params[f"q{n}"] = self.db.dialect.match(term, f"q{n}")
                 conditions.append(
-                    f"t.seq IN (SELECT {THREAD_SEQ_OF_ROW} FROM search WHERE search MATCH :q{n})"
+                    f"t.seq IN (SELECT {THREAD_SEQ_OF_ROW} FROM search WHERE {match})"
                 )
-                params[f"q{n}"] = term
         if filters.feedback is not None:
             conditions.append(
                 "EXISTS (SELECT 1 FROM steps s JOIN feedbacks f ON f.step_id = s.id"
@@ -629,32 +633,19 @@ class ChatDataLayer(BaseDataLayer):
         tags: list[str] | None = None,
     ) -> None:
         async with self.db.write() as conn:
-            current = (
-                await conn.execute(
-                    text("SELECT seq, user_id, metadata FROM threads WHERE id = :id"),
-                    {"id": thread_id},
-                )
-            ).first()
+            current = await self._locked_thread(conn, thread_id)
             acting = user_id or _acting_user_id()
             if current is None and name is None and user_id is None and tags is None:
                 # Only metadata, for a thread that is not there: Chainlit saving a session
                 # whose thread was just deleted. Writing it would bring the thread back.
                 return
             if current is None:
-                stamp = utc_now()
-                seq = await conn.scalar(
-                    text(
-                        "INSERT INTO threads (id, user_id, name, metadata, tags, created_at,"
-                        " updated_at) VALUES (:id, :user, :name, '{}', '[]', :now, :now)"
-                        " RETURNING seq"
-                    ),
-                    {"id": thread_id, "user": acting, "name": None, "now": stamp},
-                )
-                owner = acting
-            else:
-                seq, owner = current.seq, current.user_id
-                if owner is not None and acting is not None and owner != acting:
-                    raise ThreadAccessDenied(f"thread {thread_id} belongs to another user")
+                await self._new_thread(conn, thread_id, acting)
+                current = await self._locked_thread(conn, thread_id)
+                assert current is not None
+            seq, owner = current.seq, current.user_id
+            if owner is not None and acting is not None and owner != acting:
+                raise ThreadAccessDenied(f"thread {thread_id} belongs to another user")
             changes: dict[str, Any] = {}
             if owner is None and acting is not None:
                 changes["user_id"] = acting
@@ -663,7 +654,7 @@ class ChatDataLayer(BaseDataLayer):
             if tags is not None:
                 changes["tags"] = json.dumps(tags, ensure_ascii=False)
             if metadata is not None:
-                merged = json.loads(current.metadata) if current is not None else {}
+                merged = json.loads(current.metadata)
                 merged = {k: v for k, v in merged.items() if k not in metadata}
                 merged.update({k: v for k, v in scrub(metadata).items() if v is not None})
                 changes["metadata"] = json.dumps(merged, ensure_ascii=False, default=str)
@@ -685,7 +676,7 @@ class ChatDataLayer(BaseDataLayer):
         rows = await self.db.rows(
             "SELECT s.*, NULL AS feedback_id FROM steps s"
             " JOIN threads t ON t.id = s.thread_id WHERE t.user_id = :user"
-            " AND json_extract(s.metadata, '$.favorite') = 1"
+            f" AND {self.db.dialect.json_flag('s.metadata', 'favorite')}"
             " ORDER BY s.created_at DESC",
             {"user": user_id},
         )
@@ -701,26 +692,47 @@ class ChatDataLayer(BaseDataLayer):
 
     async def _ensure_thread(self, conn: AsyncConnection, thread_id: str) -> int:
         """Create the thread if it is new (owned by the acting user); refuse another's.
-        Returns the thread's seq."""
-        owner = (
+        Returns the thread's seq. The thread's row stays locked until the write ends
+        (PostgreSQL), so writes to one thread take turns."""
+        thread = await self._locked_thread(conn, thread_id)
+        acting = _acting_user_id()
+        if thread is None:
+            return int(await self._new_thread(conn, thread_id, acting))
+        if thread.user_id is not None and acting is not None and thread.user_id != acting:
+            raise ThreadAccessDenied(f"thread {thread_id} belongs to another user")
+        return int(thread.seq)
+
+    async def _locked_thread(self, conn: AsyncConnection, thread_id: str) -> Row[Any] | None:
+        """The thread's seq, owner and metadata, its row locked for this write."""
+        return (
             await conn.execute(
-                text("SELECT seq, user_id FROM threads WHERE id = :id"), {"id": thread_id}
+                text(
+                    "SELECT seq, user_id, metadata FROM threads WHERE id = :id"
+                    + self.db.dialect.for_update
+                ),
+                {"id": thread_id},
             )
         ).first()
-        acting = _acting_user_id()
-        if owner is None:
-            stamp = utc_now()
-            seq = await conn.scalar(
-                text(
-                    "INSERT INTO threads (id, user_id, metadata, tags, created_at, updated_at)"
-                    " VALUES (:id, :user, '{}', '[]', :now, :now) RETURNING seq"
-                ),
-                {"id": thread_id, "user": acting, "now": stamp},
-            )
-            return int(seq)
-        if owner.user_id is not None and acting is not None and owner.user_id != acting:
-            raise ThreadAccessDenied(f"thread {thread_id} belongs to another user")
-        return int(owner.seq)
+
+    async def _new_thread(self, conn: AsyncConnection, thread_id: str, user: str | None) -> int:
+        """Insert an empty thread; its seq. Two first writes of one thread may race (two
+        workers, or Chainlit's tasks on PostgreSQL): the one that loses finds the row."""
+        stamp = utc_now()
+        seq = await conn.scalar(
+            text(
+                "INSERT INTO threads (id, user_id, metadata, tags, created_at, updated_at)"
+                " VALUES (:id, :user, '{}', '[]', :now, :now)"
+                " ON CONFLICT (id) DO NOTHING RETURNING seq"
+            ),
+            {"id": thread_id, "user": user, "now": stamp},
+        )
+        if seq is None:
+            thread = await self._locked_thread(conn, thread_id)
+            assert thread is not None  # it conflicted: it is there
+            if thread.user_id is not None and user is not None and thread.user_id != user:
+                raise ThreadAccessDenied(f"thread {thread_id} belongs to another user")
+            seq = thread.seq
+        return int(seq)
 
     async def _check_owner(self, conn: AsyncConnection, thread_id: str) -> None:
         acting = _acting_user_id()

@@ -1,6 +1,7 @@
-"""The SQLite database: engines, connection settings, transactions, migrations.
+"""The database: engines, transactions, one-statement helpers, migrations.
 
-SQLAlchemy Core over aiosqlite keeps the SQL portable to PostgreSQL (asyncpg) later.
+SQLAlchemy Core over aiosqlite (SQLite, the default) or asyncpg (PostgreSQL); what differs
+between them is in their dialect (chatllm.store.dialect).
 """
 
 from __future__ import annotations
@@ -8,18 +9,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Row, event, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy import Row, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from chatllm.clock import utc_now
 from chatllm.errors import ChatLLMError, StoreError
+from chatllm.store.dialect import Dialect, dialect_for
 from chatllm.store.migrations import MIGRATIONS
 
 log = logging.getLogger("chatllm.store")
@@ -27,60 +26,27 @@ log = logging.getLogger("chatllm.store")
 P = ParamSpec("P")
 R = TypeVar("R")
 
-BUSY_TIMEOUT_MS = 10_000
-
 
 class Database:
-    """One SQLite file, written through a single connection and read through others.
-
-    Writes begin with BEGIN IMMEDIATE, taking the write lock up front: a transaction that
-    starts as a read and later writes can fail at once with "database is locked" whatever
-    the busy timeout, one that asks for the lock first waits its turn instead. One writer
-    connection also serialises this process's writes without touching the lock.
-    """
+    """The store's database at `url`: SQLite or PostgreSQL, by the URL's scheme."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.path = _sqlite_path(url)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists() and make_url(url).query.get("mode") != "ro":
-            # Chats and password hashes: readable by the owner only. SQLite gives its
-            # -wal and -shm files the same permissions.
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-        self.writer = self._engine(immediate=True, poolclass=StaticPool)
-        self._writing = asyncio.Lock()
-        self.reader = self._engine(immediate=False, poolclass=None)
-
-    def _engine(self, *, immediate: bool, poolclass: Any) -> AsyncEngine:
-        options: dict[str, Any] = {}
-        if poolclass is not None:
-            options["poolclass"] = poolclass
-        engine = create_async_engine(self.url, **options)
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _configure(dbapi_connection: Any, _record: Any) -> None:
-            # The driver's own transaction handling is off; BEGIN is ours (below).
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-        @event.listens_for(engine.sync_engine, "begin")
-        def _begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-        return engine
+        self.dialect: Dialect = dialect_for(url)
+        self.writer, self.reader = self.dialect.engines(url)
+        self._writing = asyncio.Lock() if self.dialect.one_writer else None
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction holding the write lock; it commits on exit, rolls back and
-        re-raises on error. The writer is one shared connection, so this process's writers
-        take turns (Chainlit fires several writes at once as tasks)."""
-        async with self._writing, self.writer.begin() as conn:
-            yield conn
+        """A write transaction; it commits on exit, rolls back and re-raises on error.
+        On SQLite it holds the write lock, and this process's writers take turns on one
+        connection (Chainlit fires several writes at once as tasks)."""
+        if self._writing is None:
+            async with self.writer.begin() as conn:
+                yield conn
+        else:
+            async with self._writing, self.writer.begin() as conn:
+                yield conn
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -127,19 +93,20 @@ class Database:
             )
         for number, migration in enumerate(MIGRATIONS, start=1):
             async with self.write() as conn:
+                await self.dialect.before_migration(conn)
                 done = await conn.scalar(
                     text("SELECT 1 FROM schema_migrations WHERE number = :n"), {"n": number}
                 )
                 if done:
                     continue
-                for statement in migration.statements:
+                for statement in migration.for_dialect(self.dialect.name):
                     await conn.execute(text(statement))
                 await conn.execute(
                     text(
                         "INSERT INTO schema_migrations (number, name, applied_at)"
-                        " VALUES (:n, :name, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"
+                        " VALUES (:n, :name, :now)"
                     ),
-                    {"n": number, "name": migration.name},
+                    {"n": number, "name": migration.name, "now": utc_now()},
                 )
             log.info("Applied migration %d: %s", number, migration.name)
             applied_now.append(migration.name)
@@ -155,17 +122,6 @@ class Database:
     async def close(self) -> None:
         await self.writer.dispose()
         await self.reader.dispose()
-
-
-def _sqlite_path(url: str) -> Path:
-    parsed = make_url(url)
-    if not parsed.drivername.startswith("sqlite"):
-        raise ValueError(f"Only SQLite URLs are supported for now, not {parsed.drivername!r}")
-    database = parsed.database
-    if not database or database == ":memory:":
-        # Readers and the writer are separate connections; they must share a file.
-        raise ValueError("The database must be a file, e.g. sqlite+aiosqlite:///data/chatllm.db")
-    return Path(database.removeprefix("file:"))  # an SQLite URI (…?mode=ro&uri=true)
 
 
 def writes(

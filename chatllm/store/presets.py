@@ -22,7 +22,7 @@ class PresetRows:
         """The user's presets as (name, values), by name regardless of case."""
         rows = await self.db.rows(
             "SELECT name, preset_values FROM presets WHERE user_id = :user"
-            " ORDER BY name COLLATE NOCASE",
+            " ORDER BY lower(name), name",
             {"user": user_id},
         )
         return [(str(row.name), json.loads(row.preset_values)) for row in rows]
@@ -32,6 +32,10 @@ class PresetRows:
         """Save (or overwrite) the user's preset `name`; a new one only while the user has
         fewer than `most`."""
         async with self.db.write() as conn:
+            await conn.execute(  # one user's presets change one write at a time
+                text("SELECT 1 FROM users WHERE id = :user" + self.db.dialect.for_update),
+                {"user": user_id},
+            )
             count = await conn.scalar(
                 text("SELECT count(*) FROM presets WHERE user_id = :user AND name != :name"),
                 {"user": user_id, "name": name},

@@ -1,26 +1,55 @@
-"""Full-text search text and queries for SQLite FTS5, Chinese included.
+"""Full-text search: the text indexed and the terms a query asks for, Chinese included.
 
-FTS5's unicode61 tokenizer splits on spaces and punctuation; Chinese has neither between
-words, so a whole sentence would be one token and no word inside it could be found. The
-indexed text puts a space around every CJK character, making each one a token, and a
-query for a CJK word becomes the phrase of its characters, which matches them adjacent
-and in order. Latin-script words are matched by prefix.
+Both databases split the indexed text into words at spaces and punctuation (SQLite's
+FTS5 with its unicode61 tokenizer, PostgreSQL's `to_tsvector('simple', …)`); Chinese has
+neither between words, so a whole sentence would be one word and nothing inside it could
+be found. The indexed text is therefore prepared here, the same for both: every CJK
+character is a word of its own, Latin-script letters lose their accents and case, and
+anything that is not a letter or a digit becomes a space (so PostgreSQL's parser finds no
+URLs or file paths of its own to keep whole). A query's CJK word becomes the phrase of its
+characters, which matches them adjacent and in order; a Latin-script word matches by
+prefix. Each dialect writes a term in its own syntax (`Dialect.match`).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
+from dataclasses import dataclass
 
 from chatllm.i18n import CJK
 
 _CJK_CHAR = re.compile(f"([{CJK}])")
 _QUERY_TERM = re.compile(f"[{CJK}]+|[^\\s{CJK}]+")
-_WORD_CHARS = re.compile(r"\w+")
+_WORD_CHARS = re.compile(r"[^\W_]+")  # letters and digits: what both tokenizers keep
+
+#: Only this much of a message is indexed: PostgreSQL's tsvector holds at most 1 MB, and
+#: a message may be far longer (it is kept whole; the app refuses to send it on).
+MAX_INDEXED_CHARS = 200_000
+
+
+def _plain(char: str) -> str:
+    """A Latin, Greek or Cyrillic letter without its accents (as FTS5's remove_diacritics
+    does); any other character as it is (kana keep their voicing marks, Hangul its
+    syllables)."""
+    if not ("\u00c0" <= char < "\u0590" or "\u1e00" <= char <= "\u1eff"):
+        return char
+    return "".join(c for c in unicodedata.normalize("NFD", char) if not unicodedata.combining(c))
 
 
 def index_text(text: str) -> str:
-    """The text as stored in the search index."""
-    return _CJK_CHAR.sub(r" \1 ", text)
+    """The text as stored in the search index: its words, lower case, space-separated."""
+    spaced = _CJK_CHAR.sub(r" \1 ", text[:MAX_INDEXED_CHARS])
+    return " ".join(_WORD_CHARS.findall("".join(map(_plain, spaced)).lower()))
+
+
+@dataclass(frozen=True)
+class Term:
+    """One thing a query asks for: a word (matched by prefix when `prefix`), or the
+    characters of a CJK word, matched adjacent and in order."""
+
+    words: tuple[str, ...]
+    prefix: bool = False
 
 
 MAX_TERMS = 8
@@ -53,18 +82,18 @@ def thread_rowids(thread_seq: int) -> tuple[int, int]:
 THREAD_SEQ_OF_ROW = f"rowid >> {_STEP_BITS}"
 
 
-def match_terms(query: str) -> list[str]:
-    """One FTS5 MATCH expression per term of `query` (at most MAX_TERMS).
+def query_terms(query: str) -> list[Term]:
+    """The terms of `query` (at most MAX_TERMS), normalised as the index is.
 
     A thread matches when each term is found somewhere in it, not necessarily in one
     message: the caller intersects the terms' threads."""
-    clauses: list[str] = []
-    for term in _QUERY_TERM.findall(query):
-        if _CJK_CHAR.match(term):
-            chars = [c for c in term if _WORD_CHARS.fullmatch(c)]  # drop CJK punctuation
-            if chars:
-                clauses.append('"' + " ".join(chars) + '"')
+    terms: list[Term] = []
+    for part in _QUERY_TERM.findall(query):
+        words = index_text(part).split()
+        if not words:
+            continue  # punctuation only
+        if _CJK_CHAR.match(part):
+            terms.append(Term(tuple(words)))
         else:
-            for word in _WORD_CHARS.findall(term):
-                clauses.append(f'"{word}"*' if len(word) >= MIN_PREFIX else f'"{word}"')
-    return list(dict.fromkeys(clauses))[:MAX_TERMS]
+            terms += [Term((word,), prefix=len(word) >= MIN_PREFIX) for word in words]
+    return list(dict.fromkeys(terms))[:MAX_TERMS]

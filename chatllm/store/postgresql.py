@@ -1,0 +1,57 @@
+"""PostgreSQL (asyncpg): a pool of connections; the database orders concurrent writes.
+
+Writes run in READ COMMITTED transactions from any number of processes at once; where a
+write reads a row and then changes what depends on it (a thread's owner and metadata, a
+step's feedback, a user's presets) it locks that row first with SELECT … FOR UPDATE, so
+writers of one thread take turns while other threads' go on. Reads run in REPEATABLE READ
+transactions: one snapshot for the thread and its steps. Migrations hold an advisory lock,
+so workers starting together apply each one once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from chatllm.store.dialect import Dialect
+from chatllm.store.search import Term
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+#: The advisory lock migrations take (any fixed number, the same in every process).
+MIGRATION_LOCK = 0x636861746C6C6D  # "chatllm"
+
+#: Connections each process keeps; a busy app's writes and reads share them.
+POOL_SIZE = 10
+POOL_OVERFLOW = 20
+
+
+class PostgreSQL(Dialect):
+    name = "postgresql"
+    one_writer = False
+    for_update = " FOR UPDATE"
+
+    def engines(self, url: str) -> tuple[AsyncEngine, AsyncEngine]:
+        engine = create_async_engine(
+            url,
+            pool_size=POOL_SIZE,
+            max_overflow=POOL_OVERFLOW,
+            pool_pre_ping=True,  # a restarted server's dead connections are replaced
+            connect_args={"server_settings": {"application_name": "chatllm"}},
+        )
+        return engine, engine.execution_options(isolation_level="REPEATABLE READ")
+
+    def match(self, term: Term, param: str) -> tuple[str, str]:
+        # A tsquery: the words joined by "followed by", `:*` for a prefix. The words are
+        # letters and digits only (chatllm.store.search), so no quote can be inside.
+        query = " <-> ".join(f"'{word}'" for word in term.words)
+        return f"words @@ to_tsquery('simple', :{param})", query + (":*" if term.prefix else "")
+
+    def json_flag(self, column: str, key: str) -> str:
+        return f"({column})::jsonb @> '{{\"{key}\": true}}'::jsonb"
+
+    async def before_migration(self, conn: AsyncConnection) -> None:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
