@@ -36,6 +36,7 @@ from chatllm.receipts import Receipt, prompt_digest
 from chatllm.sampling import Sampling
 from chatllm.store import ChatDataLayer, Database, FileStore
 from chatllm.store.users import NoSuchUser
+from tests.conftest import sqlite_only
 from tests.support import BrowserTab
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -210,13 +211,12 @@ async def user(store: ChatDataLayer, identifier: str) -> PersistedUser:
     return created
 
 
-def thread_count(database: Path) -> list[int]:
+async def thread_count(store: ChatDataLayer) -> list[int]:
     """How many threads, steps and elements the database holds."""
-    with sqlite3.connect(database) as raw:
-        return [
-            int(raw.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
-            for table in ("threads", "steps", "elements")
-        ]
+    return [
+        int(await store.db.value(f"SELECT COUNT(*) FROM {table}"))
+        for table in ("threads", "steps", "elements")
+    ]
 
 
 async def load(store: ChatDataLayer, thread_id: str) -> ThreadDict:
@@ -384,10 +384,10 @@ async def test_an_import_for_an_unknown_user_writes_nothing(
 ) -> None:
     await conversation(store, await user(store, "ada"))
     document = await export.export_thread(store, "t1")
-    before = thread_count(tmp_path / "chatllm.db")
+    before = await thread_count(store)
     with pytest.raises(NoSuchUser, match="no user 'carol'"):
         await export.import_thread(store, document, "carol")
-    assert thread_count(tmp_path / "chatllm.db") == before
+    assert await thread_count(store) == before
 
 
 @pytest.mark.parametrize("table", ["steps", "elements"])
@@ -397,24 +397,34 @@ async def test_an_import_that_fails_halfway_leaves_no_thread_behind(
     await conversation(store, await user(store, "ada"))
     await user(store, "bob")
     document = await export.export_thread(store, "t1")
-    before = thread_count(tmp_path / "chatllm.db")
-    with sqlite3.connect(tmp_path / "chatllm.db") as raw:  # the disk fails on the second row
-        raw.execute(
-            f"CREATE TRIGGER refuse BEFORE INSERT ON {table} WHEN"
-            f" (SELECT count(*) FROM {table} WHERE thread_id = NEW.thread_id) >= 1"
+    before = await thread_count(store)
+    # The disk fails on the second row.
+    second_row = f"(SELECT count(*) FROM {table} WHERE thread_id = NEW.thread_id) >= 1"
+    if store.db.dialect.name == "sqlite":
+        await store.db.execute(
+            f"CREATE TRIGGER refuse BEFORE INSERT ON {table} WHEN {second_row}"
             " BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    else:
+        await store.db.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            f" IF {second_row} THEN RAISE EXCEPTION 'disk full'; END IF; RETURN NEW; END $$"
+        )
+        await store.db.execute(
+            f"CREATE TRIGGER refuse BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION refuse()"
         )
     with pytest.raises(StoreError, match=r"disk full.*nothing was kept"):
         await export.import_thread(store, document, "bob")
-    assert thread_count(tmp_path / "chatllm.db") == before
+    assert await thread_count(store) == before
 
 
+@sqlite_only
 async def test_an_import_the_database_will_not_take_keeps_nothing_and_says_why(
     store: ChatDataLayer, tmp_path: Path
 ) -> None:
     await conversation(store, await user(store, "ada"))
     document = await export.export_thread(store, "t1")
-    before = thread_count(tmp_path / "chatllm.db")
+    before = await thread_count(store)
     holder = sqlite3.connect(tmp_path / "chatllm.db", isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock throughout
     try:
@@ -423,7 +433,7 @@ async def test_an_import_the_database_will_not_take_keeps_nothing_and_says_why(
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    assert thread_count(tmp_path / "chatllm.db") == before
+    assert await thread_count(store) == before
 
 
 async def test_an_import_cancelled_while_it_writes_keeps_nothing_and_passes_the_cancel_on(
@@ -431,7 +441,7 @@ async def test_an_import_cancelled_while_it_writes_keeps_nothing_and_passes_the_
 ) -> None:
     await conversation(store, await user(store, "ada"))
     document = await export.export_thread(store, "t1")
-    before = thread_count(tmp_path / "chatllm.db")
+    before = await thread_count(store)
     importing = asyncio.create_task(export.import_thread(store, document, "ada"))
     loop = asyncio.get_running_loop()
 
@@ -445,7 +455,7 @@ async def test_an_import_cancelled_while_it_writes_keeps_nothing_and_passes_the_
             await importing
     finally:
         event.remove(store.db.writer.sync_engine, "before_cursor_execute", cancel_on_the_messages)
-    assert thread_count(tmp_path / "chatllm.db") == before
+    assert await thread_count(store) == before
 
 
 async def test_an_imported_thread_keeps_only_the_metadata_it_had_and_finished_messages(
@@ -566,7 +576,7 @@ async def test_a_bad_document_is_refused_naming_what_is_wrong_and_writes_nothing
     await user(store, "bob")
     with pytest.raises(InvalidDocument, match=says):
         await export.import_thread(store, broken(change), "bob")
-    assert thread_count(tmp_path / "chatllm.db") == [0, 0, 0]
+    assert await thread_count(store) == [0, 0, 0]
 
 
 async def test_the_unbroken_test_document_imports(store: ChatDataLayer) -> None:
