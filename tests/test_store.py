@@ -7,6 +7,7 @@ import logging
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from chatllm.store import ChatDataLayer, Database, FileStore, ThreadAccessDenied
 from chatllm.store import migrations as migrations_module
 from chatllm.store.migrations import MIGRATIONS
 from chatllm.store.search import message_rowid
-from tests.conftest import sqlite_only, url
+from tests.conftest import sqlite_only
 from tests.support import BrowserTab
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,8 +70,8 @@ async def chat(store: ChatDataLayer, user: PersistedUser, thread: str, *texts: s
 # ---- schema
 
 
-async def test_a_new_database_gets_every_migration_recorded_once(tmp_path: Path) -> None:
-    db = Database(url(tmp_path / "new.db"))
+async def test_a_new_database_gets_every_migration_recorded_once(database_url: str) -> None:
+    db = Database(database_url)
     assert await db.migrate() == [m.name for m in MIGRATIONS]
     assert await db.migrate() == []  # a restart applies nothing again
     assert await db.applied() == [(n, m.name) for n, m in enumerate(MIGRATIONS, start=1)]
@@ -78,18 +79,17 @@ async def test_a_new_database_gets_every_migration_recorded_once(tmp_path: Path)
 
 
 async def test_an_older_database_is_brought_up_to_date_keeping_its_data(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "old.db"
     monkeypatch.setattr(migrations_module, "MIGRATIONS", MIGRATIONS[:-1])
     from chatllm.store import db as db_module
 
     monkeypatch.setattr(db_module, "MIGRATIONS", MIGRATIONS[:-1])
-    old = Database(url(path))
+    old = Database(database_url)
     await old.migrate()
     await old.close()
     monkeypatch.setattr(db_module, "MIGRATIONS", MIGRATIONS)
-    db = Database(url(path))
+    db = Database(database_url)
     assert await db.migrate() == [MIGRATIONS[-1].name]
     layer = ChatDataLayer(db, FileStore(tmp_path / "files"))
     user = await layer.create_user(User(identifier="ada"))
@@ -100,6 +100,41 @@ async def test_an_older_database_is_brought_up_to_date_keeping_its_data(
         "hi there",
     ]
     await layer.close()
+
+
+async def test_workers_starting_together_apply_each_migration_once(database_url: str) -> None:
+    """Several app processes starting at the same moment on one new database: each
+    migration is applied by one of them, and none fails."""
+    script = (
+        "import asyncio, json, sys, time\n"
+        "from chatllm.store import Database\n"
+        "async def main():\n"
+        "    db = Database(sys.argv[1])\n"
+        "    time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all at once\n"
+        "    print(json.dumps(await db.migrate()))\n"
+        "    await db.close()\n"
+        "asyncio.run(main())\n"
+    )
+    at = time.time() + 6  # once every worker has loaded the app
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, database_url, str(at)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    applied: list[str] = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err
+        applied += json.loads(out)
+    assert sorted(applied) == sorted(m.name for m in MIGRATIONS)
+    db = Database(database_url)
+    assert await db.applied() == [(n, m.name) for n, m in enumerate(MIGRATIONS, start=1)]
+    await db.close()
 
 
 @sqlite_only
