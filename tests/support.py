@@ -32,6 +32,7 @@ from chainlit.session import WebsocketSession
 
 from chatllm.chat import ChatApp, ChatSession
 from chatllm.chat.session import KEY as SESSION_KEY
+from chatllm.store import Database
 
 
 def live_session() -> ChatSession:
@@ -551,3 +552,21 @@ class WireTap:
         self.released.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+async def refuse_inserts(db: Database, table: str, when: str = "TRUE") -> None:
+    """Make the database refuse new rows of `table` (where `when`, a condition on NEW) with
+    "disk full", as a failing disk would: a trigger, in each database's own language."""
+    if db.dialect.name == "sqlite":
+        await db.execute(
+            f"CREATE TRIGGER refuse BEFORE INSERT ON {table} WHEN {when}"
+            " BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    else:
+        await db.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            f" IF {when} THEN RAISE EXCEPTION 'disk full'; END IF; RETURN NEW; END $$"
+        )
+        await db.execute(
+            f"CREATE TRIGGER refuse BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )

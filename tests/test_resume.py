@@ -4,7 +4,6 @@ thread brings back its messages, the model's memory of them, and the sliders."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from chatllm.chat import ChatApp
 from chatllm.config import Settings
 from chatllm.receipts import prompt_digest
+from tests.conftest import sqlite_only
 from tests.support import (
     LONG_SETTINGS,
     LONG_STORY,
@@ -24,7 +24,7 @@ from tests.support import (
     WireTap,
     live_session,
     press_stop,
-    until,
+    refuse_inserts,
 )
 
 
@@ -35,10 +35,13 @@ async def close_tab(app: ChatApp, tab: BrowserTab) -> None:
 
 
 @pytest.fixture
-async def app(tmp_path: Path, endpoint: Endpoint, tap: WireTap) -> AsyncIterator[ChatApp]:
+async def app(
+    tmp_path: Path, database_url: str, endpoint: Endpoint, tap: WireTap
+) -> AsyncIterator[ChatApp]:
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None,
         data_dir=tmp_path,
+        database_url=database_url,
         openai_base_url=tap.base_url,
         openai_api_key=endpoint.api_key,
         openai_models=[endpoint.alias],
@@ -83,13 +86,12 @@ async def reopen(app: ChatApp, old: BrowserTab) -> BrowserTab:
     return tab
 
 
-def stored(app: ChatApp, thread_id: str) -> list[tuple[str, str]]:
-    with sqlite3.connect(app.settings.data_dir / "chatllm.db") as raw:
-        rows = raw.execute(
-            "SELECT type, output FROM steps WHERE thread_id = ? AND type LIKE '%message'"
-            " ORDER BY created_at, seq",
-            (thread_id,),
-        ).fetchall()
+async def stored(app: ChatApp, thread_id: str) -> list[tuple[str, str]]:
+    rows = await app.store.db.rows(
+        "SELECT type, output FROM steps WHERE thread_id = :id AND type LIKE '%message'"
+        " ORDER BY created_at, seq",
+        {"id": thread_id},
+    )
     return [(kind, text) for kind, text in rows]
 
 
@@ -98,15 +100,24 @@ async def test_the_users_message_is_stored_before_the_model_runs(
 ) -> None:
     tab = await new_chat(app, profile=ENDPOINT)
     seen_in_db: list[list[tuple[str, str]]] = []
-    tap.on_request = lambda _: seen_in_db.append(stored(app, tab.session.thread_id))
+    loop = asyncio.get_running_loop()
+
+    def read_now(_: object) -> None:  # in the tap's thread, while the app's loop waits
+        reading = asyncio.run_coroutine_threadsafe(stored(app, tab.session.thread_id), loop)
+        seen_in_db.append(reading.result(timeout=30))
+
+    tap.on_request = read_now
     await app.update_settings({"max_tokens": 6, "temperature": 0.0})
     await say(app, tab, "Is my message safe?")
     # What the database held when the request reached the model's server.
     assert seen_in_db[-1] == [("user_message", "Is my message safe?")]
     (reply,) = [m for m in tab.messages() if m["type"] == "assistant_message"]
     # Chainlit's own writes run as tasks: the reply is stored as well, soon after.
-    await until(lambda: len(stored(app, tab.session.thread_id)) == 2, what="the reply stored")
-    assert stored(app, tab.session.thread_id) == [
+    for _ in range(3000):
+        if len(await stored(app, tab.session.thread_id)) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert await stored(app, tab.session.thread_id) == [
         ("user_message", "Is my message safe?"),
         ("assistant_message", reply["output"]),
     ]
@@ -168,15 +179,11 @@ async def test_a_stopped_reply_is_kept_marked_and_remembered(app: ChatApp) -> No
 
 
 async def test_a_reply_whose_receipt_cannot_be_stored_is_remembered_and_the_user_told(
-    app: ChatApp, tmp_path: Path
+    app: ChatApp,
 ) -> None:
     tab = await new_chat(app, profile=ENDPOINT)
     await app.update_settings({"max_tokens": 6, "temperature": 0.0})
-    with sqlite3.connect(tmp_path / "chatllm.db") as raw:  # the disk refuses elements
-        raw.execute(
-            "CREATE TRIGGER refuse BEFORE INSERT ON elements"
-            " BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-        )
+    await refuse_inserts(app.store.db, "elements")  # the disk refuses elements
     await say(app, tab, "Name a colour.")
     (error,) = tab.errors()
     assert "Shown but not saved" in error and "could not be saved (disk full)" in error
@@ -187,6 +194,7 @@ async def test_a_reply_whose_receipt_cannot_be_stored_is_remembered_and_the_user
     assert history[1].text == reply["output"]
 
 
+@sqlite_only
 async def test_a_message_that_cannot_be_stored_is_not_answered(
     app: ChatApp, tap: WireTap, tmp_path: Path
 ) -> None:
@@ -202,6 +210,7 @@ async def test_a_message_that_cannot_be_stored_is_not_answered(
     assert "Not saved, so not sent to the model" in error and "could not be saved" in error
 
 
+@sqlite_only
 async def test_the_endpoint_key_and_session_secrets_never_reach_the_database(
     app: ChatApp, endpoint: Endpoint, tmp_path: Path
 ) -> None:

@@ -37,7 +37,7 @@ from chatllm.sampling import Sampling
 from chatllm.store import ChatDataLayer, Database, FileStore
 from chatllm.store.users import NoSuchUser
 from tests.conftest import sqlite_only
-from tests.support import BrowserTab
+from tests.support import BrowserTab, refuse_inserts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -400,19 +400,7 @@ async def test_an_import_that_fails_halfway_leaves_no_thread_behind(
     before = await thread_count(store)
     # The disk fails on the second row.
     second_row = f"(SELECT count(*) FROM {table} WHERE thread_id = NEW.thread_id) >= 1"
-    if store.db.dialect.name == "sqlite":
-        await store.db.execute(
-            f"CREATE TRIGGER refuse BEFORE INSERT ON {table} WHEN {second_row}"
-            " BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-        )
-    else:
-        await store.db.execute(
-            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
-            f" IF {second_row} THEN RAISE EXCEPTION 'disk full'; END IF; RETURN NEW; END $$"
-        )
-        await store.db.execute(
-            f"CREATE TRIGGER refuse BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION refuse()"
-        )
+    await refuse_inserts(store.db, table, second_row)
     with pytest.raises(StoreError, match=r"disk full.*nothing was kept"):
         await export.import_thread(store, document, "bob")
     assert await thread_count(store) == before
