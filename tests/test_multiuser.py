@@ -32,15 +32,28 @@ def add_user(settings: Settings, name: str, monkeypatch: pytest.MonkeyPatch) -> 
     assert cli(["users", "add", name, "--password-stdin"], settings=settings) == 0
 
 
-@pytest.fixture(scope="module")
-def server_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("multiuser")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server_settings(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    """The served app's settings: its data directory, and its database (SQLite there, or
+    a database of its own on the test PostgreSQL server). Every test below runs on both."""
+    data_dir = tmp_path_factory.mktemp(f"multiuser-{request.param}")
+    database_url = None
+    if request.param == "postgresql":
+        database_url = request.getfixturevalue("postgres").new_database()
+    return Settings(_env_file=None, data_dir=data_dir, database_url=database_url)  # type: ignore[call-arg]
 
 
 @pytest.fixture(scope="module")
-def seeded(server_dir: Path) -> dict[str, str]:
+def server_dir(server_settings: Settings) -> Path:
+    return server_settings.data_dir
+
+
+@pytest.fixture(scope="module")
+def seeded(server_settings: Settings, server_dir: Path) -> dict[str, str]:
     """Two users; Ada has a thread with messages and a stored file."""
-    settings = Settings(_env_file=None, data_dir=server_dir)  # type: ignore[call-arg]
+    settings = server_settings
     monkeypatch = pytest.MonkeyPatch()
     for name in PASSWORDS:
         add_user(settings, name, monkeypatch)
@@ -86,8 +99,11 @@ def seeded(server_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def server(server_dir: Path, seeded: dict[str, str]) -> Iterator[str]:
-    app = AppServer(server_dir).start()
+def server(server_settings: Settings, seeded: dict[str, str]) -> Iterator[str]:
+    env = {}
+    if server_settings.database_url:
+        env["CHATLLM_DATABASE_URL"] = server_settings.database_url
+    app = AppServer(server_settings.data_dir, env=env).start()
     yield app.base
     app.stop()
 
@@ -152,9 +168,9 @@ def test_another_user_gets_nothing_of_it_through_any_route(
 
 
 async def test_another_user_cannot_change_or_remove_her_feedback_or_elements(
-    server: str, seeded: dict[str, str], server_dir: Path
+    server: str, seeded: dict[str, str], server_settings: Settings, server_dir: Path
 ) -> None:
-    settings = Settings(_env_file=None, data_dir=server_dir)  # type: ignore[call-arg]
+    settings = server_settings
     layer = ChatDataLayer(Database(settings.database), FileStore(server_dir / "files"))
     bob_user = await layer.get_user("bob") or await layer.create_user(User(identifier="bob"))
     assert bob_user is not None
@@ -292,9 +308,11 @@ def test_the_auth_secret_is_generated_once_for_its_owner_only(
     assert os.environ[AUTH_SECRET_ENV] == "from-the-environment-" * 3
 
 
-def test_the_author_renames_and_deletes_her_own_threads(server: str, server_dir: Path) -> None:
+def test_the_author_renames_and_deletes_her_own_threads(
+    server: str, server_settings: Settings, server_dir: Path
+) -> None:
     async def seed() -> None:
-        settings = Settings(_env_file=None, data_dir=server_dir)  # type: ignore[call-arg]
+        settings = server_settings
         layer = ChatDataLayer(Database(settings.database), FileStore(server_dir / "files"))
         ada = await layer.get_user("ada")
         assert ada is not None
