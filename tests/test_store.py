@@ -671,3 +671,18 @@ async def test_a_deleted_thread_stays_deleted_when_its_session_is_saved(
     assert await store.get_thread("t1") is None
     page = await store.list_threads(Pagination(first=10), ThreadFilter(userId=ada.id))
     assert page.data == []
+
+
+async def test_a_message_far_longer_than_the_index_holds_is_stored_whole_and_found(
+    store: ChatDataLayer, ada: PersistedUser
+) -> None:
+    """PostgreSQL's tsvector holds at most 1 MB; a pasted 2,000,000-character message of
+    distinct words would not fit. It is stored whole, and found by its early words."""
+    words = " ".join(f"w{n:07d}" for n in range(250_000))  # 2,000,000 characters
+    await chat(store, ada, "long", "needle " + words)
+    thread = await store.get_thread("long")
+    assert thread is not None and thread["steps"][0]["output"] == "needle " + words
+    page = await store.list_threads(
+        Pagination(first=5), ThreadFilter(userId=ada.id, search="needle")
+    )
+    assert [t["id"] for t in page.data] == ["long"]
