@@ -9,9 +9,10 @@ PORT ?= 8000
 .PHONY: run test system-packages lint unit bench mutants clean
 
 # The browser tests drive Debian's Chromium (Playwright cannot download its own here);
-# the CJK fonts make their Chinese screenshots and the sweep's charts readable. Checked on
-# every `make test`, and installed when either is missing: the tests fail without them.
-SYSTEM_PACKAGES := chromium fonts-noto-cjk
+# the CJK fonts make their Chinese screenshots and the sweep's charts readable; the store
+# tests start their own PostgreSQL server from Debian's binaries. Checked on every
+# `make test`, and installed when one is missing: the tests fail without them.
+SYSTEM_PACKAGES := chromium fonts-noto-cjk postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(BIN)/python:
