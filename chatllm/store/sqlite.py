@@ -64,9 +64,11 @@ def _engine(url: str, *, immediate: bool, poolclass: Any) -> AsyncEngine:
         # The driver's own transaction handling is off; BEGIN is ours (below).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # The timeout first: switching a new file to WAL waits for the lock like any
+        # write (another process starting at the same moment may hold it).
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
