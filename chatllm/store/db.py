@@ -85,6 +85,9 @@ class Database:
         """Apply the migrations not yet recorded, each with its record in one transaction."""
         applied_now: list[str] = []
         async with self.write() as conn:
+            # Under the migrations' lock too: two PostgreSQL sessions creating one table
+            # at once collide even with IF NOT EXISTS.
+            await self.dialect.before_migration(conn)
             await conn.execute(
                 text(
                     "CREATE TABLE IF NOT EXISTS schema_migrations ("
