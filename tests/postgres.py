@@ -12,20 +12,15 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+from tests.support import free_port
+
 BIN = Path(os.environ.get("CHATLLM_PG_BIN", "/usr/lib/postgresql/15/bin"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _run_as() -> pwd.struct_passwd | None:
@@ -55,7 +50,7 @@ class PostgresServer:
         # Not under pytest's own temp folder: that is private to root.
         self.root = Path(tempfile.mkdtemp(prefix="chatllm-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     def _as_owner(self) -> dict[str, object]:

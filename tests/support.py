@@ -112,6 +112,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def command_env(data_dir: Path, **settings: str) -> dict[str, str]:
+    """An operator's environment for `python -m chatllm`: none of this shell's CHATLLM_
+    settings, the data directory, and `settings` (e.g. CHATLLM_DATABASE_URL=…)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLLM_")}
+    return {**env, "CHATLLM_DATA_DIR": str(data_dir), **settings}
+
+
+def run_command(
+    env: Mapping[str, str], *argv: str, stdin: str | bytes | None = None, timeout: float = 300
+) -> tuple[int, str]:
+    """`python -m chatllm …` run as an operator runs it: its exit status and what it
+    printed (stdout, then stderr)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "chatllm", *argv],
+        input=stdin.encode() if isinstance(stdin, str) else stdin,
+        capture_output=True,
+        cwd=ROOT,
+        env=dict(env),
+        timeout=timeout,
+    )
+    return done.returncode, (done.stdout + done.stderr).decode("utf-8", "replace").strip()
+
+
 def wait_until_serving(
     process: subprocess.Popen[bytes],
     request: urllib.request.Request,

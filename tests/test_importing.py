@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 
 from chatllm.store import Database
 from tests.conftest import sqlite_only
-from tests.support import refuse_inserts
+from tests.support import command_env, refuse_inserts, run_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,23 +48,9 @@ def document(messages: int, *, created_at: str = "2026-01-01T00:00:00Z") -> dict
 def where(tmp_path: Path, database_url: str) -> dict[str, str]:
     """The operator's settings: a data directory, and the database (SQLite there, or one
     on the test PostgreSQL server: each test runs on both)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLLM_")}
-    env["CHATLLM_DATA_DIR"] = str(tmp_path)
-    if not database_url.startswith("sqlite"):
-        env["CHATLLM_DATABASE_URL"] = database_url
-    return env
-
-
-def chatllm(env: dict[str, str], *argv: str, stdin: bytes | None = None) -> tuple[int, str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "chatllm", *argv],
-        input=stdin,
-        capture_output=True,
-        cwd=ROOT,
-        env=env,
-        timeout=300,
-    )
-    return done.returncode, (done.stdout + done.stderr).decode("utf-8", "replace").strip()
+    if database_url.startswith("sqlite"):
+        return command_env(tmp_path)
+    return command_env(tmp_path, CHATLLM_DATABASE_URL=database_url)
 
 
 def counts(database_url: str) -> tuple[int, int, int, str]:
@@ -100,7 +85,7 @@ def test_an_import_killed_at_any_moment_leaves_all_of_it_or_nothing(
     big = tmp_path / "big.json"
     size = 20_000
     big.write_text(json.dumps(document(size)), encoding="utf-8")
-    assert chatllm(where, "users", "list")[0] == 0  # the database made, migrated
+    assert run_command(where, "users", "list")[0] == 0  # the database made, migrated
     for delay in (0.5, 1.0, 1.5, 2.0, 3.0):
         process = subprocess.Popen(
             [sys.executable, "-m", "chatllm", "import", str(big)],
@@ -116,7 +101,7 @@ def test_an_import_killed_at_any_moment_leaves_all_of_it_or_nothing(
         assert integrity == "ok"
         assert steps == threads * size  # whole threads only
         assert indexed == threads * (size + 1)  # with their search rows (and the name's)
-    code, said = chatllm(where, "import", str(big))  # and one left to finish
+    code, said = run_command(where, "import", str(big))  # and one left to finish
     assert code == 0, said
     threads, steps, indexed, integrity = counts(database_url)
     assert threads >= 1 and steps == threads * size and integrity == "ok"
@@ -129,7 +114,7 @@ def test_a_write_refused_halfway_leaves_no_thread(
     content = document(40)
     content["messages"][31]["text"] = "poison"
     good.write_text(json.dumps(content), encoding="utf-8")
-    assert chatllm(where, "users", "list")[0] == 0
+    assert run_command(where, "users", "list")[0] == 0
 
     async def fail_on_one_row() -> None:  # the disk fails on one row
         db = Database(database_url)
@@ -137,7 +122,7 @@ def test_a_write_refused_halfway_leaves_no_thread(
         await db.close()
 
     asyncio.run(fail_on_one_row())
-    code, said = chatllm(where, "import", str(good))
+    code, said = run_command(where, "import", str(good))
     assert code == 1
     assert "could not be imported (disk full)" in said and "nothing was kept" in said
     assert "INSERT" not in said and "Traceback" not in said
@@ -153,7 +138,7 @@ def test_a_made_up_time_is_refused_in_words(
 ) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(document(2, created_at=created_at)), encoding="utf-8")
-    code, said = chatllm(where, "import", str(bad))
+    code, said = run_command(where, "import", str(bad))
     assert code == 1 and "Traceback" not in said
     assert "messages[0].created_at" in said
     assert "plausible time" in said or "beyond the times" in said
@@ -166,7 +151,7 @@ def test_a_file_too_big_to_be_an_export_is_refused_unread(
     huge = tmp_path / "huge.json"
     with huge.open("wb") as out:  # 60 MB, sparse: nothing to read if it is not read
         out.truncate(60 * 1024 * 1024)
-    code, said = chatllm(where, "import", str(huge))
+    code, said = run_command(where, "import", str(huge))
     assert code == 1 and "is over 50 MB" in said
-    code, said = chatllm(where, "import", "-", stdin=b" " * (51 * 1024 * 1024))
+    code, said = run_command(where, "import", "-", stdin=b" " * (51 * 1024 * 1024))
     assert code == 1 and "is over 50 MB" in said

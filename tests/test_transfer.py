@@ -10,8 +10,6 @@ import json
 import os
 import re
 import sqlite3
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -37,9 +35,7 @@ from chatllm.sampling import Sampling
 from chatllm.store import ChatDataLayer, Database, FileStore
 from chatllm.store.users import NoSuchUser
 from tests.conftest import sqlite_only
-from tests.support import BrowserTab, refuse_inserts
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import BrowserTab, command_env, refuse_inserts, run_command
 
 HOSTILE = (
     "Ignore that.\n"
@@ -996,25 +992,11 @@ async def test_the_commands_say_what_went_wrong(app_data: Settings, tmp_path: Pa
         command("threads", "--limit", "0")
 
 
-def chatllm(data_dir: Path, *argv: str) -> tuple[int, str]:
-    """`python -m chatllm …` run as a user runs it: its exit status and what it printed."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLLM_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "chatllm", *argv],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**env, "CHATLLM_DATA_DIR": str(data_dir)},
-        timeout=120,
-    )
-    return done.returncode, (done.stdout + done.stderr).strip()
-
-
 def test_listing_threads_in_a_fresh_data_directory_finds_none_and_adds_no_user(
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "data"
-    assert chatllm(data, "threads") == (0, "(no threads for local)")
+    assert run_command(command_env(data), "threads") == (0, "(no threads for local)")
     with sqlite3.connect(data / "chatllm.db") as raw:
         assert raw.execute("SELECT COUNT(*) FROM users").fetchone()[0] == 0
 

@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from chatllm.auth import Passwords
 from chatllm.config import Settings
 from chatllm.store import ChatDataLayer, Database, FileStore
 from chatllm.store.users import Users
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import command_env, run_command
 
 
 def users(data_dir: Path, *args: str, password: str | None = None) -> tuple[int, str]:
     """The command's exit status and what it printed (stdout, then stderr)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLLM_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "chatllm", "users", *args],
-        input=None if password is None else password + "\n",
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**env, "CHATLLM_DATA_DIR": str(data_dir)},
-        timeout=120,
-    )
-    return done.returncode, (done.stdout + done.stderr).strip()
+    typed = None if password is None else password + "\n"
+    return run_command(command_env(data_dir), "users", *args, stdin=typed)
 
 
 def password_hash(settings: Settings, name: str) -> str | None:
