@@ -8,6 +8,7 @@
     python -m chatllm export THREAD_ID      a thread as JSON or Markdown (--format md)
     python -m chatllm import FILE           an exported JSON file as a new thread
     python -m chatllm sweep PROMPT --grid temperature=0.2,0.8 ...   compare settings in bulk
+    python -m chatllm db copy --to URL  the whole store into another database (PostgreSQL)
 
 Adding the first user turns password login on (restart the app); with no users the app
 serves only on a loopback address, without a login.
@@ -177,6 +178,59 @@ async def _import(args: argparse.Namespace, settings: Settings) -> str:
     return f"Imported as thread {thread_id}: open /thread/{thread_id}"
 
 
+async def _db(args: argparse.Namespace, settings: Settings) -> str:
+    from chatllm.store import migrated
+    from chatllm.store.copy import CopyError, copy_store, shown, summary
+    from chatllm.store.sqlite import sqlite_path
+
+    source_url = args.source or settings.database
+    try:
+        if source_url.startswith("sqlite") and not sqlite_path(source_url).is_file():
+            raise CopyError(f"there is no database at {sqlite_path(source_url)}")
+    except ValueError as exc:
+        raise CopyError(str(exc)) from None
+
+    def report(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    report(f"Copying {shown(source_url)} to {shown(args.target)}")
+    async with migrated(source_url) as source, migrated(args.target) as target:
+        found = await copy_store(source, target, resume=args.resume, report=report)
+    return summary(found) + " Every table holds as many rows as the source's."
+
+
+def _register_db(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    db = commands.add_parser("db", help="move the store to another database")
+    actions = db.add_subparsers(dest="action", required=True)
+    copy = actions.add_parser(
+        "copy",
+        help="copy users, threads, messages, elements and presets to another database",
+        description="Copy every user, thread, message, feedback, element and preset to another"
+        " database (SQLite or PostgreSQL) and rebuild its search index. Stop the app first."
+        " Element files stay in the data directory's files folder.",
+    )
+    copy.add_argument(
+        "--from",
+        dest="source",
+        metavar="URL",
+        help="the database to copy (default: the app's, CHATLLM_DATABASE_URL or"
+        " DATA_DIR/chatllm.db)",
+    )
+    copy.add_argument(
+        "--to",
+        dest="target",
+        metavar="URL",
+        required=True,
+        help="where to, e.g. postgresql+asyncpg://chatllm@127.0.0.1/chatllm (it must be empty)",
+    )
+    copy.add_argument(
+        "--resume",
+        action="store_true",
+        help="the target holds an interrupted copy of this source: copy what is missing",
+    )
+    db.set_defaults(handler=_db)
+
+
 def _register_users(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     users = commands.add_parser("users", help="add, reset, remove or list login users")
     actions = users.add_subparsers(dest="action", required=True)
@@ -303,6 +357,7 @@ def parser() -> argparse.ArgumentParser:
     _register_users(commands)
     _register_threads(commands)
     _register_sweep(commands)
+    _register_db(commands)
     return root
 
 
