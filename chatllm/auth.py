@@ -177,14 +177,23 @@ def ensure_auth_secret(data_dir: Path) -> None:
         return
     path = data_dir / AUTH_SECRET_FILE
     data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        secret = path.read_text(encoding="utf-8").strip()
-        if len(secret) < 32:
-            raise ConfigError(f"The auth secret in {path} is too short; delete the file.") from None
-    else:
-        secret = secrets.token_urlsafe(48)
+    if not path.exists():
+        # Written whole under another name, then linked into place: workers starting
+        # together on one data directory all end up with the one secret that landed first,
+        # and none reads a file still being written.
+        partial = data_dir / f"{AUTH_SECRET_FILE}.{os.getpid()}.partial"
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(secret)
+            out.write(secrets.token_urlsafe(48))
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(partial, path)
+        except FileExistsError:
+            pass
+        finally:
+            partial.unlink()
+    secret = path.read_text(encoding="utf-8").strip()
+    if len(secret) < 32:
+        raise ConfigError(f"The auth secret in {path} is too short; delete the file.")
     os.environ[AUTH_SECRET_ENV] = secret

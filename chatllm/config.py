@@ -29,6 +29,11 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
+    local_backend: bool = Field(
+        default=True,
+        description="Run the local model (an engine process beside the app); false: offer "
+        "the endpoint's models only, so workers behind a load balancer share one model server.",
+    )
     model_path: Path | None = Field(
         default=None,
         description="GGUF file for the local backend; empty means the embedded SmolLM2-135M.",

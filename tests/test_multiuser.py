@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -306,6 +308,34 @@ def test_the_auth_secret_is_generated_once_for_its_owner_only(
     monkeypatch.setenv(AUTH_SECRET_ENV, "from-the-environment-" * 3)
     ensure_auth_secret(tmp_path)
     assert os.environ[AUTH_SECRET_ENV] == "from-the-environment-" * 3
+
+
+def test_workers_starting_together_on_one_data_directory_share_one_secret(
+    tmp_path: Path,
+) -> None:
+    """Workers behind a load balancer must sign and accept the same cookies."""
+    script = (
+        "import os, sys, time\n"
+        "from pathlib import Path\n"
+        "from chatllm.auth import AUTH_SECRET_ENV, ensure_auth_secret\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all at once\n"
+        "ensure_auth_secret(Path(sys.argv[1]))\n"
+        "print(os.environ[AUTH_SECRET_ENV])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CHAINLIT_AUTH_SECRET"}
+    at = str(time.time() + 3)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path), at],
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        for _ in range(8)
+    ]
+    secrets = {worker.communicate(timeout=60)[0].decode().strip() for worker in workers}
+    assert all(worker.returncode == 0 for worker in workers)
+    assert secrets == {(tmp_path / ".auth_secret").read_text()}
+    assert [p.name for p in tmp_path.iterdir()] == [".auth_secret"]  # no partial file left
 
 
 def test_the_author_renames_and_deletes_her_own_threads(

@@ -59,6 +59,13 @@ def test_a_malformed_setting_is_named(tmp_path: Path) -> None:
     assert "CHATLLM_N_CTX" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_worker_with_neither_the_local_model_nor_an_endpoint_is_refused(tmp_path: Path) -> None:
+    result = start_expecting_refusal(tmp_path, CHATLLM_LOCAL_BACKEND="false")
+    assert result.returncode == 2
+    assert "CHATLLM_LOCAL_BACKEND" in result.stderr and "CHATLLM_OPENAI_BASE_URL" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_serving_beyond_this_machine_without_users_is_refused(tmp_path: Path) -> None:
     result = start_expecting_refusal(tmp_path, "--host", "0.0.0.0")
     assert result.returncode == 2

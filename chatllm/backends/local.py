@@ -485,6 +485,10 @@ def start_local_engine(settings: Settings) -> EngineUnavailable | None:
 class LocalBackend(Backend):
     name = "local"
 
+    @classmethod
+    def enabled(cls, settings: Settings) -> bool:
+        return settings.local_backend
+
     @property
     def engine(self) -> LocalEngine:
         return local_engine(self.settings)

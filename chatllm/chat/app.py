@@ -53,7 +53,13 @@ class ChatApp:
     """The app's behaviour behind the Chainlit hooks, for one process."""
 
     def __init__(self, settings: Settings) -> None:
-        settings.resolve_model_path()  # a missing GGUF stops start-up, naming the setting
+        if settings.local_backend:
+            settings.resolve_model_path()  # a missing GGUF stops start-up, naming the setting
+        elif not settings.openai_base_url:
+            raise ConfigError(
+                "CHATLLM_LOCAL_BACKEND is off and CHATLLM_OPENAI_BASE_URL is empty: there is no"
+                " model to chat with. Set the endpoint's address, or turn the local model on."
+            )
         self.settings = settings
         self.backends = Backends(settings)
         files = FileStore(settings.data_dir / "files")
@@ -80,9 +86,10 @@ class ChatApp:
             app = cls(_settings_or_config_error())
             # Loaded and checked now: a file that is no model stops start-up; an engine that
             # fails its self-check leaves the local profile out, the endpoint's still offered.
-            failure = start_local_engine(app.settings)
-            if failure is not None:
-                log.error("%s", failure)
+            if app.settings.local_backend:
+                failure = start_local_engine(app.settings)
+                if failure is not None:
+                    log.error("%s", failure)
             asyncio.run(app.prepare(host))
         except ConfigError as exc:
             print(f"chatllm cannot start: {exc}", file=sys.stderr)
