@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 from collections.abc import Callable, Iterable
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
@@ -328,16 +329,20 @@ def session_files(data_dir: Path) -> Path:
 
     Chainlit keeps them in `.files` beside app.py and deletes that whole folder when its
     server stops: a second instance started in the same place, once stopped, took the
-    first one's uploads with it. Folders left by processes no longer running are removed."""
+    first one's uploads with it. Folders are named by host and process id; those this
+    host's processes left behind are removed (another machine's, on a shared data
+    directory, are its own to remove)."""
     import chainlit.config
     import chainlit.server
 
     root = data_dir / "session-files"
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    host = socket.gethostname()
     for folder in root.iterdir():
-        if folder.name.isdigit() and not _running(int(folder.name)):
+        name, _, pid = folder.name.rpartition("-")
+        if name == host and pid.isdigit() and not _running(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-    mine = root / str(os.getpid())
+    mine = root / f"{host}-{os.getpid()}"
     mine.mkdir(mode=0o700, exist_ok=True)
     chainlit.config.FILES_DIRECTORY = mine  # read by each session when it makes its folder
     chainlit.server.FILES_DIRECTORY = mine  # type: ignore[attr-defined]  # removed at stop

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -178,6 +179,33 @@ async def test_a_message_too_long_is_kept_and_the_user_told_the_socket_stays_ope
             )
         ]
     assert kept == [100_001, 2_000_000, len("Say hi.")]
+
+
+def test_session_folders_are_removed_only_for_this_hosts_ended_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers on several machines share one data directory: a folder whose process id is
+    not running here may belong to a live process of another machine."""
+    import chainlit.config
+    import chainlit.server
+
+    from chatllm.web import session_files
+
+    for module in (chainlit.config, chainlit.server):
+        monkeypatch.setattr(module, "FILES_DIRECTORY", Path(tmp_path / "unused"), raising=False)
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    host = socket.gethostname()
+    root = tmp_path / "session-files"
+    for name in (f"{host}-{ended.pid}", f"{host}-{os.getppid()}", f"elsewhere-{ended.pid}"):
+        (root / name).mkdir(parents=True)
+        (root / name / "upload").write_bytes(b"an upload")
+    mine = session_files(tmp_path)
+    assert mine == root / f"{host}-{os.getpid()}"
+    assert chainlit.config.FILES_DIRECTORY == mine
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        [f"elsewhere-{ended.pid}", f"{host}-{os.getppid()}", mine.name]
+    )
 
 
 async def test_a_second_instance_stopping_leaves_the_first_ones_uploads_alone(
