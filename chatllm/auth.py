@@ -14,8 +14,6 @@ import ipaddress
 import os
 import secrets
 import time
-from collections import deque
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 
@@ -70,61 +68,6 @@ def login_metadata() -> dict[str, str | int]:
 
 class LoginBusy(ChatLLMError):
     """Too many logins are being checked at once; the caller should try again shortly."""
-
-
-class LoginThrottle:
-    """Failed logins counted per account and per client address over a sliding window;
-    past the limit, logins are refused until the oldest failure leaves the window.
-
-    Counts live in this process: with several workers each counts its own (sticky
-    sessions send a client to one worker, so an address's count stays whole)."""
-
-    def __init__(
-        self,
-        account_limit: int,
-        address_limit: int,
-        window: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.limits = {"account": account_limit, "address": address_limit}
-        self.window = window
-        self.clock = clock
-        self._failures: dict[tuple[str, str], deque[float]] = {}
-
-    def _recent(self, key: tuple[str, str]) -> deque[float]:
-        failures = self._failures.get(key)
-        if failures is None:
-            return deque()
-        cutoff = self.clock() - self.window
-        while failures and failures[0] <= cutoff:
-            failures.popleft()
-        if not failures:
-            del self._failures[key]
-        return failures
-
-    def retry_after(self, account: str, address: str) -> float | None:
-        """Seconds until a login for `account` from `address` may be tried, or None."""
-        waits = []
-        for kind, value in (("account", account), ("address", address)):
-            failures = self._recent((kind, value))
-            if len(failures) >= self.limits[kind]:
-                waits.append(failures[-self.limits[kind]] + self.window - self.clock())
-        return max(waits) if waits else None
-
-    def attempt(self, account: str, address: str) -> None:
-        """Count a login as failed from the moment it is tried, so that a hundred sent at
-        once are counted as they arrive, not when their checks end; `succeeded` takes it
-        back."""
-        now = self.clock()
-        for key in (("account", account), ("address", address)):
-            self._failures.setdefault(key, deque()).append(now)
-
-    def succeeded(self, account: str, address: str) -> None:
-        """The right password: the account starts afresh; the address loses this try."""
-        self._failures.pop(("account", account), None)
-        tried = self._failures.get(("address", address))
-        if tried:
-            tried.pop()
 
 
 class Passwords:

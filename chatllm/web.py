@@ -33,9 +33,10 @@ from fastapi.security import OAuth2PasswordRequestForm
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chatllm.auth import LOGIN_ID, LOGIN_MS, LoginBusy, LoginThrottle, Passwords, is_loopback
+from chatllm.auth import LOGIN_ID, LOGIN_MS, LoginBusy, Passwords, is_loopback
 from chatllm.store import ChatDataLayer
 from chatllm.store.files import FileStore
+from chatllm.store.logins import LoginThrottle
 from chatllm.store.users import Users
 
 logger = logging.getLogger(__name__)
@@ -283,21 +284,20 @@ def sessions(users: Users, passwords: Passwords, throttle: LoginThrottle) -> API
     ) -> Any:
         account = form_data.username
         address = request.client.host if request.client else ""
-        wait = throttle.retry_after(account, address)
+        wait = await throttle.admit(account, address)  # counted as failed until it is not
         if wait is not None:
             raise HTTPException(
                 status_code=429,
                 detail="Too many failed logins; try again later.",
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
-        throttle.attempt(account, address)
         try:
             answer = await chainlit_server.login(request, response, form_data)
         except LoginBusy as exc:
             raise HTTPException(
                 status_code=429, detail=str(exc), headers={"Retry-After": "1"}
             ) from exc
-        throttle.succeeded(account, address)
+        await throttle.succeeded(account, address)
         return answer
 
     @router.post("/logout")

@@ -13,9 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chatllm.auth import LoginBusy, LoginThrottle, Passwords
+from chatllm.auth import LoginBusy, Passwords
 from chatllm.cli import main as cli
 from chatllm.config import Settings
+from chatllm.store import ChatDataLayer, Database
+from chatllm.store.logins import LoginThrottle
 from tests.support import AppServer, socket_connects
 
 PASSWORD = "a-good-password-1"
@@ -181,24 +183,40 @@ def test_a_hundred_guesses_at_once_are_counted_as_they_arrive(tmp_path: Path) ->
         app.stop()
 
 
-def test_the_throttle_counts_failures_in_a_sliding_window() -> None:
+async def test_the_throttle_counts_failures_in_a_sliding_window(store: ChatDataLayer) -> None:
     now = [1000.0]
-    throttle = LoginThrottle(account_limit=2, address_limit=4, window=60, clock=lambda: now[0])
-    throttle.attempt("ada", "10.0.0.1")
+    throttle = LoginThrottle(store.db, 2, 4, window=60, clock=lambda: now[0])
+    assert await throttle.admit("ada", "10.0.0.1") is None
     now[0] += 10
-    throttle.attempt("ada", "10.0.0.1")
-    assert throttle.retry_after("ada", "10.0.0.1") == pytest.approx(50)
-    assert throttle.retry_after("bob", "10.0.0.2") is None
+    assert await throttle.admit("ada", "10.0.0.1") is None
+    assert await throttle.admit("ada", "10.0.0.1") == pytest.approx(50)
+    assert await throttle.admit("bob", "10.0.0.2") is None
     now[0] += 50.5  # the first failure left the window
-    assert throttle.retry_after("ada", "10.0.0.1") is None
-    throttle.attempt("ada", "10.0.0.1")
-    throttle.succeeded("ada", "10.0.0.1")  # the right password: that try is taken back
-    assert throttle.retry_after("ada", "10.0.0.9") is None
-    throttle.attempt("bob", "10.0.0.1")
-    throttle.attempt("cyd", "10.0.0.1")
-    assert throttle.retry_after("dee", "10.0.0.1") is None  # three failures from it so far
-    throttle.attempt("cyd", "10.0.0.1")
-    assert throttle.retry_after("dee", "10.0.0.1") is not None  # four from this address
+    assert await throttle.admit("ada", "10.0.0.1") is None
+    await throttle.succeeded("ada", "10.0.0.1")  # the right password: that try is taken back
+    assert await throttle.admit("ada", "10.0.0.9") is None
+    assert await throttle.admit("cyd", "10.0.0.1") is None  # two in the window from it
+    assert await throttle.admit("dee", "10.0.0.1") is None  # three
+    assert await throttle.admit("eve", "10.0.0.1") is None  # four
+    assert await throttle.admit("fay", "10.0.0.1") is not None  # the address waits
+    typed = await store.db.rows("SELECT who FROM login_failures")
+    assert typed and not any("ada" in row.who or "10.0.0" in row.who for row in typed)
+
+
+async def test_workers_count_one_accounts_tries_together_even_at_once(
+    store: ChatDataLayer,
+) -> None:
+    """Two workers (each its own throttle and connections) and 60 tries at once for one
+    account: exactly the limit get through, however the tries are spread."""
+    other = Database(store.db.url)
+    try:
+        workers = [LoginThrottle(db, 7, 1000, window=300) for db in (store.db, other)]
+        waits = await asyncio.gather(
+            *(workers[n % 2].admit("ada", f"10.0.0.{n}") for n in range(60))
+        )
+        assert waits.count(None) == 7
+    finally:
+        await other.close()
 
 
 async def test_argon2_checks_run_one_at_a_time_and_a_flood_is_turned_away() -> None:

@@ -15,7 +15,6 @@ from pydantic import ValidationError
 from chatllm.auth import (
     LOCAL_USER,
     AuthMode,
-    LoginThrottle,
     Passwords,
     decide_mode,
     ensure_auth_secret,
@@ -32,6 +31,7 @@ from chatllm.errors import ChatLLMError, ConfigError, EngineUnavailable, describ
 from chatllm.i18n import t
 from chatllm.presets import Presets
 from chatllm.store import ChatDataLayer, Database, FileStore, migrated
+from chatllm.store.logins import LoginThrottle
 from chatllm.store.users import Users
 
 log = logging.getLogger("chatllm")
@@ -67,7 +67,10 @@ class ChatApp:
         self.users = Users(self.store.db, files)
         self.passwords = Passwords()
         self.throttle = LoginThrottle(
-            settings.login_attempts, settings.login_address_attempts, settings.login_window
+            self.store.db,
+            settings.login_attempts,
+            settings.login_address_attempts,
+            settings.login_window,
         )
         self.auth_mode = AuthMode.LOCAL
         self.presets = Presets(self.store.db)

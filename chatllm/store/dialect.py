@@ -44,6 +44,11 @@ class Dialect(ABC):
         """A condition: the JSON object in `column` has `key` set to true."""
 
     @abstractmethod
+    async def serialize(self, conn: AsyncConnection, names: list[str]) -> None:
+        """Make the rest of this write transaction take turns with every other write that
+        serializes on one of `names`, in any process (a count checked, then added to)."""
+
+    @abstractmethod
     async def before_migration(self, conn: AsyncConnection) -> None:
         """Called first in each migration's transaction (e.g. to take a lock, so that two
         processes starting at once do not apply one migration twice)."""

@@ -53,5 +53,13 @@ class PostgreSQL(Dialect):
     def json_flag(self, column: str, key: str) -> str:
         return f"({column})::jsonb @> '{{\"{key}\": true}}'::jsonb"
 
+    async def serialize(self, conn: AsyncConnection, names: list[str]) -> None:
+        # Transaction-level advisory locks on the names' hashes, always in one order (no
+        # two writers can wait for each other); released at commit or rollback.
+        for name in sorted(set(names)):
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": name}
+            )
+
     async def before_migration(self, conn: AsyncConnection) -> None:
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})

@@ -48,6 +48,9 @@ class SQLite(Dialect):
     def json_flag(self, column: str, key: str) -> str:
         return f"json_extract({column}, '$.{key}') = 1"
 
+    async def serialize(self, conn: AsyncConnection, names: list[str]) -> None:
+        """Nothing: every write transaction holds the whole file's write lock."""
+
     async def before_migration(self, conn: AsyncConnection) -> None:
         """Nothing: the transaction began with the file's write lock, which another
         process starting at the same moment waits for."""
