@@ -6,13 +6,17 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test system-packages lint unit bench mutants clean
+.PHONY: run test cluster system-packages lint unit bench mutants clean
 
 # The browser tests drive Debian's Chromium (Playwright cannot download its own here);
 # the CJK fonts make their Chinese screenshots and the sweep's charts readable; the store
-# tests start their own PostgreSQL server from Debian's binaries. Checked on every
-# `make test`, and installed when one is missing: the tests fail without them.
-SYSTEM_PACKAGES := chromium fonts-noto-cjk postgresql
+# tests start their own PostgreSQL server from Debian's binaries, and nginx in front of two
+# workers. Checked on every `make test`, and installed when one is missing: the tests fail
+# without them.
+SYSTEM_PACKAGES := chromium fonts-noto-cjk postgresql nginx-light
+# What `make cluster` runs besides the app.
+CLUSTER_PACKAGES := postgresql nginx-light
+WORKERS ?= 2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(BIN)/python:
@@ -68,6 +72,16 @@ run: $(VENV)/.app-installed
 	$(BIN)/chainlit run app.py --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.test-installed system-packages lint unit
+
+# PostgreSQL, the model server, $(WORKERS) app workers and nginx on $(PORT), all on this
+# machine's loopback (deploy/cluster.py); Ctrl-C stops them.
+$(VENV)/.cluster-installed: pyproject.toml constraints.txt $(LLAMA_STAMP) | $(BIN)/python
+	$(BIN)/pip install -c constraints.txt -e ".[cluster]"
+	touch $@ $(VENV)/.app-installed
+
+cluster: $(VENV)/.cluster-installed
+	@$(MAKE) --no-print-directory system-packages SYSTEM_PACKAGES="$(CLUSTER_PACKAGES)"
+	$(BIN)/python -m deploy.cluster --workers $(WORKERS) --port $(PORT)
 
 system-packages:
 	@installed=$$(dpkg-query -W -f='$${Status}\n' $(SYSTEM_PACKAGES) 2>/dev/null \

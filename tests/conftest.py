@@ -14,7 +14,7 @@ from chatllm.backends.local import LocalBackend  # noqa: E402
 from chatllm.chat import ChatApp  # noqa: E402
 from chatllm.config import Settings, embedded_model_path  # noqa: E402
 from chatllm.store import ChatDataLayer, Database, FileStore  # noqa: E402
-from tests.postgres import PostgresServer  # noqa: E402
+from deploy.postgres import PostgresServer  # noqa: E402
 from tests.support import Endpoint, WireTap  # noqa: E402
 
 

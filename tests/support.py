@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -347,8 +347,12 @@ async def socket_connects(base: str, headers: Mapping[str, str]) -> bool:
 class SocketUser:
     """A browser tab's socket.io conversation with the running app, in local mode."""
 
-    def __init__(self, base: str, thread_id: str | None = None) -> None:
+    def __init__(
+        self, base: str, thread_id: str | None = None, transports: Sequence[str] = ("websocket",)
+    ) -> None:
         self.base = base
+        #: ("websocket",), or a browser's ("polling", "websocket"): polls, then upgrades.
+        self.transports = list(transports)
         self.thread_id = thread_id or str(uuid.uuid4())
         self.events: list[tuple[str, dict[str, object]]] = []
         self.client = socketio.AsyncClient()
@@ -368,7 +372,7 @@ class SocketUser:
         await self.client.connect(
             self.base,
             socketio_path="/ws/socket.io",
-            transports=["websocket"],
+            transports=self.transports,
             headers={"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())},
             auth={
                 "clientType": "webapp",

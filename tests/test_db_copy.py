@@ -16,8 +16,8 @@ from chatllm.store import ChatDataLayer, Database, FileStore, copy
 from chatllm.store.copy import CopyError, copy_store
 from chatllm.store.presets import PresetRows
 from chatllm.store.users import Users
+from deploy.postgres import PostgresServer
 from tests.conftest import url
-from tests.postgres import PostgresServer
 from tests.support import BrowserTab, command_env, refuse_inserts, run_command
 
 THREADS = 7  # ada's; bob has one

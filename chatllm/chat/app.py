@@ -156,6 +156,15 @@ class ChatApp:
             default=default,
         )
 
+    async def _default_profile(self) -> ProfileSpec | None:
+        """The profile a chat that names none gets: the first one offered (the profile
+        menu's default), if the chat does not name one; the local model on a worker without
+        it would fail every reply."""
+        if cl.user_session.get("chat_profile"):
+            return None
+        specs, _ = await self.backends.profiles()
+        return specs[0] if specs else None
+
     # ---- a chat
 
     def _session(self) -> ChatSession:
@@ -163,7 +172,7 @@ class ChatApp:
 
     async def start(self) -> None:
         lang = current_lang()
-        session = ChatSession.new(self.settings)
+        session = ChatSession.new(self.settings, await self._default_profile())
         session.problems = self._problems.get(_identifier(cl.user_session.get("user")), [])
         set_session(session)
         await self.panel.send(session, lang)
@@ -178,7 +187,9 @@ class ChatApp:
     async def resume(self, thread: ThreadDict) -> None:
         """An old thread reopened: its memory, sliders and reply actions come back."""
         lang = current_lang()
-        session = set_session(ChatSession.from_thread(thread, self.settings))
+        session = set_session(
+            ChatSession.from_thread(thread, self.settings, await self._default_profile())
+        )
         # Without this the settings button is gone after a resume.
         await self.panel.send(session, lang)
         await send_commands(lang)

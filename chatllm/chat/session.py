@@ -51,19 +51,24 @@ class ChatSession:
     problems: list[ChatLLMError] = field(default_factory=list)
 
     @classmethod
-    def new(cls, settings: Settings) -> ChatSession:
-        """A new chat's session: the default sliders, this chat's profile."""
-        return cls(Sampling(system_prompt=settings.system_prompt), current_profile(settings))
+    def new(cls, settings: Settings, default: ProfileSpec | None = None) -> ChatSession:
+        """A new chat's session: the default sliders, this chat's profile (or `default`
+        when the chat names none)."""
+        return cls(
+            Sampling(system_prompt=settings.system_prompt), current_profile(settings, default)
+        )
 
     @classmethod
-    def from_thread(cls, thread: ThreadDict, settings: Settings) -> ChatSession:
+    def from_thread(
+        cls, thread: ThreadDict, settings: Settings, default: ProfileSpec | None = None
+    ) -> ChatSession:
         """The session a resumed thread left: its sliders (the defaults where a stored
         value no longer validates), preset, comparison sets, chosen replies and memory."""
         metadata = thread.get("metadata") or {}
         saved = dict(metadata.get("chat_settings") or {})
         chosen = dict(metadata.get(CHOSEN_REPLIES) or {})
         compare_with = saved.get("compare_with")
-        defaults = cls.new(settings)
+        defaults = cls.new(settings, default)
         return cls(
             sampling=defaults.sampling.restore(
                 {k: v for k, v in saved.items() if k in Sampling.model_fields}
@@ -132,9 +137,10 @@ async def show_error(exc: BaseException, lang: str) -> None:
     await cl.ErrorMessage(content=describe(exc, lang), author="chatllm").send()
 
 
-def current_profile(settings: Settings) -> ProfileSpec:
-    """The chat profile (backend and model) this chat was started with."""
+def current_profile(settings: Settings, default: ProfileSpec | None = None) -> ProfileSpec:
+    """The chat profile (backend and model) this chat was started with; when it names
+    none (a client that sends no profile), `default`, else the local model."""
     name = cl.user_session.get("chat_profile")
     if name:
         return ProfileSpec.parse(name)
-    return ProfileSpec("local", settings.local_model_name)
+    return default or ProfileSpec("local", settings.local_model_name)

@@ -1,10 +1,11 @@
-"""A real PostgreSQL server for the tests, started in a temporary directory on loopback.
+"""A PostgreSQL server of its own on loopback: for `make cluster` and for the tests.
 
-Debian's PostgreSQL binaries (`make test` installs the `postgresql` package when they are
-missing) run as the user running the tests — or, under root, which PostgreSQL refuses, as
-the `postgres` system user (else `nobody`). The server listens on 127.0.0.1 only, on a
-free port, with no Unix socket, and trusts loopback connections: it holds test data only.
-It is tuned for tests, not for keeping data (no fsync).
+Debian's PostgreSQL binaries (`make test` and `make cluster` install the `postgresql`
+package when they are missing) run as the user running this — or, under root, which
+PostgreSQL refuses, as the `postgres` system user (else `nobody`). The server listens on
+127.0.0.1 only, with no Unix socket, and trusts loopback connections (any local user may
+connect as any role): for trying things on one machine, not for a shared host. A
+temporary server (the tests') is tuned for speed, not for keeping data (no fsync).
 """
 
 from __future__ import annotations
@@ -12,15 +13,21 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
-
-from tests.support import free_port
+from typing import Any
 
 BIN = Path(os.environ.get("CHATLLM_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _run_as() -> pwd.struct_passwd | None:
@@ -36,55 +43,66 @@ def _run_as() -> pwd.struct_passwd | None:
 
 
 class PostgresServer:
-    """`initdb` and `postgres` in a temporary directory, on 127.0.0.1:`port`."""
+    """`initdb` (once) and `postgres` in `root`, on 127.0.0.1:`port`.
+
+    Without `root`, a temporary directory (under /tmp: pytest's own temp folder is private
+    to root) removed at stop, and a server that does not sync to disk."""
 
     USER = "chatllm"
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path | None = None, port: int | None = None) -> None:
         if not (BIN / "postgres").exists():
             raise RuntimeError(
                 f"PostgreSQL is not installed ({BIN / 'postgres'} is missing): "
-                "`make test` installs Debian's postgresql package"
+                "`make test` and `make cluster` install Debian's postgresql package"
             )
         self.user = _run_as()
-        # Not under pytest's own temp folder: that is private to root.
-        self.root = Path(tempfile.mkdtemp(prefix="chatllm-pg-"))
+        self.temporary = root is None
+        self.root = Path(tempfile.mkdtemp(prefix="chatllm-pg-")) if root is None else root
         self.data = self.root / "data"
-        self.port = free_port()
+        self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
-    def _as_owner(self) -> dict[str, object]:
+    def _as_owner(self) -> dict[str, Any]:
         if self.user is None:
             return {}
         return {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
 
     def start(self) -> PostgresServer:
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.user is not None:
             os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
-        subprocess.run(
-            [
-                str(BIN / "initdb"),
-                *("-D", str(self.data), "-U", self.USER, "--auth=trust"),
-                *("-E", "UTF8", "--locale=C.UTF-8", "--no-sync"),
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            cwd=self.root,
-            **self._as_owner(),  # type: ignore[arg-type]
-        )
+        if not (self.data / "PG_VERSION").exists():
+            subprocess.run(
+                [
+                    str(BIN / "initdb"),
+                    *("-D", str(self.data), "-U", self.USER, "--auth=trust"),
+                    *("-E", "UTF8", "--locale=C.UTF-8"),
+                    *(["--no-sync"] if self.temporary else []),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                cwd=self.root,
+                **self._as_owner(),
+            )
+        fast = ["fsync=off", "synchronous_commit=off", "full_page_writes=off"]
+        settings = [
+            "listen_addresses=127.0.0.1",
+            "unix_socket_directories=",
+            "max_connections=300",
+            *(fast if self.temporary else []),
+        ]
         log = (self.root / "server.log").open("ab")
         self.process = subprocess.Popen(
             [
                 str(BIN / "postgres"),
                 *("-D", str(self.data), "-p", str(self.port)),
-                *("-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="),
-                *("-c", "fsync=off", "-c", "synchronous_commit=off"),
-                *("-c", "full_page_writes=off", "-c", "max_connections=300"),
+                *(part for setting in settings for part in ("-c", setting)),
             ],
             stdout=log,
             stderr=log,
             cwd=self.root,
-            **self._as_owner(),  # type: ignore[arg-type]
+            **self._as_owner(),
         )
         log.close()
         for _ in range(600):  # up to a minute
@@ -121,10 +139,16 @@ class PostgresServer:
             raise RuntimeError(f"psql: {done.stderr.strip()}")
         return done.stdout
 
-    def new_database(self) -> str:
-        """A new empty database; its asyncpg URL."""
-        name = f"t_{uuid.uuid4().hex[:16]}"
+    def new_database(self, name: str | None = None) -> str:
+        """A new empty database (named `name`, or a new name); its asyncpg URL."""
+        name = name or f"t_{uuid.uuid4().hex[:16]}"
         self.psql(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def database(self, name: str) -> str:
+        """The asyncpg URL of the database `name`, created if it is not there yet."""
+        if not self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'").strip():
+            return self.new_database(name)
         return self.url(name)
 
     def stop(self) -> None:
@@ -135,4 +159,5 @@ class PostgresServer:
             except subprocess.TimeoutExpired:
                 self.process.send_signal(2)  # SIGINT: fast shutdown
                 self.process.wait(timeout=30)
-        shutil.rmtree(self.root, ignore_errors=True)
+        if self.temporary:
+            shutil.rmtree(self.root, ignore_errors=True)
