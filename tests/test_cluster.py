@@ -5,8 +5,13 @@ grows past one machine."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +21,27 @@ import pytest
 
 from deploy.cluster import Nginx
 from deploy.postgres import PostgresServer
-from tests.support import AppServer, Endpoint, SocketUser, children, command_env, run_command
+from tests.support import (
+    ROOT,
+    AppServer,
+    Endpoint,
+    SocketUser,
+    children,
+    command_env,
+    free_port,
+    run_command,
+)
 
 PASSWORD = "a-long-enough-password"
 #: A browser's order: long polling first, then the upgrade to a WebSocket.
 BROWSER_TRANSPORTS = ["polling", "websocket"]
+
+
+def descendants(pid: int) -> list[int]:
+    found = children(pid)
+    for child in list(found):
+        found += descendants(child) if Path(f"/proc/{child}").exists() else []
+    return found
 
 
 @dataclass
@@ -177,3 +198,43 @@ def test_failed_logins_on_one_worker_count_on_the_other(cluster: Cluster) -> Non
     assert login(first.base, "bob", "a-wrong-guess").status_code == 401
     locked = login(second.base, "bob")  # the limit is 3, counted across both
     assert locked.status_code == 429 and int(locked.headers["retry-after"]) > 0
+
+
+def test_make_cluster_starts_everything_on_loopback_and_stops_it_all(tmp_path: Path) -> None:
+    """`make cluster`'s script, as an operator runs it: one URL that serves the app, every
+    process gone after it is told to stop."""
+    root = Path(tempfile.mkdtemp(prefix="chatllm-make-cluster-"))
+    root.chmod(0o755)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATLLM_", "CHAINLIT_"))}
+    out = tmp_path / "cluster.out"
+    with out.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "deploy.cluster", "--workers", "1"),
+                *("--port", str(port), "--dir", str(root)),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        for _ in range(1200):  # up to two minutes
+            if "Ctrl-C stops everything" in out.read_text() or process.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert process.poll() is None, out.read_text()
+        started = descendants(process.pid)
+        assert len(started) >= 4  # PostgreSQL, the model server, a worker, nginx (and theirs)
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=30)
+        assert page.status_code == 200 and "chatllm_worker" in page.cookies
+        assert f"http://127.0.0.1:{port}" in out.read_text()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 0, out.read_text()
+        assert [pid for pid in started if Path(f"/proc/{pid}").exists()] == []
+        assert (root / "postgres" / "data" / "PG_VERSION").exists()  # the data is kept
+    finally:
+        if process.poll() is None:
+            process.kill()
+        shutil.rmtree(root, ignore_errors=True)

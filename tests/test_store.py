@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -349,6 +350,35 @@ async def test_deleting_a_step_removes_it_from_search(
         Pagination(first=5), ThreadFilter(userId=ada.id, search="zebras")
     )
     assert page.data == []
+
+
+async def test_a_removed_message_stays_removed_when_a_late_write_of_it_arrives(
+    store: ChatDataLayer, ada: PersistedUser
+) -> None:
+    """Chainlit writes a message in a task of its own, which can land after the app removed
+    that message (a command's, at once): the late write must not bring it back."""
+    await chat(store, ada, "t1", "hello", "hi")
+    command = step("t1", "t1-cmd", "user_message", "export", "2026-01-01T00:00:09.000000Z")
+    await store.delete_step("t1-cmd")  # removed before its own write arrived
+    await store.create_step(command)
+    await store.update_step({**command, "output": "export"})
+    thread = await store.get_thread("t1")
+    assert thread is not None
+    assert [s["id"] for s in thread["steps"]] == ["t1-0", "t1-1"]
+
+
+async def test_a_message_removed_while_its_write_is_in_flight_stays_removed(
+    store: ChatDataLayer, ada: PersistedUser
+) -> None:
+    """The app removes a command's message while Chainlit's own write of it may still be
+    running: the removal waits for that write, whichever reaches the database first."""
+    await chat(store, ada, "t1", "hello", "hi")
+    for n in range(20):
+        command = step("t1", f"t1-cmd{n}", "user_message", "export", f"2026-01-01T00:01:{n:02d}Z")
+        await asyncio.gather(store.create_step(command), store.delete_step(command["id"]))
+    thread = await store.get_thread("t1")
+    assert thread is not None
+    assert [s["id"] for s in thread["steps"]] == ["t1-0", "t1-1"]
 
 
 async def test_deleting_a_thread_takes_its_steps_feedback_elements_and_files(

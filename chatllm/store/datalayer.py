@@ -13,6 +13,8 @@ import json
 import logging
 import re
 import uuid
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
@@ -123,10 +125,29 @@ def _acting_user_id() -> str | None:
     return None
 
 
+#: Removed steps remembered per process (see `_removed`), the oldest forgotten first.
+REMEMBERED_REMOVALS = 10_000
+
+
 class ChatDataLayer(BaseDataLayer):
     def __init__(self, db: Database, files: FileStore) -> None:
         self.db = db
         self.files = files
+        #: Steps removed by this process: Chainlit writes a message in a task nobody awaits
+        #: (`Message._create`), which may reach the database after the message was removed
+        #: (a command's own message is, at once) and would bring it back. A removed id is
+        #: never written again, and a removal waits for a write of that step in flight.
+        self._removed: OrderedDict[str, None] = OrderedDict()
+        self._step_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def _step_lock(self, step_id: str) -> asyncio.Lock:
+        """The lock this process's writes of one step take turns on (gone once unused)."""
+        lock = self._step_locks.get(step_id)
+        if lock is None:
+            lock = self._step_locks[step_id] = asyncio.Lock()
+        return lock
 
     # ---- users
 
@@ -304,6 +325,11 @@ class ChatDataLayer(BaseDataLayer):
         thread_id = step.get("threadId")
         if not thread_id:
             raise ValueError(f"step {step.get('id')} has no thread")
+        async with self._step_lock(step["id"]):
+            if step["id"] not in self._removed:
+                await self._write_step(step, thread_id)
+
+    async def _write_step(self, step: StepDict, thread_id: str) -> None:
         async with self.db.write() as conn:
             thread_seq = await self._ensure_thread(conn, thread_id)
             row = (
@@ -349,7 +375,10 @@ class ChatDataLayer(BaseDataLayer):
     @until_first_message
     @writes("the message could not be removed")
     async def delete_step(self, step_id: str) -> None:
-        async with self.db.write() as conn:
+        self._removed[step_id] = None
+        while len(self._removed) > REMEMBERED_REMOVALS:
+            self._removed.popitem(last=False)
+        async with self._step_lock(step_id), self.db.write() as conn:
             row = (
                 await conn.execute(
                     text(
