@@ -33,6 +33,7 @@ from chainlit.session import WebsocketSession
 from chatllm.chat import ChatApp, ChatSession
 from chatllm.chat.session import KEY as SESSION_KEY
 from chatllm.store import Database
+from deploy.postgres import PostgresServer
 
 
 def live_session() -> ChatSession:
@@ -110,6 +111,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def database_files(
+    database_url: str, data_dir: Path, postgres: PostgresServer | None
+) -> list[Path]:
+    """Every file a database keeps its data in, to look for what must never be stored:
+    SQLite's file, its WAL and shared memory (in `data_dir`); or the PostgreSQL
+    database's own files and the server's write-ahead log, after a checkpoint."""
+    if postgres is None:
+        return list(data_dir.glob("chatllm.db*"))
+    name = database_url.rsplit("/", 1)[1]
+    postgres.psql("CHECKPOINT")  # what is only in memory now is written out
+    oid = postgres.psql(f"SELECT oid FROM pg_database WHERE datname = '{name}'").strip()
+    places = [postgres.data / "base" / oid, postgres.data / "pg_wal"]
+    return [f for place in places for f in place.rglob("*") if f.is_file()]
 
 
 def command_env(data_dir: Path, **settings: str) -> dict[str, str]:

@@ -22,6 +22,7 @@ from tests.support import (
     BrowserTab,
     Endpoint,
     WireTap,
+    database_files,
     live_session,
     press_stop,
     refuse_inserts,
@@ -210,9 +211,8 @@ async def test_a_message_that_cannot_be_stored_is_not_answered(
     assert "Not saved, so not sent to the model" in error and "could not be saved" in error
 
 
-@sqlite_only
 async def test_the_endpoint_key_and_session_secrets_never_reach_the_database(
-    app: ChatApp, endpoint: Endpoint, tmp_path: Path
+    app: ChatApp, endpoint: Endpoint, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     tab = await new_chat(app, profile=ENDPOINT)
     tab.session.user_env = {"OPENAI_API_KEY": "sk-user-env-secret"}
@@ -228,7 +228,11 @@ async def test_the_endpoint_key_and_session_secrets_never_reach_the_database(
     assert not [key for key in saved if key.startswith("chatllm.")]  # live state stays live
     assert saved["chat_settings"]["temperature"] == 0.7
     await app.store.close()
-    for file in tmp_path.glob("chatllm.db*"):
+    url = app.settings.database
+    postgres = request.getfixturevalue("postgres") if "postgresql" in url else None
+    files = database_files(url, tmp_path, postgres)
+    assert any(b"hello" in f.read_bytes() for f in files)  # the files that hold the chat
+    for file in files:
         data = file.read_bytes()
         assert b"sk-user-env-secret" not in data and b"sk-session-secret" not in data
         assert endpoint.api_key.encode() not in data  # the configured endpoint key
