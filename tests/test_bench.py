@@ -51,7 +51,21 @@ def test_the_thread_list_benchmark_compares_the_store_with_chainlits(tmp_path: P
     }
     assert set(figures["ratios"]) == {"page1", "page2", "open200", "search_en", "search_zh"}
     assert {run["measured"]["kind"] for run in figures["runs"]} == {"app", "chainlit"}
-    assert figures["targets"]
+    # The app's layer ran on PostgreSQL too, on the same data, and answered every call
+    # (pages, the 200-step thread, each search) with the same threads as on SQLite.
+    assert {(run["measured"]["kind"], run["measured"]["dialect"]) for run in figures["runs"]} == {
+        ("app", "sqlite"),
+        ("app", "postgresql"),
+        ("chainlit", "sqlite"),
+    }
+    same_on_postgresql = figures["postgresql_same_results"]["1000"]
+    assert {"page1", "page2", "page_mid", "search_en", "search_zh"} <= set(same_on_postgresql)
+    assert all(same_on_postgresql.values()), same_on_postgresql
+    for run in figures["runs"]:
+        if run["measured"]["kind"] == "app":
+            assert run["measured"]["counts"]["open200"] == 200
+            assert run["seed"]["threads"] == 1001 and run["seed"]["steps"] == 20_200
+    assert {label.split(":")[0] for label in figures["targets"]} == {"SQLite", "PostgreSQL"}
 
 
 def test_the_durability_check_kills_the_app_and_finds_every_acknowledged_message(
@@ -82,3 +96,35 @@ def test_the_durability_check_kills_the_app_and_finds_every_acknowledged_message
     assert layer["found"] == layer["acknowledged"] and layer["lost"] == 0
     assert layer["integrity"] == "ok"
     assert figures["parallel"]["answered"] == figures["parallel"]["chats"] == 2
+
+
+def test_the_load_benchmark_measures_users_on_one_worker_and_on_two_behind_nginx(
+    tmp_path: Path,
+) -> None:
+    """Two users, two short replies each, on SQLite and on two workers behind nginx: it
+    prints its table, every turn's tokens come back stamped, and every message and reply
+    is found stored once (how fast is for bench/ on a quiet machine)."""
+    out = tmp_path / "l.json"
+    done = subprocess.run(
+        [
+            *(sys.executable, str(ROOT / "bench" / "load.py"), "--setup", "sqlite1,pg2"),
+            *("--users", "2", "--messages", "2", "--tokens", "5", "--json", str(out)),
+        ],
+        cwd=ROOT,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    figures = json.loads(out.read_text("utf-8"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "+TTFT ms" in done.stdout and "verdict" in done.stdout
+    assert [(run["setup"], run["users"]) for run in figures["runs"]] == [
+        ("sqlite1", 2),
+        ("pg2", 2),
+    ]
+    for run in figures["runs"]:
+        assert run["turns"] == 4 and run["errors"] == 0 and run["stored_once"]
+        assert run["added_ttft_ms"]["p95"] is not None and run["token_added_ms"]["p95"] >= 0
+        assert run["writes"]["user_message"]["max"] >= 1 and run["writes"]["reply"]["max"] >= 1
+    # PostgreSQL's own counts, read once the workers have stopped.
+    assert figures["runs"][1]["tuple_writes"]["steps"]["ins"] > 0

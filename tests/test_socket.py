@@ -276,6 +276,45 @@ async def test_an_uploaded_file_that_is_not_an_export_is_refused(
         await importer.client.disconnect()
 
 
+async def test_a_chat_turn_writes_the_message_and_the_reply_once_each(server: AppServer) -> None:
+    """Chainlit writes each message in a task of its own; the app stores the user's message
+    (before the model runs) and the reply (with its receipt) itself, awaited — so each is
+    written once, not twice."""
+    with sqlite3.connect(server.data_dir / "chatllm.db") as raw:
+        raw.executescript(
+            "CREATE TABLE IF NOT EXISTS step_writes (step_id TEXT, op TEXT);"
+            "CREATE TRIGGER IF NOT EXISTS step_inserted AFTER INSERT ON steps"
+            " BEGIN INSERT INTO step_writes VALUES (NEW.id, 'insert'); END;"
+            "CREATE TRIGGER IF NOT EXISTS step_updated AFTER UPDATE ON steps"
+            " BEGIN INSERT INTO step_writes VALUES (NEW.id, 'update'); END;"
+        )
+    tab = SocketUser(server.base)
+    await tab.connect()
+    try:
+        await tab.wait_for(lambda: tab.named("task_end"))  # the chat's start has ended
+        ended = len(tab.named("task_end"))
+        asked = await tab.say("Say hi.", max_tokens=4, temperature=0.0)
+        await tab.wait_for(lambda: replies(tab) and len(tab.named("task_end")) > ended)
+        (reply,) = replies(tab)
+    finally:
+        await tab.client.disconnect()
+    with sqlite3.connect(server.data_dir / "chatllm.db") as raw:
+        # The turn has ended: every write the app waits for is in; Chainlit's own tasks
+        # (had they written these messages) were started before it.
+        writes = dict(
+            raw.execute(
+                "SELECT step_id, count(*) FROM step_writes WHERE step_id IN (?, ?)"
+                " GROUP BY step_id",
+                (asked["id"], reply["id"]),
+            ).fetchall()
+        )
+        receipts = raw.execute(
+            "SELECT count(*) FROM elements WHERE step_id = ?", (reply["id"],)
+        ).fetchone()
+    assert writes == {asked["id"]: 1, reply["id"]: 1}
+    assert receipts == (1,)
+
+
 async def test_an_edit_sent_while_editing_is_off_changes_and_removes_nothing(
     server: AppServer,
 ) -> None:

@@ -563,17 +563,28 @@ async def test_a_session_cannot_write_into_another_users_thread(
     tab.session.user = bob
     tab.session.has_first_interaction = True
     tab.enter()
-    with pytest.raises(ThreadAccessDenied):
-        await store.create_step(step("t1", "x", "user_message", "injected", "2026-03-01Z"))
+    with pytest.raises(ThreadAccessDenied):  # the app's write of a user's message
+        await store.save_message(step("t1", "x", "user_message", "injected", "2026-03-01Z"))
+    with pytest.raises(ThreadAccessDenied):  # Chainlit's own writes
+        await store.create_step(step("t1", "y", "assistant_message", "injected", "2026-03-01Z"))
     with pytest.raises(ThreadAccessDenied):
         await store.delete_step("t1-0")
     with pytest.raises(ThreadAccessDenied):
         await store.delete_thread("t1")
     with pytest.raises(ThreadAccessDenied):  # reusing a step id from another thread
-        await store.create_step(step("bobs", "t1-0", "user_message", "overwrite", "2026-03-01Z"))
+        await store.save_message(step("bobs", "t1-0", "user_message", "overwrite", "2026-03-01Z"))
     thread = await store.get_thread("t1")
     assert thread is not None
     assert [s["output"] for s in thread["steps"]] == ["mine", "yours"]
+    # bob's refused removal of ada's message leaves it hers to change
+    tab = BrowserTab()
+    tab.session.user = ada
+    tab.session.has_first_interaction = True
+    tab.enter()
+    await store.update_step(step("t1", "t1-0", "user_message", "mine, edited", "2026-03-01Z"))
+    thread = await store.get_thread("t1")
+    assert thread is not None
+    assert [s["output"] for s in thread["steps"]] == ["mine, edited", "yours"]
 
 
 # ---- nothing lost, nothing secret

@@ -15,7 +15,7 @@ import chainlit as cl
 
 from chatllm.backends import Backends
 from chatllm.chat.panel import Panel
-from chatllm.chat.replies import save_message, store_message
+from chatllm.chat.replies import save_message, send_and_save, store_message
 from chatllm.chat.session import ChatSession, current_lang, show_error
 from chatllm.compare import MAX_SETS, Column, SettingsSet, comparison_view, run_comparison
 from chatllm.errors import ChatLLMError, InvalidSampling, describe
@@ -143,8 +143,7 @@ class Commands:
         ready = cl.Message(
             content=t("export.ready", lang), author="chatllm", metadata={KIND: "export"}
         )
-        await ready.send()
-        await save_message(self.store, ready, *files)
+        await send_and_save(self.store, ready, *files)
 
     async def import_thread(self, message: cl.Message) -> None:
         """Ask for an exported JSON file and add it as a new thread."""

@@ -89,15 +89,22 @@ class QueueNotice:
             await message.remove()
 
 
+async def send_and_save(store: ChatDataLayer, message: cl.Message, *elements: Element) -> None:
+    """Show a message with `elements` under it, and store them once, awaited (Chainlit
+    would write the message again, in a task nobody awaits)."""
+    message.persisted = True
+    await message.send()
+    await save_message(store, message, *elements)
+
+
 async def save_message(store: ChatDataLayer, message: cl.Message, *elements: Element) -> None:
-    """Store a sent message and show `elements` under it, awaiting every write (the
-    elements are sent unpersisted: Chainlit's own writes are unawaited tasks). A failed
-    write is shown to the user."""
+    """Store a sent message and show `elements` under it, in one write the caller waits
+    for (the elements are sent unpersisted: Chainlit's own writes are unawaited tasks). A
+    failed write is shown to the user."""
     try:
-        await store.save_step(message.to_dict())
         for element in elements:
             await element.send(for_id=message.id, persist=False)
-            await store.create_element(element)
+        await store.save_message(message.to_dict(), elements=elements)
     except StoreError as exc:
         lang = current_lang()
         text = t("error.store.shown", lang, detail=str(exc))
@@ -110,8 +117,8 @@ async def store_message(store: ChatDataLayer, session: ChatSession, message: cl.
     """The user's words (and the session) safe on disk before the model runs; False, and
     the user told, if they could not be saved."""
     try:
-        await store.save_step(message.to_dict())
-        await save_session(store, session)
+        # One write: the message and the session (sliders, memory's choices) together.
+        await store.save_message(message.to_dict(), thread_metadata=session.metadata())
     except ChatLLMError as exc:
         await show_error(exc, current_lang())
         return False
@@ -168,8 +175,7 @@ class Replies:
                 receipt = generation.receipt()
                 reply.metadata = reply_metadata(receipt, reply_to, kind)
                 reply.actions = reply_actions(reply.id, variants > 1, lang)
-                await reply.send()
-                await save_message(self.store, reply, receipt_element(receipt, lang, title))
+                await send_and_save(self.store, reply, receipt_element(receipt, lang, title))
         return reply if reply.content else None
 
     async def _thread_steps(self) -> list[StepDict]:
@@ -254,8 +260,7 @@ class Replies:
                 "identical": same,
             },
         )
-        await result.send()
-        await save_message(self.store, result, *elements)
+        await send_and_save(self.store, result, *elements)
 
     async def regenerate(self, session: ChatSession, action: cl.Action) -> None:
         """Answer a message again with the current settings; the earlier replies stay and

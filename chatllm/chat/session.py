@@ -4,7 +4,8 @@ A `ChatSession` holds what the next reply is made from (the sliders, the model's
 the replies chosen where a message has several) and what the settings panel shows (the
 preset, the comparison sets), plus why some backends are not offered to this chat. It is
 made new when a chat starts, rebuilt from the thread when one is resumed, and written into
-the thread's metadata by `save_session`, the one place that writes it.
+the thread's metadata by `save_session` — or, with the user's message in the same write,
+by `store_message` — from `ChatSession.metadata()`, the one place that makes it.
 """
 
 from __future__ import annotations

@@ -111,6 +111,17 @@ def scrub(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def _in_chat() -> bool:
+    """Whether this call runs in a browser's chat (a websocket session's context)."""
+    from chainlit.context import ChainlitContextException, context
+    from chainlit.session import WebsocketSession
+
+    try:
+        return isinstance(context.session, WebsocketSession)
+    except ChainlitContextException:
+        return False
+
+
 def _acting_user_id() -> str | None:
     """The persisted user of the websocket session this call runs in, if any."""
     from chainlit.context import ChainlitContextException, context
@@ -227,50 +238,68 @@ class ChatDataLayer(BaseDataLayer):
     @until_first_message
     @writes("the attachment could not be saved")
     async def create_element(self, element: Element) -> None:
-        data = await _element_bytes(element)
-        object_key = await asyncio.to_thread(self.files.save, data) if data is not None else None
-        record = element.to_dict()
-        if not element.thread_id:
-            # An element belongs to a thread; without one no owner could be checked.
-            raise ThreadAccessDenied(f"element {element.id} names no thread")
+        stored = await self._store_files([element])
         try:
             async with self.db.write() as conn:
-                await self._ensure_thread(conn, element.thread_id)
-                written = await conn.execute(
-                    text(
-                        "INSERT INTO elements (id, thread_id, step_id, type, name, mime, url,"
-                        " object_key, chainlit_key, display, size, language, page, props)"
-                        " VALUES (:id, :thread_id, :step_id, :type, :name, :mime, :url,"
-                        " :object_key, :chainlit_key, :display, :size, :language, :page, :props)"
-                        " ON CONFLICT (id) DO UPDATE SET props = excluded.props,"
-                        " object_key = COALESCE(excluded.object_key, elements.object_key)"
-                        # An element of another thread keeps its own: no update, no row.
-                        " WHERE elements.thread_id = excluded.thread_id"
-                        " RETURNING id"
-                    ),
-                    {
-                        "id": element.id,
-                        "thread_id": element.thread_id,
-                        "step_id": record.get("forId"),
-                        "type": record.get("type") or "file",
-                        "name": element.name,
-                        "mime": record.get("mime"),
-                        "url": None if object_key else element.url,
-                        "object_key": object_key,
-                        "chainlit_key": element.chainlit_key,
-                        "display": record.get("display"),
-                        "size": record.get("size"),
-                        "language": record.get("language"),
-                        "page": record.get("page"),
-                        "props": json.dumps(record.get("props") or {}, ensure_ascii=False),
-                    },
-                )
-                if written.first() is None:
-                    raise ThreadAccessDenied(f"element {element.id} belongs to another thread")
+                await self._insert_element(conn, element, stored.get(element.id))
         except BaseException:
-            if object_key:
-                await asyncio.to_thread(self.files.delete, object_key)
+            await self._delete_files(list(stored.values()))
             raise
+
+    async def _store_files(self, elements: Sequence[Element]) -> dict[str, str]:
+        """Each element's bytes in the file store (an element needs a thread, whose owner
+        is checked when its row is written); their keys by element id."""
+        stored: dict[str, str] = {}
+        try:
+            for element in elements:
+                if not element.thread_id:
+                    # An element belongs to a thread; without one no owner could be checked.
+                    raise ThreadAccessDenied(f"element {element.id} names no thread")
+                data = await _element_bytes(element)
+                if data is not None:
+                    stored[element.id] = await asyncio.to_thread(self.files.save, data)
+        except BaseException:
+            await self._delete_files(list(stored.values()))
+            raise
+        return stored
+
+    async def _insert_element(
+        self, conn: AsyncConnection, element: Element, object_key: str | None
+    ) -> None:
+        record = element.to_dict()
+        assert element.thread_id
+        await self._ensure_thread(conn, element.thread_id)
+        written = await conn.execute(
+            text(
+                "INSERT INTO elements (id, thread_id, step_id, type, name, mime, url,"
+                " object_key, chainlit_key, display, size, language, page, props)"
+                " VALUES (:id, :thread_id, :step_id, :type, :name, :mime, :url,"
+                " :object_key, :chainlit_key, :display, :size, :language, :page, :props)"
+                " ON CONFLICT (id) DO UPDATE SET props = excluded.props,"
+                " object_key = COALESCE(excluded.object_key, elements.object_key)"
+                # An element of another thread keeps its own: no update, no row.
+                " WHERE elements.thread_id = excluded.thread_id"
+                " RETURNING id"
+            ),
+            {
+                "id": element.id,
+                "thread_id": element.thread_id,
+                "step_id": record.get("forId"),
+                "type": record.get("type") or "file",
+                "name": element.name,
+                "mime": record.get("mime"),
+                "url": None if object_key else element.url,
+                "object_key": object_key,
+                "chainlit_key": element.chainlit_key,
+                "display": record.get("display"),
+                "size": record.get("size"),
+                "language": record.get("language"),
+                "page": record.get("page"),
+                "props": json.dumps(record.get("props") or {}, ensure_ascii=False),
+            },
+        )
+        if written.first() is None:
+            raise ThreadAccessDenied(f"element {element.id} belongs to another thread")
 
     async def get_element(self, thread_id: str, element_id: str) -> ElementDict | None:
         row = await self.db.first(
@@ -309,6 +338,11 @@ class ChatDataLayer(BaseDataLayer):
     @until_first_message
     @writes("the message could not be saved")
     async def create_step(self, step_dict: StepDict) -> None:
+        if step_dict.get("type") == "user_message" and _in_chat():
+            # Chainlit's own copy, written by a task nobody awaits: the app's message
+            # handler stores every user message itself, before the model runs
+            # (`save_message`), so this would write the same row a second time.
+            return
         await self._upsert_step(step_dict)
 
     @until_first_message
@@ -321,64 +355,102 @@ class ChatDataLayer(BaseDataLayer):
         """Write a step now and wait for it: for callers that must know it is stored."""
         await self._upsert_step(step_dict)
 
+    @writes("the message could not be saved")
+    async def save_message(
+        self,
+        step_dict: StepDict,
+        *,
+        thread_metadata: dict[str, Any] | None = None,
+        elements: Sequence[Element] = (),
+    ) -> None:
+        """A message, the thread's metadata (merged as `update_thread` does) and the
+        message's elements, in one transaction the caller waits for: all of it or none,
+        for one turn of the write lock (SQLite) or one commit (PostgreSQL)."""
+        thread_id = step_dict.get("threadId")
+        if not thread_id:
+            raise ValueError(f"step {step_dict.get('id')} has no thread")
+        stored = await self._store_files(elements)
+        try:
+            async with self._step_lock(step_dict["id"]):
+                if step_dict["id"] in self._removed:
+                    return
+                async with self.db.write() as conn:
+                    await self._write_step(conn, step_dict, thread_id)
+                    if thread_metadata is not None:
+                        await self._update_thread(conn, thread_id, metadata=thread_metadata)
+                    for element in elements:
+                        await self._insert_element(conn, element, stored.get(element.id))
+        except BaseException:
+            await self._delete_files(list(stored.values()))
+            raise
+
     async def _upsert_step(self, step: StepDict) -> None:
         thread_id = step.get("threadId")
         if not thread_id:
             raise ValueError(f"step {step.get('id')} has no thread")
         async with self._step_lock(step["id"]):
             if step["id"] not in self._removed:
-                await self._write_step(step, thread_id)
+                async with self.db.write() as conn:
+                    await self._write_step(conn, step, thread_id)
 
-    async def _write_step(self, step: StepDict, thread_id: str) -> None:
-        async with self.db.write() as conn:
-            thread_seq = await self._ensure_thread(conn, thread_id)
-            row = (
-                await conn.execute(
-                    text(
-                        "INSERT INTO steps (id, thread_id, parent_id, type, name, input, output,"
-                        " is_error, metadata, extra, created_at, start_time, end_time)"
-                        " VALUES (:id, :thread_id, :parent_id, :type, :name, :input, :output,"
-                        " :is_error, :metadata, :extra, :created_at, :start, :end)"
-                        " ON CONFLICT (id) DO UPDATE SET"
-                        " parent_id = COALESCE(excluded.parent_id, steps.parent_id),"
-                        " type = CASE WHEN excluded.type = 'run' THEN steps.type"
-                        "   ELSE excluded.type END,"
-                        " name = COALESCE(excluded.name, steps.name),"
-                        " input = COALESCE(NULLIF(excluded.input, ''), steps.input),"
-                        " output = COALESCE(NULLIF(excluded.output, ''), steps.output),"
-                        " is_error = COALESCE(excluded.is_error, steps.is_error),"
-                        " metadata = CASE WHEN excluded.metadata = '{}' THEN steps.metadata"
-                        "   ELSE excluded.metadata END,"
-                        " extra = excluded.extra,"
-                        " start_time = COALESCE(steps.start_time, excluded.start_time),"
-                        " end_time = COALESCE(excluded.end_time, steps.end_time)"
-                        " WHERE steps.thread_id = excluded.thread_id"
-                        " RETURNING seq, type, output"
-                    ),
-                    _step_row(step, thread_id, utc_now()),
-                )
-            ).first()
-            if row is None:
-                raise ThreadAccessDenied(f"step {step['id']} belongs to another thread")
-            key = message_rowid(thread_seq, row.seq)
-            await conn.execute(text("DELETE FROM search WHERE rowid = :key"), {"key": key})
-            if row.type.endswith("message") and row.output:
-                await conn.execute(
-                    text("INSERT INTO search (rowid, body) VALUES (:key, :body)"),
-                    {"key": key, "body": index_text(row.output)},
-                )
+    async def _write_step(self, conn: AsyncConnection, step: StepDict, thread_id: str) -> None:
+        thread_seq = await self._ensure_thread(conn, thread_id)
+        row = (
             await conn.execute(
-                text("UPDATE threads SET updated_at = :now WHERE id = :id"),
-                {"now": utc_now(), "id": thread_id},
+                text(
+                    "INSERT INTO steps (id, thread_id, parent_id, type, name, input, output,"
+                    " is_error, metadata, extra, created_at, start_time, end_time)"
+                    " VALUES (:id, :thread_id, :parent_id, :type, :name, :input, :output,"
+                    " :is_error, :metadata, :extra, :created_at, :start, :end)"
+                    " ON CONFLICT (id) DO UPDATE SET"
+                    " parent_id = COALESCE(excluded.parent_id, steps.parent_id),"
+                    " type = CASE WHEN excluded.type = 'run' THEN steps.type"
+                    "   ELSE excluded.type END,"
+                    " name = COALESCE(excluded.name, steps.name),"
+                    " input = COALESCE(NULLIF(excluded.input, ''), steps.input),"
+                    " output = COALESCE(NULLIF(excluded.output, ''), steps.output),"
+                    " is_error = COALESCE(excluded.is_error, steps.is_error),"
+                    " metadata = CASE WHEN excluded.metadata = '{}' THEN steps.metadata"
+                    "   ELSE excluded.metadata END,"
+                    " extra = excluded.extra,"
+                    " start_time = COALESCE(steps.start_time, excluded.start_time),"
+                    " end_time = COALESCE(excluded.end_time, steps.end_time)"
+                    " WHERE steps.thread_id = excluded.thread_id"
+                    " RETURNING seq, type, output"
+                ),
+                _step_row(step, thread_id, utc_now()),
             )
+        ).first()
+        if row is None:
+            raise ThreadAccessDenied(f"step {step['id']} belongs to another thread")
+        key = message_rowid(thread_seq, row.seq)
+        await conn.execute(text("DELETE FROM search WHERE rowid = :key"), {"key": key})
+        if row.type.endswith("message") and row.output:
+            await conn.execute(
+                text("INSERT INTO search (rowid, body) VALUES (:key, :body)"),
+                {"key": key, "body": index_text(row.output)},
+            )
+        await conn.execute(
+            text("UPDATE threads SET updated_at = :now WHERE id = :id"),
+            {"now": utc_now(), "id": thread_id},
+        )
 
     @until_first_message
     @writes("the message could not be removed")
     async def delete_step(self, step_id: str) -> None:
-        self._removed[step_id] = None
-        while len(self._removed) > REMEMBERED_REMOVALS:
-            self._removed.popitem(last=False)
-        async with self._step_lock(step_id), self.db.write() as conn:
+        async with self._step_lock(step_id):
+            keys = await self._delete_step(step_id)
+            # Remembered once removed (or when it was not written yet), while no write of
+            # it can start: never for a removal refused, which would drop the owner's
+            # later writes of that step.
+            self._removed[step_id] = None
+            while len(self._removed) > REMEMBERED_REMOVALS:
+                self._removed.popitem(last=False)
+        await self._delete_files(keys)
+
+    async def _delete_step(self, step_id: str) -> list[str]:
+        """Remove the step, its search row and elements; the element files to remove."""
+        async with self.db.write() as conn:
             row = (
                 await conn.execute(
                     text(
@@ -389,7 +461,7 @@ class ChatDataLayer(BaseDataLayer):
                 )
             ).first()
             if row is None:
-                return
+                return []
             await self._check_owner(conn, row.thread_id)
             keys = await self._object_keys(conn, "step_id = :id", {"id": step_id})
             await conn.execute(
@@ -398,7 +470,7 @@ class ChatDataLayer(BaseDataLayer):
             )
             await conn.execute(text("DELETE FROM elements WHERE step_id = :id"), {"id": step_id})
             await conn.execute(text("DELETE FROM steps WHERE id = :id"), {"id": step_id})
-        await self._delete_files(keys)
+        return keys
 
     # ---- threads
 
@@ -662,44 +734,55 @@ class ChatDataLayer(BaseDataLayer):
         tags: list[str] | None = None,
     ) -> None:
         async with self.db.write() as conn:
+            await self._update_thread(conn, thread_id, name, user_id, metadata, tags)
+
+    async def _update_thread(
+        self,
+        conn: AsyncConnection,
+        thread_id: str,
+        name: str | None = None,
+        user_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        tags: list[str] | None = None,
+    ) -> None:
+        current = await self._locked_thread(conn, thread_id)
+        acting = user_id or _acting_user_id()
+        if current is None and name is None and user_id is None and tags is None:
+            # Only metadata, for a thread that is not there: Chainlit saving a session
+            # whose thread was just deleted. Writing it would bring the thread back.
+            return
+        if current is None:
+            await self._new_thread(conn, thread_id, acting)
             current = await self._locked_thread(conn, thread_id)
-            acting = user_id or _acting_user_id()
-            if current is None and name is None and user_id is None and tags is None:
-                # Only metadata, for a thread that is not there: Chainlit saving a session
-                # whose thread was just deleted. Writing it would bring the thread back.
-                return
-            if current is None:
-                await self._new_thread(conn, thread_id, acting)
-                current = await self._locked_thread(conn, thread_id)
-                assert current is not None
-            seq, owner = current.seq, current.user_id
-            if owner is not None and acting is not None and owner != acting:
-                raise ThreadAccessDenied(f"thread {thread_id} belongs to another user")
-            changes: dict[str, Any] = {}
-            if owner is None and acting is not None:
-                changes["user_id"] = acting
-            if name is not None:
-                changes["name"] = name[:255]
-            if tags is not None:
-                changes["tags"] = json.dumps(tags, ensure_ascii=False)
-            if metadata is not None:
-                merged = json.loads(current.metadata)
-                merged = {k: v for k, v in merged.items() if k not in metadata}
-                merged.update({k: v for k, v in scrub(metadata).items() if v is not None})
-                changes["metadata"] = json.dumps(merged, ensure_ascii=False, default=str)
-            if changes:
-                assignments = ", ".join(f"{column} = :{column}" for column in changes)
-                await conn.execute(
-                    text(f"UPDATE threads SET {assignments} WHERE id = :id"),
-                    {**changes, "id": thread_id},
-                )
-            if name is not None:
-                key = name_rowid(seq)
-                await conn.execute(text("DELETE FROM search WHERE rowid = :key"), {"key": key})
-                await conn.execute(
-                    text("INSERT INTO search (rowid, body) VALUES (:key, :body)"),
-                    {"key": key, "body": index_text(name)},
-                )
+            assert current is not None
+        seq, owner = current.seq, current.user_id
+        if owner is not None and acting is not None and owner != acting:
+            raise ThreadAccessDenied(f"thread {thread_id} belongs to another user")
+        changes: dict[str, Any] = {}
+        if owner is None and acting is not None:
+            changes["user_id"] = acting
+        if name is not None:
+            changes["name"] = name[:255]
+        if tags is not None:
+            changes["tags"] = json.dumps(tags, ensure_ascii=False)
+        if metadata is not None:
+            merged = json.loads(current.metadata)
+            merged = {k: v for k, v in merged.items() if k not in metadata}
+            merged.update({k: v for k, v in scrub(metadata).items() if v is not None})
+            changes["metadata"] = json.dumps(merged, ensure_ascii=False, default=str)
+        if changes:
+            assignments = ", ".join(f"{column} = :{column}" for column in changes)
+            await conn.execute(
+                text(f"UPDATE threads SET {assignments} WHERE id = :id"),
+                {**changes, "id": thread_id},
+            )
+        if name is not None:
+            key = name_rowid(seq)
+            await conn.execute(text("DELETE FROM search WHERE rowid = :key"), {"key": key})
+            await conn.execute(
+                text("INSERT INTO search (rowid, body) VALUES (:key, :body)"),
+                {"key": key, "body": index_text(name)},
+            )
 
     async def get_favorite_steps(self, user_id: str) -> list[StepDict]:
         rows = await self.db.rows(
