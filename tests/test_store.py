@@ -432,6 +432,8 @@ async def test_threads_are_listed_by_last_activity(
     for name in ("old", "middle", "new"):
         await chat(store, ada, name, f"{name} question")
     await store.create_step(step("old", "late", "user_message", "back again", "2026-02-01Z"))
+    # Chainlit's bookkeeping steps are not activity (and cost the thread no write).
+    await store.create_step(step("middle", "run-1", "run", "", "2026-02-02Z"))
     page = await store.list_threads(Pagination(first=10), ThreadFilter(userId=ada.id))
     assert [t["id"] for t in page.data] == ["old", "new", "middle"]
     assert page.pageInfo.hasNextPage is False

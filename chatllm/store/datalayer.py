@@ -430,10 +430,11 @@ class ChatDataLayer(BaseDataLayer):
                 text("INSERT INTO search (rowid, body) VALUES (:key, :body)"),
                 {"key": key, "body": index_text(row.output)},
             )
-        await conn.execute(
-            text("UPDATE threads SET updated_at = :now WHERE id = :id"),
-            {"now": utc_now(), "id": thread_id},
-        )
+        if row.type.endswith("message"):  # activity; Chainlit's `run` steps are not
+            await conn.execute(
+                text("UPDATE threads SET updated_at = :now WHERE id = :id"),
+                {"now": utc_now(), "id": thread_id},
+            )
 
     @until_first_message
     @writes("the message could not be removed")
