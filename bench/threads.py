@@ -1,46 +1,74 @@
-"""Speed of the app's SQLite data layer beside Chainlit's SQLAlchemyDataLayer, by thread count.
+"""Speed of the app's data layer on SQLite and PostgreSQL beside Chainlit's SQLAlchemyDataLayer,
+by thread count.
 
-For each N in --sizes (default 1,000, 10,000 and 100,000) it seeds a fresh database file with
-N threads of 20 messages each (alternating user_message / assistant_message steps of short
-English sentences from a few hundred words drawn with a seeded random; every tenth thread
-mostly Chinese), all owned by one user, plus one 200-step thread. Thread names are the first
-user message. Seeding uses bulk SQL (one `sqlite3` transaction of executemany calls after
-`Database.migrate()` has made the schema) and fills the columns the data layer fills, search
-rows (`index_text`) included; its time is printed but is not the figure of interest.
+For each N in --sizes (default 1,000, 10,000, 100,000 and 1,000,000) it seeds a database with
+N threads, all owned by one user, plus one 200-step thread. A thread has M messages: --messages,
+by default 20 and, from 1,000,000 threads up, 4 (the rule is "20,1000000=4"; 20 M steps would
+take a two-core machine some half an hour a dialect to generate and load, and 15-20 GB each).
+Messages alternate user_message / assistant_message steps of short English sentences from a
+few hundred words drawn with a seeded random; every tenth thread is mostly Chinese. Thread names
+are the first user message. The figures at 1,000,000 threads are therefore for 4 M steps and
+5 M search rows (one a message, one a name); the searched words are in 1 % of the threads at
+any M, and the thread list does not depend on M.
 
-Then a fresh process (so that its peak memory is its own) opens a fresh `ChatDataLayer` on
-the file and times, through the real async API:
+The same rows go into both databases, with the columns the data layer fills (search rows,
+`index_text` bodies, included), after `Database.migrate()` has made the schema:
+
+  SQLite      a fresh file, filled by one `sqlite3` transaction of executemany calls
+  PostgreSQL  a fresh database on a server of the bench's own (deploy.postgres.PostgresServer:
+              PostgreSQL 15 under /tmp, fsync off), filled by asyncpg's COPY, one connection
+              a table, while the tables' keys, foreign keys and indexes are dropped; they are
+              made again from their own definitions (so exactly the migrations'), then VACUUM
+              ANALYZE leaves the tables as autovacuum leaves a settled database. The seeding
+              session alone sets maintenance_work_mem = 1 GB (index builds).
+
+Seeding time is printed but is not the figure of interest. Then a fresh process (so that its
+peak memory is its own) opens a fresh `ChatDataLayer` on the database and times, through the
+real async API:
 
   page 1    list_threads(Pagination(first=20), ThreadFilter(userId=...))
   page 2    the same with the endCursor page 1 returned
-  mid page  the same with a cursor half-way down the list (the endCursor of a page of N/2,
-            fetched beforehand in the parent process)
+  mid page  the same with a cursor half-way down the list (the endCursor after N/2 threads,
+            paged through beforehand in the parent process)
   open 200  get_thread() on the 200-step thread
   search    ThreadFilter(userId=..., search=...) for an English word found in 1 % of threads
             ("lighthouse") and a Chinese word found in 1 % ("灯塔"); for information only,
-            also a common word found in about a third of them ("water"), one found in none
-            ("zebra"), two words ("lighthouse water") and a single letter ("t", as a search
-            box sends after one keystroke)
+            also a common word ("water": about a third of the threads at 20 messages), one found
+            in none ("zebra"), two words ("lighthouse water") and a single letter ("t", as a
+            search box sends after one keystroke)
 
 Each is run once or more as a warm-up, then repeated up to --repeat times (default 30, at least
-5, stopping early once --budget seconds are spent); the table shows the median and p90 in ms.
-Memory is the process's peak RSS (VmHWM) once the calls the targets are about have been timed
-(the information-only searches run after them, and get their own peak) and the peak of Python
-allocations (tracemalloc) over one more pass of those calls; both should stay flat as N grows.
-The SQL the data layer issued is captured and its EXPLAIN QUERY PLAN printed for the largest N.
+5, stopping early once --budget seconds are spent); the table shows the median and p90 in ms,
+SQLite's columns and PostgreSQL's side by side. Memory is the process's peak RSS (VmHWM) once
+the calls the targets are about have been timed (the information-only searches run after them,
+and get their own peak) and the peak of Python allocations (tracemalloc) over one more pass of
+those calls; both should stay flat as N grows. The SQL the data layer issued is captured and,
+for the largest N, SQLite's EXPLAIN QUERY PLAN and PostgreSQL's EXPLAIN (ANALYZE, BUFFERS)
+printed; the latter as EXECUTE of the prepared statement the data layer's own connection
+keeps for that SQL (asyncpg prepares each statement once a connection; the searches share
+one), so the plan is the one the timed calls ran: PostgreSQL plans a prepared statement's
+first five runs for their values, then may keep a generic plan. PostgreSQL's figures are
+taken with its defaults (shared_buffers 128 MB, work_mem 4 MB, plan_cache_mode auto, ...)
+beside PostgresServer's own settings (fsync, synchronous_commit and full_page_writes off,
+300 connections), which no read depends on.
 
 For reference, at --ref-sizes (default 100 and 1,000) the same data goes into a SQLite file
 with the schema of Chainlit's SQLAlchemy data layer documentation (PostgreSQL types mapped to
 SQLite; no indexes beyond the keys, as documented) and `SQLAlchemyDataLayer` is timed on page
 1, page 2, opening the 200-step thread and both searches. The table ends with Chainlit's time
-over the app's at N = 1,000 and PASS/MISS against the targets: page 1 <= 5 ms and search
-<= 50 ms (medians) at the largest N (100,000 by default), opening a 200-step thread <= 10 ms
-at every N, memory flat in N.
+over the app's at N = 1,000 and PASS/MISS against the targets, on each dialect: page 1 <= 2 ms
+and search <= 20 ms (medians) at the largest N (1,000,000 by default), opening a 200-step
+thread <= 10 ms at every N, memory flat in N.
 
-Run from the repository root with the project's venv (the 100,000 file takes ~1.5 GB and about
-two minutes to seed; the whole run about eight minutes; --reuse keeps seeded files between runs):
+Run from the repository root with the project's venv (PostgreSQL 15's binaries installed, as
+`make test` installs them; --no-postgres leaves its column out). On two cores, seeding
+100,000 threads takes about two minutes a dialect (1.5 GB SQLite, 2.1 GB PostgreSQL) and
+1,000,000 about six (3.7 and 4.8 GB); the whole default run about 25 minutes, 5 with
+--reuse, which keeps seeded files, and the PostgreSQL server (in WORKDIR/postgres, which the
+`postgres` user must be able to reach) with its databases, between runs:
 
-    .venv/bin/python bench/threads.py [--sizes 1000,10000,100000] [--ref-sizes 100,1000]
+    .venv/bin/python bench/threads.py [--sizes 1000,10000,100000,1000000]
+        [--messages 20,1000000=4] [--ref-sizes 100,1000] [--no-reference] [--no-postgres]
         [--repeat 30] [--budget 20] [--workdir /tmp/bench-threads] [--reuse] [--json PATH]
 """
 
@@ -49,10 +77,13 @@ two minutes to seed; the whole run about eight minutes; --reuse keeps seeded fil
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("CHAINLIT_APP_ROOT", str(ROOT))  # else Chainlit writes a config in cwd
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # deploy.postgres
 
 import argparse
 import asyncio
@@ -66,27 +97,32 @@ import resource
 import sqlite3
 import statistics
 import subprocess
-import sys
 import time
 import tracemalloc
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 from chainlit.data.base import BaseDataLayer
 from chainlit.types import Pagination, ThreadFilter
 from sqlalchemy import event
+from sqlalchemy.engine import make_url
 
-from chatllm.store.datalayer import ChatDataLayer
+from chatllm.store.datalayer import MAX_PAGE, ChatDataLayer
 from chatllm.store.db import Database
 from chatllm.store.files import FileStore
 from chatllm.store.search import index_text, message_rowid, name_rowid
+from deploy.postgres import BIN as PG_BIN
+from deploy.postgres import PostgresServer
 
 DATA_VERSION = 1  # bump when the generated data changes, so --reuse re-seeds
 SEED = 20240601
 STEPS_PER_THREAD = 20
+DEFAULT_MESSAGES = f"{STEPS_PER_THREAD},1000000=4"  # messages a thread, by N (see --messages)
 BIG_THREAD_STEPS = 200
 PAGE = 20
 USER_IDENTIFIER = "alice"
@@ -111,18 +147,21 @@ SEARCHES = {
     "letter": LETTER,
 }
 INFO_SEARCHES = {
-    "common": f"{COMMON_WORD!r} (~38 % of threads)",
+    "common": f"{COMMON_WORD!r} (common)",
     "none": f"{NONE_WORD!r} (no thread)",
     "pair": f"{PAIR_WORDS!r}",
     "letter": f"{LETTER!r} (1 letter)",
 }
 
-TARGET_PAGE_MS = 5.0
-TARGET_SEARCH_MS = 50.0
+TARGET_PAGE_MS = 2.0
+TARGET_SEARCH_MS = 20.0
 TARGET_OPEN_MS = 10.0
+TARGET_N = 1_000_000  # the size the page and search targets are for
 TEAM_CHAINLIT_PAGE_MS = 1060.0  # measured by the team at 1,000 threads x 20 steps
 TEAM_CHAINLIT_SEARCH_MS = 1230.0
+TEAM_CHAINLIT_PG_PAGE_MS = (550.0, 590.0)  # the team: on PostgreSQL 15, 1,000 and 10,000 threads
 MIN_REPEAT = 5
+DIALECTS = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 
 # Most frequent first: word k is drawn with weight 1 / (k + 2).
 EN_WORDS = """
@@ -285,7 +324,7 @@ def _thread(rng: random.Random, index: int, start: datetime, steps: int) -> Thre
     ]
     return ThreadData(
         index=index,
-        id=BIG_THREAD_ID if steps == BIG_THREAD_STEPS else _uuid(rng),
+        id=BIG_THREAD_ID if index < 0 else _uuid(rng),
         name=texts[0][:255],
         created=messages[0].created,
         updated=messages[-1].created,
@@ -293,14 +332,19 @@ def _thread(rng: random.Random, index: int, start: datetime, steps: int) -> Thre
     )
 
 
-def generate(n: int) -> Iterator[ThreadData]:
-    """N threads, oldest first (distinct, increasing last activity), then the 200-step
-    thread, older than all of them."""
+def generate(n: int, messages: int = STEPS_PER_THREAD) -> Iterator[ThreadData]:
+    """N threads of `messages` messages, oldest first (distinct, increasing last activity),
+    then the 200-step thread, older than all of them."""
     rng = random.Random(SEED)
     for index in range(n):
-        yield _thread(rng, index, BASE_TIME + index * THREAD_SPACING, STEPS_PER_THREAD)
+        yield _thread(rng, index, BASE_TIME + index * THREAD_SPACING, messages)
     big = random.Random(SEED + 1)
     yield _thread(big, -1, BASE_TIME - timedelta(days=1), BIG_THREAD_STEPS)
+
+
+def messages_for(n: int, rule: list[tuple[int, int]]) -> int:
+    """Messages a thread at N threads: the count of the rule's largest threshold <= N."""
+    return [count for start, count in rule if start <= n][-1]
 
 
 _EN_MATCH = re.compile(rf"\b{EN_WORD}", re.I)
@@ -315,7 +359,7 @@ def _matches(thread: ThreadData) -> tuple[bool, bool, bool]:
 
 @dataclass
 class SeedInfo:
-    path: str
+    path: str  # the SQLite file, or the PostgreSQL database's name
     n: int
     seconds: float
     size_mb: float
@@ -324,6 +368,61 @@ class SeedInfo:
     hits: dict[str, int]
     reused: bool = False
     version: int = DATA_VERSION
+    messages: int = STEPS_PER_THREAD
+    dialect: str = "sqlite"
+
+
+@dataclass
+class _Tally:
+    threads: int = 0
+    steps: int = 0
+    hits: dict[str, int] = field(default_factory=lambda: {"en": 0, "zh": 0, "common": 0})
+
+
+@dataclass
+class _Batch:
+    threads: list[tuple[Any, ...]] = field(default_factory=list)
+    steps: list[tuple[Any, ...]] = field(default_factory=list)
+    search: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+# The app's tables as the seeding fills them, in the order of the batches' tuples.
+APP_COLUMNS = {
+    "threads": ("seq", "id", "user_id", "name", "metadata", "tags", "created_at", "updated_at"),
+    "steps": (
+        "seq", "id", "thread_id", "parent_id", "type", "name", "input", "output", "is_error",
+        "metadata", "extra", "created_at", "start_time", "end_time",
+    ),
+    "search": ("rowid", "body"),
+}  # fmt: skip
+
+
+def app_batches(n: int, messages: int, tally: _Tally) -> Iterator[_Batch]:
+    """The app's rows for N threads, 2,000 threads a batch; `tally` counts them."""
+    step_seq = 0
+    data = generate(n, messages)
+    while chunk := list(itertools.islice(data, 2000)):
+        batch = _Batch()
+        for thread in chunk:
+            tally.threads += 1
+            thread_seq = tally.threads
+            batch.threads.append(
+                (thread_seq, thread.id, USER_ID, thread.name, APP_THREAD_METADATA, "[]",
+                 thread.created, thread.updated)
+            )  # fmt: skip
+            batch.search.append((name_rowid(thread_seq), index_text(thread.name)))
+            for m in thread.messages:
+                step_seq += 1
+                batch.steps.append(
+                    (step_seq, m.id, thread.id, None, m.type, m.author, None, m.text, 0, "{}",
+                     APP_STEP_EXTRA, m.created, m.created, m.created)
+                )  # fmt: skip
+                batch.search.append((message_rowid(thread_seq, step_seq), index_text(m.text)))
+            tally.steps += len(thread.messages)
+            if thread.index >= 0:
+                for key, hit in zip(("en", "zh", "common"), _matches(thread), strict=True):
+                    tally.hits[key] += hit
+        yield batch
 
 
 def _remove_db(path: Path) -> None:
@@ -331,15 +430,21 @@ def _remove_db(path: Path) -> None:
         Path(str(path) + suffix).unlink(missing_ok=True)
 
 
-def _reusable(path: Path, n: int) -> SeedInfo | None:
-    sidecar = Path(str(path) + ".json")
-    if not (path.exists() and sidecar.exists()):
+def _sidecar(path: Path) -> Path:
+    return Path(str(path) + ".json")
+
+
+def _reusable(path: Path, n: int, messages: int, exists: bool | None = None) -> SeedInfo | None:
+    """The seed recorded beside `path`, if it seeded these data and the database `exists`
+    (by default: if there is a file at `path`)."""
+    sidecar = _sidecar(path)
+    if not (sidecar.exists() and (path.exists() if exists is None else exists)):
         return None
     try:
         info = SeedInfo(**json.loads(sidecar.read_text()))
     except (TypeError, ValueError):
         return None
-    if info.n != n or info.version != DATA_VERSION:
+    if info.n != n or info.version != DATA_VERSION or info.messages != messages:
         return None
     info.reused = True
     return info
@@ -353,9 +458,15 @@ def _bulk_connection(path: Path) -> sqlite3.Connection:
     return con
 
 
-def seed_app(path: Path, n: int) -> SeedInfo:
-    """The app's database: schema by its migrations, rows by bulk SQL."""
+def _insert(table: str) -> str:
+    columns = APP_COLUMNS[table]
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+
+
+def seed_app(path: Path, n: int, messages: int) -> SeedInfo:
+    """The app's SQLite database: schema by its migrations, rows by bulk SQL."""
     _remove_db(path)
+    _sidecar(path).unlink(missing_ok=True)
     started = time.perf_counter()
 
     async def migrate() -> None:
@@ -367,78 +478,53 @@ def seed_app(path: Path, n: int) -> SeedInfo:
 
     asyncio.run(migrate())
     con = _bulk_connection(path)
-    created = stamp(BASE_TIME - timedelta(days=30))
-    hits = {"en": 0, "zh": 0, "common": 0}
-    threads = steps = 0
-    step_seq = 0
+    tally = _Tally()
     con.execute("BEGIN")
     con.execute(
         "INSERT INTO users (id, identifier, password_hash, metadata, created_at)"
         " VALUES (?, ?, NULL, '{}', ?)",
-        (USER_ID, USER_IDENTIFIER, created),
+        (USER_ID, USER_IDENTIFIER, stamp(BASE_TIME - timedelta(days=30))),
     )
-    data = generate(n)
-    while batch := list(itertools.islice(data, 2000)):
-        thread_rows: list[tuple[Any, ...]] = []
-        step_rows: list[tuple[Any, ...]] = []
-        search_rows: list[tuple[Any, ...]] = []
-        for thread in batch:
-            threads += 1
-            thread_seq = threads
-            thread_rows.append(
-                (thread_seq, thread.id, USER_ID, thread.name, APP_THREAD_METADATA, "[]",
-                 thread.created, thread.updated)
-            )  # fmt: skip
-            search_rows.append((name_rowid(thread_seq), index_text(thread.name)))
-            for m in thread.messages:
-                step_seq += 1
-                step_rows.append(
-                    (step_seq, m.id, thread.id, None, m.type, m.author, None, m.text, 0, "{}",
-                     APP_STEP_EXTRA, m.created, m.created, m.created)
-                )  # fmt: skip
-                search_rows.append((message_rowid(thread_seq, step_seq), index_text(m.text)))
-            steps += len(thread.messages)
-            if thread.index >= 0:
-                for key, hit in zip(("en", "zh", "common"), _matches(thread), strict=True):
-                    hits[key] += hit
-        con.executemany(
-            "INSERT INTO threads (seq, id, user_id, name, metadata, tags, created_at,"
-            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            thread_rows,
-        )
-        con.executemany(
-            "INSERT INTO steps (seq, id, thread_id, parent_id, type, name, input, output,"
-            " is_error, metadata, extra, created_at, start_time, end_time)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            step_rows,
-        )
-        con.executemany("INSERT INTO search (rowid, body) VALUES (?, ?)", search_rows)
+    for batch in app_batches(n, messages, tally):
+        con.executemany(_insert("threads"), batch.threads)
+        con.executemany(_insert("steps"), batch.steps)
+        con.executemany(_insert("search"), batch.search)
     con.execute("COMMIT")
     con.execute("PRAGMA journal_mode=WAL")  # as the app leaves it
     con.close()
-    return _seeded(path, n, started, threads, steps, hits)
+    info = SeedInfo(
+        path=str(path),
+        n=n,
+        seconds=time.perf_counter() - started,
+        size_mb=path.stat().st_size / 2**20,
+        threads=tally.threads,
+        steps=tally.steps,
+        hits=tally.hits,
+        messages=messages,
+    )
+    return _recorded(path, info)
 
 
-def seed_chainlit(path: Path, n: int) -> SeedInfo:
+def seed_chainlit(path: Path, n: int, messages: int) -> SeedInfo:
     """The same threads in the schema of Chainlit's SQLAlchemy data layer."""
     _remove_db(path)
+    _sidecar(path).unlink(missing_ok=True)
     started = time.perf_counter()
     con = _bulk_connection(path)
     for statement in CHAINLIT_SCHEMA:
         con.execute(statement)
-    hits = {"en": 0, "zh": 0, "common": 0}
-    threads = steps = 0
+    tally = _Tally()
     con.execute("BEGIN")
     con.execute(
         'INSERT INTO users ("id", "identifier", "metadata", "createdAt") VALUES (?, ?, ?, ?)',
         (USER_ID, USER_IDENTIFIER, "{}", stamp(BASE_TIME - timedelta(days=30))),
     )
-    data = generate(n)
+    data = generate(n, messages)
     while batch := list(itertools.islice(data, 2000)):
         thread_rows: list[tuple[Any, ...]] = []
         step_rows: list[tuple[Any, ...]] = []
         for thread in batch:
-            threads += 1
+            tally.threads += 1
             thread_rows.append(
                 (thread.id, thread.created, thread.name, USER_ID, USER_IDENTIFIER, None,
                  APP_THREAD_METADATA)
@@ -448,10 +534,10 @@ def seed_chainlit(path: Path, n: int) -> SeedInfo:
                     (m.id, m.author, m.type, thread.id, None, False, False, False, "{}", None,
                      None, m.text, m.created, None, m.created, m.created, "{}", None, None)
                 )  # fmt: skip
-            steps += len(thread.messages)
+            tally.steps += len(thread.messages)
             if thread.index >= 0:
                 for key, hit in zip(("en", "zh", "common"), _matches(thread), strict=True):
-                    hits[key] += hit
+                    tally.hits[key] += hit
         con.executemany(
             'INSERT INTO threads ("id", "createdAt", "name", "userId", "userIdentifier",'
             ' "tags", "metadata") VALUES (?, ?, ?, ?, ?, ?, ?)',
@@ -467,23 +553,204 @@ def seed_chainlit(path: Path, n: int) -> SeedInfo:
     con.execute("COMMIT")
     con.execute("PRAGMA journal_mode=DELETE")
     con.close()
-    return _seeded(path, n, started, threads, steps, hits)
-
-
-def _seeded(
-    path: Path, n: int, started: float, threads: int, steps: int, hits: dict[str, int]
-) -> SeedInfo:
     info = SeedInfo(
         path=str(path),
         n=n,
         seconds=time.perf_counter() - started,
         size_mb=path.stat().st_size / 2**20,
-        threads=threads,
-        steps=steps,
-        hits=hits,
+        threads=tally.threads,
+        steps=tally.steps,
+        hits=tally.hits,
+        messages=messages,
     )
-    Path(str(path) + ".json").write_text(json.dumps(asdict(info)))
+    return _recorded(path, info)
+
+
+def _recorded(path: Path, info: SeedInfo) -> SeedInfo:
+    _sidecar(path).write_text(json.dumps(asdict(info)))
     return info
+
+
+# ---------------------------------------------------------------------------- PostgreSQL
+
+#: The tables the seeding fills; their keys, foreign keys (and those pointing at them) and
+#: indexes are dropped for the load and made again from their own definitions.
+PG_TABLES = ("threads", "steps", "search")
+#: The seeding session's own settings: index builds and the foreign keys' checks in memory.
+PG_SEED_SETTINGS = {"maintenance_work_mem": "1GB", "work_mem": "256MB"}
+
+
+def start_postgres(workdir: Path, reuse: bool) -> PostgresServer:
+    """A temporary server (fsync off), or with --reuse one whose data stay in WORKDIR/postgres
+    (set to the same speed settings, in its postgresql.auto.conf)."""
+    if not reuse:
+        return PostgresServer().start()
+    server = PostgresServer(root=workdir / "postgres").start()
+    for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+        server.psql(f"ALTER SYSTEM SET {setting} = off")
+    server.psql("SELECT pg_reload_conf()")
+    return server
+
+
+def pg_settings(server: PostgresServer) -> dict[str, str]:
+    """The server's settings that initdb's configuration file or PostgresServer's command line
+    give (what the figures ran with; locale and formats left out)."""
+    rows = server.psql(
+        "SELECT name || '=' || current_setting(name) FROM pg_settings"
+        " WHERE source IN ('configuration file', 'command line')"
+        " AND name NOT LIKE 'lc\\_%' AND name NOT IN ('DateStyle', 'TimeZone', 'log_timezone',"
+        " 'default_text_search_config', 'port', 'listen_addresses',"
+        " 'unix_socket_directories') ORDER BY name"
+    )
+    return dict(line.split("=", 1) for line in rows.splitlines() if "=" in line)
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def seed_postgres(server: PostgresServer, workdir: Path, n: int, messages: int) -> SeedInfo:
+    """The app's PostgreSQL database: schema by its migrations, rows by COPY."""
+    name = f"bench_app_{n}"
+    marker = workdir / f"postgres-{name}"
+    _sidecar(marker).unlink(missing_ok=True)
+    started = time.perf_counter()
+    server.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    url = server.new_database(name)
+    tally = _Tally()
+    asyncio.run(_seed_postgres(url, n, messages, tally))
+    size = server.psql(f"SELECT pg_database_size('{name}')").strip()
+    info = SeedInfo(
+        path=name,
+        n=n,
+        seconds=time.perf_counter() - started,
+        size_mb=int(size) / 2**20,
+        threads=tally.threads,
+        steps=tally.steps,
+        hits=tally.hits,
+        messages=messages,
+        dialect="postgresql",
+    )
+    return _recorded(marker, info)
+
+
+def reusable_postgres(
+    server: PostgresServer, workdir: Path, n: int, messages: int
+) -> SeedInfo | None:
+    name = f"bench_app_{n}"
+    there = bool(server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'").strip())
+    return _reusable(workdir / f"postgres-{name}", n, messages, exists=there)
+
+
+async def _seed_postgres(url: str, n: int, messages: int, tally: _Tally) -> None:
+    db = Database(url)
+    try:
+        await db.migrate()
+    finally:
+        await db.close()
+    dsn = _asyncpg_dsn(url)
+    con = await asyncpg.connect(dsn, server_settings=PG_SEED_SETTINGS)
+    try:
+        await con.execute(
+            "INSERT INTO users (id, identifier, password_hash, metadata, created_at)"
+            " VALUES ($1, $2, NULL, '{}', $3)",
+            USER_ID,
+            USER_IDENTIFIER,
+            stamp(BASE_TIME - timedelta(days=30)),
+        )
+        keys, indexes = await _pg_keys(con)
+        for table, key, _definition, _kind in sorted(keys, key=lambda k: k[3] != "f"):
+            await con.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{key}"')  # FKs first
+        for index, _definition, _table in indexes:
+            await con.execute(f'DROP INDEX "{index}"')
+        await _copy(dsn, app_batches(n, messages, tally))
+        for table in ("threads", "steps"):  # the app's own inserts number on from here
+            await con.execute(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'seq'),"
+                f" (SELECT max(seq) FROM {table}))"
+            )
+
+        async def rebuild(table: str) -> None:
+            """This table's keys and indexes as they were, then VACUUM ANALYZE."""
+            own = await asyncpg.connect(dsn, server_settings=PG_SEED_SETTINGS)
+            try:
+                for owner, key, definition, kind in keys:
+                    if owner == table and kind != "f":
+                        await own.execute(
+                            f'ALTER TABLE {owner} ADD CONSTRAINT "{key}" {definition}'
+                        )
+                for _index, definition, owner in indexes:
+                    if owner == table:
+                        await own.execute(definition)
+                await own.execute(f"VACUUM (ANALYZE) {table}")
+            finally:
+                await own.close()
+
+        async with asyncio.TaskGroup() as group:  # three tables, built side by side
+            for table in PG_TABLES:
+                group.create_task(rebuild(table))
+        for owner, key, definition, kind in keys:
+            if kind == "f":
+                await con.execute(f'ALTER TABLE {owner} ADD CONSTRAINT "{key}" {definition}')
+        await con.execute("ANALYZE")
+    finally:
+        await con.close()
+
+
+async def _pg_keys(
+    con: asyncpg.Connection,
+) -> tuple[list[tuple[str, str, str, str]], list[tuple[str, str, str]]]:
+    """(table, name, definition, kind) of the keys and foreign keys on the seeded tables or
+    pointing at them; (name, definition, table) of their other indexes."""
+    tables = list(PG_TABLES)
+    keys = await con.fetch(
+        "SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid), c.contype::text"
+        " FROM pg_constraint c WHERE c.contype IN ('p', 'u', 'f')"
+        " AND (c.conrelid = ANY($1::text[]::regclass[])"
+        " OR c.confrelid = ANY($1::text[]::regclass[])) ORDER BY c.oid",
+        tables,
+    )
+    indexes = await con.fetch(
+        "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid),"
+        " i.indrelid::regclass::text FROM pg_index i"
+        " WHERE i.indrelid = ANY($1::text[]::regclass[]) AND NOT EXISTS (SELECT 1"
+        " FROM pg_constraint c WHERE c.conindid = i.indexrelid AND c.conrelid = i.indrelid"
+        " AND c.contype IN ('p', 'u')) ORDER BY i.indexrelid",
+        tables,
+    )
+    return [(r[0], r[1], r[2], str(r[3])) for r in keys], [(r[0], r[1], r[2]) for r in indexes]
+
+
+async def _copy(dsn: str, batches: Iterator[_Batch]) -> None:
+    """COPY the batches into their tables, one connection a table: the server parses and
+    stores one batch while the next is generated here."""
+    queues: dict[str, asyncio.Queue[list[tuple[Any, ...]] | None]] = {
+        table: asyncio.Queue(maxsize=4) for table in PG_TABLES
+    }
+
+    async def records(table: str) -> AsyncIterator[tuple[Any, ...]]:
+        while (rows := await queues[table].get()) is not None:
+            for row in rows:
+                yield row
+
+    async def copy(table: str) -> None:
+        con = await asyncpg.connect(dsn)
+        try:
+            await con.copy_records_to_table(
+                table, records=records(table), columns=list(APP_COLUMNS[table])
+            )
+        finally:
+            await con.close()
+
+    async with asyncio.TaskGroup() as group:
+        for table in PG_TABLES:
+            group.create_task(copy(table))
+        for batch in batches:
+            for table in PG_TABLES:
+                await queues[table].put(getattr(batch, table))
+            await asyncio.sleep(0)  # let the COPYs send what is queued
+        for table in PG_TABLES:
+            await queues[table].put(None)
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -504,7 +771,7 @@ class Timing:
 
 @dataclass
 class Measured:
-    kind: str
+    kind: str  # app | chainlit
     n: int
     timings: dict[str, Timing] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)  # rows each call returned
@@ -515,6 +782,7 @@ class Measured:
     peak_rss_all_mb: float = 0.0  # after the other searches too
     py_peak_all_mb: float = 0.0
     plans: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    dialect: str = "sqlite"
 
 
 def _proc_status_mb(key: str) -> float:
@@ -550,10 +818,10 @@ def _filter(search: str | None = None) -> ThreadFilter:
 
 
 async def measure(spec: dict[str, Any]) -> Measured:
-    """Run in a child process: time one data layer on one seeded file."""
+    """Run in a child process: time one data layer on one seeded database."""
     kind: str = spec["kind"]
-    path = Path(spec["db"])
-    url = f"sqlite+aiosqlite:///{path}"
+    dialect: str = spec["dialect"]
+    url: str = spec["url"]
     layer: BaseDataLayer
     db: Database | None = None
     if kind == "app":
@@ -567,7 +835,7 @@ async def measure(spec: dict[str, Any]) -> Measured:
         chainlit_log.setLevel(logging.ERROR)  # "storage client is not initialized"
         layer = SQLAlchemyDataLayer(conninfo=url)
         chainlit_log.setLevel(level)
-    result = Measured(kind=kind, n=spec["n"], base_rss_mb=_proc_status_mb("VmRSS"))
+    result = Measured(kind=kind, n=spec["n"], base_rss_mb=_proc_status_mb("VmRSS"), dialect=dialect)
     words: dict[str, str] = spec["words"]
 
     first = await layer.list_threads(Pagination(first=PAGE), _filter())
@@ -612,7 +880,10 @@ async def measure(spec: dict[str, Any]) -> Measured:
 
     calls.update(info)
     if db is not None and spec.get("explain"):
-        result.plans = await _plans(db, path, calls)
+        if dialect == "postgresql":
+            result.plans = await _plans_postgresql(db, url, calls)
+        else:
+            result.plans = await _plans_sqlite(db, Path(spec["db"]), calls)
     await layer.close()
     return result
 
@@ -621,10 +892,9 @@ def _search_call(layer: BaseDataLayer, word: str) -> Callable[[], Awaitable[Any]
     return lambda: layer.list_threads(Pagination(first=PAGE), _filter(word))
 
 
-async def _plans(
-    db: Database, path: Path, calls: dict[str, Callable[[], Awaitable[Any]]]
-) -> dict[str, list[dict[str, Any]]]:
-    """The SELECTs each call issues, with SQLite's EXPLAIN QUERY PLAN for each."""
+@contextmanager
+def _capturing(db: Database) -> Iterator[list[tuple[str, Any]]]:
+    """The SELECTs the data layer sends while the block runs, with their parameters."""
     issued: list[tuple[str, Any]] = []
 
     def capture(
@@ -634,19 +904,29 @@ async def _plans(
             issued.append((statement, parameters))
 
     event.listen(db.reader.sync_engine, "before_cursor_execute", capture)
+    try:
+        yield issued
+    finally:
+        event.remove(db.reader.sync_engine, "before_cursor_execute", capture)
+
+
+async def _plans_sqlite(
+    db: Database, path: Path, calls: dict[str, Callable[[], Awaitable[Any]]]
+) -> dict[str, list[dict[str, Any]]]:
+    """The SELECTs each call issues, with SQLite's EXPLAIN QUERY PLAN for each."""
     plans: dict[str, list[dict[str, Any]]] = {}
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        for name, call in calls.items():
-            issued.clear()
-            await call()
-            plans[name] = []
-            for statement, parameters in issued:
-                rows = con.execute("EXPLAIN QUERY PLAN " + statement, parameters).fetchall()
-                plans[name].append({"sql": statement, "plan": _plan_tree(rows)})
+        with _capturing(db) as issued:
+            for name, call in calls.items():
+                issued.clear()
+                await call()
+                plans[name] = []
+                for statement, parameters in issued:
+                    rows = con.execute("EXPLAIN QUERY PLAN " + statement, parameters).fetchall()
+                    plans[name].append({"sql": statement, "plan": _plan_tree(rows)})
     finally:
         con.close()
-        event.remove(db.reader.sync_engine, "before_cursor_execute", capture)
     return plans
 
 
@@ -657,6 +937,72 @@ def _plan_tree(rows: list[tuple[int, int, int, str]]) -> list[str]:
         depth[node] = depth.get(parent, -1) + 1
         lines.append("  " * depth[node] + detail)
     return lines
+
+
+#: Without the data layer's own prepared statement, a plan is shown after a statement of its
+#: own has run this often: PostgreSQL plans a prepared statement's first five runs for their
+#: values, then may keep a generic plan.
+PG_PLAN_RUNS = 6
+
+
+async def _plans_postgresql(
+    db: Database, url: str, calls: dict[str, Callable[[], Awaitable[Any]]]
+) -> dict[str, list[dict[str, Any]]]:
+    """The SELECTs each call issues, with PostgreSQL's EXPLAIN (ANALYZE, BUFFERS) of each: run
+    as EXECUTE of the prepared statement the data layer's connection keeps for that SQL (asyncpg
+    prepares each statement once a connection), so the plan is the one the timed calls ran,
+    generic or custom as their history made it."""
+    issued_by: dict[str, list[tuple[str, Any]]] = {}
+    with _capturing(db) as issued:
+        for name, call in calls.items():
+            issued.clear()
+            await call()
+            issued_by[name] = list(issued)
+    plans: dict[str, list[dict[str, Any]]] = {}
+    # Calls one at a time use one pooled connection: the one that holds the statements.
+    async with db.reader.connect() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        for name, statements in issued_by.items():
+            plans[name] = []
+            for statement, parameters in statements:
+                values = ", ".join(_pg_literal(value) for value in parameters or ())
+                kept = await raw.fetchrow(
+                    "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements"
+                    " WHERE statement = $1 AND from_sql = false",
+                    statement,
+                )
+                if kept is not None:
+                    execute = f'EXECUTE "{kept[0]}"' + (f"({values})" if values else "")
+                    note = (
+                        f"the data layer's prepared statement, run so far with"
+                        f" {kept[1]} generic and {kept[2]} custom plans"
+                    )
+                else:
+                    await raw.execute(f"PREPARE bench_plan AS {statement}")
+                    execute = "EXECUTE bench_plan" + (f"({values})" if values else "")
+                    for _ in range(PG_PLAN_RUNS):
+                        await raw.execute(execute)
+                    note = f"a statement of the bench's own, after {PG_PLAN_RUNS} runs"
+                try:
+                    rows = await raw.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {execute}")
+                finally:
+                    if kept is None:
+                        await raw.execute("DEALLOCATE bench_plan")
+                plans[name].append(
+                    {"sql": statement, "plan": [f"({note})", *(row[0] for row in rows)]}
+                )
+    return plans
+
+
+def _pg_literal(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def _child_main(spec_json: str) -> None:
@@ -680,18 +1026,29 @@ def run_child(spec: dict[str, Any]) -> Measured:
     return Measured(**raw)
 
 
-async def _mid_cursor(path: Path, n: int, files: Path) -> str | None:
-    """The endCursor of a page holding the newer half of the list: a cursor half-way down."""
-    db = Database(f"sqlite+aiosqlite:///{path}")
-    layer = ChatDataLayer(db, FileStore(files))
+async def _mid_cursor(url: str, n: int, files: Path) -> str | None:
+    """The endCursor after the newer half of the list (paged through, MAX_PAGE at a time,
+    the most a page holds): a cursor half-way down."""
+    layer = ChatDataLayer(Database(url), FileStore(files))
+    cursor: str | None = None
     try:
-        page = await layer.list_threads(Pagination(first=max(PAGE, n // 2)), _filter())
-        return page.pageInfo.endCursor
+        remaining = max(PAGE, n // 2)
+        while remaining > 0:
+            page = await layer.list_threads(
+                Pagination(first=min(MAX_PAGE, remaining), cursor=cursor), _filter()
+            )
+            cursor = page.pageInfo.endCursor
+            remaining -= len(page.data)
+            if not page.pageInfo.hasNextPage:
+                break
+        return cursor
     finally:
         await layer.close()
 
 
 # ---------------------------------------------------------------------------- report
+
+Row = tuple[SeedInfo, Measured]
 
 
 def _ms(timing: Timing | None, p90: bool = True) -> str:
@@ -704,43 +1061,64 @@ def _ms(timing: Timing | None, p90: bool = True) -> str:
     return f"{fmt(timing.median)}/{fmt(timing.p90)}" if p90 else fmt(timing.median)
 
 
-def print_table(rows: list[tuple[SeedInfo, Measured]]) -> None:
-    head = (
-        f"{'N':>7} {'path':<8} {'seed s':>6} {'db MB':>6} {'page 1':>11} {'page 2':>7}"
-        f" {'mid pg':>7} {'open 200':>11} {'search en':>11} {'search zh':>11}"
-        f" {'RSS MB':>7} {'py MB':>6}"
+_SIDE_HEAD = (
+    f"{'seed s':>6} {'db MB':>6} {'page 1':>11} {'page 2':>6} {'mid pg':>6} {'open 200':>11}"
+    f" {'search en':>11} {'search zh':>11} {'RSS':>4} {'py MB':>5}"
+)
+
+
+def _side(row: Row | None) -> str:
+    if row is None:
+        return f"{'-':^{len(_SIDE_HEAD)}}"
+    seed, m = row
+    t = m.timings
+    return (
+        f"{seed.seconds:>6.1f} {seed.size_mb:>6.0f} {_ms(t.get('page1')):>11}"
+        f" {_ms(t.get('page2'), False):>6} {_ms(t.get('page_mid'), False):>6}"
+        f" {_ms(t.get('open200')):>11} {_ms(t.get('search_en')):>11}"
+        f" {_ms(t.get('search_zh')):>11} {m.peak_rss_mb:>4.0f} {m.py_peak_mb:>5.2f}"
     )
+
+
+def print_table(rows: list[Row], versions: dict[str, str]) -> None:
+    """One line per N and layer: SQLite's figures, then PostgreSQL's."""
+    lines: dict[tuple[int, str], dict[str, Row]] = {}
+    for seed, m in rows:
+        lines.setdefault((m.n, m.kind), {})[m.dialect] = (seed, m)
+    dialects = [d for d in DIALECTS if any(m.dialect == d for _s, m in rows)]
+    lead = f"{'N':>9} {'layer':<8} {'msgs':>4}"
+    titles = "".join(f" | {DIALECTS[d] + ' ' + versions[d]:^{len(_SIDE_HEAD)}}" for d in dialects)
+    print(" " * len(lead) + titles)
+    head = lead + "".join(f" | {_SIDE_HEAD}" for _d in dialects)
     print(head)
     print("-" * len(head))
-    for seed, m in rows:
-        t = m.timings
-        print(
-            f"{m.n:>7,} {m.kind:<8} {seed.seconds:>6.1f} {seed.size_mb:>6.0f}"
-            f" {_ms(t.get('page1')):>11} {_ms(t.get('page2'), False):>7}"
-            f" {_ms(t.get('page_mid'), False):>7} {_ms(t.get('open200')):>11}"
-            f" {_ms(t.get('search_en')):>11} {_ms(t.get('search_zh')):>11}"
-            f" {m.peak_rss_mb:>7.0f} {m.py_peak_mb:>6.2f}"
-        )
+    for (n, kind), by_dialect in sorted(lines.items()):
+        messages = next(iter(by_dialect.values()))[0].messages
+        cells = "".join(f" | {_side(by_dialect.get(d))}" for d in dialects)
+        print(f"{n:>9,} {kind:<8} {messages:>4}{cells}")
     print(
-        "times in ms, median/p90 (single figures: median); page 2 via page 1's endCursor, mid pg"
-        " half-way down the list; search en / zh: a word in 1 % of the threads; RSS = peak"
-        " resident memory of the measuring process after these calls; py = peak Python"
-        " allocations over one more pass of them"
+        "times in ms, median/p90 (single figures: median); msgs = messages a thread; page 2"
+        " via page 1's endCursor, mid pg half-way down the list; search en / zh: a word in 1 %"
+        " of the threads; RSS = peak resident memory (MB) of the measuring process after these"
+        " calls; py = peak Python allocations over one more pass of them"
     )
     info = [(seed, m) for seed, m in rows if m.kind == "app"]
     if not info:
         return
     print("\nOther searches on the app's layer, for information (ms, median/p90):")
     head = (
-        f"{'N':>7}"
+        f"{'N':>9} {'dialect':<10}"
         + "".join(f" {label:>26}" for label in INFO_SEARCHES.values())
         + f" {'RSS MB':>7} {'py MB':>6}"
     )
     print(head)
     print("-" * len(head))
-    for _seed, m in info:
+    for _seed, m in sorted(info, key=lambda row: (row[1].n, list(DIALECTS).index(row[1].dialect))):
         cells = "".join(f" {_ms(m.timings.get('search_' + k)):>26}" for k in INFO_SEARCHES)
-        print(f"{m.n:>7,}{cells} {m.peak_rss_all_mb:>7.0f} {m.py_peak_all_mb:>6.2f}")
+        print(
+            f"{m.n:>9,} {DIALECTS[m.dialect]:<10}{cells}"
+            f" {m.peak_rss_all_mb:>7.0f} {m.py_peak_all_mb:>6.2f}"
+        )
     print("RSS / py here: the same peaks once these searches have run too")
 
 
@@ -748,21 +1126,30 @@ def _verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def summarise(
-    app: list[tuple[SeedInfo, Measured]], ref: list[tuple[SeedInfo, Measured]]
-) -> dict[str, Any]:
-    summary: dict[str, Any] = {"ratios": {}, "targets": {}, "same_results": {}}
-    for seed, _m in app:
+def summarise(app: list[Row], ref: list[Row]) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "ratios": {},
+        "targets": {},
+        "same_results": {},
+        "postgresql_same_results": {},
+    }
+    seen: set[int] = set()
+    for seed, _m in sorted(app, key=lambda row: row[0].n):
+        if seed.n in seen:
+            continue
+        seen.add(seed.n)
         share = {k: f"{v:,} ({100 * v / seed.n:.1f} %)" for k, v in seed.hits.items()}
         print(
-            f"N={seed.n:,}: {seed.threads:,} threads, {seed.steps:,} steps; threads matching"
-            f" {EN_WORD!r}: {share['en']}, {ZH_WORD!r}: {share['zh']},"
-            f" {COMMON_WORD!r}: {share['common']}"
+            f"N={seed.n:,}: {seed.threads:,} threads, {seed.steps:,} steps ({seed.messages}"
+            f" messages a thread); threads matching {EN_WORD!r}: {share['en']}, {ZH_WORD!r}:"
+            f" {share['zh']}, {COMMON_WORD!r}: {share['common']}"
         )
-    app_1000 = next((m for s, m in app if s.n == 1000), None)
+    sqlite_app = [(s, m) for s, m in app if m.dialect == "sqlite"]
+    pg_app = [(s, m) for s, m in app if m.dialect == "postgresql"]
+    app_1000 = next((m for s, m in sqlite_app if s.n == 1000), None)
     ref_1000 = next((m for s, m in ref if s.n == 1000), None)
     if app_1000 and ref_1000:
-        print("\nChainlit SQLAlchemyDataLayer / app at N=1,000 (median over median):")
+        print("\nChainlit SQLAlchemyDataLayer / app at N=1,000, on SQLite (median over median):")
         parts = []
         for key, label in (
             ("page1", "page 1"),
@@ -790,22 +1177,58 @@ def summarise(
             "  same threads returned as Chainlit: "
             + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items())
         )
-    if not app:
-        return summary
-    largest_seed, largest = max(app, key=lambda row: row[0].n)
-    smallest_seed, smallest = min(app, key=lambda row: row[0].n)
+    pg_1000 = next((m for s, m in pg_app if s.n == 1000), None)
+    if pg_1000:
+        low, high = TEAM_CHAINLIT_PG_PAGE_MS
+        page = pg_1000.timings["page1"].median
+        print(
+            f"  on PostgreSQL 15 (the team's figures for Chainlit's layer: {low:.0f}-{high:.0f} ms"
+            f" page 1 at 1,000 and 10,000 threads): app page 1 {page:.2f} ms,"
+            f" x{low / page:,.0f}-{high / page:,.0f}"
+        )
+    if sqlite_app and pg_app:
+        print("\nPostgreSQL returned the same threads as SQLite:")
+        by_n = {s.n: m for s, m in sqlite_app}
+        for seed, pg in sorted(pg_app, key=lambda row: row[0].n):
+            lite = by_n.get(seed.n)
+            if lite is None:
+                continue
+            same = {key: pg.ids[key] == lite.ids.get(key) for key in pg.ids}
+            summary["postgresql_same_results"][str(seed.n)] = same
+            differ = [key for key, ok in same.items() if not ok]
+            print(
+                f"  N={seed.n:,}: "
+                + (f"yes ({len(same)} calls)" if not differ else "NO in " + ", ".join(differ))
+            )
+    for dialect, runs in (("sqlite", sqlite_app), ("postgresql", pg_app)):
+        if runs:
+            summary["targets"].update(_targets(DIALECTS[dialect], runs))
+    return summary
+
+
+def _targets(name: str, runs: list[Row]) -> dict[str, Any]:
+    largest_seed, largest = max(runs, key=lambda row: row[0].n)
+    smallest_seed, smallest = min(runs, key=lambda row: row[0].n)
     n_label = f"N={largest_seed.n:,}"
-    print(f"\nTargets (medians; page and search at the largest N, {n_label}):")
+    print(f"\nTargets on {name} (medians; page and search at the largest N, {n_label}):")
     checks: list[tuple[str, bool, str]] = []
     page = largest.timings["page1"].median
-    checks.append(("first page <= 5 ms", page <= TARGET_PAGE_MS, f"{page:.2f} ms"))
+    checks.append(
+        (f"{name}: first page <= {TARGET_PAGE_MS:g} ms", page <= TARGET_PAGE_MS, f"{page:.2f} ms")
+    )
     for key, label in (("search_en", "English"), ("search_zh", "Chinese")):
         value = largest.timings[key].median
-        checks.append((f"search ({label}) <= 50 ms", value <= TARGET_SEARCH_MS, f"{value:.2f} ms"))
-    worst_open = max(m.timings["open200"].median for _s, m in app)
+        checks.append(
+            (
+                f"{name}: search ({label}) <= {TARGET_SEARCH_MS:g} ms",
+                value <= TARGET_SEARCH_MS,
+                f"{value:.2f} ms",
+            )
+        )
+    worst_open = max(m.timings["open200"].median for _s, m in runs)
     checks.append(
-        ("open a 200-step thread <= 10 ms (every N)", worst_open <= TARGET_OPEN_MS,
-         f"worst {worst_open:.2f} ms")
+        (f"{name}: open a 200-step thread <= {TARGET_OPEN_MS:g} ms (every N)",
+         worst_open <= TARGET_OPEN_MS, f"worst {worst_open:.2f} ms")
     )  # fmt: skip
     rss_growth = largest.peak_rss_mb - smallest.peak_rss_mb
     py_growth = largest.py_peak_mb - smallest.py_peak_mb
@@ -814,23 +1237,27 @@ def summarise(
     )
     checks.append(
         (
-            "memory flat in N",
+            f"{name}: memory flat in N",
             flat,
             f"peak RSS {smallest.peak_rss_mb:.0f} -> {largest.peak_rss_mb:.0f} MB,"
             f" Python peak {smallest.py_peak_mb:.2f} -> {largest.py_peak_mb:.2f} MB"
             f" (N={smallest_seed.n:,} -> {largest_seed.n:,})",
         )
     )
-    if largest_seed.n < 100_000:
-        print(f"  (the targets are for 100,000 threads; judged here at {n_label})")
+    if largest_seed.n < TARGET_N:
+        print(f"  (the targets are for {TARGET_N:,} threads; judged here at {n_label})")
+    targets: dict[str, Any] = {}
     for label, ok, detail in checks:
-        print(f"  {_verdict(ok)}  {label:<42} {detail}")
-        summary["targets"][label] = {"pass": ok, "detail": detail}
-    return summary
+        print(f"  {_verdict(ok)}  {label:<56} {detail}")
+        targets[label] = {"pass": ok, "detail": detail}
+    return targets
 
 
 def print_plans(m: Measured) -> None:
-    print(f"\nEXPLAIN QUERY PLAN of the data layer's SELECTs at N={m.n:,}:")
+    how = (
+        "EXPLAIN (ANALYZE, BUFFERS) EXECUTE" if m.dialect == "postgresql" else "EXPLAIN QUERY PLAN"
+    )
+    print(f"\n{DIALECTS[m.dialect]}: {how} of the data layer's SELECTs at N={m.n:,}:")
     seen: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     for name, statements in m.plans.items():
         for item in statements:
@@ -849,15 +1276,39 @@ def _sizes(value: str) -> list[int]:
     return [int(part.replace("_", "")) for part in value.split(",") if part.strip()]
 
 
+def _messages_rule(value: str) -> list[tuple[int, int]]:
+    """ "20,1000000=4": 20 messages a thread, 4 from 1,000,000 threads up."""
+    rule: list[tuple[int, int]] = []
+    try:
+        for part in value.split(","):
+            start, _eq, count = part.strip().rpartition("=")
+            rule.append((int(start.replace("_", "")) if start else 0, int(count)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a messages rule: {value!r}") from None
+    rule.sort()
+    if not rule or rule[0][0] != 0 or any(c < 2 or c % 2 for _s, c in rule):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: give a count for every N (the first without N=) and even counts >= 2"
+        )
+    return rule
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--sizes", type=_sizes, default=_sizes("1000,10000,100000"))
+    parser.add_argument("--sizes", type=_sizes, default=_sizes("1000,10000,100000,1000000"))
+    parser.add_argument(
+        "--messages",
+        type=_messages_rule,
+        default=_messages_rule(DEFAULT_MESSAGES),
+        help=f"messages a thread, by N (default {DEFAULT_MESSAGES!r}: 4 from 1,000,000 up)",
+    )
     parser.add_argument("--ref-sizes", type=_sizes, default=_sizes("100,1000"))
     parser.add_argument("--no-reference", action="store_true", help="skip Chainlit's layer")
+    parser.add_argument("--no-postgres", action="store_true", help="SQLite's column alone")
     parser.add_argument("--repeat", type=int, default=30, help="timed calls per figure")
     parser.add_argument("--budget", type=float, default=20.0, help="seconds per figure, at most")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-threads"))
-    parser.add_argument("--reuse", action="store_true", help="keep files seeded before")
+    parser.add_argument("--reuse", action="store_true", help="keep databases seeded before")
     parser.add_argument("--json", type=Path, help="write all figures here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -875,56 +1326,84 @@ def main() -> None:
         "files": str(workdir / "files"),
         "out": str(workdir / "result.json"),
     }
+    versions = {"sqlite": sqlite3.sqlite_version}
+    server: PostgresServer | None = None
+    settings: dict[str, str] = {}
+    if not args.no_postgres:
+        if not (PG_BIN / "postgres").exists():
+            sys.exit(f"PostgreSQL is not installed ({PG_BIN / 'postgres'}); or --no-postgres")
+        server = start_postgres(workdir, args.reuse)
+        versions["postgresql"] = server.psql("SHOW server_version").split()[0]
+        settings = pg_settings(server)
+    rule = ", ".join(f"{c} from N={s:,}" if s else str(c) for s, c in args.messages)
     print(
-        f"SQLite {sqlite3.sqlite_version}; {STEPS_PER_THREAD} steps a thread, one user;"
-        f" up to {args.repeat} timed calls per figure after warm-up", flush=True
-    )  # fmt: skip
-
-    ref: list[tuple[SeedInfo, Measured]] = []
-    if not args.no_reference:
-        for n in args.ref_sizes:
-            path = workdir / f"chainlit-{n}.db"
-            seed = (args.reuse and _reusable(path, n)) or seed_chainlit(path, n)
-            print(
-                f"chainlit N={n:,}: {'reused, ' if seed.reused else ''}seeded in"
-                f" {seed.seconds:.1f} s, measuring…",
-                flush=True,
-            )
-            spec = {**common_spec, "kind": "chainlit", "db": str(path), "n": n}
-            ref.append((seed, run_child(spec)))
-
-    app: list[tuple[SeedInfo, Measured]] = []
-    largest = max(args.sizes) if args.sizes else 0
-    for n in args.sizes:
-        path = workdir / f"app-{n}.db"
-        seed = (args.reuse and _reusable(path, n)) or seed_app(path, n)
+        f"SQLite {versions['sqlite']}"
+        + (f", PostgreSQL {versions['postgresql']}" if server else "")
+        + f"; messages a thread: {rule}; one user; up to {args.repeat} timed calls per figure"
+        " after warm-up",
+        flush=True,
+    )
+    if server:
         print(
-            f"app N={n:,}: {'reused, ' if seed.reused else ''}seeded in {seed.seconds:.1f} s"
-            f" ({seed.size_mb:.0f} MB), measuring…",
+            "PostgreSQL's settings from initdb's file and PostgresServer (the rest are its"
+            " defaults): " + ", ".join(f"{k}={v}" for k, v in settings.items()),
             flush=True,
         )
-        mid = asyncio.run(_mid_cursor(path, n, workdir / "files"))
-        spec = {
-            **common_spec,
-            "kind": "app",
-            "db": str(path),
-            "n": n,
-            "mid_cursor": mid,
-            "explain": True,
-        }
-        app.append((seed, run_child(spec)))
+
+    try:
+        ref: list[Row] = []
+        if not args.no_reference:
+            for n in args.ref_sizes:
+                path = workdir / f"chainlit-{n}.db"
+                messages = messages_for(n, args.messages)
+                seed = (args.reuse and _reusable(path, n, messages)) or seed_chainlit(
+                    path, n, messages
+                )
+                print(
+                    f"chainlit N={n:,}: {'reused, ' if seed.reused else ''}seeded in"
+                    f" {seed.seconds:.1f} s, measuring…",
+                    flush=True,
+                )
+                spec = {
+                    **common_spec,
+                    "kind": "chainlit",
+                    "dialect": "sqlite",
+                    "db": str(path),
+                    "url": f"sqlite+aiosqlite:///{path}",
+                    "n": n,
+                }
+                ref.append((seed, run_child(spec)))
+
+        app: list[Row] = []
+        largest = max(args.sizes) if args.sizes else 0
+        for n in args.sizes:
+            messages = messages_for(n, args.messages)
+            path = workdir / f"app-{n}.db"
+            seed = (args.reuse and _reusable(path, n, messages)) or seed_app(path, n, messages)
+            app.append(_measure_app(common_spec, seed, f"sqlite+aiosqlite:///{path}", largest))
+            if server is not None:
+                seed = (
+                    args.reuse and reusable_postgres(server, workdir, n, messages)
+                ) or seed_postgres(server, workdir, n, messages)
+                app.append(_measure_app(common_spec, seed, server.url(seed.path), largest))
+    finally:
+        if server is not None:
+            server.stop()
 
     rows = sorted(ref + app, key=lambda row: (row[0].n, row[1].kind))
     print()
-    print_table(rows)
+    print_table(rows, versions)
     summary = summarise(app, ref)
-    if app:
-        print_plans(next(m for s, m in app if s.n == largest))
+    for _seed, m in app:
+        if m.n == largest:
+            print_plans(m)
     if args.json:
         args.json.write_text(
             json.dumps(
                 {
-                    "sqlite": sqlite3.sqlite_version,
+                    **versions,
+                    "postgresql_settings": settings,
+                    "messages": args.messages,
                     "words": words,
                     "runs": [{"seed": asdict(s), "measured": asdict(m)} for s, m in rows],
                     **summary,
@@ -934,6 +1413,27 @@ def main() -> None:
             )
         )
         print(f"\nfigures written to {args.json}")
+
+
+def _measure_app(common_spec: dict[str, Any], seed: SeedInfo, url: str, largest: int) -> Row:
+    name = DIALECTS[seed.dialect]
+    print(
+        f"app N={seed.n:,} on {name}: {'reused, ' if seed.reused else ''}seeded in"
+        f" {seed.seconds:.1f} s ({seed.size_mb:.0f} MB), measuring…",
+        flush=True,
+    )
+    mid = asyncio.run(_mid_cursor(url, seed.n, Path(common_spec["files"])))
+    spec = {
+        **common_spec,
+        "kind": "app",
+        "dialect": seed.dialect,
+        "db": seed.path,
+        "url": url,
+        "n": seed.n,
+        "mid_cursor": mid,
+        "explain": seed.n == largest,
+    }
+    return seed, run_child(spec)
 
 
 if __name__ == "__main__":
