@@ -47,19 +47,23 @@ def wait_until_serving(
     log: Path,
     timeout: float = 180.0,
 ) -> None:
-    """Poll `request` until it answers; fail with the end of `log` if the process exits
-    first or the time runs out."""
-    for _ in range(int(timeout / 0.2)):
+    """Poll `request` until it answers (any HTTP status); fail with the end of `log` (the
+    process's stderr, written to a file: a pipe nobody reads would stop the process once
+    full) if the process exits first, or once `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while True:
         if process.poll() is not None:
             raise RuntimeError(f"{what} ended at start:\n{log.read_text(errors='replace')[-3000:]}")
         try:
-            with urllib.request.urlopen(request, timeout=5):
+            with urllib.request.urlopen(request, timeout=2):
                 return
         except urllib.error.HTTPError:
             return  # it answers
-        except OSError:
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                late = f"{what} did not answer within {timeout:.0f} s; see {log}"
+                raise RuntimeError(late) from exc
             time.sleep(0.2)
-    raise RuntimeError(f"{what} did not answer within {timeout:.0f} s; see {log}")
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, signum: int = signal.SIGTERM) -> None:

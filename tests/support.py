@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -33,6 +32,7 @@ from chainlit.session import WebsocketSession
 from chatllm.chat import ChatApp, ChatSession
 from chatllm.chat.session import KEY as SESSION_KEY
 from chatllm.store import Database
+from deploy.cluster import stop_process, wait_until_serving
 from deploy.postgres import PostgresServer
 
 
@@ -151,40 +151,6 @@ def run_command(
     return done.returncode, (done.stdout + done.stderr).decode("utf-8", "replace").strip()
 
 
-def wait_until_serving(
-    process: subprocess.Popen[bytes],
-    request: urllib.request.Request,
-    what: str,
-    timeout: float,
-    log: Path,
-) -> None:
-    """Poll `request` until it answers; fail with the end of the process's log (its stderr,
-    written to a file: a pipe nobody reads would stop the process once full) if it exits
-    first."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(request, timeout=2):
-                return
-        except OSError as exc:
-            if process.poll() is not None:
-                detail = log.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"{what} exited during start-up: {detail}") from exc
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not start in time") from exc
-            time.sleep(0.2)
-
-
-def stop_process(process: subprocess.Popen[bytes] | None) -> None:
-    if process is not None and process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @dataclass
 class Endpoint:
     """llama-cpp-python's OpenAI-compatible server serving a GGUF on 127.0.0.1."""
@@ -235,7 +201,7 @@ class Endpoint:
         request = urllib.request.Request(
             f"{self.base_url}/models", headers={"Authorization": f"Bearer {self.api_key}"}
         )
-        wait_until_serving(self.process, request, "llama_cpp.server", timeout, self.log)
+        wait_until_serving(self.process, request, "llama_cpp.server", self.log, timeout)
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -286,7 +252,7 @@ class AppServer:
                 stderr=log,
             )
         request = urllib.request.Request(self.base + "/health")
-        wait_until_serving(self.process, request, "the app", timeout, self.log)
+        wait_until_serving(self.process, request, "the app", self.log, timeout)
         return self
 
     def stop(self) -> None:
