@@ -193,6 +193,10 @@ async def test_a_reply_whose_receipt_cannot_be_stored_is_remembered_and_the_user
     history = live_session().history
     assert [m.type for m in history] == ["human", "ai"]  # the model remembers it
     assert history[1].text == reply["output"]
+    thread = await app.store.get_thread(tab.session.thread_id)
+    assert thread is not None  # and the reply's words are stored, without their receipt
+    stored = [s["output"] for s in thread["steps"] if s["type"] == "assistant_message"]
+    assert stored == [reply["output"]] and not thread["elements"]
 
 
 @sqlite_only

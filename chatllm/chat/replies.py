@@ -104,7 +104,15 @@ async def save_message(store: ChatDataLayer, message: cl.Message, *elements: Ele
     try:
         for element in elements:
             await element.send(for_id=message.id, persist=False)
-        await store.save_message(message.to_dict(), elements=elements)
+        try:
+            await store.save_message(message.to_dict(), elements=elements)
+        except StoreError:
+            if not elements:
+                raise
+            # The words at least, without what could not be stored with them; the user
+            # is told either way.
+            await store.save_message(message.to_dict())
+            raise
     except StoreError as exc:
         lang = current_lang()
         text = t("error.store.shown", lang, detail=str(exc))

@@ -373,6 +373,7 @@ class ChatDataLayer(BaseDataLayer):
         try:
             async with self._step_lock(step_dict["id"]):
                 if step_dict["id"] in self._removed:
+                    await self._delete_files(list(stored.values()))  # no row will name them
                     return
                 async with self.db.write() as conn:
                     await self._write_step(conn, step_dict, thread_id)
