@@ -238,3 +238,19 @@ def test_make_cluster_starts_everything_on_loopback_and_stops_it_all(tmp_path: P
         if process.poll() is None:
             process.kill()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_systemd_unit_for_workers_is_one_systemd_accepts(tmp_path: Path) -> None:
+    """deploy/chatllm@.service, pointed at this checkout, passes `systemd-analyze verify`
+    (its paths, directives and the instance's port in the command line)."""
+    unit = (ROOT / "deploy" / "chatllm@.service").read_text().replace("/opt/chatllm", str(ROOT))
+    (tmp_path / "chatllm@.service").write_text(unit)
+    (tmp_path / "chatllm@8101.service").symlink_to(tmp_path / "chatllm@.service")
+    checked = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "chatllm@8101.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0 and not checked.stderr.strip(), checked.stderr
+    assert "--port %i" in unit and "--host 127.0.0.1" in unit
