@@ -40,6 +40,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -99,6 +100,31 @@ class App:
         self.process.wait()
 
 
+async def connect_chat(
+    client: socketio.AsyncClient,
+    base: str,
+    thread_id: str,
+    cookies: Mapping[str, str | None],
+    wait_timeout: float,
+) -> None:
+    """Open a chat on the app's socket as the page does: its cookies, Chainlit's auth
+    (a new session, `thread_id`), then "connection_successful" (which starts the chat)."""
+    await client.connect(
+        base,
+        socketio_path="/ws/socket.io",
+        transports=["websocket"],
+        headers={"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())},
+        auth={
+            "clientType": "webapp",
+            "sessionId": str(uuid.uuid4()),
+            "threadId": thread_id,
+            "userEnv": "{}",
+        },
+        wait_timeout=wait_timeout,
+    )
+    await client.emit("connection_successful")
+
+
 @dataclass
 class Chat:
     """One browser tab's conversation over socket.io, in local mode."""
@@ -120,20 +146,7 @@ class Chat:
 
         client.on("*", record)
 
-        await client.connect(
-            self.base,
-            socketio_path="/ws/socket.io",
-            transports=["websocket"],
-            headers={"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())},
-            auth={
-                "clientType": "webapp",
-                "sessionId": str(uuid.uuid4()),
-                "threadId": self.thread_id,
-                "userEnv": "{}",
-            },
-            wait_timeout=30,
-        )
-        await client.emit("connection_successful")
+        await connect_chat(client, self.base, self.thread_id, cookies, wait_timeout=30)
         await self.until(lambda: self.seen("chat_settings"), 60)
         await client.emit("chat_settings_change", {"max_tokens": 24, "temperature": 0.7})
         await self.until(lambda: self.seen("chat_settings") > 1, 60)

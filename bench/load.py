@@ -83,6 +83,9 @@ import httpx
 import socketio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # deploy/
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from durability import connect_chat
+
 from deploy.cluster import Nginx, Worker, stop_process, wait_until_serving
 from deploy.postgres import PostgresServer, free_port
 
@@ -339,20 +342,7 @@ class User:
             (await http.get("/")).raise_for_status()  # nginx's affinity cookie, as a page
             (await http.post("/auth/header")).raise_for_status()  # the local user's login
             cookies = {cookie.name: cookie.value for cookie in http.cookies.jar}
-        await self.client.connect(
-            self.base,
-            socketio_path="/ws/socket.io",
-            transports=["websocket"],
-            headers={"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())},
-            auth={
-                "clientType": "webapp",
-                "sessionId": str(uuid.uuid4()),
-                "threadId": self.thread_id,
-                "userEnv": "{}",
-            },
-            wait_timeout=60,
-        )
-        await self.client.emit("connection_successful")
+        await connect_chat(self.client, self.base, self.thread_id, cookies, wait_timeout=60)
         await asyncio.wait_for(self.started.wait(), 60)  # the chat has started
 
     async def say(self, text: str) -> Turn:

@@ -492,17 +492,7 @@ def seed_app(path: Path, n: int, messages: int) -> SeedInfo:
     con.execute("COMMIT")
     con.execute("PRAGMA journal_mode=WAL")  # as the app leaves it
     con.close()
-    info = SeedInfo(
-        path=str(path),
-        n=n,
-        seconds=time.perf_counter() - started,
-        size_mb=path.stat().st_size / 2**20,
-        threads=tally.threads,
-        steps=tally.steps,
-        hits=tally.hits,
-        messages=messages,
-    )
-    return _recorded(path, info)
+    return _seeded(path, str(path), n, started, path.stat().st_size / 2**20, tally, messages)
 
 
 def seed_chainlit(path: Path, n: int, messages: int) -> SeedInfo:
@@ -553,17 +543,33 @@ def seed_chainlit(path: Path, n: int, messages: int) -> SeedInfo:
     con.execute("COMMIT")
     con.execute("PRAGMA journal_mode=DELETE")
     con.close()
+    return _seeded(path, str(path), n, started, path.stat().st_size / 2**20, tally, messages)
+
+
+def _seeded(
+    record: Path,
+    where: str,
+    n: int,
+    started: float,
+    size_mb: float,
+    tally: _Tally,
+    messages: int,
+    dialect: str = "sqlite",
+) -> SeedInfo:
+    """What a seeding made (`where`: the file, or the database's name), recorded beside
+    `record` for --reuse."""
     info = SeedInfo(
-        path=str(path),
+        path=where,
         n=n,
         seconds=time.perf_counter() - started,
-        size_mb=path.stat().st_size / 2**20,
+        size_mb=size_mb,
         threads=tally.threads,
         steps=tally.steps,
         hits=tally.hits,
         messages=messages,
+        dialect=dialect,
     )
-    return _recorded(path, info)
+    return _recorded(record, info)
 
 
 def _recorded(path: Path, info: SeedInfo) -> SeedInfo:
@@ -620,18 +626,7 @@ def seed_postgres(server: PostgresServer, workdir: Path, n: int, messages: int) 
     tally = _Tally()
     asyncio.run(_seed_postgres(url, n, messages, tally))
     size = server.psql(f"SELECT pg_database_size('{name}')").strip()
-    info = SeedInfo(
-        path=name,
-        n=n,
-        seconds=time.perf_counter() - started,
-        size_mb=int(size) / 2**20,
-        threads=tally.threads,
-        steps=tally.steps,
-        hits=tally.hits,
-        messages=messages,
-        dialect="postgresql",
-    )
-    return _recorded(marker, info)
+    return _seeded(marker, name, n, started, int(size) / 2**20, tally, messages, "postgresql")
 
 
 def reusable_postgres(
