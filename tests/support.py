@@ -367,6 +367,7 @@ class SocketUser:
         if start:
             await self.client.emit("connection_successful")
             await self.wait_for(lambda: self.named("chat_settings"))
+            await self.wait_for(lambda: self.named("task_end"))  # the chat's start has ended
 
     def answer_file_questions(self, name: str, content: bytes, mime: str) -> None:
         """Answer the app's file questions (its "ask" calls) as the page does: upload the
@@ -414,6 +415,23 @@ class SocketUser:
 
     def errors(self) -> list[str]:
         return [str(m["output"]) for m in self.named("new_message") if m.get("isError")]
+
+    def model_replies(self) -> list[dict[str, object]]:
+        """Finished replies the app made (not Chainlit's own notes, such as its stop notice)."""
+        return [m for m in self.finished_replies() if (m.get("metadata") or {}).get("kind")]
+
+    async def turn(
+        self, text: str, command: str | None = None, seconds: float = 60, **settings: object
+    ) -> dict[str, object]:
+        """Send `text` and wait until its turn has ended: its reply shown and, since the
+        app stores it before its handler returns, stored. The message as sent."""
+        ended, before = len(self.named("task_end")), len(self.model_replies())
+        message = await self.say(text, command, **settings)
+        await self.wait_for(
+            lambda: len(self.model_replies()) > before and len(self.named("task_end")) > ended,
+            seconds,
+        )
+        return message
 
     def finished_replies(self) -> list[dict[str, object]]:
         """Replies as they were last sent, once their text is there (a streamed reply is

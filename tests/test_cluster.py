@@ -111,9 +111,7 @@ def replies(tab: SocketUser) -> list[dict[str, object]]:
 
 
 async def answered(tab: SocketUser, text: str, **settings: object) -> None:
-    before = len(replies(tab))
-    await tab.say(text, **settings)
-    await tab.wait_for(lambda: len(replies(tab)) > before, seconds=120)
+    await tab.turn(text, seconds=120, **settings)
 
 
 def test_workers_run_on_the_endpoint_without_a_model_of_their_own(cluster: Cluster) -> None:
@@ -134,7 +132,7 @@ async def test_a_thread_made_on_one_worker_is_listed_resumed_and_continued_on_th
     await tab.connect(signed_in.cookies)
     try:
         await answered(tab, "Say hi.", max_tokens=8, temperature=0.0)
-        await answered(tab, "export", command="Export")  # files, written by this worker
+        await tab.turn("export", "Export", seconds=120)  # files, written by this worker
     finally:
         await tab.client.disconnect()
     # The login made on the first worker is good on the second: same secret, same users.
@@ -146,6 +144,7 @@ async def test_a_thread_made_on_one_worker_is_listed_resumed_and_continued_on_th
     try:
         await again.client.emit("connection_successful")
         await again.wait_for(lambda: again.named("chat_settings"))  # resumed
+        await again.wait_for(lambda: again.named("task_end"))
         await answered(again, "Say bye.")  # with the sliders the thread left
     finally:
         await again.client.disconnect()

@@ -291,10 +291,7 @@ async def test_a_chat_turn_writes_the_message_and_the_reply_once_each(server: Ap
     tab = SocketUser(server.base)
     await tab.connect()
     try:
-        await tab.wait_for(lambda: tab.named("task_end"))  # the chat's start has ended
-        ended = len(tab.named("task_end"))
-        asked = await tab.say("Say hi.", max_tokens=4, temperature=0.0)
-        await tab.wait_for(lambda: replies(tab) and len(tab.named("task_end")) > ended)
+        asked = await tab.turn("Say hi.", max_tokens=4, temperature=0.0)
         (reply,) = replies(tab)
     finally:
         await tab.client.disconnect()
@@ -323,19 +320,12 @@ async def test_an_edit_sent_while_editing_is_off_changes_and_removes_nothing(
     tab = SocketUser(server.base)
     await tab.connect()
     try:
-
-        async def answered(text: str, **settings: object) -> dict[str, object]:
-            before = len(replies(tab))  # a count of task_end can be met by an earlier task's
-            message = await tab.say(text, **settings)
-            await tab.wait_for(lambda: len(replies(tab)) > before)
-            return message
-
-        first = await answered("Say hi.", max_tokens=4, temperature=0.0)
-        await answered("Say bye.")
+        first = await tab.turn("Say hi.", max_tokens=4, temperature=0.0)
+        await tab.turn("Say bye.")
         edited = {**first, "output": "Say something else."}
         await tab.client.emit("edit_message", {"message": edited})
         await tab.client.emit("edit_message", {"message": {**edited, "id": "not-a-message"}})
-        await answered("Still here?")  # the socket goes on
+        await tab.turn("Still here?")  # the socket goes on
         assert len(replies(tab)) == 3
     finally:
         await tab.client.disconnect()
