@@ -10,6 +10,7 @@ import json
 import os
 import re
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from chatllm.markdown import to_markdown
 from chatllm.receipts import Receipt, prompt_digest
 from chatllm.sampling import Sampling
 from chatllm.store import ChatDataLayer, Database, FileStore
+from chatllm.store.sqlite import YIELD_AFTER
 from chatllm.store.users import NoSuchUser
 from tests.conftest import sqlite_only
 from tests.support import BrowserTab, command_env, refuse_inserts, run_command
@@ -432,6 +434,9 @@ async def test_an_import_cancelled_while_it_writes_keeps_nothing_and_passes_the_
     def cancel_on_the_messages(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         if statement.startswith("INSERT INTO steps"):  # the thread's row is already written
             loop.call_soon_threadsafe(importing.cancel)
+            # A long write: SQLite's writer, on the loop's thread, lets the loop run (and
+            # a cancellation in) once a write has kept it this long.
+            time.sleep(2 * YIELD_AFTER)
 
     event.listen(store.db.writer.sync_engine, "before_cursor_execute", cancel_on_the_messages)
     try:

@@ -33,11 +33,11 @@ from chainlit.types import (
 from chainlit.user import PersistedUser, User
 from sqlalchemy import text
 from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatllm.clock import utc_now
 from chatllm.errors import ChatLLMError
 from chatllm.store.db import Database, writes
+from chatllm.store.dialect import Connection
 from chatllm.store.files import FileStore
 from chatllm.store.search import (
     THREAD_SEQ_OF_ROW,
@@ -264,7 +264,7 @@ class ChatDataLayer(BaseDataLayer):
         return stored
 
     async def _insert_element(
-        self, conn: AsyncConnection, element: Element, object_key: str | None
+        self, conn: Connection, element: Element, object_key: str | None
     ) -> None:
         record = element.to_dict()
         assert element.thread_id
@@ -394,7 +394,7 @@ class ChatDataLayer(BaseDataLayer):
                 async with self.db.write() as conn:
                     await self._write_step(conn, step, thread_id)
 
-    async def _write_step(self, conn: AsyncConnection, step: StepDict, thread_id: str) -> None:
+    async def _write_step(self, conn: Connection, step: StepDict, thread_id: str) -> None:
         thread_seq = await self._ensure_thread(conn, thread_id)
         row = (
             await conn.execute(
@@ -740,7 +740,7 @@ class ChatDataLayer(BaseDataLayer):
 
     async def _update_thread(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         thread_id: str,
         name: str | None = None,
         user_id: str | None = None,
@@ -804,7 +804,7 @@ class ChatDataLayer(BaseDataLayer):
 
     # ---- helpers
 
-    async def _ensure_thread(self, conn: AsyncConnection, thread_id: str) -> int:
+    async def _ensure_thread(self, conn: Connection, thread_id: str) -> int:
         """Create the thread if it is new (owned by the acting user); refuse another's.
         Returns the thread's seq. The thread's row stays locked until the write ends
         (PostgreSQL), so writes to one thread take turns."""
@@ -816,7 +816,7 @@ class ChatDataLayer(BaseDataLayer):
             raise ThreadAccessDenied(f"thread {thread_id} belongs to another user")
         return int(thread.seq)
 
-    async def _locked_thread(self, conn: AsyncConnection, thread_id: str) -> Row[Any] | None:
+    async def _locked_thread(self, conn: Connection, thread_id: str) -> Row[Any] | None:
         """The thread's seq, owner and metadata, its row locked for this write."""
         return (
             await conn.execute(
@@ -828,7 +828,7 @@ class ChatDataLayer(BaseDataLayer):
             )
         ).first()
 
-    async def _new_thread(self, conn: AsyncConnection, thread_id: str, user: str | None) -> int:
+    async def _new_thread(self, conn: Connection, thread_id: str, user: str | None) -> int:
         """Insert an empty thread; its seq. Two first writes of one thread may race (two
         workers, or Chainlit's tasks on PostgreSQL): the one that loses finds the row."""
         stamp = utc_now()
@@ -848,7 +848,7 @@ class ChatDataLayer(BaseDataLayer):
             seq = thread.seq
         return int(seq)
 
-    async def _check_owner(self, conn: AsyncConnection, thread_id: str) -> None:
+    async def _check_owner(self, conn: Connection, thread_id: str) -> None:
         acting = _acting_user_id()
         if acting is None:
             return  # REST routes check the author before calling; see chainlit.data.acl
@@ -858,9 +858,7 @@ class ChatDataLayer(BaseDataLayer):
         if owner is not None and owner != acting:
             raise ThreadAccessDenied(f"thread {thread_id} belongs to another user")
 
-    async def _object_keys(
-        self, conn: AsyncConnection, where: str, params: dict[str, Any]
-    ) -> list[str]:
+    async def _object_keys(self, conn: Connection, where: str, params: dict[str, Any]) -> list[str]:
         rows = await conn.execute(
             text(f"SELECT object_key FROM elements WHERE {where} AND object_key IS NOT NULL"),
             params,

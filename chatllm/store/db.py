@@ -6,7 +6,6 @@ between them is in their dialect (chatllm.store.dialect).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
@@ -14,11 +13,11 @@ from contextlib import asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Row, text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatllm.clock import utc_now
 from chatllm.errors import ChatLLMError, StoreError
-from chatllm.store.dialect import Dialect, dialect_for
+from chatllm.store.dialect import Connection, Dialect, Writer, dialect_for
 from chatllm.store.migrations import MIGRATIONS
 
 log = logging.getLogger("chatllm.store")
@@ -33,20 +32,16 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.dialect: Dialect = dialect_for(url)
-        self.writer, self.reader = self.dialect.engines(url)
-        self._writing = asyncio.Lock() if self.dialect.one_writer else None
+        self.writer: Writer = self.dialect.writer(url)
+        self.reader: AsyncEngine = self.dialect.reader(url)
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
+    async def write(self) -> AsyncIterator[Connection]:
         """A write transaction; it commits on exit, rolls back and re-raises on error.
         On SQLite it holds the write lock, and this process's writers take turns on one
         connection (Chainlit fires several writes at once as tasks)."""
-        if self._writing is None:
-            async with self.writer.begin() as conn:
-                yield conn
-        else:
-            async with self._writing, self.writer.begin() as conn:
-                yield conn
+        async with self.writer.transaction() as conn:
+            yield conn
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -123,7 +118,7 @@ class Database:
             return [(int(number), str(name)) for number, name in rows]
 
     async def close(self) -> None:
-        await self.writer.dispose()
+        await self.writer.close()
         await self.reader.dispose()
 
 

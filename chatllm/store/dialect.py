@@ -10,29 +10,56 @@ the migrations' statements where their DDL differs.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.engine import make_url
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+    from sqlalchemy.engine import CursorResult, Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.sql.base import Executable
 
     from chatllm.store.search import Term
+
+
+class Connection(Protocol):
+    """What the store's SQL runs on: a read's or a write transaction's connection (an
+    `AsyncConnection`, or SQLite's writer on the event loop's thread)."""
+
+    async def execute(self, statement: Executable, parameters: Any = None) -> CursorResult[Any]: ...
+
+    async def scalar(self, statement: Executable, parameters: Any = None) -> Any: ...
+
+
+class Writer(ABC):
+    """Where write transactions come from."""
+
+    #: The engine under it, for SQLAlchemy's events (a test's hooks).
+    sync_engine: Engine
+
+    @abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Connection]:
+        """A write transaction; it commits on exit, rolls back and re-raises on error."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close its connections."""
 
 
 class Dialect(ABC):
     #: The key of this database's statements in a migration (see migrations.py).
     name: str
-    #: Whether this process must send its writes one at a time (SQLite: one writer per
-    #: file) rather than let the database order them (row locks).
-    one_writer: bool
     #: Appended to a SELECT inside a write to lock the rows it read until the write ends.
     for_update: str
 
     @abstractmethod
-    def engines(self, url: str) -> tuple[AsyncEngine, AsyncEngine]:
-        """The engine writes go through, and the one reads go through (a consistent
-        snapshot per read)."""
+    def writer(self, url: str) -> Writer:
+        """Where writes go through."""
+
+    @abstractmethod
+    def reader(self, url: str) -> AsyncEngine:
+        """The engine reads go through (a consistent snapshot per read)."""
 
     @abstractmethod
     def match(self, term: Term, param: str) -> tuple[str, str]:
@@ -44,12 +71,12 @@ class Dialect(ABC):
         """A condition: the JSON object in `column` has `key` set to true."""
 
     @abstractmethod
-    async def serialize(self, conn: AsyncConnection, names: list[str]) -> None:
+    async def serialize(self, conn: Connection, names: list[str]) -> None:
         """Make the rest of this write transaction take turns with every other write that
         serializes on one of `names`, in any process (a count checked, then added to)."""
 
     @abstractmethod
-    async def before_migration(self, conn: AsyncConnection) -> None:
+    async def before_migration(self, conn: Connection) -> None:
         """Called first in each migration's transaction (e.g. to take a lock, so that two
         processes starting at once do not apply one migration twice)."""
 

@@ -10,12 +10,14 @@ so workers starting together apply each one once.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from chatllm.store.dialect import Dialect
+from chatllm.store.dialect import Connection, Dialect, Writer
 from chatllm.store.search import Term
 
 if TYPE_CHECKING:
@@ -31,18 +33,28 @@ POOL_OVERFLOW = 20
 
 class PostgreSQL(Dialect):
     name = "postgresql"
-    one_writer = False
     for_update = " FOR UPDATE"
 
-    def engines(self, url: str) -> tuple[AsyncEngine, AsyncEngine]:
-        engine = create_async_engine(
-            url,
-            pool_size=POOL_SIZE,
-            max_overflow=POOL_OVERFLOW,
-            pool_pre_ping=True,  # a restarted server's dead connections are replaced
-            connect_args={"server_settings": {"application_name": "chatllm"}},
-        )
-        return engine, engine.execution_options(isolation_level="REPEATABLE READ")
+    def __init__(self) -> None:
+        self._engine: AsyncEngine | None = None
+
+    def _pool(self, url: str) -> AsyncEngine:
+        # One pool for writes and reads.
+        if self._engine is None:
+            self._engine = create_async_engine(
+                url,
+                pool_size=POOL_SIZE,
+                max_overflow=POOL_OVERFLOW,
+                pool_pre_ping=True,  # a restarted server's dead connections are replaced
+                connect_args={"server_settings": {"application_name": "chatllm"}},
+            )
+        return self._engine
+
+    def writer(self, url: str) -> Writer:
+        return PoolWriter(self._pool(url))
+
+    def reader(self, url: str) -> AsyncEngine:
+        return self._pool(url).execution_options(isolation_level="REPEATABLE READ")
 
     def match(self, term: Term, param: str) -> tuple[str, str]:
         # A tsquery: the words joined by "followed by", `:*` for a prefix. The words are
@@ -53,7 +65,7 @@ class PostgreSQL(Dialect):
     def json_flag(self, column: str, key: str) -> str:
         return f"({column})::jsonb @> '{{\"{key}\": true}}'::jsonb"
 
-    async def serialize(self, conn: AsyncConnection, names: list[str]) -> None:
+    async def serialize(self, conn: Connection, names: list[str]) -> None:
         # Transaction-level advisory locks on the names' hashes, always in one order (no
         # two writers can wait for each other); released at commit or rollback.
         for name in sorted(set(names)):
@@ -61,5 +73,21 @@ class PostgreSQL(Dialect):
                 text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": name}
             )
 
-    async def before_migration(self, conn: AsyncConnection) -> None:
+    async def before_migration(self, conn: Connection) -> None:
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+
+
+class PoolWriter(Writer):
+    """Write transactions on the pool's connections, as many at once as the pool holds."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.sync_engine = engine.sync_engine
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as conn:
+            yield conn
+
+    async def close(self) -> None:
+        await self.engine.dispose()
