@@ -473,6 +473,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: bytes
+    client_port: int = 0  # the port of the connection it came over
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -523,6 +524,7 @@ class WireTap:
                         self.path,
                         {k.lower(): v for k, v in self.headers.items()},
                         body,
+                        self.client_address[1],
                     )
                 )
                 if tap.on_request is not None:

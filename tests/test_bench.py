@@ -128,3 +128,20 @@ def test_the_load_benchmark_measures_users_on_one_worker_and_on_two_behind_nginx
         assert run["writes"]["user_message"]["max"] >= 1 and run["writes"]["reply"]["max"] >= 1
     # PostgreSQL's own counts, read once the workers have stopped.
     assert figures["runs"][1]["tuple_writes"]["steps"]["ins"] > 0
+
+
+def test_the_stream_cpu_benchmark_measures_the_app_beside_chatopenai(tmp_path: Path) -> None:
+    figures = bench(
+        "stream_cpu.py",
+        "--rounds",
+        "2",
+        "--tokens",
+        "6",
+        "--interval-ms",
+        "1",
+        out=tmp_path / "c.json",
+    )
+    paths = {"app", "app model", "ChatOpenAI", "openai", "httpx"}
+    assert set(figures["cpu_ms_per_reply"]) == paths and figures["tokens"] == 6
+    assert all(ms > 0 for ms in figures["cpu_ms_per_reply"].values())
+    assert figures["app_model_pct_of_chatopenai"] > 0

@@ -171,9 +171,10 @@ async def test_a_server_too_slow_for_the_timeout_is_reported(
 class QuietServer:
     """A scripted endpoint (loopback) that starts a streamed reply, then sends only SSE
     keep-alive comments, as a server whose generation is stuck but whose event loop is not
-    (llama-cpp-python's server pings every 15 s). Bounded: it ends after `pings`."""
+    (llama-cpp-python's server pings every 15 s). Bounded: it ends after `pings`, with
+    `then`."""
 
-    def __init__(self, pings: int = 100, every: float = 0.1) -> None:
+    def __init__(self, pings: int = 100, every: float = 0.1, then: str = "") -> None:
         chunk = {
             "id": "quiet",
             "object": "chat.completion.chunk",
@@ -196,6 +197,7 @@ class QuietServer:
                     self.wfile.write(b": ping\n\n")
                     self.wfile.flush()
                     time.sleep(every)
+                self.wfile.write(then.encode())
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -205,6 +207,36 @@ class QuietServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+async def test_an_error_the_server_sends_mid_reply_is_reported_in_its_words(
+    endpoint_settings: Settings,
+) -> None:
+    """A server that fails after it began to answer says so in the stream (`data:` with an
+    `error` object), as OpenAI's does; the app reads the stream itself (not through the
+    openai client's decoder), and raises it as the client would."""
+    failing = QuietServer(
+        pings=0, then='data: {"error": {"message": "the model ran out of memory"}}\n\n'
+    )
+    try:
+        settings = endpoint_settings.model_copy(update={"openai_base_url": failing.base_url})
+        with pytest.raises(BackendError, match="the model ran out of memory"):
+            await reply(OpenAIBackend(settings), Sampling(max_tokens=5))
+    finally:
+        failing.stop()
+
+
+async def test_a_streamed_reply_leaves_its_connection_to_the_next(
+    tapped_settings: Settings, tap: WireTap
+) -> None:
+    """The rest of a streamed reply is read after `[DONE]`, so the next request goes over
+    the same connection rather than a new one."""
+    backend = OpenAIBackend(tapped_settings)
+    first = await reply(backend, Sampling(max_tokens=5, temperature=0))
+    second = await reply(backend, Sampling(max_tokens=5, temperature=0))
+    assert first.strip() and second.strip()
+    ports = [seen.client_port for seen in tap.chat_requests()]
+    assert len(ports) == 2 and ports[0] == ports[1], ports
 
 
 async def test_a_reply_that_goes_quiet_while_the_server_pings_is_reported(
