@@ -9,6 +9,7 @@ from chainlit.types import ThreadDict
 
 from chatllm.auth import AuthMode
 from chatllm.chat import ChatApp
+from chatllm.memory import freeze_startup_objects
 from chatllm.store import ChatDataLayer
 from chatllm.web import (
     SessionGuard,
@@ -41,6 +42,11 @@ if chat.auth_mode is AuthMode.PASSWORD:
     cl.password_auth_callback(chat.login)
 else:
     cl.header_auth_callback(chat.local_login)
+
+
+@cl.on_app_startup
+def on_app_startup() -> None:
+    freeze_startup_objects()
 
 
 @cl.data_layer

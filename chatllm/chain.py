@@ -13,7 +13,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.outputs import ChatGeneration, LLMResult
 from langchain_core.prompt_values import PromptValue
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
-from langchain_core.runnables import Runnable, RunnableLambda
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 
 from chatllm.errors import ContextOverflow
 
@@ -35,11 +35,25 @@ class TextParser(StrOutputParser):
     langchain-core's async parser sends every chunk through the default thread pool
     (`run_in_executor` per token), an extra thread hop and event-loop wake for each token;
     at ~8 ms a token that alone costs the app ~1 % of llama.cpp's speed (bench/stream.py).
+    And as a step of a streamed chain it reports its own run to the callbacks, awaiting
+    each chunk in an asyncio task of its own (for the run's context): a task and a turn of
+    the event loop per token, which under load is where tokens wait (bench/load.py). It
+    has nothing of its own to report (the model's run has the reply) and needs no context,
+    so it streams without either; `ainvoke` and the other paths are langchain-core's.
     """
 
     async def _atransform(self, input: AsyncIterator[str | BaseMessage]) -> AsyncIterator[str]:
         async for chunk in input:
             yield chunk.text if isinstance(chunk, BaseMessage) else chunk
+
+    async def atransform(
+        self,
+        input: AsyncIterator[str | BaseMessage],
+        config: RunnableConfig | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[str]:
+        async for text in self._atransform(input):
+            yield text
 
 
 class ReplyRecord(AsyncCallbackHandler):
