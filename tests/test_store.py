@@ -161,15 +161,28 @@ async def test_connections_use_wal_foreign_keys_and_a_busy_timeout(store: ChatDa
 async def test_a_read_that_turns_into_a_write_waits_instead_of_failing(
     store: ChatDataLayer, ada: PersistedUser, tmp_path: Path
 ) -> None:
-    # Another process holds the write lock for a moment; our write waits its turn.
+    # Another process holds the write lock for a moment; our write waits its turn, and
+    # the event loop (every other chat of this process) goes on meanwhile: the writer
+    # runs on the loop's thread, so it must wait with sleeps, never in SQLite's busy wait.
     other = sqlite3.connect(tmp_path / "chatllm.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     other.execute("UPDATE users SET metadata = '{}' WHERE identifier = 'ada'")
-    import asyncio
+    ticks = 0
 
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    ticker = asyncio.create_task(tick())
     write = asyncio.create_task(chat(store, ada, "t1", "hello"))
-    await asyncio.sleep(0.3)
+    began = time.monotonic()
+    while time.monotonic() - began < 0.3:
+        await asyncio.sleep(0.01)  # (time.sleep would stop the loop: other processes' way)
+    ticker.cancel()
     assert not write.done()
+    assert ticks >= 10, ticks  # about 30 in 0.3 s
     other.execute("COMMIT")
     other.close()
     await asyncio.wait_for(write, timeout=10)
