@@ -59,7 +59,13 @@ class TextParser(StrOutputParser):
 class ReplyRecord(AsyncCallbackHandler):
     """What the model received (the prompt after trimming) and reported about a reply once
     it ended: why it ended (finish_reason), and whatever else its generation info carries
-    (model, seed, token usage)."""
+    (model, seed, token usage).
+
+    Inline: its methods only note what they are given, and otherwise langchain-core would
+    give every event, each streamed token's included, an asyncio task of its own
+    (`asyncio.gather`), for a handler that ignores tokens."""
+
+    run_inline = True
 
     def __init__(self) -> None:
         self.info: dict[str, Any] = {}
