@@ -125,6 +125,9 @@ def test_the_load_benchmark_measures_users_on_one_worker_and_on_two_behind_nginx
     for run in figures["runs"]:
         assert run["turns"] == 4 and run["errors"] == 0 and run["stored_once"]
         assert run["added_ttft_ms"]["p95"] is not None and run["token_added_ms"]["p95"] >= 0
+        # Each user's first turn apart from the later ones (two users, two turns each).
+        assert run["added_ttft_first_turns_ms"]["p95"] is not None
+        assert run["added_ttft_later_turns_ms"]["p95"] is not None
         assert run["writes"]["user_message"]["max"] >= 1 and run["writes"]["reply"]["max"] >= 1
     # PostgreSQL's own counts, read once the workers have stopped.
     assert figures["runs"][1]["tuple_writes"]["steps"]["ins"] > 0
