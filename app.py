@@ -9,7 +9,6 @@ from chainlit.types import ThreadDict
 
 from chatllm.auth import AuthMode
 from chatllm.chat import ChatApp
-from chatllm.memory import freeze_startup_objects
 from chatllm.store import ChatDataLayer
 from chatllm.web import (
     SessionGuard,
@@ -45,8 +44,8 @@ else:
 
 
 @cl.on_app_startup
-def on_app_startup() -> None:
-    freeze_startup_objects()
+async def on_app_startup() -> None:
+    await chat.started()
 
 
 @cl.data_layer

@@ -138,6 +138,20 @@ async def test_workers_starting_together_apply_each_migration_once(database_url:
     await db.close()
 
 
+async def test_a_starting_worker_opens_its_connections_before_the_first_user(
+    database_url: str,
+) -> None:
+    """Ready in the pool (a full one on PostgreSQL), so the first users' replies do not
+    wait for connections of their own."""
+    db = Database(database_url)
+    try:
+        await db.warm()
+        ready = db.reader.sync_engine.pool.checkedin()  # type: ignore[attr-defined]
+        assert ready == db.dialect.warm_connections >= 1
+    finally:
+        await db.close()
+
+
 @sqlite_only
 async def test_the_database_file_is_readable_by_its_owner_only(
     store: ChatDataLayer, ada: PersistedUser, tmp_path: Path

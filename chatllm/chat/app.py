@@ -29,6 +29,7 @@ from chatllm.chat.session import ChatSession, current_lang, current_session, set
 from chatllm.config import Settings, get_settings
 from chatllm.errors import ChatLLMError, ConfigError, EngineUnavailable, describe
 from chatllm.i18n import t
+from chatllm.memory import freeze_startup_objects
 from chatllm.presets import Presets
 from chatllm.store import ChatDataLayer, Database, FileStore, migrated
 from chatllm.store.logins import LoginThrottle
@@ -108,6 +109,16 @@ class ChatApp:
             users = await Users(database, self.store.files).with_passwords()
         self.auth_mode = decide_mode(host, len(users))
         log.info("Authentication: %s", self.auth_mode)
+
+    async def started(self) -> None:
+        """The server is starting, on its own event loop: the database's connections are
+        opened now rather than for the first users, and what the app holds by then is left
+        out of garbage collection."""
+        try:
+            await self.store.db.warm()
+        except Exception:  # opened later, as users need them; their first replies wait
+            log.warning("Could not open the database's connections ahead", exc_info=True)
+        freeze_startup_objects()
 
     def data_layer(self) -> ChatDataLayer:
         return self.store

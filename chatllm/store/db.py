@@ -6,10 +6,11 @@ between them is in their dialect (chatllm.store.dialect).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Row, text
@@ -75,6 +76,17 @@ class Database:
         """A write with RETURNING; the first row it returned, if any."""
         async with self.write() as conn:
             return (await conn.execute(text(sql), dict(params or {}))).first()
+
+    async def warm(self) -> None:
+        """Open the connections the dialect keeps ready, at once, into the pool: the first
+        users of a fresh worker then wait for none."""
+        async with AsyncExitStack() as held:
+            await asyncio.gather(
+                *(
+                    held.enter_async_context(self.reader.connect())
+                    for _ in range(self.dialect.warm_connections)
+                )
+            )
 
     async def migrate(self) -> list[str]:
         """Apply the migrations not yet recorded, each with its record in one transaction."""

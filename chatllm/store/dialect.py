@@ -52,6 +52,8 @@ class Dialect(ABC):
     name: str
     #: Appended to a SELECT inside a write to lock the rows it read until the write ends.
     for_update: str
+    #: Connections to open before the first user arrives (`Database.warm`).
+    warm_connections: int
 
     @abstractmethod
     def writer(self, url: str) -> Writer:

@@ -34,6 +34,9 @@ POOL_OVERFLOW = 20
 class PostgreSQL(Dialect):
     name = "postgresql"
     for_update = " FOR UPDATE"
+    # A full pool: the users arriving first would each wait for a connection of their own
+    # (bench/load.py: 130-280 ms added to their first reply, 30-40 ms to later ones).
+    warm_connections = POOL_SIZE
 
     def __init__(self) -> None:
         self._engine: AsyncEngine | None = None

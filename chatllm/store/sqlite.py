@@ -49,6 +49,7 @@ class SQLite(Dialect):
 
     name = "sqlite"
     for_update = ""  # the write lock is the whole file's, taken at BEGIN
+    warm_connections = 1  # a reader (its thread); the writer opens at its first write
 
     def writer(self, url: str) -> Writer:
         _create(url)
