@@ -79,6 +79,7 @@ def postgres() -> Iterator[PostgresServer]:
 
 #: Run a test on SQLite only (it is about SQLite's file, locks or URIs).
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+postgresql_only = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

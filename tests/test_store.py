@@ -22,7 +22,7 @@ from chatllm.store import ChatDataLayer, Database, FileStore, ThreadAccessDenied
 from chatllm.store import migrations as migrations_module
 from chatllm.store.migrations import MIGRATIONS
 from chatllm.store.search import message_rowid
-from tests.conftest import sqlite_only
+from tests.conftest import postgresql_only, sqlite_only
 from tests.support import BrowserTab
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -546,6 +546,40 @@ async def test_search_finds_words_in_messages_and_names_chinese_included(
     await store.update_thread("named", name="Naming things", user_id=ada.id)
     page = await store.list_threads(Pagination(first=10), ThreadFilter(userId=ada.id, search=query))
     assert sorted(t["id"] for t in page.data) == found
+
+
+@postgresql_only  # SQLite reads every match: FTS5 finds them at once (and has no LATERAL)
+@pytest.mark.parametrize("window", [1, 2, 3, 100])
+async def test_search_pages_are_the_same_however_many_threads_it_tests_one_by_one(
+    store: ChatDataLayer, ada: PersistedUser, window: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search may test the newest threads one by one and then read the matching rows of
+    the older ones (PostgreSQL: `search_walk`): the pages are the same whichever way, or
+    where the switch falls, feedback filter and cursors included."""
+    monkeypatch.setattr(store.db.dialect, "search_walk", window)
+    for n in range(7):
+        words = "the lighthouse keeper" if n in (0, 2, 3, 6) else "a quiet harbour"
+        await chat(store, ada, f"t{n}", f"{words} {n}", "noted")
+    await store.upsert_feedback(Feedback(forId="t2-1", value=1))
+    await store.upsert_feedback(Feedback(forId="t3-1", value=1))
+
+    async def pages(**filters: Any) -> list[list[str]]:
+        found: list[list[str]] = []
+        cursor = None
+        while True:
+            page = await store.list_threads(
+                Pagination(first=2, cursor=cursor), ThreadFilter(userId=ada.id, **filters)
+            )
+            found.append([t["id"] for t in page.data])
+            if not page.pageInfo.hasNextPage:
+                return found
+            cursor = page.pageInfo.endCursor
+
+    assert await pages(search="lighthouse") == [["t6", "t3"], ["t2", "t0"]]
+    assert await pages(search="keeper light") == [["t6", "t3"], ["t2", "t0"]]
+    assert await pages(search="lighthouse", feedback=1) == [["t3", "t2"]]
+    assert await pages(search="harbour") == [["t5", "t4"], ["t1"]]
+    assert await pages(search="zebra") == [[]]
 
 
 async def test_search_never_shows_another_users_threads(

@@ -45,6 +45,7 @@ from chatllm.store.search import (
     message_rowid,
     name_rowid,
     query_terms,
+    rows_of_thread,
     thread_rowids,
 )
 
@@ -636,28 +637,24 @@ class ChatDataLayer(BaseDataLayer):
             except ValueError:
                 return PaginatedResponse(PageInfo(False, None, None), [])
             conditions.append("(t.updated_at, t.id) < (:after_time, :after_id)")
-        if filters.search and filters.search.strip():  # blank means no search
-            terms = query_terms(filters.search)
-            if not terms:
-                return PaginatedResponse(PageInfo(False, None, None), [])
-            for n, term in enumerate(terms):
-                match, params[f"q{n}"] = self.db.dialect.match(term, f"q{n}")
-                conditions.append(
-                    f"t.seq IN (SELECT {THREAD_SEQ_OF_ROW} FROM search WHERE {match})"
-                )
         if filters.feedback is not None:
             conditions.append(
                 "EXISTS (SELECT 1 FROM steps s JOIN feedbacks f ON f.step_id = s.id"
                 " WHERE s.thread_id = t.id AND f.value = :feedback)"
             )
             params["feedback"] = filters.feedback
-        sql = (
-            "SELECT t.id, t.name, t.user_id, u.identifier, t.metadata, t.tags, t.updated_at"
-            " FROM threads t LEFT JOIN users u ON u.id = t.user_id"
-            f" WHERE {' AND '.join(conditions)}"
-            " ORDER BY t.updated_at DESC, t.id DESC LIMIT :limit"
-        )
-        rows = await self.db.rows(sql, params)
+        matches: list[str] = []  # a condition on `search` per term
+        if filters.search and filters.search.strip():  # blank means no search
+            terms = query_terms(filters.search)
+            if not terms:
+                return PaginatedResponse(PageInfo(False, None, None), [])
+            for n, term in enumerate(terms):
+                match, params[f"q{n}"] = self.db.dialect.match(term, f"q{n}")
+                matches.append(match)
+        if matches and self.db.dialect.search_walk:
+            rows = await self._search_walking(conditions, matches, params)
+        else:
+            rows = await self.db.rows(_thread_page(conditions, matches), params)
         has_next = len(rows) > first
         rows = rows[:first]
         threads = [
@@ -683,6 +680,54 @@ class ChatDataLayer(BaseDataLayer):
             ),
             data=threads,
         )
+
+    async def _search_walking(
+        self, conditions: list[str], matches: list[str], params: dict[str, Any]
+    ) -> list[Row[Any]]:
+        """A page of search results found by testing the user's newest threads one by one
+        (up to the dialect's `search_walk` of them), then, if that did not fill the page,
+        by reading the matching rows of the older threads."""
+        window = self.db.dialect.search_walk
+        where = " AND ".join(conditions)
+        tests = "".join(
+            f" CROSS JOIN LATERAL (SELECT 1 FROM search WHERE {rows_of_thread('t.seq')}"
+            f" AND {match} LIMIT 1) m{n}"
+            for n, match in enumerate(matches)
+        )
+        newest = (
+            f"SELECT * FROM threads t WHERE {where}"
+            " ORDER BY t.updated_at DESC, t.id DESC LIMIT :window"
+        )
+        walked = (
+            f"SELECT {_LISTED} FROM ({newest}) t{tests} LEFT JOIN users u ON u.id = t.user_id"
+            " ORDER BY t.updated_at DESC, t.id DESC LIMIT :limit"
+        )
+        last_walked = (
+            f"SELECT t.updated_at, t.id FROM threads t WHERE {where}"
+            " ORDER BY t.updated_at DESC, t.id DESC LIMIT 1 OFFSET :skip"
+        )
+        async with self.db.read() as conn:
+            await self.db.dialect.walking(conn, True)
+            rows = list((await conn.execute(text(walked), {**params, "window": window})).all())
+            if len(rows) >= params["limit"]:
+                return rows
+            edge = (
+                await conn.execute(text(last_walked), {**params, "skip": (window or 1) - 1})
+            ).first()
+            if edge is None:  # every thread was tested
+                return rows
+            await self.db.dialect.walking(conn, False)
+            older = [*conditions, "(t.updated_at, t.id) < (:edge_time, :edge_id)"]
+            rest = await conn.execute(
+                text(_thread_page(older, matches)),
+                {
+                    **params,
+                    "edge_time": edge.updated_at,
+                    "edge_id": edge.id,
+                    "limit": params["limit"] - len(rows),
+                },
+            )
+            return rows + list(rest.all())
 
     async def get_thread(self, thread_id: str) -> ThreadDict | None:
         async with self.db.read() as conn:
@@ -955,3 +1000,19 @@ async def _element_bytes(element: Element) -> bytes | None:
     if path:
         return await asyncio.to_thread(Path(path).read_bytes)
     return None
+
+
+#: The columns of a listed thread (threads `t`, users `u`).
+_LISTED = "t.id, t.name, t.user_id, u.identifier, t.metadata, t.tags, t.updated_at"
+
+
+def _thread_page(conditions: list[str], matches: list[str]) -> str:
+    """A page of threads `t` where every condition holds and, for each condition on
+    `search` in `matches`, one of the thread's rows meets it; newest activity first."""
+    where = [*conditions] + [
+        f"t.seq IN (SELECT {THREAD_SEQ_OF_ROW} FROM search WHERE {match})" for match in matches
+    ]
+    return (
+        f"SELECT {_LISTED} FROM threads t LEFT JOIN users u ON u.id = t.user_id"
+        f" WHERE {' AND '.join(where)} ORDER BY t.updated_at DESC, t.id DESC LIMIT :limit"
+    )

@@ -68,6 +68,16 @@ class Dialect(ABC):
         """A condition on a `search` row, true where its text holds `term`; and the value
         to bind to `param` in it."""
 
+    #: How many of a user's newest threads a search tests one by one (a page's worth found,
+    #: it stops) before it reads every matching row instead; None: it always reads every
+    #: matching row (see `ChatDataLayer.list_threads`).
+    search_walk: int | None = None
+
+    async def walking(self, conn: Connection, on: bool) -> None:
+        """Set the rest of this read transaction to test threads one by one (`on`), or back
+        to the database's own choices. Only called where `search_walk` is set."""
+        raise NotImplementedError
+
     @abstractmethod
     def json_flag(self, column: str, key: str) -> str:
         """A condition: the JSON object in `column` has `key` set to true."""

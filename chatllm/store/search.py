@@ -82,6 +82,12 @@ def thread_rowids(thread_seq: int) -> tuple[int, int]:
 THREAD_SEQ_OF_ROW = f"rowid >> {_STEP_BITS}"
 
 
+def rows_of_thread(seq: str) -> str:
+    """SQL: a search row is one of the thread whose seq is the SQL expression `seq`."""
+    first = f"({seq}) * {1 << _STEP_BITS}"
+    return f"rowid BETWEEN {first} AND {first} + {(1 << _STEP_BITS) - 1}"
+
+
 def query_terms(query: str) -> list[Term]:
     """The terms of `query` (at most MAX_TERMS), normalised as the index is.
 
