@@ -34,8 +34,10 @@ POOL_OVERFLOW = 20
 class PostgreSQL(Dialect):
     name = "postgresql"
     for_update = " FOR UPDATE"
-    # A full pool: the users arriving first would each wait for a connection of their own
-    # (bench/load.py: 130-280 ms added to their first reply, 30-40 ms to later ones).
+    # A full pool, so that the users arriving first need not each open a connection. Their
+    # first replies are still slower than later ones (bench/load.py, 10 users on two
+    # workers: 252 ms added to the first token against 39 ms; 282 ms without this): most
+    # of that is the thread's creation, not the connections.
     warm_connections = POOL_SIZE
 
     def __init__(self) -> None:
