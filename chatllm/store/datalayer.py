@@ -45,7 +45,6 @@ from chatllm.store.search import (
     message_rowid,
     name_rowid,
     query_terms,
-    rows_of_thread,
     thread_rowids,
 )
 
@@ -690,9 +689,7 @@ class ChatDataLayer(BaseDataLayer):
         window = self.db.dialect.search_walk
         where = " AND ".join(conditions)
         tests = "".join(
-            f" CROSS JOIN LATERAL (SELECT 1 FROM search WHERE {rows_of_thread('t.seq')}"
-            f" AND {match} LIMIT 1) m{n}"
-            for n, match in enumerate(matches)
+            " " + self.db.dialect.thread_test(match, f"m{n}") for n, match in enumerate(matches)
         )
         newest = (
             f"SELECT * FROM threads t WHERE {where}"

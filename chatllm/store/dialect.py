@@ -78,6 +78,12 @@ class Dialect(ABC):
         to the database's own choices. Only called where `search_walk` is set."""
         raise NotImplementedError
 
+    def thread_test(self, match: str, alias: str) -> str:
+        """A join (named `alias`) that keeps a thread `t` only if one of its search rows meets
+        the condition `match`, testing that thread's rows alone. Only called where
+        `search_walk` is set."""
+        raise NotImplementedError
+
     @abstractmethod
     def json_flag(self, column: str, key: str) -> str:
         """A condition: the JSON object in `column` has `key` set to true."""

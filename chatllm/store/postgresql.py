@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from chatllm.store.dialect import Connection, Dialect, Writer
-from chatllm.store.search import Term
+from chatllm.store.search import Term, rows_of_thread
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -86,6 +86,12 @@ class PostgreSQL(Dialect):
         await conn.execute(text(f"SET LOCAL enable_bitmapscan = {value}"))
         workers = "0" if on else "DEFAULT"
         await conn.execute(text(f"SET LOCAL max_parallel_workers_per_gather TO {workers}"))
+
+    def thread_test(self, match: str, alias: str) -> str:
+        return (
+            f"CROSS JOIN LATERAL (SELECT 1 FROM search WHERE {rows_of_thread('t.seq')}"
+            f" AND {match} LIMIT 1) {alias}"
+        )
 
     def json_flag(self, column: str, key: str) -> str:
         return f"({column})::jsonb @> '{{\"{key}\": true}}'::jsonb"
