@@ -6,9 +6,12 @@ import http.server
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
+from langchain_core.callbacks import AsyncCallbackHandler, AsyncCallbackManagerForLLMRun
+from langchain_core.messages import HumanMessage
 from pydantic import SecretStr
 
 from chatllm.backends import Backends
@@ -237,6 +240,30 @@ async def test_a_streamed_reply_leaves_its_connection_to_the_next(
     assert first.strip() and second.strip()
     ports = [seen.client_port for seen in tap.chat_requests()]
     assert len(ports) == 2 and ports[0] == ports[1], ports
+
+
+async def test_a_run_manager_given_to_the_stream_hears_every_token(
+    endpoint_settings: Settings,
+) -> None:
+    """langchain-core hands the chat model's stream a run manager on some paths (its v2
+    events); the app's stream reader tells it of each token, as langchain-openai's does."""
+
+    class Tokens(AsyncCallbackHandler):
+        def __init__(self) -> None:
+            self.heard: list[str] = []
+
+        async def on_llm_new_token(self, token: str, **kwargs: object) -> None:
+            self.heard.append(token)
+
+    listener = Tokens()
+    manager = AsyncCallbackManagerForLLMRun(
+        run_id=uuid.uuid4(), handlers=[listener], inheritable_handlers=[]
+    )
+    model = OpenAIBackend(endpoint_settings).chat_model("smollm2", Sampling(max_tokens=8))
+    chunks = [
+        chunk async for chunk in model._astream([HumanMessage("Say hello.")], run_manager=manager)
+    ]
+    assert listener.heard and listener.heard == [chunk.text for chunk in chunks]
 
 
 async def test_a_reply_that_goes_quiet_while_the_server_pings_is_reported(

@@ -134,6 +134,11 @@ class EndpointChat(ChatOpenAI):
                 if generation is None:
                     continue
                 chunk_class = generation.message.__class__
+                if run_manager:  # as langchain-openai's own: for a caller that passes one
+                    logprobs = (generation.generation_info or {}).get("logprobs")
+                    await run_manager.on_llm_new_token(
+                        generation.text, chunk=generation, logprobs=logprobs
+                    )
                 yield generation
         finally:
             await response.aclose()
