@@ -719,14 +719,20 @@ def measure(
     return summarize(setup, users, args, people, result, check, errors_in_logs, warm)
 
 
+def _added_ttft(turn: Turn) -> float | None:
+    """Send → first token on the page, minus the endpoint's own time to first token."""
+    if turn.first is None or turn.endpoint_ttft is None:
+        return None
+    return turn.first - turn.sent - turn.endpoint_ttft
+
+
 def _first_and_later(people: Sequence[User]) -> dict[str, list[float]]:
     """The added time to first token of each user's first turn, and of the others'."""
     parts: dict[str, list[float]] = {"first_turns": [], "later_turns": []}
     for person in people:
         for number, turn in enumerate(person.turns):
-            if turn.first is not None and turn.endpoint_ttft is not None:
-                which = "first_turns" if number == 0 else "later_turns"
-                parts[which].append(turn.first - turn.sent - turn.endpoint_ttft)
+            if (added := _added_ttft(turn)) is not None:
+                parts["first_turns" if number == 0 else "later_turns"].append(added)
     return parts
 
 
@@ -747,8 +753,8 @@ def summarize(
         errors += turn.errors
         if turn.indices != set(range(args.tokens)) and not turn.errors:
             errors.append(f"{len(turn.indices)} of {args.tokens} tokens arrived")
-        if turn.first is not None and turn.endpoint_ttft is not None:
-            added.append(turn.first - turn.sent - turn.endpoint_ttft)
+        if (one := _added_ttft(turn)) is not None:
+            added.append(one)
         delays += turn.delays
         if turn.ended is not None and turn.last is not None:
             locked.append(turn.ended - turn.last)
