@@ -85,7 +85,7 @@ class EndpointChat(ChatOpenAI):
         The openai client turns every streamed chunk into a pydantic model, which
         langchain-openai turns back into a dict, and first walks the request through its
         type-directed transform: a third of the app's CPU for a streamed reply (40 tokens:
-        33-40 ms through `ChatOpenAI`'s own, 25 ms this way; bench/stream_cpu.py). The request
+        30 ms through `ChatOpenAI`'s own, 16-20 ms this way; bench/stream_cpu.py). The request
         still goes through the client (its retries, headers and errors); only the
         decoding differs. What the server sends is decoded as the client would: `data:`
         lines until `[DONE]`, an `error` object raised as an `APIError`."""
