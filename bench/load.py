@@ -3,8 +3,11 @@
 Simulated users speak Chainlit's socket protocol as the page does (python-socketio with the
 page's cookies: nginx's affinity cookie from `GET /`, the local user's login from
 `POST /auth/header`), each in a thread of their own, sending `--messages` messages one
-after another: the next as soon as the turn ends (`task_end`, when the page unlocks). All
-users start at the same moment.
+after another: the next as soon as the turn ends (`task_end`, when the page unlocks). Users
+start one after another, evenly over `--ramp` seconds (by default one reply's length), as
+people arriving do and as load tools ramp up; `--ramp 0` starts them all at the same
+moment, a burst: with every reply the same length they then stay in step, each turn a burst
+of all users' messages at once, for several turns.
 
 The model is a scripted OpenAI-compatible endpoint on loopback, in a process of its own:
 every reply is `--tokens` tokens, the first at once, then one each `--interval-ms`, and each
@@ -49,7 +52,7 @@ Targets: added TTFT p95 <= 100 ms, per-token added latency p95 <= 10 ms, 0 error
 message and reply stored once and written once.
 
     .venv/bin/python bench/load.py [--setup sqlite1,pg2] [--users 5,10,25,50]
-        [--messages 3] [--tokens 40] [--interval-ms 20] [--json F]
+        [--messages 6] [--ramp S] [--tokens 40] [--interval-ms 20] [--json F]
 
 Everything runs on 127.0.0.1; the client, the endpoint, the workers and PostgreSQL share
 the machine, so a busy machine shows in the figures (the others' CPU and the client's own
@@ -368,8 +371,9 @@ class User:
         self.current = None
         return turn
 
-    async def chat(self, messages: int, start: asyncio.Event) -> None:
+    async def chat(self, messages: int, start: asyncio.Event, delay: float) -> None:
         await start.wait()
+        await asyncio.sleep(delay)
         for n in range(messages):
             turn = await self.say(f"User {self.number}, message {n + 1}: name a colour.")
             if not self.client.connected or any("task_end" in e for e in turn.errors):
@@ -400,6 +404,7 @@ async def simulate(
     messages: int,
     turn_timeout: float,
     cpu_groups: dict[str, list[int]],
+    ramp: float,
 ) -> dict[str, Any]:
     people = [User(base, n, turn_timeout) for n in range(users)]
     connected = await asyncio.gather(*(p.connect() for p in people), return_exceptions=True)
@@ -410,11 +415,14 @@ async def simulate(
     lagging = asyncio.create_task(loop_lag(stop, lags))
     start = asyncio.Event()
     ready = [p for p in people if not p.errors]
-    chats = [asyncio.create_task(p.chat(messages, start)) for p in ready]
+    chats = [
+        asyncio.create_task(p.chat(messages, start, ramp * n / len(ready)))
+        for n, p in enumerate(ready)
+    ]
     cpu_before = cpu_snapshot(cpu_groups)
     began = time.perf_counter()
     start.set()
-    _, pending = await asyncio.wait(chats, timeout=messages * turn_timeout + 60)
+    _, pending = await asyncio.wait(chats, timeout=ramp + messages * turn_timeout + 60)
     wall = time.perf_counter() - began
     cpu_after = cpu_snapshot(cpu_groups)
     for task in pending:
@@ -705,7 +713,9 @@ def measure(
     try:
         with running(setup, root, endpoint, pg, args.write_log) as (base, workers, url, groups):
             warm = asyncio.run(warm_up([w.base for w in workers], args.turn_timeout))
-            result = asyncio.run(simulate(base, users, args.messages, args.turn_timeout, groups))
+            result = asyncio.run(
+                simulate(base, users, args.messages, args.turn_timeout, groups, _ramp(args))
+            )
             time.sleep(1.0)  # writes Chainlit left running as tasks
             logs = [w.log for w in workers]
         # The workers have stopped: every write is done, PostgreSQL's counts are flushed.
@@ -717,6 +727,11 @@ def measure(
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return summarize(setup, users, args, people, result, check, errors_in_logs, warm)
+
+
+def _ramp(args: argparse.Namespace) -> float:
+    """Seconds over which the users start: `--ramp`, or one reply's length."""
+    return float(args.ramp) if args.ramp is not None else args.tokens * args.interval_ms / 1000
 
 
 def _added_ttft(turn: Turn) -> float | None:
@@ -782,6 +797,7 @@ def summarize(
         "messages": args.messages,
         "tokens": args.tokens,
         "interval_ms": args.interval_ms,
+        "ramp_s": _ramp(args),
         "turns": len(turns),
         "seconds": round(wall, 2),
         "added_ttft_ms": {"median": _median(added), "p95": _pct(added, 0.95)},
@@ -909,9 +925,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setup", default="sqlite1,pg2", help="sqlite1, pg2 or both")
     parser.add_argument("--users", default="5,10,25,50", help="user counts, comma-separated")
-    parser.add_argument("--messages", type=int, default=3, help="messages per user (3)")
+    parser.add_argument("--messages", type=int, default=6, help="messages per user (6)")
     parser.add_argument("--tokens", type=int, default=40, help="tokens per reply (40)")
     parser.add_argument("--interval-ms", type=float, default=20.0, help="between tokens (20)")
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        help="seconds over which the users start, evenly (one reply's length; 0: all at once)",
+    )
     parser.add_argument("--turn-timeout", type=float, default=120.0, help="seconds (120)")
     parser.add_argument(
         "--no-write-log",
@@ -931,7 +952,8 @@ def main() -> int:
     counts = [int(n) for n in args.users.split(",") if n.strip()]
     print(
         f"load: {args.messages} messages a user, replies of {args.tokens} tokens every"
-        f" {args.interval_ms:g} ms; {os.cpu_count()} CPUs, load average"
+        f" {args.interval_ms:g} ms, users starting over {_ramp(args):g} s;"
+        f" {os.cpu_count()} CPUs, load average"
         f" {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
         flush=True,
     )
