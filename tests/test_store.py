@@ -16,6 +16,7 @@ import pytest
 from chainlit.element import CustomElement, Text
 from chainlit.types import Feedback, Pagination, ThreadFilter
 from chainlit.user import PersistedUser, User
+from sqlalchemy import event
 from sqlalchemy import text as sql_text
 
 from chatllm.store import ChatDataLayer, Database, FileStore, ThreadAccessDenied
@@ -462,6 +463,52 @@ async def test_threads_are_listed_by_last_activity(
     page = await store.list_threads(Pagination(first=10), ThreadFilter(userId=ada.id))
     assert [t["id"] for t in page.data] == ["old", "new", "middle"]
     assert page.pageInfo.hasNextPage is False
+
+
+async def test_a_message_with_the_session_is_one_write_reading_and_updating_the_thread_once(
+    store: ChatDataLayer, ada: PersistedUser
+) -> None:
+    """The user's message and the session (the app's `store_message`, before the model
+    runs): the thread read once, locked, and updated once — its activity and its metadata
+    in one UPDATE; the message found by search."""
+    for name in ("old", "new"):
+        await chat(store, ada, name, f"{name} question")
+    await store.update_thread("old", metadata={"chat_settings": {"top_p": 0.9}, "kept": 1})
+    statements: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    engine = store.db.writer.sync_engine
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        await store.save_message(
+            step("old", "again", "user_message", "lighthouse keeper", "2026-02-01Z"),
+            thread_metadata={"chat_settings": {"top_p": 0.5}, "api_key": "sk-never"},
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    reads = [s for s in statements if s.startswith("SELECT") and "FROM threads" in s]
+    updates = [s for s in statements if s.startswith("UPDATE threads")]
+    assert len(reads) == 1 and len(updates) == 1, statements
+    assert "updated_at" in updates[0] and "metadata" in updates[0]
+    page = await store.list_threads(Pagination(first=10), ThreadFilter(userId=ada.id))
+    assert [t["id"] for t in page.data] == ["old", "new"]
+    thread = await store.get_thread("old")
+    assert thread is not None
+    assert thread["metadata"] == {"chat_settings": {"top_p": 0.5}, "kept": 1}
+    assert [s["output"] for s in thread["steps"]][-1] == "lighthouse keeper"
+    found = await store.list_threads(
+        Pagination(first=10), ThreadFilter(userId=ada.id, search="lighthouse")
+    )
+    assert [t["id"] for t in found.data] == ["old"]
+    # A new thread: made by the same write, owned by the acting user (none here).
+    await store.save_message(
+        step("fresh", "first", "user_message", "hello", "2026-02-02Z"),
+        thread_metadata={"chat_settings": {"top_p": 0.7}},
+    )
+    fresh = await store.get_thread("fresh")
+    assert fresh is not None and fresh["metadata"] == {"chat_settings": {"top_p": 0.7}}
 
 
 async def test_every_thread_is_reachable_page_by_page_past_a_thousand(

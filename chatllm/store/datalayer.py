@@ -17,7 +17,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, ParamSpec, TypeVar
 
 from chainlit.data.base import BaseDataLayer
 from chainlit.data.utils import queue_until_user_message
@@ -73,6 +73,14 @@ MAX_PAGE = 200
 
 class ThreadAccessDenied(ChatLLMError, PermissionError):
     """A write aimed at a thread that belongs to another user."""
+
+
+class LockedThread(NamedTuple):
+    """A thread's row as a write found it (and locked it, on PostgreSQL)."""
+
+    seq: int
+    user_id: str | None
+    metadata: str  # JSON
 
 
 def until_first_message(
@@ -264,11 +272,19 @@ class ChatDataLayer(BaseDataLayer):
         return stored
 
     async def _insert_element(
-        self, conn: Connection, element: Element, object_key: str | None
+        self,
+        conn: Connection,
+        element: Element,
+        object_key: str | None,
+        locked: LockedThread | None = None,
+        locked_id: str | None = None,
     ) -> None:
+        """`locked`: the thread `locked_id` as this transaction found it (its owner checked,
+        its row locked), not read again when the element is in it."""
         record = element.to_dict()
         assert element.thread_id
-        await self._ensure_thread(conn, element.thread_id)
+        if locked is None or element.thread_id != locked_id:
+            await self._ensure_thread(conn, element.thread_id)
         written = await conn.execute(
             text(
                 "INSERT INTO elements (id, thread_id, step_id, type, name, mime, url,"
@@ -376,11 +392,12 @@ class ChatDataLayer(BaseDataLayer):
                     await self._delete_files(list(stored.values()))  # no row will name them
                     return
                 async with self.db.write() as conn:
-                    await self._write_step(conn, step_dict, thread_id)
-                    if thread_metadata is not None:
-                        await self._update_thread(conn, thread_id, metadata=thread_metadata)
+                    thread = await self._write_step(
+                        conn, step_dict, thread_id, metadata=thread_metadata
+                    )
                     for element in elements:
-                        await self._insert_element(conn, element, stored.get(element.id))
+                        key = stored.get(element.id)
+                        await self._insert_element(conn, element, key, thread, thread_id)
         except BaseException:
             await self._delete_files(list(stored.values()))
             raise
@@ -394,8 +411,17 @@ class ChatDataLayer(BaseDataLayer):
                 async with self.db.write() as conn:
                     await self._write_step(conn, step, thread_id)
 
-    async def _write_step(self, conn: Connection, step: StepDict, thread_id: str) -> None:
-        thread_seq = await self._ensure_thread(conn, thread_id)
+    async def _write_step(
+        self,
+        conn: Connection,
+        step: StepDict,
+        thread_id: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> LockedThread:
+        """Write a step (and, given `metadata`, the thread's, merged as `update_thread`
+        does) and its search row; the thread as it was found. A message is the thread's
+        activity: its `updated_at` changes in the same UPDATE as the metadata."""
+        thread = await self._ensure_thread(conn, thread_id)
         row = (
             await conn.execute(
                 text(
@@ -424,18 +450,27 @@ class ChatDataLayer(BaseDataLayer):
         ).first()
         if row is None:
             raise ThreadAccessDenied(f"step {step['id']} belongs to another thread")
-        key = message_rowid(thread_seq, row.seq)
-        await conn.execute(text("DELETE FROM search WHERE rowid = :key"), {"key": key})
-        if row.type.endswith("message") and row.output:
+        key = message_rowid(thread.seq, row.seq)
+        message = row.type.endswith("message")  # activity; Chainlit's `run` steps are not
+        if row.type != "run":  # a `run` step was never a message (its type is kept), and
+            # has no search row: one statement fewer for each of Chainlit's two per turn
+            await conn.execute(text("DELETE FROM search WHERE rowid = :key"), {"key": key})
+        if message and row.output:
             await conn.execute(
                 text("INSERT INTO search (rowid, body) VALUES (:key, :body)"),
                 {"key": key, "body": index_text(row.output)},
             )
-        if row.type.endswith("message"):  # activity; Chainlit's `run` steps are not
+        if metadata is not None:
+            touched = utc_now() if message else None
+            await self._update_thread(
+                conn, thread_id, metadata=metadata, current=thread, touched=touched
+            )
+        elif message:
             await conn.execute(
                 text("UPDATE threads SET updated_at = :now WHERE id = :id"),
                 {"now": utc_now(), "id": thread_id},
             )
+        return thread
 
     @until_first_message
     @writes("the message could not be removed")
@@ -788,17 +823,21 @@ class ChatDataLayer(BaseDataLayer):
         user_id: str | None = None,
         metadata: dict[str, Any] | None = None,
         tags: list[str] | None = None,
+        *,
+        current: LockedThread | None = None,
+        touched: str | None = None,
     ) -> None:
-        current = await self._locked_thread(conn, thread_id)
+        """`current`: the thread as this transaction found it already (not read again);
+        `touched`: a new `updated_at`, set in the same UPDATE."""
+        if current is None:
+            current = await self._locked_thread(conn, thread_id)
         acting = user_id or _acting_user_id()
         if current is None and name is None and user_id is None and tags is None:
             # Only metadata, for a thread that is not there: Chainlit saving a session
             # whose thread was just deleted. Writing it would bring the thread back.
             return
         if current is None:
-            await self._new_thread(conn, thread_id, acting)
-            current = await self._locked_thread(conn, thread_id)
-            assert current is not None
+            current = await self._new_thread(conn, thread_id, acting)
         seq, owner = current.seq, current.user_id
         if owner is not None and acting is not None and owner != acting:
             raise ThreadAccessDenied(f"thread {thread_id} belongs to another user")
@@ -814,6 +853,8 @@ class ChatDataLayer(BaseDataLayer):
             merged = {k: v for k, v in merged.items() if k not in metadata}
             merged.update({k: v for k, v in scrub(metadata).items() if v is not None})
             changes["metadata"] = json.dumps(merged, ensure_ascii=False, default=str)
+        if touched is not None:
+            changes["updated_at"] = touched
         if changes:
             assignments = ", ".join(f"{column} = :{column}" for column in changes)
             await conn.execute(
@@ -846,21 +887,21 @@ class ChatDataLayer(BaseDataLayer):
 
     # ---- helpers
 
-    async def _ensure_thread(self, conn: Connection, thread_id: str) -> int:
+    async def _ensure_thread(self, conn: Connection, thread_id: str) -> LockedThread:
         """Create the thread if it is new (owned by the acting user); refuse another's.
-        Returns the thread's seq. The thread's row stays locked until the write ends
+        Returns the thread as found. Its row stays locked until the write ends
         (PostgreSQL), so writes to one thread take turns."""
         thread = await self._locked_thread(conn, thread_id)
         acting = _acting_user_id()
         if thread is None:
-            return int(await self._new_thread(conn, thread_id, acting))
+            return await self._new_thread(conn, thread_id, acting)
         if thread.user_id is not None and acting is not None and thread.user_id != acting:
             raise ThreadAccessDenied(f"thread {thread_id} belongs to another user")
-        return int(thread.seq)
+        return thread
 
-    async def _locked_thread(self, conn: Connection, thread_id: str) -> Row[Any] | None:
+    async def _locked_thread(self, conn: Connection, thread_id: str) -> LockedThread | None:
         """The thread's seq, owner and metadata, its row locked for this write."""
-        return (
+        row = (
             await conn.execute(
                 text(
                     "SELECT seq, user_id, metadata FROM threads WHERE id = :id"
@@ -869,10 +910,12 @@ class ChatDataLayer(BaseDataLayer):
                 {"id": thread_id},
             )
         ).first()
+        return None if row is None else LockedThread(int(row.seq), row.user_id, row.metadata)
 
-    async def _new_thread(self, conn: Connection, thread_id: str, user: str | None) -> int:
-        """Insert an empty thread; its seq. Two first writes of one thread may race (two
-        workers, or Chainlit's tasks on PostgreSQL): the one that loses finds the row."""
+    async def _new_thread(self, conn: Connection, thread_id: str, user: str | None) -> LockedThread:
+        """Insert an empty thread; the thread as inserted. Two first writes of one thread
+        may race (two workers, or Chainlit's tasks on PostgreSQL): the one that loses
+        finds the row."""
         stamp = utc_now()
         seq = await conn.scalar(
             text(
@@ -882,13 +925,13 @@ class ChatDataLayer(BaseDataLayer):
             ),
             {"id": thread_id, "user": user, "now": stamp},
         )
-        if seq is None:
-            thread = await self._locked_thread(conn, thread_id)
-            assert thread is not None  # it conflicted: it is there
-            if thread.user_id is not None and user is not None and thread.user_id != user:
-                raise ThreadAccessDenied(f"thread {thread_id} belongs to another user")
-            seq = thread.seq
-        return int(seq)
+        if seq is not None:
+            return LockedThread(int(seq), user, "{}")
+        thread = await self._locked_thread(conn, thread_id)
+        assert thread is not None  # it conflicted: it is there
+        if thread.user_id is not None and user is not None and thread.user_id != user:
+            raise ThreadAccessDenied(f"thread {thread_id} belongs to another user")
+        return thread
 
     async def _check_owner(self, conn: Connection, thread_id: str) -> None:
         acting = _acting_user_id()
