@@ -3,10 +3,12 @@ its context oldest-first."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import pytest
+from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
@@ -197,3 +199,78 @@ def test_a_synchronous_run_of_the_chain_sends_the_same_prompt() -> None:
     assert chain.invoke(chain_input("be brief", exchange(1), "hello")) == "ok"
     (seen,) = RecordingChat.seen
     assert [m.text for m in seen] == ["be brief", *[m.text for m in exchange(1)], "hello"]
+
+
+class ChainRuns(AsyncCallbackHandler):
+    """The chain's own run as the callbacks see it (its parent is none)."""
+
+    run_inline = True
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    async def on_chain_start(self, serialized: Any, inputs: Any, **kwargs: Any) -> None:
+        if kwargs.get("parent_run_id") is None:
+            self.events.append(("start", kwargs.get("name")))
+
+    async def on_chain_end(self, outputs: Any, **kwargs: Any) -> None:
+        if kwargs.get("parent_run_id") is None:
+            self.events.append(("end", outputs))
+
+    async def on_chain_error(self, error: BaseException, **kwargs: Any) -> None:
+        if kwargs.get("parent_run_id") is None:
+            self.events.append(("error", type(error).__name__))
+
+
+async def streamed_with_tasks(words_in_reply: int) -> tuple[str, int, list[tuple[str, Any]]]:
+    """A reply of that many words streamed through the chain: the text, how many asyncio
+    tasks were made meanwhile, and the chain's run as its callbacks saw it."""
+    reply = " ".join(f"w{n}" for n in range(words_in_reply))
+    chain = recording_chain(reply)
+    runs = ChainRuns()
+    created = 0
+    loop = asyncio.get_running_loop()
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        nonlocal created
+        created += 1
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(counting)
+    try:
+        chunks = [c async for c in chain.astream(chain_input("", [], "hi"), {"callbacks": [runs]})]
+    finally:
+        loop.set_task_factory(None)
+    assert "".join(chunks) == reply and len(chunks) >= words_in_reply
+    return reply, created, runs.events
+
+
+async def test_a_streamed_reply_takes_no_task_per_chunk_and_still_reports_its_run() -> None:
+    """langchain-core's sequence awaits each chunk in a task of its own; the app's chain
+    hands chunks on in the caller's task (bench/stream_cpu.py), its run still reported."""
+    _, short_tasks, _ = await streamed_with_tasks(10)
+    reply, long_tasks, events = await streamed_with_tasks(60)
+    assert long_tasks == short_tasks < 10, (short_tasks, long_tasks)  # the prompt's steps
+    assert events == [("start", "Chain"), ("end", reply)]
+
+
+async def test_a_chain_stopped_or_failing_midway_reports_its_run_ended_so() -> None:
+    runs = ChainRuns()
+    chain = recording_chain("one two three four")
+    stream = chain.astream(chain_input("", [], "hi"), {"callbacks": [runs]})
+    assert await anext(stream) == "one"
+    await stream.aclose()  # Stop
+    assert runs.events == [("start", "Chain"), ("error", "GeneratorExit")]
+
+    class Failing(GenericFakeChatModel):
+        def _generate(self, *args: Any, **kwargs: Any) -> ChatResult:
+            raise RuntimeError("the model broke")
+
+    runs = ChainRuns()
+    failing = build_chain(
+        Failing(messages=iter([])), context_tokens=1000, reply_tokens=10, count=words
+    )
+    with pytest.raises(RuntimeError, match="the model broke"):
+        async for _ in failing.astream(chain_input("", [], "hi"), {"callbacks": [runs]}):
+            pass
+    assert runs.events == [("start", "Chain"), ("error", "RuntimeError")]
