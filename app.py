@@ -9,6 +9,7 @@ from chainlit.types import ThreadDict
 
 from chatllm.auth import AuthMode
 from chatllm.chat import ChatApp
+from chatllm.loop import use_native_tasks
 from chatllm.store import ChatDataLayer
 from chatllm.web import (
     SessionGuard,
@@ -22,6 +23,7 @@ from chatllm.web import (
     socket_limit,
 )
 
+use_native_tasks()  # before the server's loop starts (chatllm/loop.py)
 chat = ChatApp.from_environment(host=chainlit_config.run.host)
 session_files(chat.settings.data_dir)
 socket_limit(chat.settings.max_message_chars)
