@@ -11,7 +11,8 @@ streamed token and socket message.
 This app never runs the loop inside itself: it calls no `run_sync` and Chainlit's own code
 calls none. So before the server's loop starts (`app.py` is imported first) it puts the C
 ones back. Under load that took 10 % off the CPU of each chat turn (bench/load.py, one
-SQLite worker, 35 users: 21.2-23.2 ms against 24.1-24.8, runs alternating). nest_asyncio's
+SQLite worker, runs alternating: 21.2-23.2 ms against 24.1-24.8 at 35 users, 27-29
+against 32-39 at 25 in a slower hour of this shared machine). nest_asyncio's
 re-entrant loop stays; only a nested run from inside a task would now fail, loudly
 ("Cannot enter into task … while another task … is being executed").
 """
