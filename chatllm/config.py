@@ -40,7 +40,10 @@ class Settings(BaseSettings):
     )
     n_ctx: int = Field(default=4096, ge=256, le=131072, description="Local context, tokens.")
     n_threads: int | None = Field(
-        default=None, ge=1, description="CPU threads for llama.cpp; empty lets it choose."
+        default=None,
+        ge=1,
+        description="CPU threads for llama.cpp; empty: one per physical core the app may use "
+        "(bench/cpu_threads.py measures each count).",
     )
     engine_start_timeout: float = Field(
         default=120.0,

@@ -123,6 +123,7 @@ def test_the_load_benchmark_measures_users_on_one_worker_and_on_two_behind_nginx
         ("pg2", 2),
     ]
     for run in figures["runs"]:
+        assert run["ramp_s"] == 0.1  # users start over one reply's length: 5 tokens, 20 ms
         assert run["turns"] == 4 and run["errors"] == 0 and run["stored_once"]
         assert run["added_ttft_ms"]["p95"] is not None and run["token_added_ms"]["p95"] >= 0
         # Each user's first turn apart from the later ones (two users, two turns each).
@@ -148,3 +149,15 @@ def test_the_stream_cpu_benchmark_measures_the_app_beside_chatopenai(tmp_path: P
     assert set(figures["cpu_ms_per_reply"]) == paths and figures["tokens"] == 6
     assert all(ms > 0 for ms in figures["cpu_ms_per_reply"].values())
     assert figures["app_model_pct_of_chatopenai"] > 0
+
+
+def test_the_thread_count_benchmark_runs_each_count_and_marks_the_default(
+    tmp_path: Path,
+) -> None:
+    from chatllm.engine.cpus import default_threads
+
+    figures = bench("cpu_threads.py", "--rounds", "1", "--max-tokens", "8", out=tmp_path / "t.json")
+    rows = figures["rows"]
+    assert [row["threads"] for row in rows] == list(range(1, len(rows) + 1))
+    assert all(row["tokens_per_s"] > 0 and row["ttft_ms"] > 0 for row in rows)
+    assert figures["default"] == default_threads()

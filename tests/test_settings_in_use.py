@@ -13,6 +13,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from chatllm.backends.local import close_local_engine, local_engine
 from chatllm.chat import ChatApp
 from chatllm.config import Settings
+from chatllm.engine.cpus import default_threads
 from chatllm.receipts import prompt_digest
 from tests.support import BrowserTab, Endpoint, open_chat, say
 
@@ -48,16 +49,29 @@ async def test_the_system_prompt_setting_starts_every_new_chat(
 
 
 @pytest.fixture
-def two_threads(settings: Settings) -> Iterator[Settings]:
-    own = settings.model_copy(update={"n_threads": 2})
+def more_threads(settings: Settings) -> Iterator[Settings]:
+    """One thread more than the default, so the setting shows wherever the tests run."""
+    own = settings.model_copy(update={"n_threads": default_threads() + 1})
     yield own
     close_local_engine(own)
 
 
-def test_the_threads_setting_reaches_llama_cpp(two_threads: Settings) -> None:
-    engine = local_engine(two_threads)
+def test_the_threads_setting_reaches_llama_cpp(more_threads: Settings) -> None:
+    engine = local_engine(more_threads)
     engine.start()
-    assert engine.process.info["n_threads"] == 2  # as llama.cpp reports it, in the engine
+    # as llama.cpp reports it, in the engine
+    assert engine.process.info["n_threads"] == default_threads() + 1
+
+
+def test_without_the_setting_llama_cpp_runs_a_thread_per_physical_core(
+    settings: Settings,
+) -> None:
+    """llama-cpp-python's own default is half the CPUs: one core of this project's
+    2-core machines idle (bench/cpu_threads.py)."""
+    assert settings.n_threads is None
+    engine = local_engine(settings)
+    engine.start()
+    assert engine.process.info["n_threads"] == default_threads()
 
 
 @pytest.fixture

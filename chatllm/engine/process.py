@@ -27,6 +27,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from chatllm.engine.cpus import default_threads
 from chatllm.errors import ConfigError, EngineCrashed, EngineHung, EngineUnavailable
 
 log = logging.getLogger("chatllm.engine")
@@ -162,9 +163,9 @@ class EngineProcess:
             str(spec.model_path),
             "--n-ctx",
             str(spec.n_ctx),
+            "--n-threads",  # one per physical core unless set (chatllm/engine/cpus.py)
+            str(spec.n_threads or default_threads()),
         ]
-        if spec.n_threads is not None:
-            command += ["--n-threads", str(spec.n_threads)]
         try:
             process = subprocess.Popen(
                 command,
