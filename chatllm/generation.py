@@ -164,3 +164,17 @@ class Generation:
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
+
+
+async def warm_up(backend: Backend, model: str, system_prompt: str) -> float:
+    """One reply of one token, nobody's, before the first user: the seconds it took.
+
+    A fresh process's first reply pays for what its first use sets up: on the app's side
+    the chain's first run, in the local engine llama.cpp's buffers for a reply, the chat
+    template and the sampler. That made the first question of a fresh start wait 2.4× as
+    long for its first token as the next questions of the same length (bench/first_reply.py).
+    """
+    began = time.perf_counter()
+    sampling = Sampling(system_prompt=system_prompt, max_tokens=1, temperature=0.0, seed=0)
+    await Generation(backend, model, sampling).run([], "Hello.")
+    return time.perf_counter() - began

@@ -161,3 +161,11 @@ def test_the_thread_count_benchmark_runs_each_count_and_marks_the_default(
     assert [row["threads"] for row in rows] == list(range(1, len(rows) + 1))
     assert all(row["tokens_per_s"] > 0 and row["ttft_ms"] > 0 for row in rows)
     assert figures["default"] == default_threads()
+
+
+def test_the_first_reply_benchmark_compares_a_fresh_starts_first_question(tmp_path: Path) -> None:
+    short = ("--rounds", "1", "--questions", "2", "--words", "5")
+    figures = bench("first_reply.py", *short, out=tmp_path / "f.json")
+    assert figures["cold"] is False  # warmed as the app warms it
+    assert figures["first_ttft_ms"] > 0 and figures["later_ttft_ms"] > 0
+    assert figures["ratio"] > 0 and isinstance(figures["pass"], bool)

@@ -6,13 +6,17 @@ import asyncio
 import gc
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
 from chatllm.backends import TEMPLATE_TOKENS_PER_MESSAGE, queue_listener
-from chatllm.backends.local import LocalBackend
+from chatllm.backends.local import LocalBackend, close_local_engine, local_engine
 from chatllm.chain import build_chain, chain_input
+from chatllm.chat import ChatApp
+from chatllm.config import Settings
 from chatllm.errors import ContextOverflow
 from chatllm.sampling import Sampling
 from tests.support import LONG_STORY, press_stop
@@ -237,3 +241,27 @@ async def test_the_line_moves_on_even_if_the_leaver_is_cancelled_again(
     with pytest.raises(asyncio.CancelledError):
         await first
     assert engine._line == []
+
+
+@pytest.fixture
+def fresh_engine_settings(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
+    """Settings whose local engine is this test's own (a start timeout nobody else uses)."""
+    own = settings.model_copy(update={"engine_start_timeout": 119.5, "data_dir": tmp_path})
+    yield own
+    close_local_engine(own)
+
+
+async def test_the_app_makes_the_models_first_reply_before_the_first_user(
+    fresh_engine_settings: Settings,
+) -> None:
+    """A fresh engine's first reply waited 2.4x as long for its first token as the next
+    ones (bench/first_reply.py); the app makes one of one token as it starts, in the
+    background: its start does not wait for it."""
+    app = ChatApp(fresh_engine_settings)
+    await app.prepare("127.0.0.1")
+    engine = local_engine(fresh_engine_settings)
+    await app.started()
+    assert app._warming is not None and not app._warming.done()  # the first page goes on
+    await app._warming
+    assert engine.process.generated == 1  # one token, nobody's
+    await app.store.close()

@@ -28,6 +28,7 @@ from chatllm.chat.replies import Replies, send_reply_actions, store_message
 from chatllm.chat.session import ChatSession, current_lang, current_session, set_session
 from chatllm.config import Settings, get_settings
 from chatllm.errors import ChatLLMError, ConfigError, EngineUnavailable, describe
+from chatllm.generation import warm_up
 from chatllm.i18n import t
 from chatllm.memory import freeze_startup_objects
 from chatllm.presets import Presets
@@ -81,6 +82,7 @@ class ChatApp:
         #: Why some backends were left out of the profiles a user was last offered, by
         #: user; told in that user's next chat.
         self._problems: dict[str, list[ChatLLMError]] = {}
+        self._warming: asyncio.Task[None] | None = None
 
     @classmethod
     def from_environment(cls, host: str) -> ChatApp:
@@ -112,13 +114,30 @@ class ChatApp:
 
     async def started(self) -> None:
         """The server is starting, on its own event loop: the database's connections are
-        opened now rather than for the first users, and what the app holds by then is left
-        out of garbage collection."""
+        opened now rather than for the first users, what the app holds by then is left out
+        of garbage collection, and the local model makes its first reply, in the
+        background (the first page does not wait for it)."""
         try:
             await self.store.db.warm()
         except Exception:  # opened later, as users need them; their first replies wait
             log.warning("Could not open the database's connections ahead", exc_info=True)
         freeze_startup_objects()
+        if self.settings.local_backend:
+            self._warming = asyncio.create_task(self._warm_local_model())
+
+    async def _warm_local_model(self) -> None:
+        """A reply of one token from the local model before the first user's, so the first
+        question is answered as quickly as the next ones (`chatllm.generation.warm_up`).
+        A user arriving meanwhile waits behind it, at most its length."""
+        backend, settings = self.backends.get("local"), self.settings
+        try:
+            took = await warm_up(backend, settings.local_model_name, settings.system_prompt)
+        except ChatLLMError as exc:  # the engine failed: said where the profile is offered
+            log.warning("The local model could not make its first reply ahead: %s", exc)
+        except Exception:  # the first user's reply will show what is wrong
+            log.exception("The local model could not make its first reply ahead")
+        else:
+            log.info("The local model made its first reply ahead, in %.0f ms", took * 1000)
 
     def data_layer(self) -> ChatDataLayer:
         return self.store
