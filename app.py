@@ -93,3 +93,18 @@ async def on_regenerate(action: cl.Action) -> None:
 @cl.action_callback("choose")
 async def on_choose(action: cl.Action) -> None:
     await chat.choose(action)
+
+
+@cl.action_callback("delete_preset")
+async def on_delete_preset(action: cl.Action) -> None:
+    await chat.ask_to_delete_preset(action)
+
+
+@cl.action_callback("delete_preset_confirmed")
+async def on_delete_preset_confirmed(action: cl.Action) -> None:
+    await chat.delete_preset(action)
+
+
+@cl.action_callback("keep_preset")
+async def on_keep_preset(action: cl.Action) -> None:
+    await chat.keep_preset(action)

@@ -90,6 +90,13 @@ class BrowserTab:
     def payloads(self, event: str) -> list[Any]:
         return [data for name, data in self.events if name == event]
 
+    def panels(self) -> list[list[dict[str, Any]]]:
+        """Each settings panel shown, its widgets in order, its tabs taken apart."""
+        return [
+            [w for item in panel for w in (item["inputs"] if "inputs" in item else [item])]
+            for panel in self.payloads("chat_settings")
+        ]
+
     def tokens(self) -> list[str]:
         return [data["token"] for data in self.payloads("stream_token")]
 

@@ -275,6 +275,27 @@ def set_sliders(page: Page, temperature: float, top_p: float) -> None:
     page.get_by_role("button", name="Confirm").click()
 
 
+def test_the_settings_panel_opens_on_the_sliders_with_presets_on_a_tab_of_their_own(
+    local_app: App, browser: Page
+) -> None:
+    fresh_chat(browser, local_app)
+    browser.locator("#chat-settings-open-modal").click()
+    dialog = browser.get_by_role("dialog")
+    expect(dialog.get_by_role("tab", name="Sampling")).to_have_attribute("aria-selected", "true")
+    controls = "[role=slider], input, textarea, [role=combobox], [role=switch]"
+    first = dialog.get_by_role("tabpanel").locator(controls).first
+    assert first.evaluate("e => e.closest('#temperature') !== null")  # the first control
+    expect(dialog.locator("#preset")).to_have_count(0)  # presets are apart
+    shot(browser, "03-settings-opens-on-sliders")
+    dialog.get_by_role("tab", name="Presets").click()
+    expect(dialog.get_by_role("tab", name="Presets")).to_have_attribute("aria-selected", "true")
+    expect(dialog.locator("#preset")).to_be_visible()
+    expect(dialog.locator("#save_preset")).to_be_visible()
+    expect(dialog.get_by_role("switch")).to_have_count(0)  # deleting is a button elsewhere
+    shot(browser, "03-settings-presets-tab")
+    browser.keyboard.press("Escape")
+
+
 def test_new_slider_values_make_the_next_reply(local_app: App, browser: Page) -> None:
     fresh_chat(browser, local_app)
     send(browser, "What colour is the sea?")

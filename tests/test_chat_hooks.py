@@ -26,16 +26,18 @@ from tests.support import (
 )
 
 
-async def test_a_new_chat_shows_the_sliders(app: ChatApp) -> None:
+async def test_a_new_chat_shows_the_sliders_first_and_presets_on_a_tab_of_their_own(
+    app: ChatApp,
+) -> None:
     tab = BrowserTab()
     await open_chat(app, tab)
-    (widgets,) = tab.payloads("chat_settings")
-    ids = [w["id"] for w in widgets]
-    assert ids == [
-        "preset",
-        "save_preset",
-        "delete_preset",
-        "compare_with",
+    (panel,) = tab.payloads("chat_settings")
+    assert [(t["id"], t["label"]) for t in panel] == [
+        ("sampling", "Sampling"),  # the tab the panel opens on
+        ("presets", "Presets"),
+    ]
+    sampling, presets = ([w["id"] for w in t["inputs"]] for t in panel)
+    assert sampling == [
         "temperature",
         "top_p",
         "max_tokens",
@@ -44,7 +46,9 @@ async def test_a_new_chat_shows_the_sliders(app: ChatApp) -> None:
         "seed",
         "system_prompt",
     ]
-    temperature = widgets[4]
+    assert presets == ["preset", "save_preset", "compare_with"]  # no switch that deletes
+    temperature = panel[0]["inputs"][0]
+    assert temperature["type"] == "slider"
     assert (temperature["min"], temperature["max"]) == (0.0, 2.0)
 
 
@@ -83,7 +87,7 @@ async def test_a_bad_slider_value_is_refused_and_the_old_values_kept(app: ChatAp
     assert (sampling.temperature, sampling.top_p) == (0.3, 0.95)  # nothing of it applied
     (error,) = tab.errors()
     assert "temperature" in error and "設定未套用" in error
-    restored = tab.payloads("chat_settings")[-1]
+    restored = tab.panels()[-1]
     assert {w["id"]: w["initial"] for w in restored}["temperature"] == 0.3
     assert tab.session.chat_settings["temperature"] == 0.3  # Chainlit's copy is put back
 

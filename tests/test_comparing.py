@@ -190,22 +190,22 @@ async def test_regenerate_keeps_variants_and_the_user_picks_which_one_continues(
 
 async def test_presets_set_the_sliders_and_users_save_their_own(app: ChatApp) -> None:
     tab = await new_chat(app)
-    (panel,) = tab.payloads("chat_settings")
+    (panel,) = tab.panels()
     preset = next(w for w in panel if w["id"] == "preset")
     labels = {item["value"]: item["label"] for item in preset["items"]}
     assert labels["builtin:code"].startswith("Code assistant")
     await app.update_settings({"preset": "builtin:code"})
     sampling = live_session().sampling
     assert (sampling.temperature, sampling.top_p) == (0.4, 0.5)
-    latest = tab.payloads("chat_settings")[-1]
+    latest = tab.panels()[-1]
     shown = {w["id"]: w["initial"] for w in latest}
     assert (shown["temperature"], shown["top_p"], shown["preset"]) == (0.4, 0.5, "builtin:code")
 
     # Moving a slider makes the settings custom; saving names them.
     await app.update_settings({"preset": "builtin:code", "temperature": 0.55, "top_k": 12})
-    assert {w["id"]: w["initial"] for w in tab.payloads("chat_settings")[-1]}["preset"] == "custom"
+    assert {w["id"]: w["initial"] for w in tab.panels()[-1]}["preset"] == "custom"
     await app.update_settings({"save_preset": "  My   poems ", "max_tokens": 99})
-    latest = tab.payloads("chat_settings")[-1]
+    latest = tab.panels()[-1]
     preset = next(w for w in latest if w["id"] == "preset")
     assert preset["initial"] == "user:My poems"
     assert "user:My poems" in [item["value"] for item in preset["items"]]
@@ -219,19 +219,66 @@ async def test_presets_set_the_sliders_and_users_save_their_own(app: ChatApp) ->
     await app.update_settings({"preset": "user:My poems"})
     sampling = live_session().sampling
     assert (sampling.temperature, sampling.top_k, sampling.max_tokens) == (0.55, 12, 99)
-    assert later.payloads("chat_settings")
-    # Deleting it: only the user's own presets, and it is gone from the menu.
-    await app.update_settings({"preset": "user:My poems", "delete_preset": True})
-    assert later.payloads("toast")[-1]["message"] == "Deleted the preset “My poems”."
-    menu = next(w for w in later.payloads("chat_settings")[-1] if w["id"] == "preset")
-    assert "user:My poems" not in [item["value"] for item in menu["items"]]
-    assert menu["initial"] == "custom"
-    await app.update_settings({"preset": "builtin:code", "delete_preset": True})
-    assert live_session().sampling.temperature == 0.4  # a built-in one stays
+    assert later.panels()
     other = await new_chat(app, who="bob")
-    (panel,) = other.payloads("chat_settings")
+    (panel,) = other.panels()
     values = [item["value"] for item in next(w for w in panel if w["id"] == "preset")["items"]]
     assert "user:My poems" not in values
+    # A button is only what the client sends: bob's naming ada's preset deletes nothing.
+    forged = {"preset": "user:My poems"}
+    await app.delete_preset(cl.Action(name="delete_preset_confirmed", payload=forged))
+    assert "not one of yours" in other.payloads("toast")[-1]["message"]
+
+
+def buttons(tab: BrowserTab, name: str) -> list[cl.Action]:
+    """The buttons named `name` shown in the chat and not withdrawn since."""
+    gone = {m["id"] for m in tab.payloads("delete_message")}
+    gone |= {a["id"] for a in tab.payloads("remove_action")}
+    return [
+        cl.Action(**{k: a[k] for k in ("name", "payload", "label", "forId", "id")})
+        for a in tab.payloads("action")
+        if a["name"] == name and a["id"] not in gone and a["forId"] not in gone
+    ]
+
+
+async def test_a_preset_is_deleted_by_its_button_once_confirmed(app: ChatApp) -> None:
+    """The Presets command lists the user's own presets, each with a button; pressing one
+    asks, and only "Delete" deletes: "Keep it" keeps it. Built-in presets have none."""
+    tab = await new_chat(app)
+    await say(app, tab, "", command="Presets")
+    assert buttons(tab, "delete_preset") == []  # none of her own yet
+    assert "no presets of your own" in tab.messages()[-1]["output"]
+    await app.update_settings({"temperature": 0.3, "save_preset": "Harbour"})
+    await app.update_settings({"compare_with": ["user:Harbour", "builtin:code"]})
+
+    await say(app, tab, "", command="Presets")
+    (delete,) = buttons(tab, "delete_preset")
+    assert delete.label == "Delete “Harbour”" and delete.payload == {"preset": "user:Harbour"}
+    await app.ask_to_delete_preset(delete)
+    assert buttons(tab, "delete_preset") == []  # the list gave way to the question
+    assert tab.messages()[-1]["output"] == "Delete the preset “Harbour”? This cannot be undone."
+    (keep,) = buttons(tab, "keep_preset")
+    await app.keep_preset(keep)
+    assert buttons(tab, "delete_preset_confirmed") == []
+    assert "user:Harbour" in [p.key for p in await app.panel.available("en")]
+
+    await say(app, tab, "", command="Presets")
+    await app.ask_to_delete_preset(buttons(tab, "delete_preset")[0])
+    (confirm,) = buttons(tab, "delete_preset_confirmed")
+    await app.delete_preset(confirm)
+    assert tab.payloads("toast")[-1]["message"] == "Deleted the preset “Harbour”."
+    assert "user:Harbour" not in [p.key for p in await app.panel.available("en")]
+    latest = {w["id"]: w for w in tab.panels()[-1]}
+    assert "user:Harbour" not in [i["value"] for i in latest["preset"]["items"]]
+    assert latest["preset"]["initial"] == "custom"
+    assert latest["compare_with"]["initial"] == ["builtin:code"]  # no longer compared
+    assert live_session().sampling.temperature == 0.3  # the sliders keep its values
+    # Pressed again (another tab's old button): told, nothing else deleted.
+    await app.delete_preset(confirm)
+    assert "not one of yours" in tab.payloads("toast")[-1]["message"]
+    builtin = {"preset": "builtin:code"}
+    await app.delete_preset(cl.Action(name="delete_preset_confirmed", payload=builtin))
+    assert "builtin:code" in [p.key for p in await app.panel.available("en")]
 
 
 async def test_a_preset_saved_again_by_name_is_overwritten_and_never_holds_seed_or_prompt(
@@ -244,7 +291,7 @@ async def test_a_preset_saved_again_by_name_is_overwritten_and_never_holds_seed_
     await app.update_settings({"save_preset": "Harbour"})
     await app.update_settings({"temperature": 0.9, "top_k": 7})
     await app.update_settings({"save_preset": "Harbour"})  # the same name: overwritten
-    menu = next(w for w in tab.payloads("chat_settings")[-1] if w["id"] == "preset")
+    menu = next(w for w in tab.panels()[-1] if w["id"] == "preset")
     assert [i["value"] for i in menu["items"]].count("user:Harbour") == 1
     # Applied in another chat with its own seed and system prompt: those stay.
     await new_chat(app)

@@ -144,7 +144,7 @@ async def test_a_reopened_thread_brings_back_messages_memory_sliders_and_model(
     ]
     sampling = live_session().sampling
     assert (sampling.temperature, sampling.top_p, sampling.seed) == (1.1, 0.5, 7)
-    (panel,) = again.payloads("chat_settings")  # the settings button is back
+    (panel,) = again.panels()  # the settings button is back
     assert {w["id"]: w["initial"] for w in panel}["temperature"] == 1.1
 
     await say(app, again, "And now?")

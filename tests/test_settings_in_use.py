@@ -37,7 +37,7 @@ async def test_the_system_prompt_setting_starts_every_new_chat(
     app = await chat_app(pirate)
     tab = BrowserTab()
     await open_chat(app, tab)
-    (panel,) = tab.payloads("chat_settings")
+    (panel,) = tab.panels()
     assert {w["id"]: w["initial"] for w in panel}["system_prompt"] == "Answer like a pirate."
     await app.update_settings({"max_tokens": 8})
     await say(app, tab, "Who are you?")

@@ -23,7 +23,15 @@ from chatllm.auth import (
 from chatllm.backends import Backends, ProfileSpec
 from chatllm.backends.local import start_local_engine
 from chatllm.chat.commands import Commands
-from chatllm.chat.panel import COMPARE, EXPORT, IMPORT, Panel, send_commands
+from chatllm.chat.panel import (
+    COMPARE,
+    EXPORT,
+    IMPORT,
+    PRESETS,
+    Panel,
+    keep_preset,
+    send_commands,
+)
 from chatllm.chat.replies import Replies, send_reply_actions, store_message
 from chatllm.chat.session import ChatSession, current_lang, current_session, set_session
 from chatllm.config import Settings, get_settings
@@ -245,6 +253,8 @@ class ChatApp:
             await self.commands.export(message)
         elif message.command == IMPORT:
             await self.commands.import_thread(message)
+        elif message.command == PRESETS:
+            await self.commands.presets(message)
         elif await store_message(self.store, session, message):
             await self.replies.stream(
                 session, session.sampling, session.history, message.content, message.id, "reply"
@@ -260,6 +270,17 @@ class ChatApp:
 
     async def choose(self, action: cl.Action) -> None:
         await self.replies.choose(self._session(), action)
+
+    # ---- deleting a preset of one's own (the Presets command's buttons)
+
+    async def ask_to_delete_preset(self, action: cl.Action) -> None:
+        await self.panel.ask_to_delete(action, current_lang())
+
+    async def delete_preset(self, action: cl.Action) -> None:
+        await self.panel.delete(self._session(), action, current_lang())
+
+    async def keep_preset(self, action: cl.Action) -> None:
+        await keep_preset(action)
 
 
 def _identifier(user: object) -> str:

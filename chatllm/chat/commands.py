@@ -116,6 +116,11 @@ class Commands:
         except ChatLLMError:
             log.warning("Could not remove the command message %s", message.id, exc_info=True)
 
+    async def presets(self, message: cl.Message) -> None:
+        """The user's own presets, each with a button that deletes it once confirmed."""
+        await self._drop_command(message)
+        await self.panel.list_own(current_lang())
+
     async def export(self, message: cl.Message) -> None:
         """This thread as Markdown and JSON files to download (receipts included)."""
         lang = current_lang()

@@ -1,4 +1,5 @@
-"""The settings panel (presets, comparison sets, the sliders) and the chat's commands."""
+"""The settings panel (the sliders first; presets and comparison sets on a tab of their own),
+deleting a preset, and the chat's commands."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 from typing import Any
 
 import chainlit as cl
-from chainlit.input_widget import InputWidget, MultiSelect, Select, Slider, Switch, TextInput
+from chainlit.input_widget import InputWidget, MultiSelect, Select, Slider, Tab, TextInput
 
 from chatllm.chat.session import (
     CUSTOM,
@@ -27,8 +28,21 @@ log = logging.getLogger("chatllm")
 COMPARE = "Compare"
 EXPORT = "Export"
 IMPORT = "Import"
+PRESETS = "Presets"
 #: The chat's commands: id, icon (a lucide name), shown as a button beside the input.
-COMMANDS = ((COMPARE, "columns-3", True), (EXPORT, "download", False), (IMPORT, "upload", False))
+COMMANDS = (
+    (COMPARE, "columns-3", True),
+    (EXPORT, "download", False),
+    (IMPORT, "upload", False),
+    (PRESETS, "bookmark-x", False),
+)
+#: The panel's tabs: the sliders first, where a presenter looks; presets apart.
+SAMPLING_TAB = "sampling"
+PRESETS_TAB = "presets"
+#: The buttons that delete a preset of the user's own: asked, confirmed, or kept.
+DELETE_PRESET = "delete_preset"
+DELETE_PRESET_CONFIRMED = "delete_preset_confirmed"
+KEEP_PRESET = "keep_preset"
 
 
 def sampling_widgets(sampling: Sampling, lang: str | None = None) -> list[InputWidget]:
@@ -96,10 +110,11 @@ class Panel:
         return await self.presets.for_user(user_id(), lang)
 
     async def send(self, session: ChatSession, lang: str) -> None:
-        """Show the panel: preset, comparison sets, saving a preset, then the sliders."""
+        """Show the panel: the sliders on its first tab; the preset, saving one and the
+        comparison sets on the second."""
         presets = await self.available(lang)
         keys = {p.key for p in presets}
-        widgets: list[InputWidget] = [
+        preset_widgets: list[InputWidget] = [
             Select(
                 id="preset",
                 label=t("preset", lang),
@@ -114,12 +129,6 @@ class Panel:
                 placeholder=t("preset.save.placeholder", lang),
                 tooltip=t("preset.save.help", lang),
             ),
-            Switch(
-                id="delete_preset",
-                label=t("preset.delete", lang),
-                initial=False,
-                tooltip=t("preset.delete.help", lang),
-            ),
             MultiSelect(
                 id="compare_with",
                 label=t("compare_with", lang),
@@ -127,9 +136,16 @@ class Panel:
                 initial=[k for k in session.compare_with if k in keys],
                 tooltip=t("compare_with.help", lang),
             ),
-            *sampling_widgets(session.sampling, lang),
         ]
-        await cl.ChatSettings(widgets).send()
+        tabs = [
+            Tab(
+                id=SAMPLING_TAB,
+                label=t("panel.sampling", lang),
+                inputs=sampling_widgets(session.sampling, lang),
+            ),
+            Tab(id=PRESETS_TAB, label=t("panel.presets", lang), inputs=preset_widgets),
+        ]
+        await cl.ChatSettings(tabs).send()
         _mirror(session)
 
     async def update(self, session: ChatSession, values: dict[str, Any], lang: str) -> None:
@@ -141,7 +157,6 @@ class Panel:
         preset_key = str(values.pop("preset", None) or CUSTOM)
         name = values.pop("save_preset", None)
         compare_with = values.pop("compare_with", None)
-        delete = values.pop("delete_preset", None) is True
         previous_key = session.preset
         presets = {p.key: p for p in await self.available(lang)}
         notices: list[str] = []
@@ -157,13 +172,6 @@ class Panel:
                 updated = presets[preset_key].apply(updated)
             elif preset_key in presets and not presets[preset_key].matches(updated):
                 preset_key = CUSTOM  # a slider moved away from the preset
-            if delete and preset_key.startswith("user:"):
-                owner = user_id()
-                name = presets[preset_key].label if preset_key in presets else ""
-                if owner is not None and await self.presets.delete(owner, name):
-                    notices.append(t("preset.deleted", lang, name=name))
-                presets.pop(preset_key, None)
-                preset_key = CUSTOM
             if save_as:
                 owner = user_id()
                 if owner is None:
@@ -190,7 +198,7 @@ class Panel:
             return
         session.sampling = updated
         session.preset = preset_key
-        if preset_key != previous_key or save_as or delete or updated != current:
+        if preset_key != previous_key or save_as or updated != current:
             await self.send(session, lang)  # the sliders show what will be used
         _mirror(session)
         for notice in notices:
@@ -200,6 +208,93 @@ class Panel:
                 await save_session(self.store, session)
             except ChatLLMError as exc:
                 await show_error(exc, lang)
+
+    # ---- deleting a preset: a button, then a confirmation
+
+    async def list_own(self, lang: str) -> None:
+        """The user's own presets, each with a button that deletes it once confirmed (a
+        message of this chat only: not stored, gone on reload)."""
+        own = [p for p in await self.available(lang) if p.key.startswith("user:")]
+        if not own:
+            await _notice(t("presets.none", lang))
+            return
+        buttons = [
+            cl.Action(
+                name=DELETE_PRESET,
+                payload={"preset": p.key},
+                label=t("preset.delete.button", lang, name=p.label),
+                icon="trash-2",
+            )
+            for p in own
+        ]
+        await _notice(t("presets.yours", lang), buttons)
+
+    async def ask_to_delete(self, action: cl.Action, lang: str) -> None:
+        """A preset's delete button: the list gives way to the question, confirm or keep."""
+        preset = await self._own(action, lang)
+        await _withdraw(action)
+        if preset is None:
+            return
+        buttons = [
+            cl.Action(
+                name=DELETE_PRESET_CONFIRMED,
+                payload={"preset": preset.key},
+                label=t("preset.delete.yes", lang),
+                icon="trash-2",
+            ),
+            cl.Action(name=KEEP_PRESET, payload={}, label=t("preset.delete.no", lang)),
+        ]
+        await _notice(t("preset.delete.confirm", lang, name=preset.label), buttons)
+
+    async def delete(self, session: ChatSession, action: cl.Action, lang: str) -> None:
+        """Confirmed: the preset is deleted, and neither chosen nor compared any more."""
+        preset = await self._own(action, lang)
+        await _withdraw(action)
+        owner = user_id()
+        if preset is None or owner is None:
+            return
+        if not await self.presets.delete(owner, preset.label):
+            await cl.context.emitter.send_toast(t("preset.gone", lang), "warning")
+            return
+        await cl.context.emitter.send_toast(t("preset.deleted", lang, name=preset.label), "success")
+        if session.preset == preset.key:
+            session.preset = CUSTOM  # the sliders keep its values
+        session.compare_with = [k for k in session.compare_with if k != preset.key]
+        await self.send(session, lang)
+        if cl.context.session.has_first_interaction:
+            try:
+                await save_session(self.store, session)
+            except ChatLLMError as exc:
+                await show_error(exc, lang)
+
+    async def _own(self, action: cl.Action, lang: str) -> Preset | None:
+        """The user's own preset a button names; None, and the user told, if it is not one
+        (deleted meanwhile, a built-in one, or another user's: a client can send any)."""
+        key = str((action.payload or {}).get("preset") or "")
+        preset = {p.key: p for p in await self.available(lang)}.get(key)
+        if preset is None or not key.startswith("user:"):
+            await cl.context.emitter.send_toast(t("preset.gone", lang), "warning")
+            return None
+        return preset
+
+
+async def keep_preset(action: cl.Action) -> None:
+    """Not deleted after all: the question goes."""
+    await _withdraw(action)
+
+
+async def _notice(text: str, buttons: list[cl.Action] | None = None) -> None:
+    """A message of this chat only, with buttons: not stored (Chainlit writes what it sends
+    unless told it is), so it is gone on reload, as a dialog would be."""
+    message = cl.Message(content=text, author="chatllm", actions=buttons or [])
+    message.persisted = True
+    await message.send()
+
+
+async def _withdraw(action: cl.Action) -> None:
+    """The message whose button was pressed leaves the chat, with its buttons."""
+    if action.forId:
+        await cl.context.emitter.delete_step({"id": action.forId})
 
 
 def _mirror(session: ChatSession) -> None:
