@@ -34,6 +34,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatllm.auth import LOGIN_ID, LOGIN_MS, LoginBusy, Passwords, is_loopback
+from chatllm.i18n import t
 from chatllm.store import ChatDataLayer
 from chatllm.store.files import FileStore
 from chatllm.store.logins import LoginThrottle
@@ -366,7 +367,8 @@ SOCKET_MAX_BYTES = 8 * 1024 * 1024
 
 
 def socket_events() -> None:
-    """Chainlit's socket events for switched-off features answer nothing.
+    """Chainlit's socket events for switched-off features answer nothing, and Stop answers
+    in the user's language.
 
     Chainlit registers them whatever the config says: `edit_message` rewrites a message and
     deletes every step after it in the data layer, then runs the message again (with no
@@ -396,6 +398,26 @@ def socket_events() -> None:
         ("audio_end", audio),
     ):
         handlers[event] = _only_if(allowed, handlers[event], event)
+    handlers["stop"] = _stop
+
+
+async def _stop(sid: str) -> None:
+    """The Stop button, as Chainlit's own handler answers it (a notice, the running task
+    cancelled, `on_stop`), with the notice in the user's language: Chainlit's is English
+    whatever the browser's."""
+    from chainlit.context import init_ws_context
+    from chainlit.message import Message as ChatMessage
+    from chainlit.session import WebsocketSession
+
+    session = WebsocketSession.get(sid)
+    if session is None:
+        return
+    init_ws_context(session)
+    await ChatMessage(content=t("stop.message", session.language)).send()  # type: ignore[no-untyped-call]
+    if session.current_task:
+        session.current_task.cancel()
+    if chainlit_config.code.on_stop:
+        await chainlit_config.code.on_stop()
 
 
 def _only_if(

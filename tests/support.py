@@ -43,6 +43,11 @@ def live_session() -> ChatSession:
     return session
 
 
+def panel_widgets(panel: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A settings panel's widgets in order, its tabs taken apart."""
+    return [w for item in panel for w in (item["inputs"] if "inputs" in item else [item])]
+
+
 @dataclass
 class BrowserTab:
     """One Chainlit websocket session; `events` holds every (event, payload) sent to it."""
@@ -92,10 +97,7 @@ class BrowserTab:
 
     def panels(self) -> list[list[dict[str, Any]]]:
         """Each settings panel shown, its widgets in order, its tabs taken apart."""
-        return [
-            [w for item in panel for w in (item["inputs"] if "inputs" in item else [item])]
-            for panel in self.payloads("chat_settings")
-        ]
+        return [panel_widgets(panel) for panel in self.payloads("chat_settings")]
 
     def tokens(self) -> list[str]:
         return [data["token"] for data in self.payloads("stream_token")]
@@ -337,9 +339,15 @@ class SocketUser:
     """A browser tab's socket.io conversation with the running app, in local mode."""
 
     def __init__(
-        self, base: str, thread_id: str | None = None, transports: Sequence[str] = ("websocket",)
+        self,
+        base: str,
+        thread_id: str | None = None,
+        transports: Sequence[str] = ("websocket",),
+        language: str = "en-US",
     ) -> None:
         self.base = base
+        #: The browser's Accept-Language, which Chainlit takes the chat's language from.
+        self.language = language
         #: ("websocket",), or a browser's ("polling", "websocket"): polls, then upgrades.
         self.transports = list(transports)
         self.thread_id = thread_id or str(uuid.uuid4())
@@ -362,7 +370,10 @@ class SocketUser:
             self.base,
             socketio_path="/ws/socket.io",
             transports=self.transports,
-            headers={"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())},
+            headers={
+                "Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items()),
+                "Accept-Language": self.language,
+            },
             auth={
                 "clientType": "webapp",
                 "sessionId": self.session_id,

@@ -17,7 +17,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import LONG_SETTINGS, LONG_STORY, ROOT, AppServer, SocketUser, children
+from tests.support import (
+    LONG_SETTINGS,
+    LONG_STORY,
+    ROOT,
+    AppServer,
+    SocketUser,
+    children,
+    panel_widgets,
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +80,7 @@ async def test_stop_then_resume_brings_back_the_partial_reply_memory_and_sliders
         assert stored["output"] == partial["output"]
         panel = again.named("chat_settings")[-1]["data"]
         assert isinstance(panel, list)
-        values = {w["id"]: w["initial"] for w in panel}
+        values = {w["id"]: w["initial"] for w in panel_widgets(panel)}
         assert (values["max_tokens"], values["seed"]) == (2000, "7")  # the sliders came back
         await again.say("Thank you.", max_tokens=8)
         await again.wait_for(lambda: replies(again))
@@ -109,6 +117,22 @@ async def import_file(server: AppServer, name: str, content: bytes, mime: str) -
     await tab.say("import this", command="Import")
     await tab.wait_for(lambda: tab.named("ask") and tab.named("task_end"))
     return tab
+
+
+async def test_stop_is_answered_in_the_users_language(server: AppServer) -> None:
+    """Chainlit's own Stop notice is English whatever the browser's language."""
+    tab = SocketUser(server.base, language="zh-TW")
+    await tab.connect()
+    try:
+        await tab.say(LONG_STORY, **LONG_SETTINGS)
+        await tab.wait_for(lambda: len(tab.named("stream_token")) >= 3)
+        await tab.client.emit("stop")
+        await tab.wait_for(
+            lambda: [m for m in tab.named("new_message") if m["output"] == "已手動停止。"]
+        )
+        assert not [m for m in tab.named("new_message") if "manually stopped" in str(m["output"])]
+    finally:
+        await tab.client.disconnect()
 
 
 async def test_import_from_the_chat_takes_an_uploaded_export_as_a_new_thread(
