@@ -5,6 +5,7 @@ OpenAI-compatible server (llama-cpp-python's own) on loopback, and a wire tap in
 from __future__ import annotations
 
 import asyncio
+import functools
 import http.server
 import json
 import os
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import unicodedata
 import urllib.error
 import urllib.request
 import uuid
@@ -41,6 +43,25 @@ def live_session() -> ChatSession:
     session = cl.user_session.get(SESSION_KEY)
     assert isinstance(session, ChatSession), "no chat has started in this tab"
     return session
+
+
+@functools.cache
+def _has_glyph(char: str) -> bool:
+    """Whether an installed font draws `char` (fontconfig, as Chromium finds its fonts)."""
+    listed = subprocess.run(
+        ["fc-list", f":charset={ord(char):x}", "family"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return bool(listed.stdout.strip())
+
+
+def missing_glyphs(text: str) -> set[str]:
+    """The characters of `text` no installed font can draw: shown as empty boxes."""
+    drawn = {c for c in text if not c.isspace() and unicodedata.category(c)[0] not in "CZ"}
+    return {c for c in drawn if ord(c) > 0x7E and not _has_glyph(c)}
 
 
 def panel_widgets(panel: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.support import AppServer, children
+from tests.support import AppServer, children, missing_glyphs
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CHATLLM_CHROMIUM", "/usr/bin/chromium")
@@ -448,16 +448,32 @@ def test_html_in_a_message_shows_as_text_and_runs_nothing(local_app: App, browse
 # ---- 9. Chinese
 
 
-def test_a_zh_tw_browser_gets_the_chinese_welcome_page(
+def test_a_zh_tw_browser_gets_the_chinese_welcome_page_and_panel_with_every_glyph_drawn(
     local_app: App, playwright: Playwright, tmp_path: Path
 ) -> None:
+    """What the page renders, every character of it, has a glyph in the browser's fonts
+    (the welcome page's heading once ended in an empty box)."""
     context = open_browser(playwright, tmp_path, locale="zh-TW")
     page = context.pages[0] if context.pages else context.new_page()
     page.goto(local_app.base)
     expect(page.locator("#chat-input")).to_be_visible(timeout=60_000)
+    ready(page)
+    assert missing_glyphs(page.locator("body").inner_text()) == set()
+    shot(page, "09-zh-TW-start")
     page.locator("#readme-button").click()
     expect(page.get_by_text("歡迎使用 chatllm")).to_be_visible()
+    assert missing_glyphs(page.locator("body").inner_text()) == set()
     shot(page, "09-zh-TW-welcome")
+    page.keyboard.press("Escape")
+    page.locator("#chat-settings-open-modal").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_role("tab", name="取樣")).to_have_attribute("aria-selected", "true")
+    assert missing_glyphs(dialog.inner_text()) == set()
+    shot(page, "09-zh-TW-settings")
+    dialog.get_by_role("tab", name="預設組合").click()
+    expect(dialog.locator("#preset")).to_be_visible()
+    assert missing_glyphs(dialog.inner_text()) == set()
+    shot(page, "09-zh-TW-presets")
     context.close()
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import string
+from pathlib import Path
 
 import pytest
 
 from chatllm.i18n import CATALOGUES, normalize, t
+from tests.support import missing_glyphs
 
 
 def fields(text: str) -> set[str]:
@@ -45,3 +47,15 @@ def test_values_are_filled_in() -> None:
     assert t("queue.waiting", "zh-TW", ahead=2) == (
         "本機模型忙碌中，前面還有 2 個請求。輪到你時會立即開始回覆。"
     )
+
+
+def test_every_character_the_app_shows_has_a_glyph_in_the_installed_fonts() -> None:
+    """No empty boxes: the app's strings, its welcome pages and Chainlit's interface
+    strings in the app's languages, against the fonts the tests' browser draws with (the
+    welcome page's wave emoji had none)."""
+    root = Path(__file__).resolve().parent.parent
+    texts = [text for catalogue in CATALOGUES.values() for text in catalogue.values()]
+    texts += [page.read_text("utf-8") for page in root.glob("chainlit*.md")]
+    for language in ("en-US", "zh-TW", "zh-CN"):
+        texts.append((root / ".chainlit" / "translations" / f"{language}.json").read_text("utf-8"))
+    assert missing_glyphs("\n".join(texts)) == set()
