@@ -396,3 +396,24 @@ async def test_export_from_the_chat_gives_markdown_and_json_with_receipts(
     assert reply["receipt"]["sampling"]["max_tokens"] == 10
     markdown = paths[names[1]].read_text("utf-8")
     assert "你好，請介紹一下你自己。" in markdown and "seed" in markdown
+
+
+async def test_commands_are_named_in_the_users_language_and_run_by_that_name(
+    app: ChatApp,
+) -> None:
+    """Chainlit shows a command's id on its button and in its menu: a zh-TW chat's are in
+    Chinese, and a message sent with one runs it (an English name still does)."""
+    tab = BrowserTab(language="zh-TW")
+    user = await app.store.create_user(User(identifier="ada"))
+    assert user is not None
+    tab.session.user = user
+    tab.enter()
+    await app.start()
+    (commands,) = tab.payloads("set_commands")
+    assert [c["id"] for c in commands] == ["比較", "匯出", "匯入", "預設組合"]
+    await say(app, tab, "", command="預設組合")
+    assert "您還沒有自己的預設組合" in tab.messages()[-1]["output"]
+    shown = len(tab.messages())
+    await say(app, tab, "", command="Presets")
+    assert len(tab.messages()) == shown + 1  # listed again
+    assert "您還沒有自己的預設組合" in tab.messages()[-1]["output"]

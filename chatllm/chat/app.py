@@ -29,6 +29,7 @@ from chatllm.chat.panel import (
     IMPORT,
     PRESETS,
     Panel,
+    command_of,
     keep_preset,
     send_commands,
 )
@@ -247,13 +248,14 @@ class ChatApp:
                 )
                 await cl.ErrorMessage(content=text, author="chatllm").send()
             return
-        if message.command == COMPARE:
+        command = command_of(message.command)
+        if command == COMPARE:
             await self.commands.compare(session, message)
-        elif message.command == EXPORT:
+        elif command == EXPORT:
             await self.commands.export(message)
-        elif message.command == IMPORT:
+        elif command == IMPORT:
             await self.commands.import_thread(message)
-        elif message.command == PRESETS:
+        elif command == PRESETS:
             await self.commands.presets(message)
         elif await store_message(self.store, session, message):
             await self.replies.stream(

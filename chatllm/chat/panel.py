@@ -18,7 +18,7 @@ from chatllm.chat.session import (
 )
 from chatllm.compare import MAX_SETS
 from chatllm.errors import ChatLLMError, PresetError
-from chatllm.i18n import t
+from chatllm.i18n import CATALOGUES, t
 from chatllm.presets import Preset, Presets
 from chatllm.sampling import Sampling
 from chatllm.store import ChatDataLayer
@@ -82,11 +82,25 @@ def sampling_widgets(sampling: Sampling, lang: str | None = None) -> list[InputW
     return widgets
 
 
+def command_name(command: str, lang: str) -> str:
+    """A command's name in the user's language: Chainlit shows a command's id itself, on
+    its button and in the command menu."""
+    return t(f"command.{command.lower()}.name", lang)
+
+
+def command_of(name: str | None) -> str | None:
+    """The command a message names, in whichever language its chat showed it."""
+    for command, _, _ in COMMANDS:
+        if name == command or name in {command_name(command, lang) for lang in CATALOGUES}:
+            return command
+    return None
+
+
 async def send_commands(lang: str) -> None:
     await cl.context.emitter.set_commands(
         [
             {
-                "id": command,
+                "id": command_name(command, lang),
                 "icon": icon,
                 "description": t(f"command.{command.lower()}", lang),
                 "button": button,
