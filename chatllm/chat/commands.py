@@ -19,7 +19,7 @@ from chatllm.chat.replies import save_message, send_and_save, store_message
 from chatllm.chat.session import ChatSession, current_lang, show_error
 from chatllm.compare import MAX_SETS, Column, SettingsSet, comparison_view, run_comparison
 from chatllm.errors import ChatLLMError, InvalidSampling, describe
-from chatllm.export import MAX_DOCUMENT_MB, export_thread, import_thread
+from chatllm.export import MAX_DOCUMENT_MB, ThreadNotFound, export_thread, import_thread
 from chatllm.generation import with_seed
 from chatllm.history import KIND, REPLY_TO
 from chatllm.i18n import t
@@ -127,6 +127,9 @@ class Commands:
         await self._drop_command(message)
         try:
             document = await export_thread(self.store, cl.context.session.thread_id)
+        except ThreadNotFound:  # a chat with no message yet has no thread
+            await cl.ErrorMessage(content=t("export.empty", lang), author="chatllm").send()
+            return
         except ChatLLMError as exc:
             await show_error(exc, lang)
             return
