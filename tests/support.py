@@ -433,10 +433,7 @@ class SocketUser:
     ) -> dict[str, object]:
         """Send `text` (after `settings`) as the page does; the message as sent."""
         if settings:
-            # Applied before the message is sent: the app shows the panel again when done.
-            shown = len(self.named("chat_settings"))
-            await self.client.emit("chat_settings_change", settings)
-            await self.wait_for(lambda: len(self.named("chat_settings")) > shown)
+            await self.apply_settings(settings)
         message = {
             "id": str(uuid.uuid4()),
             "threadId": self.thread_id,
@@ -448,6 +445,16 @@ class SocketUser:
         }
         await self.client.emit("client_message", {"message": message, "fileReferences": []})
         return message
+
+    async def apply_settings(self, settings: Mapping[str, object]) -> None:
+        """The settings panel confirmed, as the page does, and applied: the app shows the
+        panel again, and the handler's task ends (Chainlit runs it as a task: a task_end of
+        its own, which must not be taken for a message's)."""
+        shown, ended = len(self.named("chat_settings")), len(self.named("task_end"))
+        await self.client.emit("chat_settings_change", dict(settings))
+        await self.wait_for(
+            lambda: len(self.named("chat_settings")) > shown and len(self.named("task_end")) > ended
+        )
 
     def named(self, event: str) -> list[dict[str, object]]:
         return [data for name, data in self.events if name == event]
@@ -464,8 +471,11 @@ class SocketUser:
     ) -> dict[str, object]:
         """Send `text` and wait until its turn has ended: its reply shown and, since the
         app stores it before its handler returns, stored. The message as sent."""
-        ended, before = len(self.named("task_end")), len(self.model_replies())
-        message = await self.say(text, command, **settings)
+        before = len(self.model_replies())
+        if settings:
+            await self.apply_settings(settings)
+        ended = len(self.named("task_end"))  # the message's own is the next
+        message = await self.say(text, command)
         await self.wait_for(
             lambda: len(self.model_replies()) > before and len(self.named("task_end")) > ended,
             seconds,
