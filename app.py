@@ -9,6 +9,7 @@ from chainlit.types import ThreadDict
 
 from chatllm.auth import AuthMode
 from chatllm.chat import ChatApp
+from chatllm.chat.panel import DELETE_PRESET, DELETE_PRESET_CONFIRMED, KEEP_PRESET
 from chatllm.loop import use_native_tasks
 from chatllm.store import ChatDataLayer
 from chatllm.web import (
@@ -95,16 +96,16 @@ async def on_choose(action: cl.Action) -> None:
     await chat.choose(action)
 
 
-@cl.action_callback("delete_preset")
+@cl.action_callback(DELETE_PRESET)
 async def on_delete_preset(action: cl.Action) -> None:
     await chat.ask_to_delete_preset(action)
 
 
-@cl.action_callback("delete_preset_confirmed")
+@cl.action_callback(DELETE_PRESET_CONFIRMED)
 async def on_delete_preset_confirmed(action: cl.Action) -> None:
     await chat.delete_preset(action)
 
 
-@cl.action_callback("keep_preset")
+@cl.action_callback(KEEP_PRESET)
 async def on_keep_preset(action: cl.Action) -> None:
     await chat.keep_preset(action)

@@ -217,6 +217,10 @@ class Panel:
         _mirror(session)
         for notice in notices:
             await cl.context.emitter.send_toast(notice, "success")
+        await self._save(session, lang)
+
+    async def _save(self, session: ChatSession, lang: str) -> None:
+        """The session's new settings kept with the thread; a failed write is shown."""
         if cl.context.session.has_first_interaction:  # else the thread does not exist yet
             try:
                 await save_session(self.store, session)
@@ -275,11 +279,7 @@ class Panel:
             session.preset = CUSTOM  # the sliders keep its values
         session.compare_with = [k for k in session.compare_with if k != preset.key]
         await self.send(session, lang)
-        if cl.context.session.has_first_interaction:
-            try:
-                await save_session(self.store, session)
-            except ChatLLMError as exc:
-                await show_error(exc, lang)
+        await self._save(session, lang)
 
     async def _own(self, action: cl.Action, lang: str) -> Preset | None:
         """The user's own preset a button names; None, and the user told, if it is not one
