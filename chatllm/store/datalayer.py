@@ -276,14 +276,13 @@ class ChatDataLayer(BaseDataLayer):
         conn: Connection,
         element: Element,
         object_key: str | None,
-        locked: LockedThread | None = None,
-        locked_id: str | None = None,
+        checked_thread: str | None = None,
     ) -> None:
-        """`locked`: the thread `locked_id` as this transaction found it (its owner checked,
-        its row locked), not read again when the element is in it."""
+        """`checked_thread`: a thread this transaction has already checked and locked
+        (`_ensure_thread`), not read again when the element is in it."""
         record = element.to_dict()
         assert element.thread_id
-        if locked is None or element.thread_id != locked_id:
+        if element.thread_id != checked_thread:
             await self._ensure_thread(conn, element.thread_id)
         written = await conn.execute(
             text(
@@ -392,12 +391,10 @@ class ChatDataLayer(BaseDataLayer):
                     await self._delete_files(list(stored.values()))  # no row will name them
                     return
                 async with self.db.write() as conn:
-                    thread = await self._write_step(
-                        conn, step_dict, thread_id, metadata=thread_metadata
-                    )
+                    await self._write_step(conn, step_dict, thread_id, metadata=thread_metadata)
                     for element in elements:
                         key = stored.get(element.id)
-                        await self._insert_element(conn, element, key, thread, thread_id)
+                        await self._insert_element(conn, element, key, checked_thread=thread_id)
         except BaseException:
             await self._delete_files(list(stored.values()))
             raise
@@ -417,10 +414,10 @@ class ChatDataLayer(BaseDataLayer):
         step: StepDict,
         thread_id: str,
         metadata: dict[str, Any] | None = None,
-    ) -> LockedThread:
+    ) -> None:
         """Write a step (and, given `metadata`, the thread's, merged as `update_thread`
-        does) and its search row; the thread as it was found. A message is the thread's
-        activity: its `updated_at` changes in the same UPDATE as the metadata."""
+        does) and its search row, the thread checked and locked first. A message is the
+        thread's activity: its `updated_at` changes in the same UPDATE as the metadata."""
         thread = await self._ensure_thread(conn, thread_id)
         row = (
             await conn.execute(
@@ -470,7 +467,6 @@ class ChatDataLayer(BaseDataLayer):
                 text("UPDATE threads SET updated_at = :now WHERE id = :id"),
                 {"now": utc_now(), "id": thread_id},
             )
-        return thread
 
     @until_first_message
     @writes("the message could not be removed")
