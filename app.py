@@ -10,7 +10,9 @@ from chainlit.types import ThreadDict
 from chatllm.auth import AuthMode
 from chatllm.chat import ChatApp
 from chatllm.chat.panel import DELETE_PRESET, DELETE_PRESET_CONFIRMED, KEEP_PRESET
+from chatllm.chat.sharing import STOP_SHARING
 from chatllm.loop import use_native_tasks
+from chatllm.share import Sharing
 from chatllm.store import ChatDataLayer
 from chatllm.web import (
     SessionGuard,
@@ -20,6 +22,7 @@ from chatllm.web import (
     owner_checks,
     session_files,
     sessions,
+    shared_threads,
     socket_events,
     socket_limit,
 )
@@ -30,8 +33,11 @@ session_files(chat.settings.data_dir)
 socket_limit(chat.settings.max_message_chars)
 socket_events()
 
-mount(server, element_files(chat.store))
+sharing = chat.settings.sharing
+chainlit_config.features.allow_thread_sharing = sharing is not Sharing.OFF  # its Share button
+mount(server, element_files(chat.store, sharing))
 mount(server, owner_checks(chat.store))
+mount(server, shared_threads(chat.store, sharing, chat.shared_page))
 mount(server, sessions(chat.users, chat.passwords, chat.throttle))
 server.add_middleware(SessionGuard, users=chat.users, local_user=chat.local_user)
 guard(
@@ -59,6 +65,11 @@ def data_layer() -> ChatDataLayer:
 @cl.set_chat_profiles
 async def chat_profiles(user: cl.User | None, language: str | None = None) -> list[cl.ChatProfile]:
     return await chat.profiles(user, language)
+
+
+@cl.on_shared_thread_view
+async def on_shared_thread_view(thread: ThreadDict, viewer: cl.User | None) -> bool:
+    return chat.may_view_shared(thread, viewer)
 
 
 @cl.on_chat_start
@@ -109,3 +120,8 @@ async def on_delete_preset_confirmed(action: cl.Action) -> None:
 @cl.action_callback(KEEP_PRESET)
 async def on_keep_preset(action: cl.Action) -> None:
     await chat.keep_preset(action)
+
+
+@cl.action_callback(STOP_SHARING)
+async def on_stop_sharing(action: cl.Action) -> None:
+    await chat.stop_sharing(action)

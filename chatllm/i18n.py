@@ -90,10 +90,12 @@ _EN: dict[str, str] = {
     "command.export.name": "Export",
     "command.import.name": "Import",
     "command.presets.name": "Presets",
+    "command.share.name": "Share",
     "command.compare": "Run the message under the current settings and the “Compare with” presets, side by side",
     "command.export": "Download this conversation as Markdown and JSON",
     "command.import": "Add a conversation from an exported JSON file",
     "command.presets": "Delete presets of your own",
+    "command.share": "A read-only link to this conversation, with a QR code for the room",
     "compare.title": "Comparison",
     "compare.diff": "Word diff",
     "compare.running": "waiting…",
@@ -112,6 +114,17 @@ _EN: dict[str, str] = {
     "variant.title": "Variant {number} · reply to “{prompt}”",
     "variant.chosen": "The conversation continues from this reply.",
     "export.empty": "Nothing to export yet: this chat has no messages.",
+    "share.empty": "Nothing to share yet: this chat has no messages.",
+    "share.ready": "This conversation is shared, read-only, at:\n\n{link}\n\n{who} New messages show when the page is opened again.",
+    "share.who.users": "Anyone signed in to this app may open it.",
+    "share.who.anyone": "Anyone with the link may open it, without an account.",
+    "share.loopback": "This link names this computer’s own address ({host}), which no other device can open. Serve the app on the network’s address (`make run HOST=0.0.0.0`, once users are added: see “Share links” in the README), or set CHATLLM_PUBLIC_URL to the address the room uses.",
+    "share.qr": "QR code of the share link",
+    "share.stop": "Stop sharing",
+    "share.stopped": "No longer shared: the link opens nothing now.",
+    "share.off": "Sharing is switched off on this app (CHATLLM_SHARING=off).",
+    "share.gone": "This conversation is not shared, or no longer.",
+    "share.page.note": "A shared conversation, read-only · {name}",
     "export.ready": "This conversation, exported with every reply's receipt:",
     "import.ask": "Upload a conversation exported as JSON; it is added as a new thread.",
     "import.not_json": "that file is not JSON ({detail})",
@@ -225,10 +238,12 @@ _ZH_TW: dict[str, str] = {
     "command.export.name": "匯出",
     "command.import.name": "匯入",
     "command.presets.name": "預設組合",
+    "command.share.name": "分享",
     "command.compare": "用目前設定和「比較對象」中的預設組合分別執行這則訊息，並排顯示",
     "command.export": "將此對話下載為 Markdown 和 JSON",
     "command.import": "從匯出的 JSON 檔新增對話",
     "command.presets": "刪除您自己的預設組合",
+    "command.share": "此對話的唯讀連結，附上給觀眾掃描的 QR 碼",
     "compare.title": "比較",
     "compare.diff": "逐字差異",
     "compare.running": "等候中…",
@@ -247,6 +262,17 @@ _ZH_TW: dict[str, str] = {
     "variant.title": "第 {number} 個版本 · 回覆「{prompt}」",
     "variant.chosen": "對話將從這則回覆繼續。",
     "export.empty": "還沒有可匯出的內容：這個對話還沒有訊息。",
+    "share.empty": "還沒有可分享的內容：這個對話還沒有訊息。",
+    "share.ready": "此對話已分享（唯讀），網址：\n\n{link}\n\n{who}新訊息在重新開啟頁面後顯示。",
+    "share.who.users": "登入此應用程式的任何人都能開啟。",
+    "share.who.anyone": "任何擁有連結的人都能開啟，不需要帳號。",
+    "share.loopback": "這個連結指向本機自己的位址（{host}），其他裝置無法開啟。請在網路位址上執行應用程式（新增使用者後執行 `make run HOST=0.0.0.0`，見 README 的「Share links」），或將 CHATLLM_PUBLIC_URL 設為觀眾使用的位址。",
+    "share.qr": "分享連結的 QR 碼",
+    "share.stop": "停止分享",
+    "share.stopped": "已停止分享：此連結現在不會開啟任何內容。",
+    "share.off": "此應用程式已關閉分享功能（CHATLLM_SHARING=off）。",
+    "share.gone": "此對話未分享，或已停止分享。",
+    "share.page.note": "分享的對話（唯讀）· {name}",
     "export.ready": "此對話已匯出，包含每則回覆的生成紀錄：",
     "import.ask": "請上傳匯出的 JSON 對話檔，它會新增為一個新的對話。",
     "import.not_json": "該檔案不是 JSON（{detail}）",
@@ -360,10 +386,12 @@ _ZH_CN: dict[str, str] = {
     "command.export.name": "导出",
     "command.import.name": "导入",
     "command.presets.name": "预设",
+    "command.share.name": "分享",
     "command.compare": "用当前设置和“比较对象”中的预设分别运行这条消息，并排显示",
     "command.export": "将此对话下载为 Markdown 和 JSON",
     "command.import": "从导出的 JSON 文件添加对话",
     "command.presets": "删除您自己的预设",
+    "command.share": "此对话的只读链接，附上供观众扫描的二维码",
     "compare.title": "比较",
     "compare.diff": "逐词差异",
     "compare.running": "等待中…",
@@ -382,6 +410,17 @@ _ZH_CN: dict[str, str] = {
     "variant.title": "第 {number} 个版本 · 回复“{prompt}”",
     "variant.chosen": "对话将从这条回复继续。",
     "export.empty": "还没有可导出的内容：这个对话还没有消息。",
+    "share.empty": "还没有可分享的内容：这个对话还没有消息。",
+    "share.ready": "此对话已分享（只读），链接：\n\n{link}\n\n{who}新消息在重新打开页面后显示。",
+    "share.who.users": "登录此应用的任何人都可以打开。",
+    "share.who.anyone": "任何拥有链接的人都可以打开，无需账号。",
+    "share.loopback": "这个链接指向本机自己的地址（{host}），其他设备无法打开。请在网络地址上运行应用（添加用户后运行 `make run HOST=0.0.0.0`，见 README 的“Share links”），或将 CHATLLM_PUBLIC_URL 设为观众使用的地址。",
+    "share.qr": "分享链接的二维码",
+    "share.stop": "停止分享",
+    "share.stopped": "已停止分享：此链接现在不会打开任何内容。",
+    "share.off": "此应用已关闭分享功能（CHATLLM_SHARING=off）。",
+    "share.gone": "此对话未分享，或已停止分享。",
+    "share.page.note": "分享的对话（只读）· {name}",
     "export.ready": "此对话已导出，包含每条回复的生成记录：",
     "import.ask": "请上传导出的 JSON 对话文件，它会添加为一个新对话。",
     "import.not_json": "该文件不是 JSON（{detail}）",
@@ -429,6 +468,24 @@ def normalize(lang: str | None) -> Lang:
     if any(part in tag for part in ("tw", "hk", "mo", "hant")):
         return "zh-TW"
     return "zh-CN"
+
+
+def request_language(accept_language: str | None) -> Lang:
+    """The catalogue for an HTTP request's Accept-Language (its most wanted language)."""
+    best, best_q = "en", -1.0
+    for part in (accept_language or "").split(","):
+        tag, _, params = part.strip().partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if tag and tag != "*" and q > best_q:
+            best, best_q = tag, q
+    return normalize(best)
 
 
 def t(key: str, lang: str | None = None, **values: object) -> str:

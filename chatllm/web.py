@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 import os
 import shutil
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,7 +20,6 @@ from chainlit.auth import get_current_user
 from chainlit.auth.cookie import get_token_from_cookies
 from chainlit.auth.jwt import get_jwt_secret
 from chainlit.config import config as chainlit_config
-from chainlit.data.acl import is_thread_author
 from chainlit.types import (
     DeleteFeedbackRequest,
     ElementRequest,
@@ -28,13 +28,14 @@ from chainlit.types import (
 )
 from chainlit.user import PersistedUser, User
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.security import OAuth2PasswordRequestForm
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatllm.auth import LOGIN_ID, LOGIN_MS, LoginBusy, Passwords, is_loopback
-from chatllm.i18n import t
+from chatllm.i18n import request_language, t
+from chatllm.share import SHARE_PATH, Sharing, may_view, read_only
 from chatllm.store import ChatDataLayer
 from chatllm.store.files import FileStore
 from chatllm.store.logins import LoginThrottle
@@ -45,15 +46,19 @@ logger = logging.getLogger(__name__)
 CurrentUser = Annotated[User | PersistedUser | None, Depends(get_current_user)]
 
 
-def element_files(store: ChatDataLayer) -> APIRouter:
-    """Serves element files stored on disk, to the thread's author only."""
+def element_files(store: ChatDataLayer, sharing: Sharing) -> APIRouter:
+    """Serves element files stored on disk, to the thread's author, and to those who may
+    open its share link while it is shared."""
     router = APIRouter()
 
     @router.get(FileStore.URL_PREFIX + "/{thread_id}/{element_id}")
     async def element_file(thread_id: str, element_id: str, user: CurrentUser) -> FileResponse:
         if user is None:
             raise HTTPException(status_code=401, detail="Unauthorized")
-        await is_thread_author(user.identifier, thread_id)
+        author = await require_author(store, user, thread_id, allow_others=True)
+        if author != user.identifier:
+            if not may_view(await store.get_thread(thread_id), user.identifier, sharing):
+                raise HTTPException(status_code=403, detail="Not yours")
         stored = await store.element_file(thread_id, element_id)
         if stored is None:
             raise HTTPException(status_code=404, detail="Not found")
@@ -63,11 +68,28 @@ def element_files(store: ChatDataLayer) -> APIRouter:
     return router
 
 
+async def require_author(
+    store: ChatDataLayer,
+    user: User | PersistedUser,
+    thread_id: str,
+    allow_others: bool = False,
+) -> str:
+    """The thread's author; a 404 for no such thread, and a 403 for another user's unless
+    `allow_others` (Chainlit's own check answers that with a 401, which sends the page to
+    the login)."""
+    author = await store.get_thread_author(thread_id)
+    if not author:
+        raise HTTPException(status_code=404, detail="Not found")
+    if author != user.identifier and not allow_others:
+        raise HTTPException(status_code=403, detail="Not yours")
+    return author
+
+
 def owner_checks(store: ChatDataLayer) -> APIRouter:
     """Chainlit's feedback and element routes, behind the check they lack: the caller owns
     the thread the feedback, step or element belongs to. An unknown id is a 404 (Chainlit
     answers a 500 carrying the SQL), another user's a 403. Chainlit's handler then does
-    the work. Thread sharing stays off through the API while the operator has it off."""
+    the work."""
     router = APIRouter()
 
     async def require_owner(
@@ -109,21 +131,76 @@ def owner_checks(store: ChatDataLayer) -> APIRouter:
         await require_owner(user, "elements", str(payload.element.get("id") or ""))
         return await chainlit_server.delete_thread_element(payload, user)
 
+    return router
+
+
+def shared_threads(
+    store: ChatDataLayer, sharing: Sharing, page: Callable[[str, str], Awaitable[str]]
+) -> APIRouter:
+    """Share links (chatllm.share): sharing and unsharing, by the thread's author only, and
+    what a link shows, to those the operator's `sharing` lets in, while the thread is
+    shared.
+
+    Chainlit's own read route passes on the thread's metadata less three keys, and lets
+    anyone signed in open a shared thread whatever its `on_shared_thread_view` answers;
+    this one answers the thread alone (`read_only`), and a 404 for a thread that is not
+    shared, is not there, or may not be opened, alike. With `Sharing.ANYONE`, someone not
+    signed in who opens a link gets `page(thread id, language)`, a page of the thread
+    alone, where Chainlit's view would send them to its login page."""
+    router = APIRouter()
+
     def sharing_on() -> None:
-        if not chainlit_config.features.allow_thread_sharing:
+        if sharing is Sharing.OFF:
             raise HTTPException(status_code=404, detail="Thread sharing is off")
 
     @router.put("/project/thread/share")
     async def share_thread(request: Request, payload: ShareThreadRequest, user: CurrentUser) -> Any:
         sharing_on()
+        if user is None:
+            raise HTTPException(status_code=401, detail="Unauthorized")
+        await require_author(store, user, payload.threadId)
         return await chainlit_server.share_thread(request, payload, user)
 
     @router.get("/project/share/{thread_id}")
-    async def shared_thread(request: Request, thread_id: str, user: CurrentUser) -> Any:
-        sharing_on()
-        return await chainlit_server.get_shared_thread(request, thread_id, user)
+    async def shared_thread(thread_id: str, user: CurrentUser) -> dict[str, Any]:
+        thread = await store.get_thread(thread_id)
+        if thread is None or not may_view(thread, user.identifier if user else None, sharing):
+            raise HTTPException(status_code=404, detail="Thread not found")
+        return read_only(thread)
+
+    @router.get(SHARE_PATH + "{thread_id}")
+    async def share_page(request: Request, thread_id: str) -> Any:
+        token = _token(dict(request.headers))
+        if sharing is not Sharing.ANYONE or (token and _claims(token)):
+            return await chainlit_server.serve(request)  # Chainlit's page: its read-only view
+        lang = request_language(request.headers.get("accept-language"))
+        try:
+            body = await page(thread_id, lang)
+        except LookupError:
+            body = t("share.gone", lang)
+            return HTMLResponse(_gone_page(body, lang), status_code=404, headers=_PAGE_HEADERS)
+        return HTMLResponse(body, headers=_PAGE_HEADERS)
 
     return router
+
+
+#: The public page of a shared thread: nothing loaded from elsewhere, no framing, not cached.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
+    "frame-ancestors 'none'",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _gone_page(text: str, lang: str) -> str:
+    return (
+        f'<!doctype html><html lang="{html.escape(lang)}"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(text)}</title></head><body><main><h1>{html.escape(text)}</h1>"
+        "</main></body></html>"
+    )
 
 
 def mount(server: FastAPI, router: APIRouter) -> None:

@@ -539,17 +539,7 @@ def test_multi_user_mode_logs_in_and_keeps_threads_apart(
     playwright: Playwright, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     data_dir = tmp_path_factory.mktemp("browser-multi")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLLM_")}
-    for name in ("ada", "bob"):  # as an operator would, with the app's command
-        subprocess.run(
-            [sys.executable, "-m", "chatllm", "users", "add", name, "--password-stdin"],
-            input=f"{name}-password-123\n",
-            text=True,
-            cwd=ROOT,
-            env={**env, "CHATLLM_DATA_DIR": str(data_dir)},
-            check=True,
-            capture_output=True,
-        )
+    add_users(data_dir, "ada", "bob")
     app = start_app(data_dir)
     tmp = tmp_path_factory.mktemp("chromium-multi")
     try:
@@ -586,7 +576,79 @@ def test_multi_user_mode_logs_in_and_keeps_threads_apart(
         stop_app(app)
 
 
+def add_users(data_dir: Path, *names: str) -> None:
+    """Password users NAME with the password NAME-password-123, as an operator adds them."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLLM_")}
+    for name in names:
+        subprocess.run(
+            [sys.executable, "-m", "chatllm", "users", "add", name, "--password-stdin"],
+            input=f"{name}-password-123\n",
+            text=True,
+            cwd=ROOT,
+            env={**env, "CHATLLM_DATA_DIR": str(data_dir)},
+            check=True,
+            capture_output=True,
+        )
+
+
 def login(page: Page, name: str, password: str) -> None:
     page.locator("#email").fill(name)
     page.locator("#password").fill(password)
     page.locator("#password").press("Enter")
+
+
+# ---- share links
+
+
+def test_a_shared_thread_opens_read_only_for_another_user_until_it_is_unshared(
+    playwright: Playwright, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Ada shares her thread with the Share command; Bob opens the link before logging in,
+    logs in and lands on it: her messages and receipts, no message box, no feedback
+    buttons. She stops sharing, and his next visit finds nothing."""
+    data_dir = tmp_path_factory.mktemp("browser-share")
+    add_users(data_dir, "ada", "bob")
+    app = start_app(data_dir)
+    tmp = tmp_path_factory.mktemp("chromium-share")
+    try:
+        ada = open_browser(playwright, tmp).new_page()
+        ada.goto(app.base)
+        login(ada, "ada", "ada-password-123")
+        ready(ada)
+        question = "Ada's question about tides"
+        send(ada, question)
+        answer = wait_for_reply(ada, 1)
+        ada.get_by_role("button", name="Share", exact=True).click()
+        ada.locator("#chat-submit").click()
+        notice = ada.locator(".step", has_text="This conversation is shared").last
+        expect(notice).to_be_visible(timeout=30_000)
+        (stored,) = eventually(lambda: app.replies(question))
+        link = f"{app.base}/share/{stored['thread']}"
+        expect(notice).to_contain_text(link)
+        qr = notice.get_by_role("img", name="QR code of the share link")
+        expect(qr).to_be_visible()
+        assert qr.evaluate("img => img.complete && img.naturalWidth > 100")
+        shot(ada, "15-share-link-and-qr")
+
+        bob = open_browser(playwright, tmp).new_page()
+        bob.goto(link)
+        expect(bob.locator("#email")).to_be_visible(timeout=60_000)  # log in first
+        login(bob, "bob", "bob-password-123")
+        bob.wait_for_url(link, timeout=30_000)  # then on to the link, not the home page
+        expect(bob.locator(QUESTION, has_text=question)).to_be_visible(timeout=30_000)
+        expect(bob.locator(REPLY).first).to_contain_text(words(answer)[0])
+        expect(bob.locator(".chatllm-receipt").first).to_contain_text("tok/s")
+        expect(bob.locator("#chat-input")).to_have_count(0)  # nothing to send with
+        feedback = bob.locator(".positive-feedback-off, .negative-feedback-off")
+        expect(feedback.first).to_be_hidden()  # Chainlit shows them, greyed out
+        expect(ada.locator(".positive-feedback-off").first).to_be_visible()  # hers, on her page
+        shot(bob, "15-shared-thread-read-only")
+
+        ada.get_by_role("button", name="Stop sharing").click()
+        expect(ada.get_by_text("No longer shared")).to_be_visible(timeout=30_000)
+        bob.goto(link)
+        bob.wait_for_url(f"{app.base}/", timeout=30_000)  # Chainlit's view gives up on it
+        expect(bob.locator(QUESTION, has_text=question)).to_have_count(0)
+        shot(bob, "15-unshared-link")
+    finally:
+        stop_app(app)

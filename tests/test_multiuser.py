@@ -246,15 +246,53 @@ async def test_another_user_cannot_change_or_remove_her_feedback_or_elements(
     assert kept["props"] == {"seed": 7}
 
 
-def test_sharing_stays_off_through_the_api_while_the_operator_has_it_off(
+def test_a_shared_thread_is_read_only_to_other_signed_in_users_until_unshared(
     server: str, seeded: dict[str, str]
 ) -> None:
-    ada = login(server, "ada")
-    shared = ada.put("/project/thread/share", json={"threadId": seeded["thread"], "isShared": True})
-    assert shared.status_code == 404 and "sharing is off" in shared.text
-    assert ada.get(f"/project/share/{seeded['thread']}").status_code == 404
-    metadata = ada.get(f"/project/thread/{seeded['thread']}").json()["metadata"]
-    assert not metadata.get("is_shared")
+    """The default (CHATLLM_SHARING=users): Ada shares her thread, and Bob, signed in,
+    opens it through the share route alone: its messages, receipt and file, none of its
+    settings nor her feedback; he can neither change it nor share it. Unshared, it is
+    gone again for him; nobody signed out gets it at any time."""
+    ada, bob = login(server, "ada"), login(server, "bob")
+    thread, element = seeded["thread"], seeded["element"]
+    share = {"threadId": thread, "isShared": True}
+    assert bob.put("/project/thread/share", json=share).status_code == 403  # not his
+    assert ada.put("/project/thread/share", json=share).status_code == 200
+    try:
+        seen = bob.get(f"/project/share/{thread}")
+        assert seen.status_code == 200
+        view = seen.json()
+        assert [s["output"] for s in view["steps"]] == ["my secret plan", "noted"]
+        assert set(view["metadata"]) == {"is_shared", "shared_at"}  # no settings, no session
+        assert all("feedback" not in s for s in view["steps"])
+        assert "ada's" not in seen.text  # her feedback's comment
+        receipt = next(e for e in view["elements"] if e["id"] == seeded["receipt"])
+        assert receipt["props"] == {"seed": 7}
+        file = next(e for e in view["elements"] if e["id"] == element)
+        assert bob.get(file["url"]).text == "the plan"
+        # Read-only: the thread's own routes stay hers.
+        refused = [
+            bob.get(f"/project/thread/{thread}"),
+            bob.put("/project/thread", json={"threadId": thread, "name": "mine now"}),
+            bob.request("DELETE", "/project/thread", json={"threadId": thread}),
+            bob.put(
+                "/feedback", json={"feedback": {"forId": "ada-1", "value": 0}, "sessionId": ""}
+            ),
+            bob.put("/project/thread/share", json={"threadId": thread, "isShared": False}),
+        ]
+        # (Chainlit's own thread routes answer another user with a 401, the app's a 403.)
+        assert [r.status_code for r in refused] == [401, 401, 401, 403, 403]
+        anonymous = httpx.get(f"{server}/project/share/{thread}")
+        assert anonymous.status_code == 401 and "secret plan" not in anonymous.text
+        assert bob.get("/project/share/no-such-thread").status_code == 404
+    finally:
+        unshare = {"threadId": thread, "isShared": False}
+        assert ada.put("/project/thread/share", json=unshare).status_code == 200
+    gone = bob.get(f"/project/share/{thread}")
+    assert gone.status_code == 404 and "secret plan" not in gone.text
+    assert bob.get(file["url"]).status_code == 403
+    metadata = ada.get(f"/project/thread/{thread}").json()["metadata"]
+    assert metadata["is_shared"] is False and "chat_settings" not in seen.text
 
 
 async def test_another_user_cannot_resume_it_over_the_socket(

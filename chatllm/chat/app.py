@@ -28,6 +28,7 @@ from chatllm.chat.panel import (
     EXPORT,
     IMPORT,
     PRESETS,
+    SHARE,
     Panel,
     command_of,
     keep_preset,
@@ -35,12 +36,16 @@ from chatllm.chat.panel import (
 )
 from chatllm.chat.replies import Replies, send_reply_actions, store_message
 from chatllm.chat.session import ChatSession, current_lang, current_session, set_session
+from chatllm.chat.sharing import Shares
 from chatllm.config import Settings, get_settings
 from chatllm.errors import ChatLLMError, ConfigError, EngineUnavailable, describe
+from chatllm.export import thread_document
 from chatllm.generation import warm_up
 from chatllm.i18n import t
+from chatllm.markdown import to_markdown
 from chatllm.memory import freeze_startup_objects
 from chatllm.presets import Presets
+from chatllm.share import Sharing, may_view, public_page, read_only
 from chatllm.store import ChatDataLayer, Database, FileStore, migrated
 from chatllm.store.logins import LoginThrottle
 from chatllm.store.users import Users
@@ -88,6 +93,7 @@ class ChatApp:
         self.panel = Panel(self.presets, self.store)
         self.replies = Replies(self.backends, self.store)
         self.commands = Commands(self.backends, self.store, self.panel)
+        self.shares = Shares(self.store, settings.sharing, settings.public_url)
         #: Why some backends were left out of the profiles a user was last offered, by
         #: user; told in that user's next chat.
         self._problems: dict[str, list[ChatLLMError]] = {}
@@ -215,7 +221,7 @@ class ChatApp:
         session.problems = self._problems.get(_identifier(cl.user_session.get("user")), [])
         set_session(session)
         await self.panel.send(session, lang)
-        await send_commands(lang)
+        await send_commands(lang, share=self.settings.sharing is not Sharing.OFF)
         for problem in session.problems:
             if isinstance(problem, EngineUnavailable):
                 text = describe(problem, lang)
@@ -231,7 +237,7 @@ class ChatApp:
         )
         # Without this the settings button is gone after a resume.
         await self.panel.send(session, lang)
-        await send_commands(lang)
+        await send_commands(lang, share=self.settings.sharing is not Sharing.OFF)
         await send_reply_actions(thread.get("steps") or [], lang)
 
     async def update_settings(self, values: dict[str, Any]) -> None:
@@ -257,6 +263,9 @@ class ChatApp:
             await self.commands.import_thread(message)
         elif command == PRESETS:
             await self.commands.presets(message)
+        elif command == SHARE:
+            await self.commands.drop_command(message)
+            await self.shares.share()
         elif await store_message(self.store, session, message):
             await self.replies.stream(
                 session, session.sampling, session.history, message.content, message.id, "reply"
@@ -283,6 +292,27 @@ class ChatApp:
 
     async def keep_preset(self, action: cl.Action) -> None:
         await keep_preset(action)
+
+    # ---- share links
+
+    async def stop_sharing(self, action: cl.Action) -> None:
+        await self.shares.stop(action)
+
+    def may_view_shared(self, thread: ThreadDict, viewer: cl.User | None) -> bool:
+        """Chainlit's `on_shared_thread_view`; the app's own route in front of Chainlit's
+        answers share links (chatllm.web.shared_threads), with this same rule."""
+        return may_view(thread, _identifier(viewer) or None, self.settings.sharing)
+
+    async def shared_page(self, thread_id: str, lang: str) -> str:
+        """The page someone not signed in gets for a share link (Sharing.ANYONE);
+        LookupError if the thread is not one they may see."""
+        thread = await self.store.get_thread(thread_id)
+        if thread is None or not may_view(thread, None, self.settings.sharing):
+            raise LookupError(thread_id)
+        shared = read_only(thread)
+        name = shared["name"] or t("markdown.untitled", lang)
+        text = to_markdown(thread_document(shared), lang)  # type: ignore[arg-type]
+        return public_page(text, name, lang, t("share.page.note", lang, name=name))
 
 
 def _identifier(user: object) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import chainlit as cl
+from chainlit.context import local_steps
 
 from chatllm.backends import Backends
 from chatllm.chat.panel import Panel
@@ -108,8 +109,12 @@ class Commands:
             await holder.update()
             await save_message(self.store, holder, view)
 
-    async def _drop_command(self, message: cl.Message) -> None:
-        """A command's own message is not part of the conversation."""
+    async def drop_command(self, message: cl.Message) -> None:
+        """A command's own message is not part of the conversation: it leaves the chat and
+        the store. What the command shows next is shown at the top level: Chainlit would
+        nest it under this task's run step, itself under the removed message, and the
+        page, which removes a message with everything under it, would show none of it."""
+        local_steps.set([])
         await message.remove()
         try:
             await self.store.delete_step(message.id)
@@ -118,13 +123,13 @@ class Commands:
 
     async def presets(self, message: cl.Message) -> None:
         """The user's own presets, each with a button that deletes it once confirmed."""
-        await self._drop_command(message)
+        await self.drop_command(message)
         await self.panel.list_own(current_lang())
 
     async def export(self, message: cl.Message) -> None:
         """This thread as Markdown and JSON files to download (receipts included)."""
         lang = current_lang()
-        await self._drop_command(message)
+        await self.drop_command(message)
         try:
             document = await export_thread(self.store, cl.context.session.thread_id)
         except ThreadNotFound:  # a chat with no message yet has no thread
@@ -156,7 +161,7 @@ class Commands:
     async def import_thread(self, message: cl.Message) -> None:
         """Ask for an exported JSON file and add it as a new thread."""
         lang = current_lang()
-        await self._drop_command(message)
+        await self.drop_command(message)
         files = await cl.AskFileMessage(
             content=t("import.ask", lang),
             accept={"application/json": [".json"]},

@@ -29,12 +29,14 @@ COMPARE = "Compare"
 EXPORT = "Export"
 IMPORT = "Import"
 PRESETS = "Presets"
+SHARE = "Share"
 #: The chat's commands: id, icon (a lucide name), shown as a button beside the input.
 COMMANDS = (
     (COMPARE, "columns-3", True),
     (EXPORT, "download", False),
     (IMPORT, "upload", False),
     (PRESETS, "bookmark-x", False),
+    (SHARE, "share-2", True),
 )
 #: The panel's tabs: the sliders first, where a presenter looks; presets apart.
 SAMPLING_TAB = "sampling"
@@ -96,7 +98,8 @@ def command_of(name: str | None) -> str | None:
     return None
 
 
-async def send_commands(lang: str) -> None:
+async def send_commands(lang: str, share: bool = True) -> None:
+    """The commands beside the input; Share only where threads can be shared."""
     await cl.context.emitter.set_commands(
         [
             {
@@ -108,6 +111,7 @@ async def send_commands(lang: str) -> None:
                 "selected": False,
             }
             for command, icon, button in COMMANDS
+            if share or command != SHARE
         ]
     )
 
@@ -234,7 +238,7 @@ class Panel:
         message of this chat only: not stored, gone on reload)."""
         own = [p for p in await self.available(lang) if p.key.startswith("user:")]
         if not own:
-            await _notice(t("presets.none", lang))
+            await notice(t("presets.none", lang))
             return
         buttons = [
             cl.Action(
@@ -245,12 +249,12 @@ class Panel:
             )
             for p in own
         ]
-        await _notice(t("presets.yours", lang), buttons)
+        await notice(t("presets.yours", lang), buttons)
 
     async def ask_to_delete(self, action: cl.Action, lang: str) -> None:
         """A preset's delete button: the list gives way to the question, confirm or keep."""
         preset = await self._own(action, lang)
-        await _withdraw(action)
+        await withdraw(action)
         if preset is None:
             return
         buttons = [
@@ -262,12 +266,12 @@ class Panel:
             ),
             cl.Action(name=KEEP_PRESET, payload={}, label=t("preset.delete.no", lang)),
         ]
-        await _notice(t("preset.delete.confirm", lang, name=preset.label), buttons)
+        await notice(t("preset.delete.confirm", lang, name=preset.label), buttons)
 
     async def delete(self, session: ChatSession, action: cl.Action, lang: str) -> None:
         """Confirmed: the preset is deleted, and neither chosen nor compared any more."""
         preset = await self._own(action, lang)
-        await _withdraw(action)
+        await withdraw(action)
         owner = user_id()
         if preset is None or owner is None:
             return
@@ -294,18 +298,19 @@ class Panel:
 
 async def keep_preset(action: cl.Action) -> None:
     """Not deleted after all: the question goes."""
-    await _withdraw(action)
+    await withdraw(action)
 
 
-async def _notice(text: str, buttons: list[cl.Action] | None = None) -> None:
+async def notice(text: str, buttons: list[cl.Action] | None = None) -> cl.Message:
     """A message of this chat only, with buttons: not stored (Chainlit writes what it sends
     unless told it is), so it is gone on reload, as a dialog would be."""
     message = cl.Message(content=text, author="chatllm", actions=buttons or [])
     message.persisted = True
     await message.send()
+    return message
 
 
-async def _withdraw(action: cl.Action) -> None:
+async def withdraw(action: cl.Action) -> None:
     """The message whose button was pressed leaves the chat, with its buttons."""
     if action.forId:
         await cl.context.emitter.delete_step({"id": action.forId})
