@@ -53,4 +53,30 @@
     };
   }
   addEventListener("popstate", mark);
+
+  // Words Chainlit's page writes in English whatever the language (not in its translation
+  // files): the share dialog's Unshare button, a dialog's Close (read out by screen
+  // readers), and the notice of a link that opens nothing. Put into the browser's
+  // language where the app speaks it.
+  const chinese = /^zh\b/i.test(navigator.language || "");
+  if (chinese) {
+    const hant = /^zh-(tw|hk|mo|hant)/i.test(navigator.language);
+    const words = new Map([
+      ["Unshare", "取消分享"],
+      ["Close", hant ? "關閉" : "关闭"],
+      ["Failed to load thread: Not Found", hant ? "無法載入對話：找不到，或已停止分享" : "无法加载对话：找不到，或已停止分享"],
+    ]);
+    const translate = () => {
+      for (const node of document.querySelectorAll(
+        "[role=dialog] button, [role=dialog] .sr-only, [data-sonner-toast] [data-title]",
+      )) {
+        const said = words.get(node.textContent.trim());
+        if (said && node.children.length === 0) node.textContent = said;
+      }
+    };
+    new MutationObserver(translate).observe(document.documentElement, {
+      childList: true,
+      subtree: true,
+    });
+  }
 })();

@@ -603,32 +603,35 @@ def login(page: Page, name: str, password: str) -> None:
 def test_a_shared_thread_opens_read_only_for_another_user_until_it_is_unshared(
     playwright: Playwright, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Ada shares her thread with the Share command; Bob opens the link before logging in,
-    logs in and lands on it: her messages and receipts, no message box, no feedback
-    buttons. She stops sharing, and his next visit finds nothing."""
+    """Ada (zh-TW) shares her thread with the Share command; Bob opens the link before
+    logging in, logs in and lands on it: her messages and receipts, no message box, no
+    feedback buttons. She stops sharing from Chainlit's own share dialog, in Chinese, and
+    his next visit finds nothing."""
     data_dir = tmp_path_factory.mktemp("browser-share")
     add_users(data_dir, "ada", "bob")
     app = start_app(data_dir)
     tmp = tmp_path_factory.mktemp("chromium-share")
     try:
-        ada = open_browser(playwright, tmp).new_page()
+        ada = open_browser(playwright, tmp, locale="zh-TW").new_page()
         ada.goto(app.base)
         login(ada, "ada", "ada-password-123")
         ready(ada)
         question = "Ada's question about tides"
         send(ada, question)
         answer = wait_for_reply(ada, 1)
-        ada.get_by_role("button", name="Share", exact=True).click()
+        ada.get_by_role("button", name="分享", exact=True).click()
         ada.locator("#chat-submit").click()
-        notice = ada.locator(".step", has_text="This conversation is shared").last
+        notice = ada.locator(".step", has_text="此對話已分享").last
         expect(notice).to_be_visible(timeout=30_000)
         (stored,) = eventually(lambda: app.replies(question))
         link = f"{app.base}/share/{stored['thread']}"
         expect(notice).to_contain_text(link)
-        qr = notice.get_by_role("img", name="QR code of the share link")
+        expect(notice).to_contain_text("其他裝置無法開啟")  # a loopback address, said so
+        qr = notice.get_by_role("img", name="分享連結的 QR 碼")
         expect(qr).to_be_visible()
         assert qr.evaluate("img => img.complete && img.naturalWidth > 100")
-        shot(ada, "15-share-link-and-qr")
+        assert not missing_glyphs(notice.inner_text())
+        shot(ada, "15-share-link-and-qr-zh-TW")
 
         bob = open_browser(playwright, tmp).new_page()
         bob.goto(link)
@@ -637,15 +640,22 @@ def test_a_shared_thread_opens_read_only_for_another_user_until_it_is_unshared(
         bob.wait_for_url(link, timeout=30_000)  # then on to the link, not the home page
         expect(bob.locator(QUESTION, has_text=question)).to_be_visible(timeout=30_000)
         expect(bob.locator(REPLY).first).to_contain_text(words(answer)[0])
-        expect(bob.locator(".chatllm-receipt").first).to_contain_text("tok/s")
+        seed = stored["metadata"]["receipt"]["sampling"]["seed"]
+        expect(bob.locator(".chatllm-receipt").first).to_contain_text(f"seed {seed}")
         expect(bob.locator("#chat-input")).to_have_count(0)  # nothing to send with
         feedback = bob.locator(".positive-feedback-off, .negative-feedback-off")
         expect(feedback.first).to_be_hidden()  # Chainlit shows them, greyed out
         expect(ada.locator(".positive-feedback-off").first).to_be_visible()  # hers, on her page
         shot(bob, "15-shared-thread-read-only")
 
-        ada.get_by_role("button", name="Stop sharing").click()
-        expect(ada.get_by_text("No longer shared")).to_be_visible(timeout=30_000)
+        ada.reload()  # Chainlit's dialog learns what is shared from the thread list it loads
+        expect(ada.locator(QUESTION, has_text=question)).to_be_visible(timeout=60_000)
+        ada.locator("#header button:has(svg.lucide-share2)").click()  # Chainlit's share dialog
+        unshare = ada.get_by_role("dialog").get_by_role("button", name="取消分享")
+        expect(unshare).to_be_visible(timeout=30_000)  # Chainlit writes "Unshare" in English
+        shot(ada, "15-share-dialog-zh-TW")
+        unshare.click()
+        expect(ada.get_by_role("dialog")).to_have_count(0)
         bob.goto(link)
         bob.wait_for_url(f"{app.base}/", timeout=30_000)  # Chainlit's view gives up on it
         expect(bob.locator(QUESTION, has_text=question)).to_have_count(0)
