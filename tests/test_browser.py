@@ -228,6 +228,23 @@ def test_first_visit_shows_the_welcome_page_without_a_login(local_app: App, brow
     browser.keyboard.press("Escape")
 
 
+def test_a_starter_sends_its_prompt_under_its_preset(local_app: App, browser: Page) -> None:
+    """The welcome page's starters are a run-sheet: one click sends the prompt, and the
+    code question is answered under the Code assistant preset."""
+    fresh_chat(browser, local_app)
+    starters = browser.locator("#starters button")
+    expect(starters).to_have_count(4)
+    shot(browser, "01-starters")
+    prompt = "Write a Python function that tells whether a word is a palindrome, with two tests."
+    browser.get_by_role("button", name="Write a Python function").click()
+    expect(browser.locator(QUESTION, has_text=prompt)).to_be_visible(timeout=30_000)
+    wait_for_reply(browser, 1)
+    (stored,) = eventually(lambda: local_app.replies(prompt))
+    assert stored["metadata"]["receipt"]["sampling"]["temperature"] == 0.4
+    expect(browser.locator(".chatllm-receipt").last).to_contain_text("T 0.4")
+    shot(browser, "01-starter-answered")
+
+
 # ---- 2. a reply streams in
 
 

@@ -46,6 +46,7 @@ from chatllm.markdown import to_markdown
 from chatllm.memory import freeze_startup_objects
 from chatllm.presets import Presets
 from chatllm.share import Sharing, may_view, public_page, read_only
+from chatllm.starters import Starters
 from chatllm.store import ChatDataLayer, Database, FileStore, migrated
 from chatllm.store.logins import LoginThrottle
 from chatllm.store.users import Users
@@ -94,6 +95,7 @@ class ChatApp:
         self.replies = Replies(self.backends, self.store)
         self.commands = Commands(self.backends, self.store, self.panel)
         self.shares = Shares(self.store, settings.sharing, settings.public_url)
+        self.starters = Starters.load(settings.data_dir)  # a malformed file stops start-up
         #: Why some backends were left out of the profiles a user was last offered, by
         #: user; told in that user's next chat.
         self._problems: dict[str, list[ChatLLMError]] = {}
@@ -199,6 +201,15 @@ class ChatApp:
             markdown_description=about,
             icon="/public/favicon.svg",
             default=default,
+            starters=[
+                cl.Starter(
+                    label=starter.text("label", lang),
+                    message=starter.text("message", lang),
+                    command=starter.command(lang),
+                    icon=starter.icon,
+                )
+                for starter in self.starters.offered(spec.backend, spec.name)
+            ],
         )
 
     async def _default_profile(self) -> ProfileSpec | None:
@@ -254,6 +265,9 @@ class ChatApp:
                 )
                 await cl.ErrorMessage(content=text, author="chatllm").send()
             return
+        starter = self.starters.find(message.command, message.content)
+        if starter is not None:  # its preset, or the presets it compares, set first
+            await self.panel.apply_starter(session, starter, current_lang())
         command = command_of(message.command)
         if command == COMPARE:
             await self.commands.compare(session, message)

@@ -19,8 +19,9 @@ from chatllm.chat.session import (
 from chatllm.compare import MAX_SETS
 from chatllm.errors import ChatLLMError, PresetError
 from chatllm.i18n import CATALOGUES, t
-from chatllm.presets import Preset, Presets
+from chatllm.presets import Preset, Presets, builtin_presets
 from chatllm.sampling import Sampling
+from chatllm.starters import Starter
 from chatllm.store import ChatDataLayer
 
 log = logging.getLogger("chatllm")
@@ -222,6 +223,20 @@ class Panel:
         for notice in notices:
             await cl.context.emitter.send_toast(notice, "success")
         await self._save(session, lang)
+
+    async def apply_starter(self, session: ChatSession, starter: Starter, lang: str) -> None:
+        """A starter's settings, before its message is answered: its preset on the sliders,
+        the presets it compares under. The panel shows them; the message's own write
+        keeps them with the thread."""
+        presets = {p.key: p for p in builtin_presets(lang)}
+        if starter.preset:
+            preset = presets[f"builtin:{starter.preset}"]
+            session.sampling = preset.apply(session.sampling)
+            session.preset = preset.key
+        if starter.compare_with:
+            session.compare_with = [f"builtin:{key}" for key in starter.compare_with]
+        await self.send(session, lang)
+        _mirror(session)
 
     async def _save(self, session: ChatSession, lang: str) -> None:
         """The session's new settings kept with the thread; a failed write is shown."""
