@@ -182,8 +182,22 @@ class Settings(BaseSettings):
                     f"The model file {str(path)!r} does not exist. Set CHATLLM_MODEL_PATH "
                     "to an existing .gguf file, or leave it empty to use the embedded model."
                 )
+            if not _is_gguf(path):  # checked now: the model itself loads after start-up
+                raise ConfigError(
+                    f"The model file {str(path)!r} is not a GGUF model (it does not begin "
+                    "with GGUF's signature). Set CHATLLM_MODEL_PATH to a .gguf file, or "
+                    "leave it empty to use the embedded model."
+                )
             return path
         return embedded_model_path()
+
+
+def _is_gguf(path: Path) -> bool:
+    try:
+        with path.open("rb") as file:
+            return file.read(4) == b"GGUF"
+    except OSError as exc:
+        raise ConfigError(f"The model file {str(path)!r} cannot be read: {exc}.") from exc
 
 
 def embedded_model_path() -> Path:

@@ -169,3 +169,14 @@ def test_the_first_reply_benchmark_compares_a_fresh_starts_first_question(tmp_pa
     assert figures["cold"] is False  # warmed as the app warms it
     assert figures["first_ttft_ms"] > 0 and figures["later_ttft_ms"] > 0
     assert figures["ratio"] > 0 and isinstance(figures["pass"], bool)
+
+
+def test_the_startup_benchmark_starts_both_apps_and_measures_page_model_and_memory(
+    tmp_path: Path,
+) -> None:
+    figures = bench("startup.py", "--rounds", "1", out=tmp_path / "st.json")
+    (bare,), (app,) = figures["runs"]["bare"], figures["runs"]["app"]
+    assert bare["first_page_s"] > 0 and app["first_page_s"] > 0
+    assert app["model_ready_s"] > 0 and bare["model_ready_s"] is None
+    assert app["web_rss_mb"] > 0 and app["engine_rss_mb"] > 0 and bare["engine_rss_mb"] == 0
+    assert figures["sizes"]["model_file_mb"] > 0 and figures["sizes"]["kv_cache_mb"] > 0

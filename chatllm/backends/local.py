@@ -8,6 +8,7 @@ watches it, `chatllm.engine.worker` is the child.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import re
 import threading
@@ -36,12 +37,15 @@ from chatllm.engine.process import EngineProcess, EngineSpec
 from chatllm.errors import (
     BackendError,
     ChatLLMError,
+    ConfigError,
     ContextOverflow,
     EngineHung,
     EngineUnavailable,
     UnknownModel,
 )
 from chatllm.sampling import Sampling
+
+log = logging.getLogger("chatllm")
 
 
 class _Ticket:
@@ -468,6 +472,25 @@ def close_local_engine(settings: Settings) -> None:
         engine = _engines.pop(engine_spec(settings), None)
     if engine is not None:
         engine.close()
+
+
+def start_local_engine_soon(settings: Settings) -> threading.Thread:
+    """Start the local engine in a thread of its own, so that the app serves its first page
+    while the model loads (bench/startup.py); a reply asked for meanwhile waits for this
+    start (`EngineProcess.start`). Why it failed, if it does, is logged here and told
+    where the local profile is offered."""
+
+    def start() -> None:
+        try:
+            failure = start_local_engine(settings)
+        except ConfigError as exc:  # a GGUF file llama.cpp cannot load
+            failure = EngineUnavailable(str(exc), cause="load")
+        if failure is not None:
+            log.error("%s", failure)
+
+    thread = threading.Thread(target=start, name="engine-start", daemon=True)
+    thread.start()
+    return thread
 
 
 def start_local_engine(settings: Settings) -> EngineUnavailable | None:

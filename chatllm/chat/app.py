@@ -21,7 +21,7 @@ from chatllm.auth import (
     login_metadata,
 )
 from chatllm.backends import Backends, ProfileSpec
-from chatllm.backends.local import start_local_engine
+from chatllm.backends.local import start_local_engine_soon
 from chatllm.chat.commands import Commands
 from chatllm.chat.panel import (
     COMPARE,
@@ -106,13 +106,11 @@ class ChatApp:
         """Build from the environment for serving on `host`; a configuration that cannot
         work ends the process with a message saying what to change."""
         try:
-            app = cls(_settings_or_config_error())
-            # Loaded and checked now: a file that is no model stops start-up; an engine that
-            # fails its self-check leaves the local profile out, the endpoint's still offered.
+            app = cls(_settings_or_config_error())  # a file that is no GGUF stops start-up
+            # Loaded meanwhile, off the first page's path: an engine that fails its
+            # self-check leaves the local profile out, the endpoint's still offered.
             if app.settings.local_backend:
-                failure = start_local_engine(app.settings)
-                if failure is not None:
-                    log.error("%s", failure)
+                start_local_engine_soon(app.settings)
             asyncio.run(app.prepare(host))
         except ConfigError as exc:
             print(f"chatllm cannot start: {exc}", file=sys.stderr)
