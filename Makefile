@@ -19,6 +19,7 @@ SYSTEM_PACKAGES := chromium fonts-noto-cjk fonts-dejavu-core fontconfig postgres
 # What `make cluster` runs besides the app.
 CLUSTER_PACKAGES := postgresql nginx-light
 WORKERS ?= 2
+AXE := tests/a11y/node_modules/axe-core/axe.min.js
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(BIN)/python:
@@ -73,7 +74,15 @@ $(VENV)/.test-installed: pyproject.toml constraints.txt $(LLAMA_STAMP) | $(BIN)/
 run: $(VENV)/.app-installed
 	$(BIN)/chainlit run app.py --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.test-installed system-packages lint unit
+test: $(VENV)/.test-installed system-packages $(AXE) lint unit
+
+# axe-core, from the npm registry (pinned in tests/a11y/package-lock.json), for the browser
+# tests' accessibility checks; npm is the machine's, or Debian's where it has none.
+$(AXE): tests/a11y/package.json tests/a11y/package-lock.json
+	@command -v npm >/dev/null || ($(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends npm)
+	npm ci --prefix tests/a11y --no-audit --no-fund
+	touch $@
 
 # PostgreSQL, the model server, $(WORKERS) app workers and nginx on $(PORT), all on this
 # machine's loopback (deploy/cluster.py); Ctrl-C stops them.
@@ -98,7 +107,7 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-unit: $(VENV)/.test-installed
+unit: $(VENV)/.test-installed $(AXE)
 	$(BIN)/pytest
 
 $(VENV)/.bench-installed: pyproject.toml constraints.txt $(LLAMA_STAMP) | $(BIN)/python

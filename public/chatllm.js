@@ -79,4 +79,94 @@
       subtree: true,
     });
   }
+
+  // Names for what Chainlit's page leaves unnamed (axe-core's checks in the browser
+  // tests): its icon buttons, whose words are only in a tooltip shown on hover; the
+  // settings sliders, whose label is not tied to them; a thread's menu trigger (a div
+  // with a button's ARIA attributes); the profile's picture; the sidebar's list of
+  // threads (a <ul> holding divs). The words come from Chainlit's own translations, in
+  // the page's language.
+  const BUTTONS = [
+    ["#search-chats-button", "threadHistory.sidebar.filters.search"],
+    ["#new-chat-button", "navigation.newChat.button"],
+    ["#chat-settings-open-modal", "chat.settings.title"],
+    ["#chat-submit", "chat.input.actions.send"],
+    ["#stop-button", "chat.input.actions.stop"],
+    ["button:has(> svg.lucide-copy), button:has(> svg.lucide-check)", "chat.messages.actions.copy.button"],
+    ["button:has(> svg.lucide-thumbs-up)", "chat.messages.feedback.positive"],
+    ["button:has(> svg.lucide-thumbs-down)", "chat.messages.feedback.negative"],
+    ["#header button:has(svg.lucide-share2)", "threadHistory.thread.menu.share"],
+  ];
+  const lang = (navigator.language || "en").toLowerCase();
+  const own = (english, traditional, simplified) => // words Chainlit has none for
+    !lang.startsWith("zh") ? english : /^zh-(tw|hk|mo|hant)/.test(lang) ? traditional : simplified;
+  const THREAD_OPTIONS = own("Thread options", "對話選項", "对话选项");
+  const SCROLL_DOWN = own("Scroll to the latest message", "捲動到最新訊息", "滚动到最新消息");
+  let words = null;
+  const say = (key) => key.split(".").reduce((node, part) => node && node[part], words);
+  const unnamed = (node) =>
+    !node.getAttribute("aria-label") &&
+    !node.getAttribute("aria-labelledby") &&
+    !node.textContent.trim();
+  const name = () => {
+    if (!words) return;
+    for (const [selector, key] of BUTTONS) {
+      const label = say(key);
+      if (typeof label !== "string") continue;
+      for (const node of document.querySelectorAll(selector)) {
+        if (unnamed(node)) node.setAttribute("aria-label", label);
+      }
+    }
+    const sidebar = document.querySelector("#sidebar-trigger-button");
+    if (sidebar) {
+      const open = document.querySelector('[data-state="expanded"][data-sidebar], .group[data-state="expanded"]');
+      const label = say(open ? "threadHistory.sidebar.actions.close" : "threadHistory.sidebar.actions.open");
+      if (typeof label === "string" && sidebar.getAttribute("aria-label") !== label) {
+        sidebar.setAttribute("aria-label", label);
+      }
+    }
+    for (const thumb of document.querySelectorAll("[role=slider]:not([aria-label])")) {
+      const widget = thumb.closest("[id]");
+      const label = widget && document.querySelector(`label[for="${CSS.escape(widget.id)}"]`);
+      if (label && label.textContent.trim()) {
+        thumb.setAttribute("aria-label", label.textContent.trim());
+      }
+    }
+    for (const down of document.querySelectorAll("button:has(> svg.lucide-arrow-down)")) {
+      if (unnamed(down)) down.setAttribute("aria-label", SCROLL_DOWN);
+    }
+    for (const menu of document.querySelectorAll("#thread-options:not([role])")) {
+      menu.setAttribute("role", "button");
+      menu.setAttribute("aria-label", THREAD_OPTIONS);
+    }
+    for (const picture of document.querySelectorAll('img:not([alt])[src$="/public/favicon.svg"]')) {
+      picture.setAttribute("alt", ""); // beside the profile's name: decorative
+    }
+    for (const list of document.querySelectorAll('ul[data-sidebar="menu"]:not([role])')) {
+      if ([...list.children].some((child) => child.tagName !== "LI")) {
+        list.setAttribute("role", "none");
+      }
+    }
+  };
+  // The page's language is the browser's, as Chainlit's words are (its page says "en"
+  // whatever they are); a level-one heading names the app for those who navigate by them.
+  document.documentElement.lang = navigator.language || "en";
+  if (!document.querySelector("h1")) {
+    const heading = document.createElement("h1");
+    heading.className = "sr-only"; // Tailwind's: read out, not shown
+    heading.textContent = document.title || "chatllm";
+    document.body.prepend(heading);
+  }
+
+  fetch(`/project/translations?language=${encodeURIComponent(navigator.language || "en-US")}`)
+    .then((answer) => (answer.ok ? answer.json() : null))
+    .then((body) => {
+      words = body && body.translation;
+      name();
+      new MutationObserver(name).observe(document.documentElement, {
+        childList: true,
+        subtree: true,
+      });
+    })
+    .catch(() => {}); // unnamed, as Chainlit leaves them
 })();

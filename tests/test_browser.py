@@ -43,6 +43,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+AXE = ROOT / "tests" / "a11y" / "node_modules" / "axe-core" / "axe.min.js"
 REPLY = '[data-step-type="assistant_message"] .message-content'
 QUESTION = '[data-step-type="user_message"]'
 LONG_WAIT = 120_000  # ms: a reply from the 135M model on 2 cores, with room to spare
@@ -679,3 +680,53 @@ def test_a_shared_thread_opens_read_only_for_another_user_until_it_is_unshared(
         shot(bob, "15-unshared-link")
     finally:
         stop_app(app)
+
+
+# ---- accessibility
+
+
+def serious_violations(page: Page) -> list[str]:
+    """axe-core's critical and serious violations on the page as it is now."""
+    assert AXE.exists(), f"no axe-core at {AXE}: `make test` installs it (npm ci in tests/a11y)"
+    page.add_script_tag(path=str(AXE))
+    found: list[str] = page.evaluate(
+        """async () => (await axe.run(document, {resultTypes: ["violations"]})).violations
+            .filter((v) => v.impact === "critical" || v.impact === "serious")
+            .map((v) => `${v.impact} ${v.id}: ${v.nodes.map((n) => n.target.join(" "))}`)"""
+    )
+    return found
+
+
+@pytest.mark.parametrize("locale", ["en-US", "zh-TW"])
+def test_the_main_views_have_no_serious_accessibility_violations(
+    local_app: App, playwright: Playwright, tmp_path_factory: pytest.TempPathFactory, locale: str
+) -> None:
+    """axe-core (from npm) over what a person sees: the start page with its starters, the
+    settings panel, a reply with its receipt and buttons, the share link with its QR code.
+    Chainlit's own unnamed buttons and sliders are named by public/chatllm.js, in the
+    page's language, and its primary colour has the contrast text needs (theme.json)."""
+    page = open_browser(playwright, tmp_path_factory.mktemp("axe"), locale=locale).new_page()
+    try:
+        page.goto(local_app.base)
+        ready(page)
+        expect(page.locator("#search-chats-button[aria-label]")).to_have_count(1)  # named
+        assert page.evaluate("document.documentElement.lang") == locale
+        views = {"start": serious_violations(page)}
+        page.locator("#chat-settings-open-modal").click()
+        expect(slider(page, "temperature")).to_be_visible()
+        views["settings"] = serious_violations(page)
+        page.keyboard.press("Escape")
+        send(page, "Name one colour of the sea.")
+        wait_for_reply(page, 1)
+        expect(page.locator(".chatllm-receipt").last).to_be_visible()
+        views["reply"] = serious_violations(page)
+        english = locale == "en-US"
+        page.locator(f"#command-{'Share' if english else '分享'}").click()
+        page.locator("#chat-submit").click()
+        qr = "QR code of the share link" if english else "分享連結的 QR 碼"
+        expect(page.get_by_role("img", name=qr)).to_be_visible(timeout=30_000)
+        views["share"] = serious_violations(page)
+        shot(page, f"16-accessible-{locale}")
+        assert {view: found for view, found in views.items() if found} == {}
+    finally:
+        page.context.close()
