@@ -28,8 +28,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from chatllm.backends.local import LocalBackend, close_local_engine  # noqa: E402
+from chatllm.backends.local import LocalBackend  # noqa: E402
 from chatllm.config import Settings  # noqa: E402
+from chatllm.engine.client import close_local_engine  # noqa: E402
 from chatllm.generation import Generation, warm_up  # noqa: E402
 from chatllm.sampling import Sampling  # noqa: E402
 

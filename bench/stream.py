@@ -58,8 +58,9 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 from llama_cpp import Llama
 
-from chatllm.backends.local import LocalBackend, local_engine
+from chatllm.backends.local import LocalBackend
 from chatllm.config import Settings
+from chatllm.engine.client import local_engine
 from chatllm.engine.worker import PROMPT_CHUNK
 from chatllm.generation import Generation
 from chatllm.sampling import Sampling

@@ -16,11 +16,9 @@ from chatllm.backends import Backend
 from chatllm.errors import ChatLLMError
 from chatllm.generation import Generation
 from chatllm.i18n import CJK, t
+from chatllm.presets import MAX_SETS, MIN_SETS
 from chatllm.receipts import Receipt
 from chatllm.sampling import Sampling
-
-MIN_SETS = 2
-MAX_SETS = 4
 
 # One CJK character (Chinese has no spaces between words), a word, a run of whitespace, or
 # any other single character (punctuation).

@@ -16,6 +16,9 @@ from chatllm.store import Database
 from chatllm.store.presets import PresetRows
 
 PRESET_FIELDS = ("temperature", "top_p", "top_k", "repeat_penalty", "max_tokens")
+#: Settings sets a comparison runs side by side: the current ones and up to three presets.
+MIN_SETS = 2
+MAX_SETS = 4
 MAX_NAME = 60
 MAX_PER_USER = 100
 

@@ -27,10 +27,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from chatllm.compare import MAX_SETS
 from chatllm.errors import ConfigError
 from chatllm.i18n import CATALOGUES, normalize, t
-from chatllm.presets import BUILT_IN
+from chatllm.presets import BUILT_IN, MAX_SETS
 
 FILE_NAME = "starters.json"
 MAX_STARTERS = 8

@@ -178,5 +178,8 @@ def test_the_startup_benchmark_starts_both_apps_and_measures_page_model_and_memo
     (bare,), (app,) = figures["runs"]["bare"], figures["runs"]["app"]
     assert bare["first_page_s"] > 0 and app["first_page_s"] > 0
     assert app["model_ready_s"] > 0 and bare["model_ready_s"] is None
+    assert bare["can_type_s"] > bare["first_page_s"] and app["can_type_s"] > app["first_page_s"]
+    assert app["engine_ready_s"] > 0 and app["chat_loaded_s"] > 0
+    assert isinstance(figures["pass"], bool) and figures["first_page_ratio"] > 0
     assert app["web_rss_mb"] > 0 and app["engine_rss_mb"] > 0 and bare["engine_rss_mb"] == 0
     assert figures["sizes"]["model_file_mb"] > 0 and figures["sizes"]["kv_cache_mb"] > 0

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-from chatllm.backends.local import local_engine
 from chatllm.chat import ChatApp
 from chatllm.config import Settings
+from chatllm.engine.client import local_engine
 from chatllm.receipts import prompt_digest
 from tests.support import (
     LONG_SETTINGS,

@@ -18,9 +18,14 @@ import httpx
 import llama_cpp
 import pytest
 
-from chatllm.backends.local import close_local_engine, engine_spec, local_engine, start_local_engine
 from chatllm.chat import ChatApp
 from chatllm.config import Settings
+from chatllm.engine.client import (
+    close_local_engine,
+    engine_spec,
+    local_engine,
+    start_local_engine,
+)
 from chatllm.engine.process import EngineProcess, EngineSpec
 from chatllm.engine.worker import SELF_CHECK_TOKENS
 from chatllm.errors import EngineUnavailable

@@ -13,10 +13,11 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
 from chatllm.backends import TEMPLATE_TOKENS_PER_MESSAGE, queue_listener
-from chatllm.backends.local import LocalBackend, close_local_engine, local_engine
+from chatllm.backends.local import LocalBackend
 from chatllm.chain import build_chain, chain_input
 from chatllm.chat import ChatApp
 from chatllm.config import Settings
+from chatllm.engine.client import close_local_engine, local_engine
 from chatllm.errors import ContextOverflow
 from chatllm.sampling import Sampling
 from tests.support import LONG_STORY, press_stop

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from chatllm.backends.local import close_local_engine, local_engine
 from chatllm.chat import ChatApp
 from chatllm.config import Settings
+from chatllm.engine.client import close_local_engine, local_engine
 from chatllm.engine.cpus import default_threads
 from chatllm.receipts import prompt_digest
 from tests.support import BrowserTab, Endpoint, open_chat, say

@@ -113,3 +113,29 @@ def test_the_app_serves_its_welcome_page_in_english_and_chinese(tmp_path: Path) 
                 assert r.headers["content-type"].startswith("image/svg")
     finally:
         server.stop()
+
+
+def test_what_runs_before_the_first_page_loads_neither_langchain_nor_the_model_client(
+    tmp_path: Path,
+) -> None:
+    """app.py builds only what the first page needs; the chat (LangChain, the backends,
+    the openai client, llama.cpp's engine) is loaded once the server is up, so the first
+    page does not wait for it (bench/startup.py)."""
+    probe = (
+        "import sys, chainlit.server, app; "
+        "print(sorted(m for m in ('langchain_core', 'openai', 'chatllm.chat.app', "
+        "'chatllm.backends', 'llama_cpp') if m in sys.modules)); "
+        "print(app.services.auth_mode, app.services.store is not None)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env=app_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    loaded, ready = result.stdout.splitlines()[-2:]
+    assert loaded == "[]", result.stdout
+    assert ready == "local True"

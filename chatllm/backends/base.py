@@ -7,10 +7,9 @@ import a backend class. A backend's chat model raises only `chatllm.errors.Backe
 
 from __future__ import annotations
 
-import contextvars
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -20,15 +19,10 @@ from langchain_core.messages import BaseMessage
 from chatllm.config import Settings
 from chatllm.errors import BackendError, ChatLLMError, UnknownModel
 from chatllm.sampling import SEED_MAX, Sampling
-
-QueueListener = Callable[[int], Awaitable[None]]
-
-#: Set by whoever runs a turn to hear how many requests wait ahead of it on the local model
-#: (called with 0 once generation starts). A context variable, so it reaches the chat model
-#: through LangChain's runnables without widening their signatures.
-queue_listener: contextvars.ContextVar[QueueListener | None] = contextvars.ContextVar(
-    "queue_listener", default=None
-)
+from chatllm.streaming import Delta as Delta
+from chatllm.streaming import QueueListener as QueueListener
+from chatllm.streaming import Usage as Usage
+from chatllm.streaming import queue_listener as queue_listener
 
 # Tokens a chat template adds around each message (role markers, separators). Counted on
 # top of the content so that trimming errs on the side of room for the reply.
@@ -37,26 +31,6 @@ TEMPLATE_TOKENS_PER_MESSAGE = 8
 
 def draw_seed() -> int:
     return secrets.randbelow(SEED_MAX + 1)
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Tokens one generation took: the prompt as the model received it, and the reply."""
-
-    prompt_tokens: int
-    completion_tokens: int
-
-    def as_metadata(self) -> dict[str, int]:
-        """LangChain's `usage_metadata` form, as ChatOpenAI reports it too."""
-        return {
-            "input_tokens": self.prompt_tokens,
-            "output_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
-
-
-#: A piece of a streamed reply: its text, and on the last piece why it ended and its usage.
-Delta = tuple[str, str | None, Usage | None]
 
 
 @dataclass(frozen=True)

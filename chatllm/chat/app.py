@@ -5,23 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from typing import Any
 
 import chainlit as cl
 from chainlit.types import ThreadDict
-from pydantic import ValidationError
 
-from chatllm.auth import (
-    LOCAL_USER,
-    AuthMode,
-    Passwords,
-    decide_mode,
-    ensure_auth_secret,
-    login_metadata,
-)
+from chatllm.auth import AuthMode
 from chatllm.backends import Backends, ProfileSpec
-from chatllm.backends.local import start_local_engine_soon
 from chatllm.chat.commands import Commands
 from chatllm.chat.panel import (
     COMPARE,
@@ -35,109 +25,62 @@ from chatllm.chat.panel import (
     send_commands,
 )
 from chatllm.chat.replies import Replies, send_reply_actions, store_message
+from chatllm.chat.services import Services
 from chatllm.chat.session import ChatSession, current_lang, current_session, set_session
 from chatllm.chat.sharing import Shares
-from chatllm.config import Settings, get_settings
-from chatllm.errors import ChatLLMError, ConfigError, EngineUnavailable, describe
+from chatllm.config import Settings
+from chatllm.errors import ChatLLMError, EngineUnavailable, describe
 from chatllm.export import thread_document
 from chatllm.generation import warm_up
 from chatllm.i18n import t
 from chatllm.markdown import to_markdown
 from chatllm.memory import freeze_startup_objects
-from chatllm.presets import Presets
 from chatllm.share import Sharing, may_view, public_page, read_only
-from chatllm.starters import Starters
-from chatllm.store import ChatDataLayer, Database, FileStore, migrated
-from chatllm.store.logins import LoginThrottle
-from chatllm.store.users import Users
+from chatllm.store import ChatDataLayer
 
 log = logging.getLogger("chatllm")
 
 
-def _settings_or_config_error() -> Settings:
-    """The settings, or a ConfigError naming each malformed variable."""
-    try:
-        return get_settings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"CHATLLM_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise ConfigError(f"Some settings are malformed: {problems}.") from exc
-
-
 class ChatApp:
-    """The app's behaviour behind the Chainlit hooks, for one process."""
+    """The app's behaviour behind the Chainlit hooks, for one process: the chat, on the
+    services built before the server started (`Services`, which loads it)."""
 
-    def __init__(self, settings: Settings) -> None:
-        if settings.local_backend:
-            settings.resolve_model_path()  # a missing GGUF stops start-up, naming the setting
-        elif not settings.openai_base_url:
-            raise ConfigError(
-                "CHATLLM_LOCAL_BACKEND is off and CHATLLM_OPENAI_BASE_URL is empty: there is no"
-                " model to chat with. Set the endpoint's address, or turn the local model on."
-            )
+    def __init__(self, settings: Settings, services: Services | None = None) -> None:
+        self.services = services or Services(settings)
         self.settings = settings
+        self.store = self.services.store
+        self.users = self.services.users
+        self.passwords = self.services.passwords
+        self.presets = self.services.presets
+        self.starters = self.services.starters
         self.backends = Backends(settings)
-        files = FileStore(settings.data_dir / "files")
-        self.store = ChatDataLayer(Database(settings.database), files)
-        self.users = Users(self.store.db, files)
-        self.passwords = Passwords()
-        self.throttle = LoginThrottle(
-            self.store.db,
-            settings.login_attempts,
-            settings.login_address_attempts,
-            settings.login_window,
-        )
-        self.auth_mode = AuthMode.LOCAL
-        self.presets = Presets(self.store.db)
         self.panel = Panel(self.presets, self.store)
         self.replies = Replies(self.backends, self.store)
         self.commands = Commands(self.backends, self.store, self.panel)
         self.shares = Shares(self.store, settings.sharing, settings.public_url)
-        self.starters = Starters.load(settings.data_dir)  # a malformed file stops start-up
         #: Why some backends were left out of the profiles a user was last offered, by
         #: user; told in that user's next chat.
         self._problems: dict[str, list[ChatLLMError]] = {}
         self._warming: asyncio.Task[None] | None = None
 
-    @classmethod
-    def from_environment(cls, host: str) -> ChatApp:
-        """Build from the environment for serving on `host`; a configuration that cannot
-        work ends the process with a message saying what to change."""
-        try:
-            app = cls(_settings_or_config_error())  # a file that is no GGUF stops start-up
-            # Loaded meanwhile, off the first page's path: an engine that fails its
-            # self-check leaves the local profile out, the endpoint's still offered.
-            if app.settings.local_backend:
-                start_local_engine_soon(app.settings)
-            asyncio.run(app.prepare(host))
-        except ConfigError as exc:
-            print(f"chatllm cannot start: {exc}", file=sys.stderr)
-            raise SystemExit(2) from exc
-        return app
+    @property
+    def auth_mode(self) -> AuthMode:
+        return self.services.auth_mode
 
     async def prepare(self, host: str) -> None:
-        """Bring the database schema up to date and choose how users log in."""
-        ensure_auth_secret(self.settings.data_dir)
-        # A database of its own: connections belong to the event loop that opened them,
-        # and this runs before the server's loop starts.
-        async with migrated(self.settings.database) as database:
-            users = await Users(database, self.store.files).with_passwords()
-        self.auth_mode = decide_mode(host, len(users))
-        log.info("Authentication: %s", self.auth_mode)
+        await self.services.prepare(host)
 
     async def started(self) -> None:
-        """The server is starting, on its own event loop: the database's connections are
-        opened now rather than for the first users, what the app holds by then is left out
-        of garbage collection, and the local model makes its first reply, in the
-        background (the first page does not wait for it)."""
-        try:
-            await self.store.db.warm()
-        except Exception:  # opened later, as users need them; their first replies wait
-            log.warning("Could not open the database's connections ahead", exc_info=True)
+        """As the server's start would: the database's connections opened, then `ready`."""
+        await self.services.started()
+        self.ready()
+
+    def ready(self) -> None:
+        """Loaded, on the server's event loop: what the app holds by now is left out of
+        garbage collection, and the local model makes its first reply in the background
+        (the first page does not wait for it)."""
         freeze_startup_objects()
-        if self.settings.local_backend:
+        if self.settings.local_backend and self._warming is None:
             self._warming = asyncio.create_task(self._warm_local_model())
 
     async def _warm_local_model(self) -> None:
@@ -158,23 +101,13 @@ class ChatApp:
         return self.store
 
     def local_user(self) -> str | None:
-        """The user everyone is in local mode; None in password mode."""
-        return LOCAL_USER if self.auth_mode is AuthMode.LOCAL else None
+        return self.services.local_user()
 
-    # ---- who is chatting
-
-    async def local_login(self, _headers: object) -> cl.User | None:
-        """Local mode: everyone reaching the loopback address is the one local user."""
-        if self.auth_mode is not AuthMode.LOCAL:
-            return None
-        return cl.User(identifier=LOCAL_USER, display_name="Local user", metadata=login_metadata())
+    async def local_login(self, headers: object) -> cl.User | None:
+        return await self.services.local_login(headers)
 
     async def login(self, username: str, password: str) -> cl.User | None:
-        """Password mode; an unknown user takes as long to refuse as a wrong password."""
-        stored = await self.users.password_hash(username)
-        if await self.passwords.averify(stored, password):
-            return cl.User(identifier=username, metadata=login_metadata())
-        return None
+        return await self.services.login(username, password)
 
     # ---- chat profiles: one per backend and model
 

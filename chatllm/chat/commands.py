@@ -18,13 +18,14 @@ from chatllm.backends import Backends
 from chatllm.chat.panel import Panel
 from chatllm.chat.replies import save_message, send_and_save, store_message
 from chatllm.chat.session import ChatSession, current_lang, show_error
-from chatllm.compare import MAX_SETS, Column, SettingsSet, comparison_view, run_comparison
+from chatllm.compare import Column, SettingsSet, comparison_view, run_comparison
 from chatllm.errors import ChatLLMError, InvalidSampling, describe
 from chatllm.export import MAX_DOCUMENT_MB, ThreadNotFound, export_thread, import_thread
 from chatllm.generation import with_seed
 from chatllm.history import KIND, REPLY_TO
 from chatllm.i18n import t
 from chatllm.markdown import to_markdown
+from chatllm.presets import MAX_SETS
 from chatllm.store import ChatDataLayer
 
 log = logging.getLogger("chatllm")
@@ -109,13 +110,17 @@ class Commands:
             await holder.update()
             await save_message(self.store, holder, view)
 
-    async def drop_command(self, message: cl.Message) -> None:
-        """A command's own message is not part of the conversation: it leaves the chat and
-        the store. What the command shows next is shown at the top level: Chainlit would
-        nest it under this task's run step, itself under the removed message, and the
-        page, which removes a message with everything under it, would show none of it."""
-        local_steps.set([])
-        await message.remove()
+    async def drop_command(self, message: cl.Message, keep_shown: bool = False) -> None:
+        """A command's own message is not part of the conversation: it leaves the store
+        and, unless `keep_shown`, the chat. What the command shows next is then shown at
+        the top level: Chainlit would nest it under this task's run step, itself under the
+        removed message, and the page, which removes a message with everything under it,
+        would show none of it. A command that asks for a file keeps its message shown:
+        Chainlit's question must have a parent step (its upload is matched to the
+        question by the parent's id)."""
+        if not keep_shown:
+            local_steps.set([])
+            await message.remove()
         try:
             await self.store.delete_step(message.id)
         except ChatLLMError:
@@ -161,7 +166,7 @@ class Commands:
     async def import_thread(self, message: cl.Message) -> None:
         """Ask for an exported JSON file and add it as a new thread."""
         lang = current_lang()
-        await self.drop_command(message)
+        await self.drop_command(message, keep_shown=True)
         files = await cl.AskFileMessage(
             content=t("import.ask", lang),
             accept={"application/json": [".json"]},

@@ -9,6 +9,7 @@ from typing import Any
 import chainlit as cl
 from chainlit.input_widget import InputWidget, MultiSelect, Select, Slider, Tab, TextInput
 
+from chatllm.chat.actions import DELETE_PRESET, DELETE_PRESET_CONFIRMED, KEEP_PRESET
 from chatllm.chat.session import (
     CUSTOM,
     ChatSession,
@@ -16,10 +17,9 @@ from chatllm.chat.session import (
     show_error,
     user_id,
 )
-from chatllm.compare import MAX_SETS
 from chatllm.errors import ChatLLMError, PresetError
 from chatllm.i18n import CATALOGUES, t
-from chatllm.presets import Preset, Presets, builtin_presets
+from chatllm.presets import MAX_SETS, Preset, Presets, builtin_presets
 from chatllm.sampling import Sampling
 from chatllm.starters import Starter
 from chatllm.store import ChatDataLayer
@@ -42,10 +42,6 @@ COMMANDS = (
 #: The panel's tabs: the sliders first, where a presenter looks; presets apart.
 SAMPLING_TAB = "sampling"
 PRESETS_TAB = "presets"
-#: The buttons that delete a preset of the user's own: asked, confirmed, or kept.
-DELETE_PRESET = "delete_preset"
-DELETE_PRESET_CONFIRMED = "delete_preset_confirmed"
-KEEP_PRESET = "keep_preset"
 
 
 def sampling_widgets(sampling: Sampling, lang: str | None = None) -> list[InputWidget]:

@@ -10,6 +10,7 @@ import chainlit as cl
 from chainlit.config import config as chainlit_config
 
 from chatllm.auth import is_loopback
+from chatllm.chat.actions import STOP_SHARING
 from chatllm.chat.panel import notice, withdraw
 from chatllm.chat.session import current_lang, show_error
 from chatllm.errors import ChatLLMError
@@ -19,9 +20,6 @@ from chatllm.share import Sharing, flags, link, qr_png
 from chatllm.store import ChatDataLayer
 
 log = logging.getLogger("chatllm")
-
-#: The button under the link that stops sharing the thread.
-STOP_SHARING = "stop_sharing"
 
 
 class Shares:

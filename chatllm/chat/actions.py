@@ -1,0 +1,9 @@
+"""The names of the app's own buttons (Chainlit actions), apart from the modules that make
+them, so that app.py registers their callbacks without loading the chat."""
+
+#: The buttons that delete a preset of the user's own: asked, confirmed, or kept.
+DELETE_PRESET = "delete_preset"
+DELETE_PRESET_CONFIRMED = "delete_preset_confirmed"
+KEEP_PRESET = "keep_preset"
+#: The button under a share link that stops sharing the thread.
+STOP_SHARING = "stop_sharing"

@@ -1,0 +1,37 @@
+"""The pieces of a streamed reply, shared by the backends and the local engine's client
+(which loads before LangChain does: chatllm.chat.services)."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+QueueListener = Callable[[int], Awaitable[None]]
+
+#: Set by whoever runs a turn to hear how many requests wait ahead of it on the local model
+#: (called with 0 once generation starts). A context variable, so it reaches the chat model
+#: through LangChain's runnables without widening their signatures.
+queue_listener: contextvars.ContextVar[QueueListener | None] = contextvars.ContextVar(
+    "queue_listener", default=None
+)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens one generation took: the prompt as the model received it, and the reply."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    def as_metadata(self) -> dict[str, int]:
+        """LangChain's `usage_metadata` form, as ChatOpenAI reports it too."""
+        return {
+            "input_tokens": self.prompt_tokens,
+            "output_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+#: A piece of a streamed reply: its text, and on the last piece why it ended and its usage.
+Delta = tuple[str, str | None, Usage | None]
