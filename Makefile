@@ -9,13 +9,14 @@ PORT ?= 8000
 .PHONY: run test cluster system-packages lint unit bench mutants clean
 
 # The browser tests drive Debian's Chromium (Playwright cannot download its own here);
-# the CJK fonts make their Chinese screenshots and the sweep's charts readable, and
+# the CJK fonts make their Chinese screenshots and the sweep's charts readable (and the
+# emoji font the emoji a model writes), and
 # fontconfig's fc-list tells the tests which characters the fonts draw (no empty boxes); the
 # store tests start their own PostgreSQL server from Debian's binaries, and nginx in front of two
 # workers, and check the workers' systemd unit. Checked on every `make test`, and installed
 # when one is missing: the tests fail without them.
-SYSTEM_PACKAGES := chromium fonts-noto-cjk fonts-dejavu-core fontconfig postgresql nginx-light \
-	systemd
+SYSTEM_PACKAGES := chromium fonts-noto-cjk fonts-noto-color-emoji fonts-dejavu-core fontconfig \
+	postgresql nginx-light systemd
 # What `make cluster` runs besides the app.
 CLUSTER_PACKAGES := postgresql nginx-light
 WORKERS ?= 2

@@ -492,6 +492,26 @@ def test_a_zh_tw_browser_gets_the_chinese_welcome_page_and_panel_with_every_glyp
     expect(dialog.locator("#preset")).to_be_visible()
     assert missing_glyphs(dialog.inner_text()) == set()
     shot(page, "09-zh-TW-presets")
+    page.keyboard.press("Escape")
+    page.get_by_role("button", name="比較精確與創意").click()  # a starter: a comparison
+    columns = page.locator(".chatllm-compare-column")
+    expect(columns).to_have_count(3, timeout=LONG_WAIT)
+    expect(page.locator(".chatllm-diff")).to_be_visible(timeout=LONG_WAIT)
+    expect(columns.nth(1)).to_contain_text("精確")
+    receipts = page.locator(".chatllm-compare-receipt")
+    expect(receipts.nth(2)).to_contain_text("個詞元", timeout=LONG_WAIT)
+    shown = [*columns.all_inner_texts(), *page.locator("#message-composer").all_inner_texts()]
+    assert missing_glyphs(" ".join(shown)) == set()
+    shot(page, "09-zh-TW-compare")
+    send(page, "你好，請用一句話介紹你自己。")
+    wait_for_reply(page, 2)
+    receipt = page.locator(".chatllm-receipt").last
+    expect(receipt).to_contain_text("每秒")
+    receipt.get_by_role("button").click()  # every value, in Chinese
+    expect(receipt.locator("table")).to_contain_text("首個詞元")
+    assert missing_glyphs(receipt.inner_text()) == set()
+    assert missing_glyphs(page.locator("body").inner_text()) == set()  # the reply's too
+    shot(page, "09-zh-TW-reply-and-receipt")
     context.close()
 
 
