@@ -5,6 +5,7 @@ Each step leaves a screenshot in artifacts/screenshots/ (git-ignored).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -14,10 +15,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import (
     BrowserContext,
@@ -28,7 +31,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.support import AppServer, children, missing_glyphs
+from tests.support import AppServer, SocketUser, children, missing_glyphs
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CHATLLM_CHROMIUM", "/usr/bin/chromium")
@@ -684,6 +687,7 @@ def test_a_shared_thread_opens_read_only_for_another_user_until_it_is_unshared(
         feedback = bob.locator(".positive-feedback-off, .negative-feedback-off")
         expect(feedback.first).to_be_hidden()  # Chainlit shows them, greyed out
         expect(ada.locator(".positive-feedback-off").first).to_be_visible()  # hers, on her page
+        assert serious_violations(bob) == []
         shot(bob, "15-shared-thread-read-only")
 
         ada.reload()  # Chainlit's dialog learns what is shared from the thread list it loads
@@ -751,3 +755,48 @@ def test_the_main_views_have_no_serious_accessibility_violations(
         assert {view: found for view, found in views.items() if found} == {}
     finally:
         page.context.close()
+
+
+def test_with_sharing_for_anyone_the_room_opens_the_link_without_an_account(
+    playwright: Playwright, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """CHATLLM_SHARING=anyone: a phone with no account opens the link and reads the
+    thread, in its language, every glyph drawn, with nothing to type in and nothing
+    axe-core finds serious."""
+    data_dir = tmp_path_factory.mktemp("browser-anyone")
+    server = AppServer(data_dir, env={"CHATLLM_SHARING": "anyone"}).start()
+    try:
+        tab = SocketUser(server.base)
+
+        async def chat() -> None:
+            await tab.connect()
+            await tab.turn("請用一句話描述燈塔。")
+            await tab.client.disconnect()
+
+        with ThreadPoolExecutor(1) as other:  # Playwright's own loop runs in this thread
+            other.submit(asyncio.run, chat()).result(timeout=120)
+        owner = httpx.post(server.base + "/auth/header", timeout=30).cookies
+        shared = {"threadId": tab.thread_id, "isShared": True}
+        assert httpx.put(
+            f"{server.base}/project/thread/share", json=shared, cookies=owner
+        ).is_success
+        phone = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+        ).new_context(
+            locale="zh-TW",
+            viewport={"width": 390, "height": 844},
+            is_mobile=True,
+            bypass_csp=True,  # for axe-core's script: the page itself runs none
+        )
+        page = phone.new_page()
+        page.goto(f"{server.base}/share/{tab.thread_id}")
+        expect(page.get_by_role("heading", level=1)).to_be_visible()
+        expect(page.locator("main")).to_contain_text("請用一句話描述燈塔。")
+        expect(page.locator("header")).to_contain_text("分享的對話（唯讀）")
+        expect(page.locator("input, textarea, form")).to_have_count(0)
+        assert missing_glyphs(page.locator("body").inner_text()) == set()
+        assert serious_violations(page) == []
+        shot(page, "15-shared-page-for-anyone-zh-TW")
+        phone.close()
+    finally:
+        server.stop()

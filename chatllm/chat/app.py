@@ -256,7 +256,9 @@ class ChatApp:
             raise LookupError(thread_id)
         shared = read_only(thread)
         name = shared["name"] or t("markdown.untitled", lang)
-        text = to_markdown(thread_document(shared), lang)  # type: ignore[arg-type]
+        document = thread_document(shared)  # type: ignore[arg-type]
+        document["exported_at"] = None  # shown as it is now, not exported
+        text = to_markdown(document, lang)
         return public_page(text, name, lang, t("share.page.note", lang, name=name))
 
 
