@@ -123,6 +123,24 @@ async def test_the_operator_names_the_address_links_are_made_with(tmp_path: Path
     await app.store.close()
 
 
+async def test_a_chat_naming_another_users_thread_can_neither_share_nor_unshare_it(
+    app: ChatApp,
+) -> None:
+    """A client names its chat's thread itself: one that names another user's thread
+    changes nothing of it with Share or Stop sharing."""
+    ada = await chat_at(app, ROOM)
+    await say(app, ada, "", command="Share")
+    (stop,) = buttons(ada, "stop_sharing")
+    assert (await metadata(app, ada))[SHARED] is True
+    eve = await new_chat(app, who="eve")
+    eve.session.thread_id = ada.session.thread_id  # forged
+    await say(app, eve, "", command="Share")
+    assert eve.errors() == ["Nothing to share yet: this chat has no messages."]
+    await app.stop_sharing(stop)  # her button, pressed in his chat
+    assert (await metadata(app, ada))[SHARED] is True  # still shared, as she left it
+    await app.store.close()
+
+
 async def test_an_empty_chat_has_nothing_to_share(app: ChatApp) -> None:
     tab = await new_chat(app)
     await say(app, tab, "", command="Share")

@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("chatllm")
 
+#: The longest the chat waits for the local model before it loads (the embedded model
+#: takes about a second; a large one may take far longer).
+MODEL_FIRST_SECONDS = 30.0
+
 
 def _settings_or_config_error() -> Settings:
     """The settings, or a ConfigError naming each malformed variable."""
@@ -91,11 +95,11 @@ class Services:
         work ends the process with a message saying what to change."""
         try:
             services = cls(_settings_or_config_error())
+            asyncio.run(services.prepare(host))
             if services.settings.local_backend:
                 # Its own process loads the model meanwhile: the first page does not wait
                 # for it (bench/startup.py).
                 services._engine_start = start_local_engine_soon(services.settings)
-            asyncio.run(services.prepare(host))
         except ConfigError as exc:
             print(f"chatllm cannot start: {exc}", file=sys.stderr)
             raise SystemExit(2) from exc
@@ -138,7 +142,9 @@ class Services:
             # browser loading the page too), the engine's self-check and the chat's
             # imports slowed each other down, and the page could be typed in 1.1 s before
             # the model was loaded (bench/startup.py).
-            self._engine_start.join(self.settings.engine_start_timeout)
+            # A large model that takes longer does not hold the endpoint's profiles back
+            # past MODEL_FIRST_SECONDS: the chat loads, and its replies wait for the model.
+            self._engine_start.join(min(self.settings.engine_start_timeout, MODEL_FIRST_SECONDS))
         from chatllm.chat.app import ChatApp
 
         return ChatApp(self.settings, self)

@@ -37,6 +37,8 @@ class Shares:
             return
         thread_id = cl.context.session.thread_id
         thread = await self.store.get_thread(thread_id)
+        if thread is None or not _mine(thread.get("userIdentifier")):
+            thread = None  # a client names its chat's thread: another user's is not its own
         if thread is None or not conversation_steps(thread):
             await cl.ErrorMessage(content=t("share.empty", lang), author="chatllm").send()
             return
@@ -64,8 +66,11 @@ class Shares:
         """The link stops working; the message that showed it goes."""
         lang = current_lang()
         await withdraw(action)
+        thread_id = cl.context.session.thread_id
+        if not _mine(await self.store.get_thread_author(thread_id)):
+            return
         try:
-            await self.store.update_thread(cl.context.session.thread_id, metadata=flags(False))
+            await self.store.update_thread(thread_id, metadata=flags(False))
         except ChatLLMError as exc:
             await show_error(exc, lang)
             return
@@ -83,3 +88,9 @@ class Shares:
             host = environ.get("HTTP_X_FORWARDED_HOST") or environ.get("HTTP_HOST")
             origin = f"{scheme or 'http'}://{host or '127.0.0.1'}"
         return origin.rstrip("/") + (chainlit_config.run.root_path or "").rstrip("/")
+
+
+def _mine(author: str | None) -> bool:
+    """Whether the signed-in user of this chat is `author`."""
+    user = cl.user_session.get("user")
+    return bool(author) and author == getattr(user, "identifier", None)
