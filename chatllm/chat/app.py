@@ -10,7 +10,6 @@ from typing import Any
 import chainlit as cl
 from chainlit.types import ThreadDict
 
-from chatllm.auth import AuthMode
 from chatllm.backends import Backends, ProfileSpec
 from chatllm.chat.commands import Commands
 from chatllm.chat.panel import (
@@ -36,7 +35,6 @@ from chatllm.i18n import t
 from chatllm.markdown import to_markdown
 from chatllm.memory import freeze_startup_objects
 from chatllm.share import Sharing, may_view, public_page, read_only
-from chatllm.store import ChatDataLayer
 
 log = logging.getLogger("chatllm")
 
@@ -63,16 +61,12 @@ class ChatApp:
         self._problems: dict[str, list[ChatLLMError]] = {}
         self._warming: asyncio.Task[None] | None = None
 
-    @property
-    def auth_mode(self) -> AuthMode:
-        return self.services.auth_mode
-
     async def prepare(self, host: str) -> None:
         await self.services.prepare(host)
 
     async def started(self) -> None:
         """As the server's start would: the database's connections opened, then `ready`."""
-        await self.services.started()
+        await self.services.warm_store()  # this chat is loaded: no other is
         self.ready()
 
     def ready(self) -> None:
@@ -96,18 +90,6 @@ class ChatApp:
             log.exception("The local model could not make its first reply ahead")
         else:
             log.info("The local model made its first reply ahead, in %.0f ms", took * 1000)
-
-    def data_layer(self) -> ChatDataLayer:
-        return self.store
-
-    def local_user(self) -> str | None:
-        return self.services.local_user()
-
-    async def local_login(self, headers: object) -> cl.User | None:
-        return await self.services.local_login(headers)
-
-    async def login(self, username: str, password: str) -> cl.User | None:
-        return await self.services.login(username, password)
 
     # ---- chat profiles: one per backend and model
 

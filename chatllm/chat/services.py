@@ -121,12 +121,16 @@ class Services:
         """The server is starting, on its own event loop: the database's connections are
         opened now rather than for the first users, and the chat is loaded in a thread
         while the first pages are served."""
+        await self.warm_store()
+        if self._chat is None:
+            self._chat = asyncio.create_task(self._load())
+
+    async def warm_store(self) -> None:
+        """The database's connections opened now rather than for the first users."""
         try:
             await self.store.db.warm()
         except Exception:  # opened later, as users need them; their first replies wait
             log.warning("Could not open the database's connections ahead", exc_info=True)
-        if self._chat is None:
-            self._chat = asyncio.create_task(self._load())
 
     async def _load(self) -> ChatApp:
         began = time.perf_counter()

@@ -37,15 +37,13 @@ class Shares:
             return
         thread_id = cl.context.session.thread_id
         thread = await self.store.get_thread(thread_id)
+        # A client names its chat's thread itself: another user's is not its own to share.
         if thread is None or not _mine(thread.get("userIdentifier")):
-            thread = None  # a client names its chat's thread: another user's is not its own
+            thread = None
         if thread is None or not conversation_steps(thread):
             await cl.ErrorMessage(content=t("share.empty", lang), author="chatllm").send()
             return
-        try:
-            await self.store.update_thread(thread_id, metadata=flags(True))
-        except ChatLLMError as exc:
-            await show_error(exc, lang)
+        if not await self._set_shared(thread_id, True, lang):
             return
         url = link(self.base(), thread_id)
         text = t("share.ready", lang, link=url, who=t(f"share.who.{self.sharing}", lang))
@@ -69,12 +67,17 @@ class Shares:
         thread_id = cl.context.session.thread_id
         if not _mine(await self.store.get_thread_author(thread_id)):
             return
+        if await self._set_shared(thread_id, False, lang):
+            await cl.context.emitter.send_toast(t("share.stopped", lang), "success")
+
+    async def _set_shared(self, thread_id: str, shared: bool, lang: str) -> bool:
+        """Share the thread or stop; whether it was written (a failed write is shown)."""
         try:
-            await self.store.update_thread(thread_id, metadata=flags(False))
+            await self.store.update_thread(thread_id, metadata=flags(shared))
         except ChatLLMError as exc:
             await show_error(exc, lang)
-            return
-        await cl.context.emitter.send_toast(t("share.stopped", lang), "success")
+            return False
+        return True
 
     def base(self) -> str:
         """The app's address as the sharer's browser reached it (its page's origin, which
