@@ -59,8 +59,10 @@ def more_threads(settings: Settings) -> Iterator[Settings]:
 def test_the_threads_setting_reaches_llama_cpp(more_threads: Settings) -> None:
     engine = local_engine(more_threads)
     engine.start()
-    # as llama.cpp reports it, in the engine
+    # as llama.cpp reports it, in the engine: for generation and for the prompt alike
+    # (the library would evaluate prompts on every CPU)
     assert engine.process.info["n_threads"] == default_threads() + 1
+    assert engine.process.info["n_threads_batch"] == default_threads() + 1
 
 
 def test_without_the_setting_llama_cpp_runs_a_thread_per_physical_core(
@@ -72,6 +74,7 @@ def test_without_the_setting_llama_cpp_runs_a_thread_per_physical_core(
     engine = local_engine(settings)
     engine.start()
     assert engine.process.info["n_threads"] == default_threads()
+    assert engine.process.info["n_threads_batch"] == default_threads()
 
 
 @pytest.fixture

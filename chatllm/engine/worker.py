@@ -110,6 +110,10 @@ class Engine:
             model_path=model_path,
             n_ctx=n_ctx,
             n_threads=n_threads,
+            # A prompt is evaluated on as many threads as a token is generated on: the
+            # library's default is every CPU, whatever the affinity or a cgroup quota allow,
+            # and more threads than the cores the process may use make it slower.
+            n_threads_batch=n_threads,
             n_batch=PROMPT_CHUNK,
             verbose=False,
         )
@@ -142,6 +146,7 @@ class Engine:
             "self_check_ms": round(elapsed * 1000, 1),
             "system_info": system.decode("utf-8", "replace") if system else "",
             "n_threads": llama.n_threads,
+            "n_threads_batch": llama.n_threads_batch,
             "pid": os.getpid(),
         }
 
