@@ -14,7 +14,7 @@ from chainlit.types import ThreadDict
 from chatllm.auth import AuthMode
 from chatllm.chat.actions import DELETE_PRESET, DELETE_PRESET_CONFIRMED, KEEP_PRESET, STOP_SHARING
 from chatllm.chat.services import Services
-from chatllm.loop import use_native_tasks
+from chatllm.loop import prepare_server_loop
 from chatllm.share import Sharing
 from chatllm.store import ChatDataLayer
 from chatllm.web import (
@@ -30,7 +30,7 @@ from chatllm.web import (
     socket_limit,
 )
 
-use_native_tasks()  # before the server's loop starts (chatllm/loop.py)
+prepare_server_loop()  # before the server's loop starts (chatllm/loop.py)
 services = Services.from_environment(host=chainlit_config.run.host)
 settings = services.settings
 session_files(settings.data_dir)

@@ -273,6 +273,25 @@ async def test_a_thread_round_trips_with_steps_feedback_and_elements(
     assert await store.get_thread_author("missing") == ""
 
 
+async def test_steps_made_at_the_same_instant_come_back_in_the_order_they_were_written(
+    store: ChatDataLayer, ada: PersistedUser
+) -> None:
+    """The app takes out Chainlit's 1 ms sleep in each Message and Step (chatllm/loop.py),
+    which gave them distinct creation times; a thread still reads back in order. The ids
+    run against the order, so neither they nor the text can be what sorts them."""
+    await store.update_thread("t1", name="At once", user_id=ada.id)
+    at = "2026-01-01T00:00:01.000000Z"
+    written = [("z", "run"), ("y", "user_message"), ("x", "assistant_message")]
+    for step_id, kind in written:
+        await store.create_step(step("t1", step_id, kind, f"step {step_id}", at))
+    await store.create_step(step("t1", "a", "user_message", "later", "2026-01-01T00:00:02Z"))
+    await store.create_step(step("t1", "b", "user_message", "earlier", "2026-01-01T00:00:00Z"))
+
+    thread = await store.get_thread("t1")
+    assert thread is not None
+    assert [s["id"] for s in thread["steps"]] == ["b", "z", "y", "x", "a"]
+
+
 async def test_a_page_size_beyond_reason_gets_the_largest_page(
     store: ChatDataLayer, ada: PersistedUser
 ) -> None:
