@@ -35,6 +35,18 @@ def test_the_streaming_benchmark_compares_the_app_with_raw_llama_cpp(tmp_path: P
     assert set(figures["pass"]) == {"rate", "ttft"}
 
 
+def test_the_store_writes_benchmark_compares_statements_made_once_with_text_each_time(
+    tmp_path: Path,
+) -> None:
+    figures = bench("store_writes.py", "--rounds", "1", "--writes", "20", out=tmp_path / "w.json")
+    (result,) = figures["dialects"].values()
+    assert set(figures["dialects"]) == {"sqlite"}
+    assert set(result["ms_per_write"]) == {"made once", "text() each time"}
+    for way in result["ms_per_write"].values():
+        assert set(way) == {"message", "step"} and all(ms > 0 for ms in way.values())
+    assert set(result["ratio"]) == {"message", "step"}
+
+
 def test_the_thread_list_benchmark_compares_the_store_with_chainlits(tmp_path: Path) -> None:
     figures = bench(
         "threads.py",

@@ -19,12 +19,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from chatllm.errors import ChatLLMError
 from chatllm.store.db import Database
+from chatllm.store.dialect import sql
 from chatllm.store.search import index_text, message_rowid, name_rowid, thread_rowids
 
 BATCH = 1000
@@ -68,14 +68,14 @@ def shown(url: str) -> str:
 async def counts(db: Database) -> dict[str, int]:
     async with db.read() as conn:
         return {
-            table.name: int(await conn.scalar(text(f"SELECT count(*) FROM {table.name}")) or 0)
+            table.name: int(await conn.scalar(sql(f"SELECT count(*) FROM {table.name}")) or 0)
             for table in TABLES
         }
 
 
 async def _columns(db: Database, table: str) -> list[str]:
     async with db.read() as conn:
-        result = await conn.execute(text(f"SELECT * FROM {table} WHERE 1 = 0"))
+        result = await conn.execute(sql(f"SELECT * FROM {table} WHERE 1 = 0"))
         return [c for c in result.keys() if c != "seq"]
 
 
@@ -89,7 +89,7 @@ async def _copy_table(
     order = ", ".join(table.order)
     after = f"({order}) > ({', '.join(f':after_{c}' for c in table.order)})"
     listed = ", ".join(columns)
-    insert = text(
+    insert = sql(
         f"INSERT INTO {table.name} ({listed}) VALUES ({', '.join(f':{c}' for c in columns)})"
         f" ON CONFLICT ({', '.join(table.key)}) DO NOTHING"
     )
@@ -100,7 +100,7 @@ async def _copy_table(
             where = "" if last is None else f" WHERE {after}"
             rows = (
                 await conn.execute(
-                    text(
+                    sql(
                         f"SELECT {', '.join(dict.fromkeys([*columns, *table.order]))}"
                         f" FROM {table.name}{where} ORDER BY {order} LIMIT {BATCH}"
                     ),
@@ -133,7 +133,7 @@ async def rebuild_search(db: Database) -> int:
         async with db.write() as conn:
             batch = (
                 await conn.execute(
-                    text(
+                    sql(
                         "SELECT seq, id, name FROM threads WHERE seq > :last"
                         f" ORDER BY seq LIMIT {SEARCH_BATCH}"
                     ),
@@ -144,12 +144,12 @@ async def rebuild_search(db: Database) -> int:
                 return threads
             first_seq, last = batch[0].seq, batch[-1].seq
             await conn.execute(
-                text("DELETE FROM search WHERE rowid BETWEEN :first AND :last"),
+                sql("DELETE FROM search WHERE rowid BETWEEN :first AND :last"),
                 {"first": thread_rowids(first_seq)[0], "last": thread_rowids(last)[1]},
             )
             rows = [{"key": name_rowid(t.seq), "body": index_text(t.name)} for t in batch if t.name]
             messages = await conn.execute(
-                text(
+                sql(
                     "SELECT t.seq AS thread_seq, s.seq, s.output FROM steps s"
                     " JOIN threads t ON t.id = s.thread_id"
                     " WHERE t.seq BETWEEN :first AND :last"
@@ -163,7 +163,7 @@ async def rebuild_search(db: Database) -> int:
             ]
             if rows:
                 await conn.execute(
-                    text("INSERT INTO search (rowid, body) VALUES (:key, :body)"), rows
+                    sql("INSERT INTO search (rowid, body) VALUES (:key, :body)"), rows
                 )
             threads += len(batch)
 

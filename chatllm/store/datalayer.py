@@ -31,13 +31,12 @@ from chainlit.types import (
     ThreadFilter,
 )
 from chainlit.user import PersistedUser, User
-from sqlalchemy import text
 from sqlalchemy.engine import Row
 
 from chatllm.clock import utc_now
 from chatllm.errors import ChatLLMError
 from chatllm.store.db import Database, writes
-from chatllm.store.dialect import Connection
+from chatllm.store.dialect import Connection, sql
 from chatllm.store.files import FileStore
 from chatllm.store.search import (
     THREAD_SEQ_OF_ROW,
@@ -211,16 +210,16 @@ class ChatDataLayer(BaseDataLayer):
         feedback_id = feedback.id or str(uuid.uuid4())
         async with self.db.write() as conn:
             await conn.execute(  # the step's feedback changes one write at a time
-                text("SELECT 1 FROM steps WHERE id = :step" + self.db.dialect.for_update),
+                sql("SELECT 1 FROM steps WHERE id = :step" + self.db.dialect.for_update),
                 {"step": feedback.forId},
             )
             # One feedback per step: a new thumb replaces the old one.
             await conn.execute(
-                text("DELETE FROM feedbacks WHERE step_id = :step AND id != :id"),
+                sql("DELETE FROM feedbacks WHERE step_id = :step AND id != :id"),
                 {"step": feedback.forId, "id": feedback_id},
             )
             await conn.execute(
-                text(
+                sql(
                     "INSERT INTO feedbacks (id, step_id, value, comment)"
                     " VALUES (:id, :step, :value, :comment)"
                     " ON CONFLICT (id) DO UPDATE SET value = excluded.value,"
@@ -285,7 +284,7 @@ class ChatDataLayer(BaseDataLayer):
         if element.thread_id != checked_thread:
             await self._ensure_thread(conn, element.thread_id)
         written = await conn.execute(
-            text(
+            sql(
                 "INSERT INTO elements (id, thread_id, step_id, type, name, mime, url,"
                 " object_key, chainlit_key, display, size, language, page, props)"
                 " VALUES (:id, :thread_id, :step_id, :type, :name, :mime, :url,"
@@ -421,7 +420,7 @@ class ChatDataLayer(BaseDataLayer):
         thread = await self._ensure_thread(conn, thread_id)
         row = (
             await conn.execute(
-                text(
+                sql(
                     "INSERT INTO steps (id, thread_id, parent_id, type, name, input, output,"
                     " is_error, metadata, extra, created_at, start_time, end_time)"
                     " VALUES (:id, :thread_id, :parent_id, :type, :name, :input, :output,"
@@ -451,10 +450,10 @@ class ChatDataLayer(BaseDataLayer):
         message = row.type.endswith("message")  # activity; Chainlit's `run` steps are not
         if row.type != "run":  # a `run` step was never a message (its type is kept), and
             # has no search row: one statement fewer for each of Chainlit's two per turn
-            await conn.execute(text("DELETE FROM search WHERE rowid = :key"), {"key": key})
+            await conn.execute(sql("DELETE FROM search WHERE rowid = :key"), {"key": key})
         if message and row.output:
             await conn.execute(
-                text("INSERT INTO search (rowid, body) VALUES (:key, :body)"),
+                sql("INSERT INTO search (rowid, body) VALUES (:key, :body)"),
                 {"key": key, "body": index_text(row.output)},
             )
         if metadata is not None:
@@ -464,7 +463,7 @@ class ChatDataLayer(BaseDataLayer):
             )
         elif message:
             await conn.execute(
-                text("UPDATE threads SET updated_at = :now WHERE id = :id"),
+                sql("UPDATE threads SET updated_at = :now WHERE id = :id"),
                 {"now": utc_now(), "id": thread_id},
             )
 
@@ -486,7 +485,7 @@ class ChatDataLayer(BaseDataLayer):
         async with self.db.write() as conn:
             row = (
                 await conn.execute(
-                    text(
+                    sql(
                         "SELECT s.seq, s.thread_id, t.seq AS thread_seq FROM steps s"
                         " JOIN threads t ON t.id = s.thread_id WHERE s.id = :id"
                     ),
@@ -498,11 +497,11 @@ class ChatDataLayer(BaseDataLayer):
             await self._check_owner(conn, row.thread_id)
             keys = await self._object_keys(conn, "step_id = :id", {"id": step_id})
             await conn.execute(
-                text("DELETE FROM search WHERE rowid = :key"),
+                sql("DELETE FROM search WHERE rowid = :key"),
                 {"key": message_rowid(row.thread_seq, row.seq)},
             )
-            await conn.execute(text("DELETE FROM elements WHERE step_id = :id"), {"id": step_id})
-            await conn.execute(text("DELETE FROM steps WHERE id = :id"), {"id": step_id})
+            await conn.execute(sql("DELETE FROM elements WHERE step_id = :id"), {"id": step_id})
+            await conn.execute(sql("DELETE FROM steps WHERE id = :id"), {"id": step_id})
         return keys
 
     # ---- threads
@@ -538,7 +537,7 @@ class ChatDataLayer(BaseDataLayer):
     async def delete_thread(self, thread_id: str) -> None:
         async with self.db.write() as conn:
             seq = await conn.scalar(
-                text("SELECT seq FROM threads WHERE id = :id"), {"id": thread_id}
+                sql("SELECT seq FROM threads WHERE id = :id"), {"id": thread_id}
             )
             if seq is None:
                 return
@@ -546,11 +545,11 @@ class ChatDataLayer(BaseDataLayer):
             keys = await self._object_keys(conn, "thread_id = :id", {"id": thread_id})
             first, last = thread_rowids(seq)
             await conn.execute(
-                text("DELETE FROM search WHERE rowid BETWEEN :first AND :last"),
+                sql("DELETE FROM search WHERE rowid BETWEEN :first AND :last"),
                 {"first": first, "last": last},
             )
             # Steps, their feedback and the thread's elements go by ON DELETE CASCADE.
-            await conn.execute(text("DELETE FROM threads WHERE id = :id"), {"id": thread_id})
+            await conn.execute(sql("DELETE FROM threads WHERE id = :id"), {"id": thread_id})
         await self._delete_files(keys)
 
     async def user_threads(
@@ -574,7 +573,7 @@ class ChatDataLayer(BaseDataLayer):
         stamp = utc_now()
         async with self.db.write() as conn:
             seq = await conn.scalar(
-                text(
+                sql(
                     "INSERT INTO threads (id, user_id, name, metadata, tags, created_at,"
                     " updated_at) VALUES (:id, :user, :name, :metadata, :tags, :now, :now)"
                     " RETURNING seq"
@@ -590,12 +589,12 @@ class ChatDataLayer(BaseDataLayer):
             )
             if thread.get("name"):
                 await conn.execute(
-                    text("INSERT INTO search (rowid, body) VALUES (:key, :body)"),
+                    sql("INSERT INTO search (rowid, body) VALUES (:key, :body)"),
                     {"key": name_rowid(seq), "body": index_text(str(thread["name"]))},
                 )
             if steps:
                 await conn.execute(
-                    text(
+                    sql(
                         "INSERT INTO steps (id, thread_id, parent_id, type, name, input,"
                         " output, is_error, metadata, extra, created_at, start_time, end_time)"
                         " VALUES (:id, :thread_id, :parent_id, :type, :name, :input, :output,"
@@ -604,7 +603,7 @@ class ChatDataLayer(BaseDataLayer):
                     [_step_row(step, thread["id"], stamp) for step in steps],
                 )
                 written = await conn.execute(
-                    text(
+                    sql(
                         "SELECT seq, output FROM steps WHERE thread_id = :id"
                         " AND type LIKE '%message' AND output != ''"
                     ),
@@ -616,11 +615,11 @@ class ChatDataLayer(BaseDataLayer):
                 ]
                 if rows:
                     await conn.execute(
-                        text("INSERT INTO search (rowid, body) VALUES (:key, :body)"), rows
+                        sql("INSERT INTO search (rowid, body) VALUES (:key, :body)"), rows
                     )
             if elements:
                 await conn.execute(
-                    text(
+                    sql(
                         "INSERT INTO elements (id, thread_id, step_id, type, name, mime,"
                         " display, props) VALUES (:id, :thread_id, :step_id, :type, :name,"
                         " :mime, :display, :props)"
@@ -736,18 +735,18 @@ class ChatDataLayer(BaseDataLayer):
         )
         async with self.db.read() as conn:
             await self.db.dialect.walking(conn, True)
-            rows = list((await conn.execute(text(walked), {**params, "window": window})).all())
+            rows = list((await conn.execute(sql(walked), {**params, "window": window})).all())
             if len(rows) >= params["limit"]:
                 return rows
             edge = (
-                await conn.execute(text(last_walked), {**params, "skip": (window or 1) - 1})
+                await conn.execute(sql(last_walked), {**params, "skip": (window or 1) - 1})
             ).first()
             if edge is None:  # every thread was tested
                 return rows
             await self.db.dialect.walking(conn, False)
             older = [*conditions, "(t.updated_at, t.id) < (:edge_time, :edge_id)"]
             rest = await conn.execute(
-                text(_thread_page(older, matches)),
+                sql(_thread_page(older, matches)),
                 {
                     **params,
                     "edge_time": edge.updated_at,
@@ -761,7 +760,7 @@ class ChatDataLayer(BaseDataLayer):
         async with self.db.read() as conn:
             thread = (
                 await conn.execute(
-                    text(
+                    sql(
                         "SELECT t.id, t.name, t.user_id, u.identifier, t.metadata, t.tags,"
                         " t.created_at FROM threads t LEFT JOIN users u ON u.id = t.user_id"
                         " WHERE t.id = :id"
@@ -773,7 +772,7 @@ class ChatDataLayer(BaseDataLayer):
                 return None
             steps = (
                 await conn.execute(
-                    text(
+                    sql(
                         "SELECT s.*, f.id AS feedback_id, f.value AS feedback_value,"
                         " f.comment AS feedback_comment FROM steps s"
                         " LEFT JOIN feedbacks f ON f.step_id = s.id"
@@ -784,7 +783,7 @@ class ChatDataLayer(BaseDataLayer):
             ).all()
             elements = (
                 await conn.execute(
-                    text("SELECT * FROM elements WHERE thread_id = :id"), {"id": thread_id}
+                    sql("SELECT * FROM elements WHERE thread_id = :id"), {"id": thread_id}
                 )
             ).all()
         return ThreadDict(
@@ -854,14 +853,14 @@ class ChatDataLayer(BaseDataLayer):
         if changes:
             assignments = ", ".join(f"{column} = :{column}" for column in changes)
             await conn.execute(
-                text(f"UPDATE threads SET {assignments} WHERE id = :id"),
+                sql(f"UPDATE threads SET {assignments} WHERE id = :id"),
                 {**changes, "id": thread_id},
             )
         if name is not None:
             key = name_rowid(seq)
-            await conn.execute(text("DELETE FROM search WHERE rowid = :key"), {"key": key})
+            await conn.execute(sql("DELETE FROM search WHERE rowid = :key"), {"key": key})
             await conn.execute(
-                text("INSERT INTO search (rowid, body) VALUES (:key, :body)"),
+                sql("INSERT INTO search (rowid, body) VALUES (:key, :body)"),
                 {"key": key, "body": index_text(name)},
             )
 
@@ -899,7 +898,7 @@ class ChatDataLayer(BaseDataLayer):
         """The thread's seq, owner and metadata, its row locked for this write."""
         row = (
             await conn.execute(
-                text(
+                sql(
                     "SELECT seq, user_id, metadata FROM threads WHERE id = :id"
                     + self.db.dialect.for_update
                 ),
@@ -914,7 +913,7 @@ class ChatDataLayer(BaseDataLayer):
         finds the row."""
         stamp = utc_now()
         seq = await conn.scalar(
-            text(
+            sql(
                 "INSERT INTO threads (id, user_id, metadata, tags, created_at, updated_at)"
                 " VALUES (:id, :user, '{}', '[]', :now, :now)"
                 " ON CONFLICT (id) DO NOTHING RETURNING seq"
@@ -934,14 +933,14 @@ class ChatDataLayer(BaseDataLayer):
         if acting is None:
             return  # REST routes check the author before calling; see chainlit.data.acl
         owner = await conn.scalar(
-            text("SELECT user_id FROM threads WHERE id = :id"), {"id": thread_id}
+            sql("SELECT user_id FROM threads WHERE id = :id"), {"id": thread_id}
         )
         if owner is not None and owner != acting:
             raise ThreadAccessDenied(f"thread {thread_id} belongs to another user")
 
     async def _object_keys(self, conn: Connection, where: str, params: dict[str, Any]) -> list[str]:
         rows = await conn.execute(
-            text(f"SELECT object_key FROM elements WHERE {where} AND object_key IS NOT NULL"),
+            sql(f"SELECT object_key FROM elements WHERE {where} AND object_key IS NOT NULL"),
             params,
         )
         return [row.object_key for row in rows]

@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Row, text
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatllm.clock import utc_now
 from chatllm.errors import ChatLLMError, StoreError
-from chatllm.store.dialect import Connection, Dialect, Writer, dialect_for
+from chatllm.store.dialect import Connection, Dialect, Writer, dialect_for, sql
 from chatllm.store.migrations import MIGRATIONS
 
 log = logging.getLogger("chatllm.store")
@@ -52,30 +52,34 @@ class Database:
 
     # One statement in a transaction of its own: the boilerplate of most reads and writes.
 
-    async def first(self, sql: str, params: Mapping[str, Any] | None = None) -> Row[Any] | None:
+    async def first(
+        self, statement: str, params: Mapping[str, Any] | None = None
+    ) -> Row[Any] | None:
         """The first row a read gives, if any."""
         async with self.read() as conn:
-            return (await conn.execute(text(sql), dict(params or {}))).first()
+            return (await conn.execute(sql(statement), dict(params or {}))).first()
 
-    async def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row[Any]]:
+    async def rows(self, statement: str, params: Mapping[str, Any] | None = None) -> list[Row[Any]]:
         """Every row a read gives."""
         async with self.read() as conn:
-            return list((await conn.execute(text(sql), dict(params or {}))).all())
+            return list((await conn.execute(sql(statement), dict(params or {}))).all())
 
-    async def value(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+    async def value(self, statement: str, params: Mapping[str, Any] | None = None) -> Any:
         """The first column of the first row a read gives (None if no row)."""
         async with self.read() as conn:
-            return await conn.scalar(text(sql), dict(params or {}))
+            return await conn.scalar(sql(statement), dict(params or {}))
 
-    async def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
+    async def execute(self, statement: str, params: Mapping[str, Any] | None = None) -> int:
         """A write; how many rows it changed."""
         async with self.write() as conn:
-            return int((await conn.execute(text(sql), dict(params or {}))).rowcount)
+            return int((await conn.execute(sql(statement), dict(params or {}))).rowcount)
 
-    async def returning(self, sql: str, params: Mapping[str, Any] | None = None) -> Row[Any] | None:
+    async def returning(
+        self, statement: str, params: Mapping[str, Any] | None = None
+    ) -> Row[Any] | None:
         """A write with RETURNING; the first row it returned, if any."""
         async with self.write() as conn:
-            return (await conn.execute(text(sql), dict(params or {}))).first()
+            return (await conn.execute(sql(statement), dict(params or {}))).first()
 
     async def warm(self) -> None:
         """Open the connections the dialect keeps ready, at once, into the pool: the first
@@ -96,7 +100,7 @@ class Database:
             # at once collide even with IF NOT EXISTS.
             await self.dialect.before_migration(conn)
             await conn.execute(
-                text(
+                sql(
                     "CREATE TABLE IF NOT EXISTS schema_migrations ("
                     " number INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
                 )
@@ -105,14 +109,14 @@ class Database:
             async with self.write() as conn:
                 await self.dialect.before_migration(conn)
                 done = await conn.scalar(
-                    text("SELECT 1 FROM schema_migrations WHERE number = :n"), {"n": number}
+                    sql("SELECT 1 FROM schema_migrations WHERE number = :n"), {"n": number}
                 )
                 if done:
                     continue
                 for statement in migration.for_dialect(self.dialect.name):
-                    await conn.execute(text(statement))
+                    await conn.execute(sql(statement))
                 await conn.execute(
-                    text(
+                    sql(
                         "INSERT INTO schema_migrations (number, name, applied_at)"
                         " VALUES (:n, :name, :now)"
                     ),
@@ -125,7 +129,7 @@ class Database:
     async def applied(self) -> list[tuple[int, str]]:
         async with self.read() as conn:
             rows = await conn.execute(
-                text("SELECT number, name FROM schema_migrations ORDER BY number")
+                sql("SELECT number, name FROM schema_migrations ORDER BY number")
             )
             return [(int(number), str(name)) for number, name in rows]
 

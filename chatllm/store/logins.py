@@ -6,9 +6,8 @@ import hashlib
 import time
 from collections.abc import Callable
 
-from sqlalchemy import text
-
 from chatllm.store.db import Database, writes
+from chatllm.store.dialect import sql
 
 
 def _digest(kind: str, value: str) -> str:
@@ -47,7 +46,7 @@ class LoginThrottle:
         async with self.db.write() as conn:
             await self.db.dialect.serialize(conn, [f"login {k} {v}" for k, v in keys.items()])
             await conn.execute(
-                text("DELETE FROM login_failures WHERE at <= :cutoff"),
+                sql("DELETE FROM login_failures WHERE at <= :cutoff"),
                 {"cutoff": now - self.window},
             )
             waits = []
@@ -56,7 +55,7 @@ class LoginThrottle:
                 # The limit-th most recent failure: once it leaves the window, one more
                 # try fits.
                 oldest = await conn.scalar(
-                    text(
+                    sql(
                         "SELECT at FROM login_failures WHERE kind = :kind AND who = :who"
                         " ORDER BY at DESC LIMIT 1 OFFSET :skip"
                     ),
@@ -67,7 +66,7 @@ class LoginThrottle:
             if waits:
                 return max(waits)
             await conn.execute(
-                text("INSERT INTO login_failures (kind, who, at) VALUES (:kind, :who, :at)"),
+                sql("INSERT INTO login_failures (kind, who, at) VALUES (:kind, :who, :at)"),
                 [{"kind": kind, "who": who, "at": now} for kind, who in keys.items()],
             )
             return None
@@ -77,11 +76,11 @@ class LoginThrottle:
         """The right password: the account starts afresh; the address loses this try."""
         async with self.db.write() as conn:
             await conn.execute(
-                text("DELETE FROM login_failures WHERE kind = 'account' AND who = :who"),
+                sql("DELETE FROM login_failures WHERE kind = 'account' AND who = :who"),
                 {"who": _digest("account", account)},
             )
             await conn.execute(
-                text(
+                sql(
                     "DELETE FROM login_failures WHERE id = (SELECT id FROM login_failures"
                     " WHERE kind = 'address' AND who = :who ORDER BY at DESC, id DESC LIMIT 1)"
                 ),

@@ -14,10 +14,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from chatllm.store.dialect import Connection, Dialect, Writer
+from chatllm.store.dialect import Connection, Dialect, Writer, sql
 from chatllm.store.search import Term, rows_of_thread
 
 if TYPE_CHECKING:
@@ -83,9 +82,9 @@ class PostgreSQL(Dialect):
         # thread is tested through the primary key's range; and one process, not three, as
         # the walk stops early.
         value = "off" if on else "on"
-        await conn.execute(text(f"SET LOCAL enable_bitmapscan = {value}"))
+        await conn.execute(sql(f"SET LOCAL enable_bitmapscan = {value}"))
         workers = "0" if on else "DEFAULT"
-        await conn.execute(text(f"SET LOCAL max_parallel_workers_per_gather TO {workers}"))
+        await conn.execute(sql(f"SET LOCAL max_parallel_workers_per_gather TO {workers}"))
 
     def thread_test(self, match: str, alias: str) -> str:
         return (
@@ -100,12 +99,10 @@ class PostgreSQL(Dialect):
         # Transaction-level advisory locks on the names' hashes, always in one order (no
         # two writers can wait for each other); released at commit or rollback.
         for name in sorted(set(names)):
-            await conn.execute(
-                text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": name}
-            )
+            await conn.execute(sql("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": name})
 
     async def before_migration(self, conn: Connection) -> None:
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        await conn.execute(sql("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
 
 
 class PoolWriter(Writer):

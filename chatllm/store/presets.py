@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import text
-
 from chatllm.clock import utc_now
 from chatllm.errors import PresetError
 from chatllm.store.db import Database, writes
+from chatllm.store.dialect import sql
 
 
 class PresetRows:
@@ -33,17 +32,17 @@ class PresetRows:
         fewer than `most`."""
         async with self.db.write() as conn:
             await conn.execute(  # one user's presets change one write at a time
-                text("SELECT 1 FROM users WHERE id = :user" + self.db.dialect.for_update),
+                sql("SELECT 1 FROM users WHERE id = :user" + self.db.dialect.for_update),
                 {"user": user_id},
             )
             count = await conn.scalar(
-                text("SELECT count(*) FROM presets WHERE user_id = :user AND name != :name"),
+                sql("SELECT count(*) FROM presets WHERE user_id = :user AND name != :name"),
                 {"user": user_id, "name": name},
             )
             if (count or 0) >= most:
                 raise PresetError(f"at most {most} presets can be saved; delete some first")
             await conn.execute(
-                text(
+                sql(
                     "INSERT INTO presets (user_id, name, preset_values, created_at)"
                     " VALUES (:user, :name, :values, :now)"
                     " ON CONFLICT (user_id, name)"

@@ -6,11 +6,10 @@ import json
 import time
 import uuid
 
-from sqlalchemy import text
-
 from chatllm.clock import utc_now
 from chatllm.errors import ChatLLMError
 from chatllm.store.db import Database, writes
+from chatllm.store.dialect import sql
 from chatllm.store.files import FileStore
 from chatllm.store.search import thread_rowids
 
@@ -32,12 +31,12 @@ class Users:
     async def add(self, identifier: str, password_hash: str) -> None:
         async with self.db.write() as conn:
             exists = await conn.scalar(
-                text("SELECT 1 FROM users WHERE identifier = :i"), {"i": identifier}
+                sql("SELECT 1 FROM users WHERE identifier = :i"), {"i": identifier}
             )
             if exists:
                 raise UserExists(f"the user {identifier!r} already exists")
             await conn.execute(
-                text(
+                sql(
                     "INSERT INTO users (id, identifier, password_hash, metadata, created_at)"
                     " VALUES (:id, :i, :hash, :metadata, :now)"
                 ),
@@ -71,7 +70,7 @@ class Users:
             keys = [
                 str(row.object_key)
                 for row in await conn.execute(
-                    text(
+                    sql(
                         f"SELECT object_key FROM elements WHERE thread_id IN ({owned})"
                         " AND object_key IS NOT NULL"
                     ),
@@ -79,17 +78,17 @@ class Users:
                 )
             ]
             seqs = await conn.execute(
-                text(f"SELECT seq FROM threads WHERE id IN ({owned})"), {"i": identifier}
+                sql(f"SELECT seq FROM threads WHERE id IN ({owned})"), {"i": identifier}
             )
             for (seq,) in seqs.all():
                 first, last = thread_rowids(seq)
                 await conn.execute(
-                    text("DELETE FROM search WHERE rowid BETWEEN :first AND :last"),
+                    sql("DELETE FROM search WHERE rowid BETWEEN :first AND :last"),
                     {"first": first, "last": last},
                 )
             # Threads, steps, feedback and elements follow by ON DELETE CASCADE.
             result = await conn.execute(
-                text("DELETE FROM users WHERE identifier = :i"), {"i": identifier}
+                sql("DELETE FROM users WHERE identifier = :i"), {"i": identifier}
             )
             if not result.rowcount:
                 raise NoSuchUser(f"there is no user {identifier!r}")
@@ -101,11 +100,11 @@ class Users:
         """Refuse the token of this login from now on (until it would have expired)."""
         async with self.db.write() as conn:
             await conn.execute(
-                text("DELETE FROM ended_sessions WHERE expires_at < :now"),
+                sql("DELETE FROM ended_sessions WHERE expires_at < :now"),
                 {"now": int(time.time())},
             )
             await conn.execute(
-                text(
+                sql(
                     "INSERT INTO ended_sessions (login, expires_at) VALUES (:login, :expires)"
                     " ON CONFLICT (login) DO NOTHING"
                 ),
