@@ -23,6 +23,7 @@ from chatllm.store import ChatDataLayer, Database, FileStore, ThreadAccessDenied
 from chatllm.store import migrations as migrations_module
 from chatllm.store.migrations import MIGRATIONS
 from chatllm.store.search import message_rowid
+from deploy.postgres import PostgresServer
 from tests.conftest import postgresql_only, sqlite_only
 from tests.support import BrowserTab
 
@@ -151,6 +152,32 @@ async def test_a_starting_worker_opens_its_connections_before_the_first_user(
         assert ready == db.dialect.warm_connections >= 1
     finally:
         await db.close()
+
+
+async def test_after_postgresql_restarts_the_next_write_and_read_succeed(
+    tmp_path: Path,
+) -> None:
+    """A restart (an upgrade, a crash) drops every connection in the workers' pools: the
+    next user's write must not fail on one of them, nor the next read."""
+    server = PostgresServer().start()
+    db = Database(server.new_database())
+    store = ChatDataLayer(db, FileStore(tmp_path / "files"))
+    try:
+        await db.migrate()
+        await db.warm()  # the pool full of connections the restart will drop
+        user = await store.create_user(User(identifier="ada"))
+        assert user is not None
+        await chat(store, user, "t1", "Before the restart")
+        server.restart()
+        await store.save_message(
+            step("t1", "m1", "user_message", "After the restart", "2026-01-01T00:01:00Z")
+        )
+        thread = await store.get_thread("t1")
+        assert thread is not None
+        assert [s["output"] for s in thread["steps"]] == ["Before the restart", "After the restart"]
+    finally:
+        await store.close()
+        server.stop()
 
 
 @sqlite_only
