@@ -47,8 +47,6 @@ class ChatApp:
         self.services = services or Services(settings)
         self.settings = settings
         self.store = self.services.store
-        self.users = self.services.users
-        self.passwords = self.services.passwords
         self.presets = self.services.presets
         self.starters = self.services.starters
         self.backends = Backends(settings)

@@ -5,9 +5,8 @@ users and how they log in, the starters (checked), all built before the server s
 chat itself (`chatllm.chat.app.ChatApp`: LangChain, the backends, the openai client) takes
 about 1.5 s to import; it is loaded in a thread once the server is up, and the local
 engine is started before the server in a process of its own, so the first page waits for
-neither
-(bench/startup.py). Every hook that needs the chat awaits `Services.chat()`; by the time
-a browser has loaded the page and connected, it is there.
+neither (bench/startup.py). Every hook that needs the chat awaits `Services.chat()`; by
+the time a browser has loaded the page and connected, it is there.
 """
 
 from __future__ import annotations
@@ -122,8 +121,7 @@ class Services:
         opened now rather than for the first users, and the chat is loaded in a thread
         while the first pages are served."""
         await self.warm_store()
-        if self._chat is None:
-            self._chat = asyncio.create_task(self._load())
+        self._loading()
 
     async def warm_store(self) -> None:
         """The database's connections opened now rather than for the first users."""
@@ -155,9 +153,14 @@ class Services:
 
     async def chat(self) -> ChatApp:
         """The chat, once loaded (at once after that)."""
-        if self._chat is None:  # a hook before the server's start-up: load it now
+        return await asyncio.shield(self._loading())
+
+    def _loading(self) -> asyncio.Task[ChatApp]:
+        """The chat's loading, begun by the first to ask (the server's start-up, or a hook
+        before it)."""
+        if self._chat is None:
             self._chat = asyncio.create_task(self._load())
-        return await asyncio.shield(self._chat)
+        return self._chat
 
     # ---- who is chatting
 

@@ -38,9 +38,11 @@ class Shares:
         thread_id = cl.context.session.thread_id
         thread = await self.store.get_thread(thread_id)
         # A client names its chat's thread itself: another user's is not its own to share.
-        if thread is None or not _mine(thread.get("userIdentifier")):
-            thread = None
-        if thread is None or not conversation_steps(thread):
+        if (
+            thread is None
+            or not _mine(thread.get("userIdentifier"))
+            or not conversation_steps(thread)
+        ):
             await cl.ErrorMessage(content=t("share.empty", lang), author="chatllm").send()
             return
         if not await self._set_shared(thread_id, True, lang):
