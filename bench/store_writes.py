@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
+import pkgutil
 import shutil
 import statistics
 import sys
@@ -39,22 +41,21 @@ import sqlalchemy
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from chatllm.store import (  # noqa: E402
-    ChatDataLayer,
-    Database,
-    FileStore,
-    copy,
-    datalayer,
-    db,
-    logins,
-    postgresql,
-    presets,
-    users,
-)
+import chatllm.store  # noqa: E402
+from chatllm.store import ChatDataLayer, Database, FileStore  # noqa: E402
 from chatllm.store import dialect as dialects  # noqa: E402
 
-#: Every module of the store that runs its SQL through `sql`.
-USERS_OF_SQL = (copy, datalayer, db, logins, postgresql, presets, users)
+for _module in pkgutil.iter_modules(chatllm.store.__path__, "chatllm.store."):
+    importlib.import_module(_module.name)
+MADE_ONCE = dialects.sql
+#: Every module of the store that runs its SQL through `sql` (the one defining it aside).
+USERS_OF_SQL = [
+    module
+    for name, module in sys.modules.items()
+    if name.startswith("chatllm.store.")
+    and module is not dialects
+    and getattr(module, "sql", None) is MADE_ONCE
+]
 WAYS = ("made once", "text() each time")
 KINDS = ("message", "step")
 
@@ -68,7 +69,7 @@ def built_each_time() -> Iterator[None]:
         yield
     finally:
         for module in USERS_OF_SQL:
-            module.sql = dialects.sql  # type: ignore[attr-defined]
+            module.sql = MADE_ONCE  # type: ignore[attr-defined]
 
 
 def step(thread: str, kind: str, text: str) -> Any:  # a StepDict
