@@ -10,17 +10,23 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from importlib.metadata import distribution
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import llama_cpp
 import pytest
 
+from chatllm.auth import Passwords
+from chatllm.backends.local import LocalBackend
 from chatllm.chat import ChatApp
 from chatllm.config import Settings
+from chatllm.engine import process as engine_process
 from chatllm.engine.client import (
+    LocalEngine,
     close_local_engine,
     engine_spec,
     local_engine,
@@ -227,6 +233,29 @@ async def test_an_engine_that_crashes_at_start_leaves_the_endpoint_working(
     assert reply["output"]
 
 
+async def test_an_engine_that_failed_to_start_is_tried_again_when_a_chat_asks(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own = settings.model_copy(update={"n_threads": 1, "engine_hang_timeout": 12.0})
+    crashing = tmp_path / "crashing"
+    crashing.mkdir()
+    (crashing / "sitecustomize.py").write_text(
+        "import os, signal\nos.kill(os.getpid(), signal.SIGILL)\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(crashing))
+    try:
+        assert start_local_engine(own) is not None
+        monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the CPU is fixed
+        monkeypatch.setattr(engine_process, "RETRY_AFTER_SECONDS", 0.0)  # and it is time to retry
+        backend = LocalBackend(own)
+        with pytest.raises(EngineUnavailable, match="SIGILL"):  # said at once, and tried again
+            await backend.models()
+        await until(lambda: backend.engine.process.ready, what="the engine to start again")
+        assert await backend.models() == [own.local_model_name]
+    finally:
+        close_local_engine(own)
+
+
 # ---- a long prompt through the app
 
 
@@ -366,6 +395,71 @@ async def test_a_reply_stopped_while_the_engine_restarts_is_never_generated(
     # The new engine's tokens: this reply's 4, and none of the 2,000 the stopped request
     # would have made for nobody before this reply's turn came.
     assert engine.process.generated == 4
+
+
+#: Threads in asyncio's default pool (`ThreadPoolExecutor()`'s own default): 6 on 2 cores.
+DEFAULT_POOL = min(32, (os.cpu_count() or 1) + 4)
+
+#: How much longer than the model's load an engine start takes in the test below.
+SLOW_START_SECONDS = 5
+
+
+async def test_logins_and_file_reads_go_on_while_the_engine_restarts(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Users typing while a crashed engine restarts (a large model's load) wait for it; a
+    login's Argon2 check and an element file's read, on the default thread pool, do not."""
+    engine = LocalEngine(engine_spec(settings.model_copy(update={"n_threads": 1})))
+    try:
+        engine.start()
+        old = engine.process.pid
+        assert old is not None
+        slow = tmp_path / "slow"
+        slow.mkdir()
+        (slow / "sitecustomize.py").write_text(f"import time\ntime.sleep({SLOW_START_SECONDS})\n")
+        monkeypatch.setenv("PYTHONPATH", str(slow))  # engines started from now on
+        os.kill(old, signal.SIGKILL)
+        await until(lambda: not engine.process.ready, what="the app to see the engine end")
+
+        # More messages waiting for the new engine than the default pool has threads.
+        story = [{"role": "user", "content": "Hello!"}]
+        reply = {"max_tokens": 4, "temperature": 0.0, "seed": 1}
+        waiting = [
+            asyncio.create_task(engine.prepare_counts([f"message {n}"]))
+            for n in range(DEFAULT_POOL + 2)
+        ]
+        waiting.append(asyncio.create_task(collect(engine.stream(story, reply))))
+        await asyncio.sleep(0.3)
+        assert not any(task.done() for task in waiting)
+
+        passwords = Passwords()
+        stored = passwords.hash("ada-pass")
+        (data, file_read), (matched, login) = await asyncio.gather(
+            timed(asyncio.to_thread((slow / "sitecustomize.py").read_bytes)),
+            timed(passwords.averify(stored, "ada-pass")),
+        )
+        print(f"file read {file_read * 1000:.0f} ms, login {login * 1000:.0f} ms")
+        assert data and file_read < 0.5
+        assert matched and login < 1.0
+        assert not engine.process.ready  # both measured while the engine was starting
+
+        await asyncio.wait_for(asyncio.gather(*waiting), timeout=60)  # all then answered
+        assert engine.process.pid not in (None, old)
+    finally:
+        engine.close()
+
+
+T = TypeVar("T")
+
+
+async def timed(work: Awaitable[T]) -> tuple[T, float]:
+    began = time.perf_counter()
+    done = await work
+    return done, time.perf_counter() - began
+
+
+async def collect(deltas: AsyncIterator[tuple[str, str | None, object]]) -> str:
+    return "".join([delta async for delta, _, _ in deltas])
 
 
 # ---- the same on the real server, over its socket

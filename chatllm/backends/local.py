@@ -8,7 +8,6 @@ in front of it (`LocalEngine`), `chatllm.engine.process` starts and watches it,
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
@@ -27,7 +26,7 @@ from chatllm.backends.base import (
     register,
 )
 from chatllm.config import Settings
-from chatllm.engine.client import LocalEngine, local_engine, try_start
+from chatllm.engine.client import LocalEngine, local_engine
 from chatllm.errors import (
     UnknownModel,
 )
@@ -152,8 +151,7 @@ class LocalBackend(Backend):
         failed engine is tried again in the background once its retry time has come."""
         process = self.engine.process
         if not process.ready and process.failure is not None:
-            loop = asyncio.get_running_loop()
-            loop.run_in_executor(None, try_start, process)
+            process.start_soon()  # in a thread of its own, which nobody here waits for
             raise process.failure
         return [self.settings.local_model_name]
 

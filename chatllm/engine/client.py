@@ -6,12 +6,14 @@ before it has loaded its chat (chatllm.chat.services)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import re
 import threading
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,7 +21,6 @@ from chatllm.config import Settings
 from chatllm.engine.process import EngineProcess, EngineSpec
 from chatllm.errors import (
     BackendError,
-    ChatLLMError,
     ConfigError,
     ContextOverflow,
     EngineHung,
@@ -52,6 +53,10 @@ class LocalEngine:
         self.model_path = spec.model_path
         self.n_ctx = spec.n_ctx
         self.process = EngineProcess(spec)
+        # Requests are written to the engine from a thread of its own, never from the
+        # default pool, which logins (Argon2) and element files share: a write waits while
+        # an engine that stopped responding fills its socket, until it is killed as hung.
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-send")
         self._line: list[_Ticket] = []
         self._draining: set[asyncio.Task[None]] = set()  # stopped generations, ending
         # Trimming a long thread counts the same messages on every turn, and several times
@@ -229,29 +234,50 @@ class LocalEngine:
     async def _submit(
         self, message: tuple[Any, ...], pending: deque[tuple[Any, ...]], arrived: asyncio.Event
     ) -> int:
-        """Send `message` to the engine (starting it first if need be, off the loop); its
-        answers are appended to `pending`, and `arrived` is set for each. The request id."""
+        """Send `message` to the engine, once it runs; its answers are appended to
+        `pending`, and `arrived` is set for each. The request id."""
         loop = asyncio.get_running_loop()
 
         def sink(answer: tuple[Any, ...]) -> None:
             pending.append(answer)
             _wake(loop, arrived)
 
-        submitted = loop.run_in_executor(None, self.process.submit, message, sink)
-        try:
-            # Shielded: a submission under way (waiting for a new engine) completes, and is
-            # stopped at once, rather than run for nobody.
-            return await asyncio.shield(submitted)
-        except asyncio.CancelledError:
-            submitted.add_done_callback(self._abandon)
-            raise
+        while True:
+            await self._running()
+            submitted = loop.run_in_executor(
+                self._sender, self.process.submit_if_running, message, sink
+            )
+            try:
+                # Shielded: a request being written completes, and is stopped at once,
+                # rather than run for nobody.
+                rid = await asyncio.shield(submitted)
+            except asyncio.CancelledError:
+                submitted.add_done_callback(self._abandon)
+                raise
+            if rid is not None:
+                return rid
+            # The engine ended since it was seen running: wait for the next one.
 
-    def _abandon(self, submitted: asyncio.Future[int]) -> None:
+    async def _running(self) -> None:
+        """Wait until the engine runs, starting it if need be (`EngineProcess.start_soon`),
+        or raise why it cannot. The wait is on the event loop: however many requests wait
+        for a restart or a large model's load, they hold no thread, so the default pool's
+        other users (logins' Argon2 checks, element files) never wait behind them."""
+        loop = asyncio.get_running_loop()
+        while not self.process.ready:
+            start = self.process.start_soon()
+            done = asyncio.Event()
+            start.add_done_callback(functools.partial(_wake_on, loop, done))
+            await done.wait()
+            start.result()  # raises why the engine is unavailable
+
+    def _abandon(self, submitted: asyncio.Future[int | None]) -> None:
         """Stop a request whose caller went away before it had its request id."""
         if not submitted.cancelled() and submitted.exception() is None:
             rid = submitted.result()
-            self.process.stop(rid)
-            self.process.forget(rid)
+            if rid is not None:
+                self.process.stop(rid)
+                self.process.forget(rid)
 
     async def _next(self, arrived: asyncio.Event) -> None:
         """Wait for the engine's next message for this request. An engine silent for the
@@ -314,6 +340,11 @@ def _wake(loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
         loop.call_soon_threadsafe(event.set)
     except RuntimeError:
         pass
+
+
+def _wake_on(loop: asyncio.AbstractEventLoop, event: asyncio.Event, _done: object) -> None:
+    """`_wake` as a future's done-callback."""
+    _wake(loop, event)
 
 
 def _local_error(kind: str, text: str, n_ctx: int) -> BackendError:
@@ -385,10 +416,3 @@ def start_local_engine(settings: Settings) -> EngineUnavailable | None:
     except EngineUnavailable as exc:
         return exc
     return None
-
-
-def try_start(process: EngineProcess) -> None:
-    try:
-        process.ensure_started()
-    except (EngineUnavailable, ChatLLMError):
-        pass  # still unavailable; the failure is what the next caller is told

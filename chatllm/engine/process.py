@@ -22,6 +22,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -73,6 +74,7 @@ class EngineProcess:
         self._failure: EngineUnavailable | None = None
         self._failed_at = 0.0
         self._start_done = threading.Condition(self._lock)
+        self._start_wanted: Future[None] | None = None  # `start_soon`'s, while it runs
         self.info: dict[str, Any] = {}
         self.starts = 0
         #: Stop requests sent (a Stop pressed, a tab closed mid-reply), over all processes.
@@ -147,6 +149,31 @@ class EngineProcess:
             self.start()
         except ConfigError as exc:
             raise EngineUnavailable(str(exc), cause="load") from exc
+
+    def start_soon(self) -> Future[None]:
+        """`ensure_started` in a thread of its own, one for everyone who asks while it
+        runs: a future done once the engine runs, or holding why it does not. An event
+        loop waits on it holding no thread (`LocalEngine`), however many requests wait."""
+        with self._lock:
+            if self._ready.is_set():
+                running: Future[None] = Future()
+                running.set_result(None)
+                return running
+            wanted = self._start_wanted
+            if wanted is None or wanted.done():
+                wanted = self._start_wanted = Future()
+                threading.Thread(
+                    target=self._start_for, args=(wanted,), name="engine-start", daemon=True
+                ).start()
+            return wanted
+
+    def _start_for(self, wanted: Future[None]) -> None:
+        try:
+            self.ensure_started()
+        except Exception as exc:  # EngineUnavailable, or anything else: never left pending
+            wanted.set_exception(exc)
+        else:
+            wanted.set_result(None)
 
     def _spawn(self) -> None:
         spec = self.spec
@@ -237,10 +264,17 @@ class EngineProcess:
         """Send `message` (its request id filled in) and hand every answer to `sink`.
         Starts the engine first if it is not running (blocking)."""
         self.ensure_started()
+        rid = self.submit_if_running(message, sink)
+        if rid is None:
+            raise EngineCrashed("the engine stopped before the request reached it")
+        return rid
+
+    def submit_if_running(self, message: Message, sink: Sink) -> int | None:
+        """`submit`, or None at once when the engine is not running (never starts it)."""
         with self._lock:
             connection = self._connection
             if not self._ready.is_set() or connection is None:
-                raise EngineCrashed("the engine stopped before the request reached it")
+                return None
             rid = next(self._ids)
             self._sinks[rid] = sink
             # Silence is counted from the newest request: an idle engine is not a hung one.
