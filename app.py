@@ -23,6 +23,7 @@ from chatllm.web import (
     guard,
     mount,
     owner_checks,
+    refused_routes,
     session_files,
     sessions,
     shared_threads,
@@ -31,7 +32,8 @@ from chatllm.web import (
 )
 
 prepare_server_loop()  # before the server's loop starts (chatllm/loop.py)
-services = Services.from_environment(host=chainlit_config.run.host)
+root_path = chainlit_config.run.root_path  # `chainlit run --root-path /chat`: every route under it
+services = Services.from_environment(host=chainlit_config.run.host, root_path=root_path)
 settings = services.settings
 session_files(settings.data_dir)
 socket_limit(settings.max_message_chars)
@@ -43,11 +45,17 @@ async def shared_page(thread_id: str, lang: str) -> str:
 
 
 chainlit_config.features.allow_thread_sharing = settings.sharing is not Sharing.OFF
-mount(server, element_files(services.store, settings.sharing))
-mount(server, owner_checks(services.store))
-mount(server, shared_threads(services.store, settings.sharing, shared_page))
-mount(server, sessions(services.users, services.passwords, services.throttle))
-server.add_middleware(SessionGuard, users=services.users, local_user=services.local_user)
+for router in (
+    element_files(services.store, settings.sharing),
+    owner_checks(services.store),
+    shared_threads(services.store, settings.sharing, shared_page),
+    sessions(services.users, services.passwords, services.throttle),
+    refused_routes(),
+):
+    mount(server, router, root_path)
+server.add_middleware(
+    SessionGuard, users=services.users, local_user=services.local_user, root_path=root_path
+)
 guard(
     server,
     allowed=settings.allowed_origins,

@@ -23,6 +23,10 @@ class StoreError(ChatLLMError):
     """A write to the database failed; nothing of it was kept."""
 
 
+class ThreadDeleted(ChatLLMError):
+    """A write aimed at a thread its owner has deleted: it is not brought back."""
+
+
 class PresetError(ChatLLMError):
     """A preset name or values that cannot be saved."""
 
@@ -135,6 +139,8 @@ def describe(exc: BaseException, lang: str | None = None) -> str:
         return t("error.engine_unavailable", lang, detail=exc.detail)
     if isinstance(exc, StoreError):
         return t("error.store", lang, detail=str(exc))
+    if isinstance(exc, ThreadDeleted):
+        return t("error.thread_deleted", lang)
     if isinstance(exc, InvalidSampling):
         return t("settings.refused", lang, problems="; ".join(exc.problems))
     if isinstance(exc, BackendError):

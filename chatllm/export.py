@@ -38,6 +38,7 @@ from chatllm.clock import format_time, parse_time, utc_now
 from chatllm.errors import ChatLLMError, StoreError
 from chatllm.history import CHOSEN_REPLIES, FINISH_REASON, KIND, REPLY_TO
 from chatllm.receipts import RECEIPT
+from chatllm.share import SESSION_KINDS
 from chatllm.store import ChatDataLayer
 from chatllm.store.users import NoSuchUser
 
@@ -57,7 +58,6 @@ REPLY_FIELDS = (KIND, REPLY_TO, FINISH_REASON, RECEIPT, COMPARE, REPLAY_OF)
 #: Thread metadata worth carrying to another database; the rest is Chainlit's session copy.
 THREAD_METADATA = ("chat_settings", "chat_profile", CHOSEN_REPLIES)
 #: Assistant messages that only served the session they were shown in (download links).
-SESSION_KINDS = frozenset({"export"})
 ROLE_OF_STEP = {"user_message": "user", "assistant_message": "assistant"}
 IMPORTED_SUFFIX = " (imported)"
 

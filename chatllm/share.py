@@ -10,8 +10,10 @@ share dialog sets and clears). Its link, `/share/<thread id>`, shows the thread 
 - `Sharing.ANYONE`: also people with no account: they get a page of the thread's own
   (`public_page`), with no login, no socket and nothing else of the app.
 
-What a viewer gets is the thread alone: its messages and their elements, the metadata
-reduced to the sharing flags (never the settings, the session, the owner's feedback).
+What a viewer gets is the conversation alone: its messages and their elements, the
+metadata reduced to the sharing flags; never the settings (the system prompt is cut out of
+the receipts too), the session, the owner's feedback, nor the messages that served the
+author's session (the Export command's message and its files, which hold the settings).
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ SHARED = "is_shared"
 SHARED_AT = "shared_at"
 #: Where a shared thread's link points, under the app's address (Chainlit's page route).
 SHARE_PATH = "/share/"
+#: A message's kind (its metadata's "kind", chatllm.history.KIND; not imported here, which
+#: would load LangChain before the first page) for messages that served the author's
+#: session only: never part of a share, nor of an export.
+SESSION_KINDS = frozenset({"export"})
+#: Keys that hold a thread's settings wherever they appear in what a viewer gets (a
+#: receipt's sampling values keep the rest: they are what made the reply).
+SETTINGS_KEYS = frozenset({"system_prompt", "chat_settings"})
 
 
 class Sharing(StrEnum):
@@ -59,9 +68,24 @@ def read_only(thread: Mapping[str, Any]) -> dict[str, Any]:
     """The thread as a viewer gets it: its messages and elements, and of its metadata the
     sharing flags only. Chainlit's own route removes three keys and passes on the rest
     (the session's copy, the chosen replies, whatever is added later); this keeps what is
-    named. The owner's feedback on a reply stays the owner's."""
+    named. The owner's feedback on a reply stays the owner's; a message of the author's
+    session (`SESSION_KINDS`), what is nested under it and its files are left out, and
+    so is every element not under a message that is shown."""
     metadata = thread.get("metadata") or {}
-    steps = [{k: v for k, v in step.items() if k != "feedback"} for step in thread["steps"]]
+    hidden: set[str] = set()
+    steps = []
+    for step in thread["steps"]:  # in order: a step comes after the one it is nested under
+        kind = (step.get("metadata") or {}).get("kind")
+        if kind in SESSION_KINDS or step.get("parentId") in hidden:
+            hidden.add(step["id"])
+            continue
+        steps.append(_without_settings({k: v for k, v in step.items() if k != "feedback"}))
+    shown = {step["id"] for step in steps}
+    elements = [
+        _without_settings(dict(element))
+        for element in thread.get("elements") or []
+        if element.get("forId") in shown
+    ]
     return {
         "id": thread["id"],
         "name": thread.get("name"),
@@ -70,8 +94,17 @@ def read_only(thread: Mapping[str, Any]) -> dict[str, Any]:
         "tags": [],
         "metadata": {k: metadata[k] for k in (SHARED, SHARED_AT) if k in metadata},
         "steps": steps,
-        "elements": list(thread.get("elements") or []),
+        "elements": elements,
     }
+
+
+def _without_settings(value: Any) -> Any:
+    """`value` with every `SETTINGS_KEYS` key removed, however deep."""
+    if isinstance(value, Mapping):
+        return {k: _without_settings(v) for k, v in value.items() if k not in SETTINGS_KEYS}
+    if isinstance(value, list):
+        return [_without_settings(v) for v in value]
+    return value
 
 
 def link(base: str, thread_id: str) -> str:

@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 from collections.abc import Awaitable, Callable, Iterable
+from enum import StrEnum
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -28,14 +29,14 @@ from chainlit.types import (
 )
 from chainlit.user import PersistedUser, User
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import OAuth2PasswordRequestForm
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatllm.auth import LOGIN_ID, LOGIN_MS, LoginBusy, Passwords, is_loopback
 from chatllm.i18n import request_language, t
-from chatllm.share import SHARE_PATH, Sharing, may_view, read_only
+from chatllm.share import SHARE_PATH, Sharing, flags, may_view, read_only
 from chatllm.store import ChatDataLayer
 from chatllm.store.files import FileStore
 from chatllm.store.logins import LoginThrottle
@@ -57,8 +58,11 @@ def element_files(store: ChatDataLayer, sharing: Sharing) -> APIRouter:
             raise HTTPException(status_code=401, detail="Unauthorized")
         author = await require_author(store, user, thread_id, allow_others=True)
         if author != user.identifier:
-            if not may_view(await store.get_thread(thread_id), user.identifier, sharing):
+            thread = await store.get_thread(thread_id)
+            if thread is None or not may_view(thread, user.identifier, sharing):
                 raise HTTPException(status_code=403, detail="Not yours")
+            if element_id not in {e["id"] for e in read_only(thread)["elements"]}:
+                raise HTTPException(status_code=404, detail="Not found")  # the author's alone
         stored = await store.element_file(thread_id, element_id)
         if stored is None:
             raise HTTPException(status_code=404, detail="Not found")
@@ -159,7 +163,11 @@ def shared_threads(
         if user is None:
             raise HTTPException(status_code=401, detail="Unauthorized")
         await require_author(store, user, payload.threadId)
-        return await chainlit_server.share_thread(request, payload, user)
+        # The app's own write: Chainlit's handler writes the sharing flags through
+        # `update_thread`, which leaves the app's metadata keys alone (a tab closing
+        # would otherwise write back a stale copy of them).
+        await store.save_thread_metadata(payload.threadId, flags(bool(payload.isShared)))
+        return JSONResponse(content={"success": True})
 
     @router.get("/project/share/{thread_id}")
     async def shared_thread(thread_id: str, user: CurrentUser) -> dict[str, Any]:
@@ -203,12 +211,13 @@ def _gone_page(text: str, lang: str) -> str:
     )
 
 
-def mount(server: FastAPI, router: APIRouter) -> None:
+def mount(server: FastAPI, router: APIRouter, root_path: str = "") -> None:
     """Add `router` to Chainlit's server ahead of Chainlit's own routes, whose catch-all
-    page route would otherwise answer every GET first. Its paths are all under /chatllm/."""
+    page route would otherwise answer every GET first; under `root_path`, as Chainlit's
+    own routes are when it is started with `--root-path`."""
     routes = server.router.routes
     before = len(routes)
-    server.include_router(router)
+    server.include_router(router, prefix=root_path.rstrip("/"))
     added = routes[before:]
     del routes[before:]
     routes[0:0] = added
@@ -269,8 +278,19 @@ async def _refuse(scope: Scope, send: Send, reason: str, status: int = 403) -> N
 
 
 #: Paths that act for a signed-in user; a token whose session ended is refused on them.
-#: (Pages, assets and the login routes stay open: the login page must load.)
-SESSION_PATHS = ("/project/", "/ws/", "/feedback", "/user", "/chatllm/", "/mcp")
+#: (Pages, assets and the login routes stay open: the login page must load, also for a
+#: browser holding an ended session's cookie.) `/auth/jwt` turned any unexpired token
+#: into a new one; the app refuses it outright (`refused_routes`), and here too.
+SESSION_PATHS = ("/project/", "/ws/", "/feedback", "/user", "/chatllm/", "/mcp", "/auth/jwt")
+
+
+def app_path(path: str, root_path: str) -> str:
+    """A request's path as the app's routes name it: without the root path Chainlit was
+    started under (`chainlit run --root-path /chat`), whose routes all sit below it. A
+    path outside the root path is answered by none of them; it is kept as it is."""
+    if root_path and (path == root_path or path.startswith(root_path + "/")):
+        return path[len(root_path) :] or "/"
+    return path
 
 
 def _token(headers: dict[str, str]) -> str | None:
@@ -303,16 +323,24 @@ class SessionGuard:
     socket, although its signature still holds. Also marks cookies `Secure` when the app
     is reached over TLS (directly, or through a proxy saying X-Forwarded-Proto: https)."""
 
-    def __init__(self, app: ASGIApp, *, users: Users, local_user: Callable[[], str | None]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        users: Users,
+        local_user: Callable[[], str | None],
+        root_path: str = "",
+    ) -> None:
         self.app = app
         self.users = users
         self.local_user = local_user  # the user that may be absent from the database
+        self.root_path = root_path.rstrip("/")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        if scope["path"].startswith(SESSION_PATHS):
+        if app_path(scope["path"], self.root_path).startswith(SESSION_PATHS):
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             token = _token(headers)
             claims = _claims(token) if token else None
@@ -514,3 +542,104 @@ def socket_limit(max_message_chars: int) -> int:
     limit = max(SOCKET_MAX_BYTES, max_message_chars * 6 + 65536)  # JSON: ≤ 6 bytes a char
     chainlit_server.sio.eio.max_http_buffer_size = limit
     return limit
+
+
+def refused_routes() -> APIRouter:
+    """Chainlit routes for what the app does not offer, answered 404 ahead of Chainlit's.
+
+    `POST /auth/jwt` signs a new 7-day token for whoever shows any unexpired one, and
+    `create_user`s its user: a removed user's old token brought the user back and renewed
+    itself without limit. The app's logins are its password form (`/login`) and, in local
+    mode, `/auth/header`; Chainlit's page calls `/auth/jwt` only for a token in its URL,
+    which the app never hands out."""
+    router = APIRouter()
+
+    @router.post("/auth/jwt")
+    async def jwt_auth() -> Any:
+        raise HTTPException(status_code=404, detail="Not found")
+
+    return router
+
+
+class Guard(StrEnum):
+    """How one of Chainlit's routes or socket events is kept to whom it belongs."""
+
+    #: The app's own route answers it, mounted ahead of Chainlit's (see its router).
+    APP = "app"
+    #: It needs a signed-in user; `SessionGuard` refuses an ended session's token, and
+    #: the reason says what checks the caller's ownership.
+    SESSION = "session"
+    #: Anyone may call it: it holds nothing of any user's (the reason says why).
+    OPEN = "open"
+    #: A feature the app keeps off: the app answers 404 or ignores the event.
+    OFF = "off"
+
+
+#: Every HTTP route Chainlit 2.12 registers ("METHOD path", without the root path), how
+#: it is guarded and why that is enough. tests/test_routes.py fails on a route Chainlit
+#: adds that is not here (an upgrade), and on a line here for a route it no longer has.
+CHAINLIT_ROUTES: dict[str, tuple[Guard, str]] = {
+    "GET /public/{filename:path}": (Guard.OPEN, "the app's public/ files: scripts, CSS, icons"),
+    "GET /assets/{filename:path}": (Guard.OPEN, "Chainlit's page's scripts and styles"),
+    "GET /copilot/{filename:path}": (Guard.OPEN, "Chainlit's copilot script (not used)"),
+    "GET /auth/config": (Guard.OPEN, "which logins exist; the login page needs it"),
+    "POST /login": (Guard.APP, "the throttled password login (`sessions`)"),
+    "POST /logout": (Guard.APP, "ends that session (`sessions`)"),
+    "POST /auth/jwt": (Guard.OFF, "renewed any token and re-created removed users"),
+    "POST /auth/header": (Guard.OPEN, "local mode's login; 400 in password mode"),
+    "GET /auth/oauth/{provider_id}": (Guard.OPEN, "no OAuth provider: Chainlit answers 400"),
+    "GET /auth/oauth/{provider_id}/callback": (Guard.OPEN, "no OAuth provider: 400"),
+    "POST /auth/oauth/azure-ad-hybrid/callback": (Guard.OPEN, "no OAuth provider: 400"),
+    "GET /user": (Guard.SESSION, "the caller's own user"),
+    "POST /set-session-cookie": (Guard.OPEN, "sets a sticky-session id cookie, nothing else"),
+    "GET /project/translations": (Guard.OPEN, "Chainlit's translations"),
+    "GET /project/settings": (Guard.SESSION, "the page's configuration, the user's profiles"),
+    "PUT /feedback": (Guard.APP, "the step's thread must be the caller's (`owner_checks`)"),
+    "DELETE /feedback": (Guard.APP, "the feedback's thread must be the caller's"),
+    "POST /project/threads": (Guard.SESSION, "Chainlit lists the caller's own threads only"),
+    "GET /project/thread/{thread_id}": (Guard.SESSION, "Chainlit checks the author"),
+    "GET /project/share/{thread_id}": (
+        Guard.APP,
+        "the thread alone, while shared (`shared_threads`)",
+    ),
+    "GET /project/thread/{thread_id}/element/{element_id}": (
+        Guard.SESSION,
+        "Chainlit checks the author; the store finds the element in that thread only",
+    ),
+    "PUT /project/element": (Guard.APP, "the element's thread must be the caller's"),
+    "DELETE /project/element": (Guard.APP, "the element's thread must be the caller's"),
+    "PUT /project/thread": (Guard.SESSION, "renaming: Chainlit checks the author"),
+    "PUT /project/thread/share": (Guard.APP, "the author alone (`shared_threads`)"),
+    "DELETE /project/thread": (Guard.SESSION, "Chainlit checks the author; the store too"),
+    "POST /project/action": (Guard.SESSION, "the session must be the caller's (Chainlit)"),
+    "POST /mcp": (Guard.SESSION, "MCP is off (no on_mcp_connect): Chainlit answers 400"),
+    "DELETE /mcp": (Guard.SESSION, "MCP is off: nothing to disconnect"),
+    "POST /project/file": (Guard.SESSION, "uploads into the caller's own session (Chainlit)"),
+    "GET /project/file/{file_id}": (Guard.SESSION, "the caller's own session's files"),
+    "GET /favicon": (Guard.OPEN, "the icon"),
+    "GET /logo": (Guard.OPEN, "the logo"),
+    "GET /avatars/{avatar_id:str}": (Guard.OPEN, "authors' pictures from public/avatars"),
+    "HEAD /": (Guard.OPEN, "a status check"),
+    "GET /health": (Guard.OPEN, "a status check"),
+    "GET /{full_path:path}": (Guard.OPEN, "the page itself; its data comes from the routes above"),
+}
+
+#: Every socket.io event Chainlit 2.12 handles, as for the routes. The socket's path is a
+#: session path: an ended session cannot connect at all.
+CHAINLIT_EVENTS: dict[str, tuple[Guard, str]] = {
+    "connect": (Guard.SESSION, "a signed-in user; a thread to resume must be theirs"),
+    "connection_successful": (Guard.SESSION, "starts or resumes the session's own thread"),
+    "clear_session": (Guard.SESSION, "the caller's own session"),
+    "disconnect": (Guard.SESSION, "writes Chainlit's keys only (`chainlit_owned`)"),
+    "stop": (Guard.APP, "the session's own reply, in its language (`_stop`)"),
+    "edit_message": (Guard.OFF, "rewrote a message and deleted every later step"),
+    "message_favorite": (Guard.OFF, "favorites are off in .chainlit/config.toml"),
+    "fetch_favorites": (Guard.OFF, "favorites are off"),
+    "client_message": (Guard.SESSION, "into the session's own thread; the store checks it"),
+    "window_message": (Guard.SESSION, "no on_window_message: nothing runs"),
+    "audio_start": (Guard.OFF, "audio is off"),
+    "audio_chunk": (Guard.OFF, "audio is off"),
+    "audio_end": (Guard.OFF, "audio is off (it named the thread 'audio')"),
+    "chat_settings_change": (Guard.SESSION, "the session's own settings, validated"),
+    "chat_settings_edit": (Guard.SESSION, "no on_settings_edit: nothing runs"),
+}

@@ -158,7 +158,10 @@
     document.body.prepend(heading);
   }
 
-  fetch(`/project/translations?language=${encodeURIComponent(navigator.language || "en-US")}`)
+  // Under Chainlit's --root-path its routes are below that path, which the page names.
+  const root = (document.querySelector('meta[property="og:root_path"]')?.content || "")
+    .replace(/\/$/, "");
+  fetch(`${root}/project/translations?language=${encodeURIComponent(navigator.language || "en-US")}`)
     .then((answer) => (answer.ok ? answer.json() : null))
     .then((body) => {
       words = body && body.translation;

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import unicodedata
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -252,10 +253,17 @@ class AppServer:
     process: subprocess.Popen[bytes] | None = None
     #: CHATLLM_ settings for this app, beside its data directory
     env: dict[str, str] = field(default_factory=dict)
+    #: `chainlit run --root-path`: every route under it ("" for none)
+    root_path: str = ""
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """Where the app's routes are: its origin, and the root path it is served under."""
+        return self.origin + self.root_path
 
     @property
     def log(self) -> Path:
@@ -275,6 +283,7 @@ class AppServer:
                     "127.0.0.1",
                     "--port",
                     str(self.port),
+                    *(["--root-path", self.root_path] if self.root_path else []),
                 ],
                 cwd=ROOT,
                 env={**env, **self.env, "CHATLLM_DATA_DIR": str(self.data_dir)},
@@ -336,14 +345,21 @@ async def say(app: ChatApp, tab: BrowserTab, text: str) -> None:
     await app.answer(cl.Message(content=text, author="User", type="user_message"))
 
 
+def split_base(base: str) -> tuple[str, str]:
+    """An app's address as its origin and the root path its routes are under."""
+    parts = urllib.parse.urlsplit(base)
+    return f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/")
+
+
 async def socket_connects(base: str, headers: Mapping[str, str]) -> bool:
     """Whether the app's socket accepts a connection sent with `headers` (a cookie, an
     Origin): the handshake only, closed again at once."""
     client = socketio.AsyncClient()
+    origin, path = split_base(base)
     try:
         await client.connect(
-            base,
-            socketio_path="/ws/socket.io",
+            origin,
+            socketio_path=path + "/ws/socket.io",
             transports=["websocket"],
             headers=dict(headers),
             auth={"clientType": "webapp", "sessionId": "s", "threadId": "t", "userEnv": "{}"},
@@ -387,9 +403,10 @@ class SocketUser:
         if cookies is None:
             cookies = httpx.post(self.base + "/auth/header", timeout=30).cookies
         self.cookies = dict(cookies)
+        origin, path = split_base(self.base)
         await self.client.connect(
-            self.base,
-            socketio_path="/ws/socket.io",
+            origin,
+            socketio_path=path + "/ws/socket.io",
             transports=self.transports,
             headers={
                 "Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items()),

@@ -4,6 +4,7 @@ through every REST route and the socket."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import socketio
-from chainlit.element import CustomElement, Text
+from chainlit.element import CustomElement, File, Text
 from chainlit.types import Feedback
 from chainlit.user import User
 
@@ -22,9 +23,17 @@ from chatllm.auth import Passwords
 from chatllm.cli import main as cli
 from chatllm.config import Settings
 from chatllm.store import ChatDataLayer, Database, FileStore
-from tests.support import AppServer, BrowserTab, SocketUser
+from tests.support import AppServer, BrowserTab, SocketUser, split_base
 
 PASSWORDS = {"ada": "ada-password-1", "bob": "bob-password-2"}
+#: The system prompt in Ada's settings: never shown to anyone she shares the thread with.
+SECRET_PROMPT = "You are Ada's planner; keep the plan secret."
+
+
+def origin(base: str) -> str:
+    """The scheme and host of the app's address, for the URLs its pages name (which carry
+    the root path the app is served under already)."""
+    return split_base(base)[0]
 
 
 def add_user(settings: Settings, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,8 +75,16 @@ def seeded(server_settings: Settings, server_dir: Path) -> dict[str, str]:
         ada = await layer.create_user(User(identifier="ada"))
         assert ada is not None
         await layer.update_thread("ada-thread", name="Ada's plans", user_id=ada.id)
-        for n, (kind, text) in enumerate(
-            [("user_message", "my secret plan"), ("assistant_message", "noted")]
+        receipt_metadata = {
+            "finish_reason": "stop",
+            "receipt": {"sampling": {"temperature": 0.7, "system_prompt": SECRET_PROMPT}},
+        }
+        for n, (kind, text, metadata) in enumerate(
+            [
+                ("user_message", "my secret plan", {}),
+                ("assistant_message", "noted", receipt_metadata),
+                ("assistant_message", "Your files are ready.", {"kind": "export"}),
+            ]
         ):
             await layer.create_step(
                 {
@@ -76,7 +93,7 @@ def seeded(server_settings: Settings, server_dir: Path) -> dict[str, str]:
                     "type": kind,  # type: ignore[typeddict-item]
                     "output": text,
                     "createdAt": f"2026-01-01T00:00:0{n}Z",
-                    "metadata": {"finish_reason": "stop"} if n else {},
+                    "metadata": metadata,
                 }
             )
         tab = BrowserTab()
@@ -88,12 +105,22 @@ def seeded(server_settings: Settings, server_dir: Path) -> dict[str, str]:
             name="Receipt", props={"seed": 7}, for_id="ada-1", thread_id="ada-thread"
         )
         await layer.create_element(receipt)
+        # The Export command's file: the thread's settings, the author's alone.
+        export = File(
+            name="chat.json",
+            content=json.dumps({"chat_settings": {"system_prompt": SECRET_PROMPT}}).encode(),
+            mime="application/json",
+            for_id="ada-2",
+            thread_id="ada-thread",
+        )
+        await layer.create_element(export)
         feedback = await layer.upsert_feedback(Feedback(forId="ada-1", value=1, comment="ada's"))
         await layer.close()
         return {
             "thread": "ada-thread",
             "element": element.id,
             "receipt": receipt.id,
+            "export": export.id,
             "feedback": feedback,
         }
 
@@ -102,10 +129,14 @@ def seeded(server_settings: Settings, server_dir: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def server(server_settings: Settings, seeded: dict[str, str]) -> Iterator[str]:
+    """The app's address: on SQLite at the root, on PostgreSQL under a root path
+    (`chainlit run --root-path /chat`), so every test here runs both ways."""
     env = {}
+    root_path = ""
     if server_settings.database_url:
         env["CHATLLM_DATABASE_URL"] = server_settings.database_url
-    app = AppServer(server_settings.data_dir, env=env).start()
+        root_path = "/chat"
+    app = AppServer(server_settings.data_dir, env=env, root_path=root_path).start()
     yield app.base
     app.stop()
 
@@ -133,11 +164,15 @@ def test_the_login_page_is_shown_and_only_passwords_are_accepted(server: str) ->
 def test_the_author_opens_her_thread_and_its_file(server: str, seeded: dict[str, str]) -> None:
     ada = login(server, "ada")
     thread = ada.get(f"/project/thread/{seeded['thread']}").json()
-    assert [s["output"] for s in thread["steps"]] == ["my secret plan", "noted"]
+    assert [s["output"] for s in thread["steps"]] == [
+        "my secret plan",
+        "noted",
+        "Your files are ready.",
+    ]
     listed = ada.post("/project/threads", json={"pagination": {"first": 20}, "filter": {}})
     assert [t["id"] for t in listed.json()["data"]] == [seeded["thread"]]
     element = ada.get(f"/project/thread/{seeded['thread']}/element/{seeded['element']}").json()
-    file = ada.get(element["url"])
+    file = ada.get(origin(server) + element["url"])
     assert file.status_code == 200 and file.text == "the plan"
 
 
@@ -166,7 +201,7 @@ def test_another_user_gets_nothing_of_it_through_any_route(
     )
     assert searched.json()["data"] == []
     still = login(server, "ada").get(f"/project/thread/{thread}").json()
-    assert still["name"] == "Ada's plans" and len(still["steps"]) == 2
+    assert still["name"] == "Ada's plans" and len(still["steps"]) == 3
 
 
 async def test_another_user_cannot_change_or_remove_her_feedback_or_elements(
@@ -262,14 +297,22 @@ def test_a_shared_thread_is_read_only_to_other_signed_in_users_until_unshared(
         seen = bob.get(f"/project/share/{thread}")
         assert seen.status_code == 200
         view = seen.json()
+        # The conversation alone: not the Export command's message, nor its file (the
+        # thread's settings), nor the system prompt its receipt recorded.
         assert [s["output"] for s in view["steps"]] == ["my secret plan", "noted"]
         assert set(view["metadata"]) == {"is_shared", "shared_at"}  # no settings, no session
+        assert SECRET_PROMPT not in seen.text
+        assert view["steps"][1]["metadata"]["receipt"]["sampling"] == {"temperature": 0.7}
+        assert seeded["export"] not in seen.text
+        export_url = f"/chatllm/elements/{thread}/{seeded['export']}"
+        assert bob.get(export_url).status_code == 404
+        assert ada.get(export_url).status_code == 200  # the author's own
         assert all("feedback" not in s for s in view["steps"])
         assert "ada's" not in seen.text  # her feedback's comment
         receipt = next(e for e in view["elements"] if e["id"] == seeded["receipt"])
         assert receipt["props"] == {"seed": 7}
         file = next(e for e in view["elements"] if e["id"] == element)
-        assert bob.get(file["url"]).text == "the plan"
+        assert bob.get(origin(server) + file["url"]).text == "the plan"
         # Read-only: the thread's own routes stay hers.
         refused = [
             bob.get(f"/project/thread/{thread}"),
@@ -290,7 +333,7 @@ def test_a_shared_thread_is_read_only_to_other_signed_in_users_until_unshared(
         assert ada.put("/project/thread/share", json=unshare).status_code == 200
     gone = bob.get(f"/project/share/{thread}")
     assert gone.status_code == 404 and "secret plan" not in gone.text
-    assert bob.get(file["url"]).status_code == 403
+    assert bob.get(origin(server) + file["url"]).status_code == 403
     metadata = ada.get(f"/project/thread/{thread}").json()["metadata"]
     assert metadata["is_shared"] is False and "chat_settings" not in seen.text
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import sqlite3
 import sys
 from collections.abc import Iterator
@@ -17,7 +18,9 @@ from chatllm.auth import LoginBusy, Passwords
 from chatllm.cli import main as cli
 from chatllm.config import Settings
 from chatllm.store import ChatDataLayer, Database
+from chatllm.store.files import FileStore
 from chatllm.store.logins import LoginThrottle
+from chatllm.web import CHAINLIT_ROUTES, SESSION_PATHS
 from tests.support import AppServer, socket_connects
 
 PASSWORD = "a-good-password-1"
@@ -32,13 +35,20 @@ def users(settings: Settings, *argv: str, password: str = PASSWORD) -> None:
         sys.stdin = stdin
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AppServer, Settings]]:
+#: Each security test below runs on the app served at the root of its address, and under a
+#: root path (`chainlit run --root-path /chat`), where Chainlit's routes all move below it.
+ROOT_PATHS = pytest.mark.parametrize("root_path", ["", "/chat"], ids=["at-root", "root-path"])
+
+
+@pytest.fixture(scope="module", params=["", "/chat"], ids=["at-root", "root-path"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[AppServer, Settings]]:
     data_dir = tmp_path_factory.mktemp("sessions")
     settings = Settings(_env_file=None, data_dir=data_dir)  # type: ignore[call-arg]
-    for name in ("ada", "bob", "cyd", "dee"):
+    for name in ("ada", "bob", "cyd", "dee", "eli", "fin"):
         users(settings, "add", name, "--password-stdin")
-    app = AppServer(data_dir).start()
+    app = AppServer(data_dir, root_path=request.param).start()
     yield app, settings
     app.stop()
 
@@ -127,6 +137,54 @@ def test_a_removed_user_is_signed_out_and_never_comes_back_without_a_password(
         assert raw.execute("SELECT count(*) FROM users WHERE identifier = 'dee'").fetchone() == (0,)
 
 
+def test_a_removed_users_old_token_renews_nothing_and_brings_nobody_back(
+    server: tuple[AppServer, Settings],
+) -> None:
+    """Chainlit's `POST /auth/jwt` signed a fresh 7-day token for any unexpired one and
+    upserted its user: a removed user came back (no password, no ended sessions) and both
+    her tokens worked again. Any token, live or not, gets nothing from it."""
+    app, settings = server
+    live = str(signed_in(app, "fin").cookies.get("access_token"))
+    renewed = httpx.post(app.base + "/auth/jwt", headers={"Authorization": f"Bearer {live}"})
+    assert renewed.status_code == 404 and "access_token" not in renewed.cookies
+    eli = signed_in(app, "eli")
+    token = str(eli.cookies.get("access_token"))
+    users(settings, "remove", "eli", "--yes")
+    again = httpx.post(app.base + "/auth/jwt", headers={"Authorization": f"Bearer {token}"})
+    assert again.status_code in (401, 404) and "access_token" not in again.cookies
+    assert eli.get("/user").status_code == 401
+    with sqlite3.connect(settings.data_dir / "chatllm.db") as raw:
+        assert raw.execute("SELECT count(*) FROM users WHERE identifier = 'eli'").fetchone() == (0,)
+
+
+def session_routes() -> list[tuple[str, str]]:
+    """(method, path) of every route that acts for a signed-in user: Chainlit's (from the
+    inventory) and the app's own, path parameters filled in."""
+    listed = [route.split(" ", 1) for route in CHAINLIT_ROUTES]
+    listed.append(["GET", FileStore.URL_PREFIX + "/{thread_id}/{element_id}"])
+    return [
+        (method, re.sub(r"\{[^}]+\}", "x", path))
+        for method, path in listed
+        if path.startswith(SESSION_PATHS)
+    ]
+
+
+def test_an_ended_session_is_refused_on_every_route_that_acts_for_a_user(
+    server: tuple[AppServer, Settings],
+) -> None:
+    app, _ = server
+    ada = signed_in(app, "ada")
+    token = str(ada.cookies.get("access_token"))
+    assert ada.post("/logout").status_code == 200
+    kept = httpx.Client(base_url=app.base, cookies={"access_token": token}, timeout=30)
+    routes = session_routes()
+    assert len(routes) >= 20
+    for method, path in routes:
+        answer = kept.request(method, path, json={})
+        assert answer.status_code == 401, (method, path, answer.status_code)
+        assert "session has ended" in answer.text, (method, path, answer.text)
+
+
 def test_a_login_cookie_lasts_a_week_and_is_secure_over_tls(
     server: tuple[AppServer, Settings],
 ) -> None:
@@ -140,12 +198,17 @@ def test_a_login_cookie_lasts_a_week_and_is_secure_over_tls(
     assert "; secure" in tls.headers["set-cookie"].lower()
 
 
-def test_guessing_passwords_is_throttled_per_account_then_per_address(tmp_path: Path) -> None:
+@ROOT_PATHS
+def test_guessing_passwords_is_throttled_per_account_then_per_address(
+    tmp_path: Path, root_path: str
+) -> None:
     settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
     for name in ("eve", "fay"):
         users(settings, "add", name, "--password-stdin")
     app = AppServer(
-        tmp_path, env={"CHATLLM_LOGIN_ATTEMPTS": "3", "CHATLLM_LOGIN_ADDRESS_ATTEMPTS": "5"}
+        tmp_path,
+        env={"CHATLLM_LOGIN_ATTEMPTS": "3", "CHATLLM_LOGIN_ADDRESS_ATTEMPTS": "5"},
+        root_path=root_path,
     ).start()
     try:
         for _ in range(3):

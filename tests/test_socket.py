@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from chatllm.store import ChatDataLayer, Database, FileStore
+from chatllm.store.datalayer import APP_METADATA
 from tests.support import (
     LONG_SETTINGS,
     LONG_STORY,
@@ -368,3 +370,114 @@ async def test_an_edit_sent_while_editing_is_off_changes_and_removes_nothing(
         ).fetchone()
     assert asked == ["Say hi.", "Say bye.", "Still here?"]
     assert answers == 3
+
+
+def stored_thread(server: AppServer, thread_id: str) -> dict[str, Any] | None:
+    """The thread as the app's database holds it now (read by a store of the test's own)."""
+
+    async def read() -> dict[str, Any] | None:
+        layer = ChatDataLayer(
+            Database(f"sqlite+aiosqlite:///{server.data_dir / 'chatllm.db'}"),
+            FileStore(server.data_dir / "files"),
+        )
+        try:
+            return await layer.get_thread(thread_id)  # type: ignore[return-value]
+        finally:
+            await layer.close()
+
+    return asyncio.run(read())
+
+
+async def write_metadata(server: AppServer, thread_id: str, metadata: dict[str, Any]) -> None:
+    """The app's own write of the thread's metadata, made from outside (as another tab, a
+    button or the Share route would make it)."""
+    layer = ChatDataLayer(
+        Database(f"sqlite+aiosqlite:///{server.data_dir / 'chatllm.db'}"),
+        FileStore(server.data_dir / "files"),
+    )
+    try:
+        await layer.save_thread_metadata(thread_id, metadata)
+    finally:
+        await layer.close()
+
+
+async def test_a_tab_closed_after_reopening_a_thread_writes_back_none_of_the_apps_metadata(
+    server: AppServer,
+) -> None:
+    """Chainlit copies a reopened thread's metadata into the session, and writes that copy
+    back when the tab closes. Every key the app owns changes meanwhile (a sharing stopped,
+    another reply chosen, sliders moved elsewhere): the close must change none of them."""
+    tab = SocketUser(server.base)
+    await tab.connect()
+    try:
+        await tab.turn("Name a colour.", max_tokens=4)
+    finally:
+        await tab.client.disconnect()
+    thread_id = tab.thread_id
+    before = await asyncio.to_thread(stored_thread, server, thread_id)
+    assert before is not None
+    settings = dict(before["metadata"]["chat_settings"])
+    stale = {
+        "chat_settings": settings,
+        "chat_profile": before["metadata"]["chat_profile"],
+        "chosen_replies": {"a message": "the old reply"},
+        "is_shared": True,
+        "shared_at": "2026-01-01T00:00:00.000Z",
+    }
+    fresh = {
+        "chat_settings": {**settings, "temperature": 0.25, "preset": "custom"},
+        "chat_profile": "local:another-model",
+        "chosen_replies": {"a message": "the new reply"},
+        "is_shared": False,
+        "shared_at": None,
+    }
+    assert set(stale) == set(fresh) == APP_METADATA  # the sweep covers every key
+    await write_metadata(server, thread_id, stale)
+
+    again = SocketUser(server.base, thread_id=thread_id)
+    await again.connect()  # reopened: Chainlit holds a copy of `stale` in the session
+    try:
+        assert again.named("resume_thread")
+        await write_metadata(server, thread_id, fresh)
+    finally:
+        await again.client.disconnect()  # the tab closes: Chainlit writes its copy back
+
+    def closed() -> dict[str, Any]:
+        thread = stored_thread(server, thread_id)
+        assert thread is not None
+        return dict(thread["metadata"])
+
+    for _ in range(200):  # the close's write names the session it came from
+        metadata = await asyncio.to_thread(closed)
+        if metadata.get("id") == again.session_id:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the closed tab's session was never written")
+    for key in APP_METADATA:
+        assert metadata.get(key) == fresh[key], key
+
+
+async def test_a_thread_deleted_while_its_reply_streams_stays_deleted(server: AppServer) -> None:
+    tab = SocketUser(server.base)
+    await tab.connect()
+    try:
+        await tab.say(LONG_STORY, **LONG_SETTINGS)  # stored before the model starts
+        await tab.wait_for(lambda: len(tab.named("stream_token")) >= 3)
+        deleted = httpx.request(
+            "DELETE",
+            server.base + "/project/thread",
+            json={"threadId": tab.thread_id},
+            cookies=tab.cookies,
+            timeout=30,
+        )
+        assert deleted.status_code == 200, deleted.text
+        await tab.client.emit("stop")  # the reply ends, and is written
+        await tab.wait_for(lambda: tab.errors())
+        assert any("has been deleted" in error for error in tab.errors())
+        await tab.say("And another message.")  # nor does the next message make it again
+        await tab.wait_for(lambda: len(tab.errors()) >= 2)
+    finally:
+        await tab.client.disconnect()
+    await asyncio.sleep(1)  # Chainlit's unawaited writes, and the tab's close
+    assert await asyncio.to_thread(stored_thread, server, tab.thread_id) is None

@@ -188,8 +188,16 @@ class Commands:
             await show_error(exc, lang)
             return
         await cl.Message(
-            content=t("import.done", lang, url=f"/thread/{thread_id}"), author="chatllm"
+            content=t("import.done", lang, url=f"{_root_path()}/thread/{thread_id}"),
+            author="chatllm",
         ).send()
+
+
+def _root_path() -> str:
+    """The root path the app is served under (`chainlit run --root-path`), or ""."""
+    from chainlit.config import config
+
+    return (config.run.root_path or "").rstrip("/")
 
 
 def _file_stem(document: dict[str, Any]) -> str:

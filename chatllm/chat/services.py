@@ -63,7 +63,7 @@ def _settings_or_config_error() -> Settings:
 class Services:
     """The app's services for one process, built before its server starts."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, root_path: str = "") -> None:
         if settings.local_backend:
             settings.resolve_model_path()  # a missing GGUF stops start-up, naming the setting
         elif not settings.openai_base_url:
@@ -72,7 +72,7 @@ class Services:
                 " model to chat with. Set the endpoint's address, or turn the local model on."
             )
         self.settings = settings
-        files = FileStore(settings.data_dir / "files")
+        files = FileStore(settings.data_dir / "files", url_root=root_path)
         self.store = ChatDataLayer(Database(settings.database), files)
         self.users = Users(self.store.db, files)
         self.passwords = Passwords()
@@ -89,11 +89,12 @@ class Services:
         self._engine_start: threading.Thread | None = None
 
     @classmethod
-    def from_environment(cls, host: str) -> Services:
-        """Build from the environment for serving on `host`; a configuration that cannot
-        work ends the process with a message saying what to change."""
+    def from_environment(cls, host: str, root_path: str = "") -> Services:
+        """Build from the environment for serving on `host` (under `root_path`); a
+        configuration that cannot work ends the process with a message saying what to
+        change."""
         try:
-            services = cls(_settings_or_config_error())
+            services = cls(_settings_or_config_error(), root_path)
             asyncio.run(services.prepare(host))
             if services.settings.local_backend:
                 # Its own process loads the model meanwhile: the first page does not wait
@@ -112,6 +113,9 @@ class Services:
         async with migrated(self.settings.database) as database:
             users = await Users(database, self.store.files).with_passwords()
         self.auth_mode = decide_mode(host, len(users))
+        # Password mode: a user is made by `python -m chatllm users add` alone, never by
+        # a login or a token naming one (a removed user stays removed).
+        self.store.known_users_only = self.auth_mode is AuthMode.PASSWORD
         log.info("Authentication: %s", self.auth_mode)
 
     # ---- the chat, loaded once the server is up

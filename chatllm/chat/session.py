@@ -115,7 +115,7 @@ def set_session(session: ChatSession) -> ChatSession:
 
 async def save_session(store: ChatDataLayer, session: ChatSession) -> None:
     """Write the session into its thread's metadata now, not only when the tab closes."""
-    await store.update_thread(cl.context.session.thread_id, metadata=session.metadata())
+    await store.save_thread_metadata(cl.context.session.thread_id, session.metadata())
 
 
 def current_lang() -> str:

@@ -75,7 +75,7 @@ class Shares:
     async def _set_shared(self, thread_id: str, shared: bool, lang: str) -> bool:
         """Share the thread or stop; whether it was written (a failed write is shown)."""
         try:
-            await self.store.update_thread(thread_id, metadata=flags(shared))
+            await self.store.save_thread_metadata(thread_id, flags(shared))
         except ChatLLMError as exc:
             await show_error(exc, lang)
             return False

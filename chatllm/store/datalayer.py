@@ -34,7 +34,7 @@ from chainlit.user import PersistedUser, User
 from sqlalchemy.engine import Row
 
 from chatllm.clock import utc_now
-from chatllm.errors import ChatLLMError
+from chatllm.errors import ChatLLMError, ThreadDeleted
 from chatllm.store.db import Database, writes
 from chatllm.store.dialect import Connection, sql
 from chatllm.store.files import FileStore
@@ -74,6 +74,10 @@ class ThreadAccessDenied(ChatLLMError, PermissionError):
     """A write aimed at a thread that belongs to another user."""
 
 
+class UnknownUser(ChatLLMError, PermissionError):
+    """A user the operator has not added (or has removed), in password mode."""
+
+
 class LockedThread(NamedTuple):
     """A thread's row as a write found it (and locked it, on PostgreSQL)."""
 
@@ -99,6 +103,40 @@ def until_first_message(
         except ChainlitContextException:
             return await method(*args, **kwargs)
         return await queued(*args, **kwargs)  # type: ignore[no-any-return]
+
+    return wrapper
+
+
+#: Thread metadata the app writes and keeps current itself (`save_thread_metadata`, and a
+#: message's write): the chat's sliders and model, the chosen replies, the sharing flags.
+#: Chainlit copies a thread's metadata into the session when the thread is reopened and
+#: writes that copy back when the tab closes (`update_thread`): it would put back a
+#: sharing that was stopped, or a reply choice made since. Chainlit's own writes leave
+#: these keys alone.
+APP_METADATA = frozenset(
+    {"chat_settings", "chat_profile", "chosen_replies", "is_shared", "shared_at"}
+)
+
+
+def chainlit_owned(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Of metadata Chainlit writes, what it may change: not the app's keys."""
+    return {k: v for k, v in metadata.items() if k not in APP_METADATA}
+
+
+def skipped_if_deleted(
+    method: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R | None]]:
+    """A write Chainlit makes (mostly in tasks nobody awaits) that finds its thread deleted
+    is dropped, said in the log: the user deleted the thread, and a late write must not
+    bring it back. The app's own awaited writes raise `ThreadDeleted` instead."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | None:
+        try:
+            return await method(*args, **kwargs)
+        except ThreadDeleted as exc:
+            log.info("Not written (%s): %s", method.__name__, exc)
+            return None
 
     return wrapper
 
@@ -151,6 +189,9 @@ class ChatDataLayer(BaseDataLayer):
     def __init__(self, db: Database, files: FileStore) -> None:
         self.db = db
         self.files = files
+        #: Password mode: `create_user` (Chainlit's, after a login) updates a user the
+        #: operator added and inserts none; a user removed meanwhile is not made again.
+        self.known_users_only = False
         #: Steps removed by this process: Chainlit writes a message in a task nobody awaits
         #: (`Message._create`), which may reach the database after the message was removed
         #: (a command's own message is, at once) and would bring it back. A removed id is
@@ -190,6 +231,17 @@ class ChatDataLayer(BaseDataLayer):
         metadata = scrub(user.metadata)
         if user.display_name:
             metadata["display_name"] = user.display_name
+        if self.known_users_only:
+            updated = await self.db.execute(
+                "UPDATE users SET metadata = :metadata WHERE identifier = :identifier",
+                {
+                    "identifier": user.identifier,
+                    "metadata": json.dumps(metadata, ensure_ascii=False),
+                },
+            )
+            if not updated:
+                raise UnknownUser(f"there is no user {user.identifier!r}")
+            return await self.get_user(user.identifier)
         await self.db.execute(
             "INSERT INTO users (id, identifier, metadata, created_at)"
             " VALUES (:id, :identifier, :metadata, :created_at)"
@@ -244,6 +296,7 @@ class ChatDataLayer(BaseDataLayer):
 
     @until_first_message
     @writes("the attachment could not be saved")
+    @skipped_if_deleted
     async def create_element(self, element: Element) -> None:
         stored = await self._store_files([element])
         try:
@@ -351,6 +404,7 @@ class ChatDataLayer(BaseDataLayer):
 
     @until_first_message
     @writes("the message could not be saved")
+    @skipped_if_deleted
     async def create_step(self, step_dict: StepDict) -> None:
         if step_dict.get("type") == "user_message" and _in_chat():
             # Chainlit's own copy, written by a task nobody awaits: the app's message
@@ -361,6 +415,7 @@ class ChatDataLayer(BaseDataLayer):
 
     @until_first_message
     @writes("the message could not be saved")
+    @skipped_if_deleted
     async def update_step(self, step_dict: StepDict) -> None:
         await self._upsert_step(step_dict)
 
@@ -550,6 +605,13 @@ class ChatDataLayer(BaseDataLayer):
             )
             # Steps, their feedback and the thread's elements go by ON DELETE CASCADE.
             await conn.execute(sql("DELETE FROM threads WHERE id = :id"), {"id": thread_id})
+            await conn.execute(
+                sql(
+                    "INSERT INTO deleted_threads (id, deleted_at) VALUES (:id, :now)"
+                    " ON CONFLICT (id) DO NOTHING"
+                ),
+                {"id": thread_id, "now": utc_now()},
+            )
         await self._delete_files(keys)
 
     async def user_threads(
@@ -799,6 +861,7 @@ class ChatDataLayer(BaseDataLayer):
         )
 
     @writes("the thread's settings could not be saved")
+    @skipped_if_deleted
     async def update_thread(
         self,
         thread_id: str,
@@ -807,8 +870,21 @@ class ChatDataLayer(BaseDataLayer):
         metadata: dict[str, Any] | None = None,
         tags: list[str] | None = None,
     ) -> None:
+        """Chainlit's write of a thread: its name, owner, tags, and its own metadata
+        (`chainlit_owned`: the app's keys are the app's to write)."""
+        if metadata is not None:
+            metadata = chainlit_owned(metadata)
         async with self.db.write() as conn:
             await self._update_thread(conn, thread_id, name, user_id, metadata, tags)
+
+    @writes("the thread's settings could not be saved")
+    async def save_thread_metadata(self, thread_id: str, metadata: dict[str, Any]) -> None:
+        """The app's write of a thread's metadata, its own keys (`APP_METADATA`) included,
+        merged as `update_thread` merges (None removes a key). Nothing is written for a
+        thread that is not there: a new chat's first message makes it, and a deleted one
+        stays deleted."""
+        async with self.db.write() as conn:
+            await self._update_thread(conn, thread_id, metadata=metadata)
 
     async def _update_thread(
         self,
@@ -910,7 +986,11 @@ class ChatDataLayer(BaseDataLayer):
     async def _new_thread(self, conn: Connection, thread_id: str, user: str | None) -> LockedThread:
         """Insert an empty thread; the thread as inserted. Two first writes of one thread
         may race (two workers, or Chainlit's tasks on PostgreSQL): the one that loses
-        finds the row."""
+        finds the row. A deleted thread is not made again (`ThreadDeleted`)."""
+        if await conn.scalar(
+            sql("SELECT 1 FROM deleted_threads WHERE id = :id"), {"id": thread_id}
+        ):
+            raise ThreadDeleted(f"thread {thread_id} was deleted")
         stamp = utc_now()
         seq = await conn.scalar(
             sql(

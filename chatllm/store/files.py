@@ -16,8 +16,11 @@ class FileStore:
     #: Where the app serves a stored element; the route checks the thread's author.
     URL_PREFIX = "/chatllm/elements"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, url_root: str = "") -> None:
         self.root = root
+        #: The root path the app is served under (`chainlit run --root-path`), before
+        #: `URL_PREFIX` in the URLs the page fetches.
+        self.url_root = url_root.rstrip("/")
 
     def path(self, key: str) -> Path:
         if not _KEY.match(key):
@@ -43,4 +46,4 @@ class FileStore:
         self.path(key).unlink(missing_ok=True)
 
     def url(self, thread_id: str, element_id: str) -> str:
-        return f"{self.URL_PREFIX}/{thread_id}/{element_id}"
+        return f"{self.url_root}{self.URL_PREFIX}/{thread_id}/{element_id}"

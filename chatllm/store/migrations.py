@@ -198,4 +198,16 @@ MIGRATIONS: list[Migration] = [
             "CREATE INDEX login_failures_by_age ON login_failures (at)",
         ),
     ),
+    Migration(
+        name="deleted threads, never written again",
+        statements=(
+            # A thread's id once it is deleted: a late write to it (a reply still
+            # streaming, Chainlit's unawaited tasks, another worker) must not bring it
+            # back. Ids are random UUIDs, so no new thread ever takes one.
+            """CREATE TABLE deleted_threads (
+                id TEXT PRIMARY KEY,
+                deleted_at TEXT NOT NULL
+            )""",
+        ),
+    ),
 ]

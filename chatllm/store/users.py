@@ -86,6 +86,15 @@ class Users:
                     sql("DELETE FROM search WHERE rowid BETWEEN :first AND :last"),
                     {"first": first, "last": last},
                 )
+            # Their ids stay deleted: a reply still streaming must not bring one back.
+            await conn.execute(
+                sql(
+                    "INSERT INTO deleted_threads (id, deleted_at)"
+                    f" SELECT id, :now FROM threads WHERE id IN ({owned})"
+                    " ON CONFLICT (id) DO NOTHING"
+                ),
+                {"i": identifier, "now": utc_now()},
+            )
             # Threads, steps, feedback and elements follow by ON DELETE CASCADE.
             result = await conn.execute(
                 sql("DELETE FROM users WHERE identifier = :i"), {"i": identifier}
