@@ -6,6 +6,7 @@ browser in test_browser.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from PIL import Image
 
 from chatllm.chat import ChatApp
 from chatllm.config import Settings
-from chatllm.share import SHARED
+from chatllm.share import SHARED, read_only
 from tests.support import AppServer, BrowserTab, SocketUser
 from tests.test_comparing import buttons, new_chat, say
 
@@ -242,3 +243,45 @@ def test_with_sharing_off_no_thread_can_be_shared(tmp_path: Path) -> None:
         assert not thread["metadata"].get(SHARED)
     finally:
         app.stop()
+
+
+def test_a_share_holds_the_conversation_and_nothing_of_the_authors_session() -> None:
+    """What a viewer gets of a thread: its messages and their files, never a message that
+    served the author's session (the Export command's, with its files holding the
+    settings; the Import command's question and answer), what is nested under one, the
+    system prompt a receipt or comparison recorded, or a file under no shown message."""
+    secret = "You are the presenter's secret persona."
+    receipt = {"sampling": {"temperature": 0.7, "system_prompt": secret}}
+    thread = {
+        "id": "t",
+        "name": "A talk",
+        "metadata": {"is_shared": True, "chat_settings": {"system_prompt": secret}},
+        "steps": [
+            {"id": "run", "type": "run", "parentId": None, "metadata": {}},
+            {"id": "q", "type": "user_message", "parentId": "run", "metadata": {}},
+            {
+                "id": "a",
+                "type": "assistant_message",
+                "parentId": "run",
+                "metadata": {"kind": "reply", "receipt": receipt},
+                "feedback": {"value": 0, "comment": "the author's"},
+            },
+            {"id": "x", "type": "assistant_message", "metadata": {"kind": "export"}},
+            {"id": "x-child", "type": "tool", "parentId": "x", "metadata": {}},
+            {"id": "i", "type": "assistant_message", "metadata": {"kind": "import"}},
+        ],
+        "elements": [
+            {"id": "e-receipt", "forId": "a", "props": {"receipt": receipt}},
+            {"id": "e-compare", "forId": "a", "props": {"replies": [{"receipt": receipt}]}},
+            {"id": "e-upload", "forId": "q", "props": {}},
+            {"id": "e-export", "forId": "x", "props": {}},
+            {"id": "e-nested", "forId": "x-child", "props": {}},
+            {"id": "e-loose", "forId": None, "props": {}},
+        ],
+    }
+    view = read_only(thread)
+    assert [s["id"] for s in view["steps"]] == ["run", "q", "a"]
+    assert [e["id"] for e in view["elements"]] == ["e-receipt", "e-compare", "e-upload"]
+    assert secret not in json.dumps(view) and "the author's" not in json.dumps(view)
+    assert view["steps"][2]["metadata"]["receipt"]["sampling"] == {"temperature": 0.7}
+    assert view["metadata"] == {"is_shared": True}

@@ -167,13 +167,15 @@ class Commands:
         """Ask for an exported JSON file and add it as a new thread."""
         lang = current_lang()
         await self.drop_command(message, keep_shown=True)
-        files = await cl.AskFileMessage(
+        ask = cl.AskFileMessage(
             content=t("import.ask", lang),
             accept={"application/json": [".json"]},
             max_size_mb=MAX_DOCUMENT_MB,
             timeout=600,
             author="chatllm",
-        ).send()
+        )
+        ask.metadata = {KIND: "import"}  # the author's session's, not the conversation's
+        files = await ask.send()
         if not files:
             return
         user = cl.user_session.get("user")
@@ -190,6 +192,7 @@ class Commands:
         await cl.Message(
             content=t("import.done", lang, url=f"{_root_path()}/thread/{thread_id}"),
             author="chatllm",
+            metadata={KIND: "import"},
         ).send()
 
 
