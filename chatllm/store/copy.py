@@ -7,7 +7,9 @@ source's order, so a thread's messages keep their order and the target's own seq
 stay right. The search index is then rebuilt from the copied rows, with the target's
 numbering. An interrupted copy is finished by running it again with `resume`: rows
 already copied (by id) are skipped, the rest follow, and the index is rebuilt whole.
-At the end every table must hold as many rows in the target as in the source.
+At the end every table must hold as many rows in the target as in the source. The rows
+are written as every write is (`chatllm.store.db.storable`): a NUL in a store written
+before that arrives as U+FFFD, which PostgreSQL can hold.
 
 Element files are not in the database: they stay in the data directory's `files` folder,
 which the target's app must be given (the same CHATLLM_DATA_DIR, or a copy of it).

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Row
+from sqlalchemy import Row, event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatllm.clock import utc_now
@@ -26,6 +26,51 @@ log = logging.getLogger("chatllm.store")
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: What U+0000 is stored as, on every database. PostgreSQL's text cannot hold it (SQLite's
+#: can): a pasted NUL or the model's `<0x00>` byte token made the write of a message fail
+#: there, and a copy of an SQLite store holding one stop at that row. U+FFFD, the
+#: replacement character, rather than nothing: the reader still sees that something was
+#: there, and the text keeps its length and its word breaks (dropped, "a\0b" would be
+#: stored, shown and indexed as the one word "ab").
+NUL_STORED_AS = "\ufffd"
+
+
+def storable(text: str) -> str:
+    """`text` as every database the store runs on can hold it."""
+    return text.replace("\x00", NUL_STORED_AS)
+
+
+def _holds_nul(row: Any) -> bool:
+    for value in row.values() if isinstance(row, Mapping) else row:
+        if isinstance(value, str) and "\x00" in value:
+            return True
+    return False
+
+
+def _storable_row(row: Any) -> Any:
+    if isinstance(row, Mapping):
+        return {k: storable(v) if isinstance(v, str) else v for k, v in row.items()}
+    return type(row)(storable(v) if isinstance(v, str) else v for v in row)
+
+
+def _storable_parameters(
+    _conn: Any,
+    _cursor: Any,
+    statement: str,
+    parameters: Any,
+    _context: Any,
+    executemany: bool,
+) -> tuple[str, Any]:
+    """SQLAlchemy's `before_cursor_execute` (with `retval`): the values of a statement, or
+    of each row of an executemany, as the driver is to send them, made `storable`. Checked
+    string by string and copied only where one holds a NUL: next to nothing per write."""
+    if executemany:
+        if any(map(_holds_nul, parameters)):
+            parameters = [_storable_row(row) for row in parameters]
+    elif parameters and _holds_nul(parameters):
+        parameters = _storable_row(parameters)
+    return statement, parameters
+
 
 class Database:
     """The store's database at `url`: SQLite or PostgreSQL, by the URL's scheme."""
@@ -35,6 +80,14 @@ class Database:
         self.dialect: Dialect = dialect_for(url)
         self.writer: Writer = self.dialect.writer(url)
         self.reader: AsyncEngine = self.dialect.reader(url)
+        # The one place text is made storable: below every write, the data layer's, the
+        # commands' and `db copy`'s into its target alike, so SQLite stores what PostgreSQL
+        # would and either gives the same text back. (PostgreSQL's reads share the writer's
+        # engine, so their values are made storable too; SQLite's are not, so that a copy
+        # from a store written before this pages through its rows by their keys as they are.)
+        event.listen(
+            self.writer.sync_engine, "before_cursor_execute", _storable_parameters, retval=True
+        )
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Connection]:

@@ -47,7 +47,8 @@ class Connection(Protocol):
 class Writer(ABC):
     """Where write transactions come from."""
 
-    #: The engine under it, for SQLAlchemy's events (a test's hooks).
+    #: The engine under it, for SQLAlchemy's events (text made storable, `Database`; a
+    #: test's hooks).
     sync_engine: Engine
 
     @abstractmethod

@@ -93,7 +93,11 @@ class PostgreSQL(Dialect):
         )
 
     def json_flag(self, column: str, key: str) -> str:
-        return f"({column})::jsonb @> '{{\"{key}\": true}}'::jsonb"
+        # JSON holds a NUL as the escape \u0000, which text keeps but jsonb refuses ("cannot
+        # be converted to text"): one such value would fail the whole query. Replaced by
+        # the escape of U+FFFD, of the same shape, the text is valid JSON still.
+        storable = f"replace({column}, '\\u0000', '\\ufffd')"
+        return f"({storable})::jsonb @> '{{\"{key}\": true}}'::jsonb"
 
     async def serialize(self, conn: Connection, names: list[str]) -> None:
         # Transaction-level advisory locks on the names' hashes, always in one order (no
