@@ -124,13 +124,17 @@ def qr_png(text: str, scale: int = 8) -> bytes:
     return out.getvalue()
 
 
-def public_page(document_markdown: str, title: str, lang: str, note: str) -> str:
+def public_page(
+    document_markdown: str, title: str, lang: str, note: str, root_path: str = ""
+) -> str:
     """The page a viewer with no account gets: the thread rendered from its Markdown (the
-    export's, receipts and comparisons included), raw HTML in it shown as text."""
+    export's, receipts and comparisons included), raw HTML in it shown as text; its icon
+    under the root path the app is served under."""
     from markdown_it import MarkdownIt
 
     body = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
     return _PAGE.format(
+        icon=html.escape(root_path.rstrip("/") + "/favicon"),
         lang=html.escape(lang),
         title=html.escape(title),
         note=html.escape(note),
@@ -145,7 +149,7 @@ _PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="robots" content="noindex">
 <title>{title}</title>
-<link rel="icon" href="/favicon">
+<link rel="icon" href="{icon}">
 <style>
   :root {{ color-scheme: light dark; }}
   body {{ font: 16px/1.55 system-ui, -apple-system, "Noto Sans CJK TC", "Noto Sans CJK SC",

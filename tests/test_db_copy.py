@@ -12,6 +12,7 @@ import pytest
 from chainlit.element import Text
 from chainlit.types import Feedback, Pagination, ThreadFilter
 
+from chatllm.errors import ThreadDeleted
 from chatllm.store import ChatDataLayer, Database, FileStore, copy
 from chatllm.store.copy import CopyError, copy_store
 from chatllm.store.presets import PresetRows
@@ -75,6 +76,8 @@ async def source(direction: tuple[str, str], tmp_path: Path) -> AsyncIterator[Ch
         Text(name="notes.txt", content="notes on lighthouses", for_id="ada-3-b", thread_id="ada-3")
     )
     await store.update_thread("bob-0", name="Bob's only thread", user_id=bob.id)
+    await store.update_thread("bob-gone", name="Deleted", user_id=bob.id)
+    await store.delete_thread("bob-gone")  # remembered: it stays deleted after the move
     presets = PresetRows(store.db)
     await presets.save(ada.id, "Precise", {"temperature": 0.1}, most=50)
     await presets.save(ada.id, "精確", {"temperature": 0.2}, most=50)
@@ -119,7 +122,12 @@ async def test_a_copy_holds_every_thread_user_preset_and_search_of_the_source(
             "elements": 1,
             "presets": 2,
             "ended_sessions": 1,
+            "deleted_threads": 1,
         }
+        with pytest.raises(ThreadDeleted):  # a late write to it is refused there too
+            await target.save_message(
+                {"id": "late", "threadId": "bob-gone", "type": "user_message", "output": "?"}
+            )
         seen = await snapshot(target)
         assert seen == await snapshot(source)
         # Not vacuous: the searches found what they should, the element kept its file.

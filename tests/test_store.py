@@ -519,7 +519,7 @@ async def test_a_message_with_the_session_is_one_write_reading_and_updating_the_
     in one UPDATE; the message found by search."""
     for name in ("old", "new"):
         await chat(store, ada, name, f"{name} question")
-    await store.update_thread("old", metadata={"chat_settings": {"top_p": 0.9}, "kept": 1})
+    await store.save_thread_metadata("old", {"chat_settings": {"top_p": 0.9}, "kept": 1})
     statements: list[str] = []
 
     def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
@@ -773,11 +773,11 @@ async def test_credentials_in_session_metadata_never_reach_the_file(
             "env": {"OPENAI_API_KEY": "sk-live-123456"},
             "api_key": "sk-live-123456",
             "access_token": "tok-abcdef",
-            "chat_settings": {"temperature": 0.4},
+            "client_type": "webapp",
         },
     )
     thread = await store.get_thread("t1")
-    assert thread is not None and thread["metadata"] == {"chat_settings": {"temperature": 0.4}}
+    assert thread is not None and thread["metadata"] == {"client_type": "webapp"}
     await store.close()
     for file in tmp_path.glob("chatllm.db*"):
         data = file.read_bytes()

@@ -116,11 +116,14 @@ async def conversation(store: ChatDataLayer, owner: PersistedUser, thread: str =
         name="灯塔 Lighthouses",
         user_id=owner.id,
         tags=["local"],
-        metadata={
+        metadata={"id": "session-copy"},  # Chainlit's copy of the session
+    )
+    await store.save_thread_metadata(  # the app's own keys, which it writes itself
+        thread,
+        {
             "chat_settings": settings,
             "chat_profile": "local:SmolLM2-135M-Instruct",
             CHOSEN_REPLIES: {"u1": "r1"},
-            "id": "session-copy",
         },
     )
     steps = [
@@ -341,7 +344,7 @@ async def test_a_reference_to_a_deleted_message_is_dropped_so_the_export_still_i
     store: ChatDataLayer,
 ) -> None:
     await conversation(store, await user(store, "ada"))
-    await store.update_thread("t1", metadata={CHOSEN_REPLIES: {"u1": "r1", "u4": "r4"}})
+    await store.save_thread_metadata("t1", {CHOSEN_REPLIES: {"u1": "r1", "u4": "r4"}})
     await store.delete_step("u4")
     await store.delete_step("r1")
     document = await export.export_thread(store, "t1")

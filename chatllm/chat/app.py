@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 import chainlit as cl
+from chainlit.config import config as chainlit_config
 from chainlit.types import ThreadDict
 
 from chatllm.backends import Backends, ProfileSpec
@@ -239,7 +240,8 @@ class ChatApp:
         document = thread_document(shared)  # type: ignore[arg-type]
         document["exported_at"] = None  # shown as it is now, not exported
         text = to_markdown(document, lang)
-        return public_page(text, name, lang, t("share.page.note", lang, name=name))
+        note = t("share.page.note", lang, name=name)
+        return public_page(text, name, lang, note, chainlit_config.run.root_path or "")
 
 
 def _identifier(user: object) -> str:

@@ -59,6 +59,7 @@ TABLES = (
     Table("elements", ("id",), ("id",), "elements"),
     Table("presets", ("user_id", "name"), ("user_id", "name"), "presets"),
     Table("ended_sessions", ("login",), ("login",), "ended sessions"),
+    Table("deleted_threads", ("id",), ("id",), "deleted threads"),
 )
 
 
