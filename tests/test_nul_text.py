@@ -41,7 +41,7 @@ async def test_a_message_and_a_reply_holding_nul_are_stored_and_read_back_alike(
     assert ada is not None
     await store.update_thread("t", name=f"Light{NUL}house", user_id=ada.id)
     await store.save_message(
-        message("q", "user_message", f"Pasted{NUL}: is this a lighthouse?"),
+        message("q", "user_message", f"Pasted{NUL}: is this a lighthouse?\ud800"),
         thread_metadata={"pasted": f"a{NUL}b"},
     )
     await store.save_message(
@@ -57,7 +57,7 @@ async def test_a_message_and_a_reply_holding_nul_are_stored_and_read_back_alike(
     assert thread is not None
     assert thread["name"] == f"Light{SHOWN}house"
     assert [(s["output"], s["metadata"]) for s in thread["steps"]] == [
-        (f"Pasted{SHOWN}: is this a lighthouse?", {}),
+        (f"Pasted{SHOWN}: is this a lighthouse?{SHOWN}", {}),
         # JSON holds it as the escape \u0000, which text on either database keeps.
         (f"a byte token: {SHOWN}", {"favorite": True, "token": NUL}),
     ]

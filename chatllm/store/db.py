@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
@@ -33,16 +34,30 @@ R = TypeVar("R")
 #: there, and the text keeps its length and its word breaks (dropped, "a\0b" would be
 #: stored, shown and indexed as the one word "ab").
 NUL_STORED_AS = "\ufffd"
+#: What neither database's driver can write: U+0000, and a lone UTF-16 surrogate (JSON's
+#: "\ud800" arrives over the socket as one; neither driver can encode it, so the write
+#: failed on both). Each is stored as `NUL_STORED_AS`.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def storable(text: str) -> str:
     """`text` as every database the store runs on can hold it."""
-    return text.replace("\x00", NUL_STORED_AS)
+    return _UNSTORABLE.sub(NUL_STORED_AS, text)
 
 
-def _holds_nul(row: Any) -> bool:
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _unstorable(text: str) -> bool:
+    # A surrogate is looked for in non-ASCII text alone (`isascii` is a flag CPython
+    # keeps): a regular expression over every value took 5 µs a message row, against
+    # 0.9 µs for `in` alone.
+    return "\x00" in text or (not text.isascii() and _SURROGATE.search(text) is not None)
+
+
+def _holds_unstorable(row: Any) -> bool:
     for value in row.values() if isinstance(row, Mapping) else row:
-        if isinstance(value, str) and "\x00" in value:
+        if isinstance(value, str) and _unstorable(value):
             return True
     return False
 
@@ -65,9 +80,9 @@ def _storable_parameters(
     of each row of an executemany, as the driver is to send them, made `storable`. Checked
     string by string and copied only where one holds a NUL: next to nothing per write."""
     if executemany:
-        if any(map(_holds_nul, parameters)):
+        if any(map(_holds_unstorable, parameters)):
             parameters = [_storable_row(row) for row in parameters]
-    elif parameters and _holds_nul(parameters):
+    elif parameters and _holds_unstorable(parameters):
         parameters = _storable_row(parameters)
     return statement, parameters
 
