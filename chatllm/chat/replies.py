@@ -27,6 +27,7 @@ from chatllm.i18n import one_line, t
 from chatllm.receipts import Receipt, receipt_of
 from chatllm.sampling import Sampling
 from chatllm.store import ChatDataLayer
+from chatllm.store.db import storable
 
 log = logging.getLogger("chatllm")
 
@@ -236,7 +237,8 @@ class Replies:
         await progress.remove()
         again = generation.receipt()
         original = target.get("output") or ""
-        same = generation.text == original
+        # As stored: a NUL the model wrote is kept as U+FFFD (chatllm.store.db.storable).
+        same = storable(generation.text) == original
         verdict = t("replay.same" if same else "replay.differs", lang, seed=sampling.seed)
         if again.prompt_digest != receipt.prompt_digest:
             verdict += " " + t("replay.prompt_changed", lang)
