@@ -2,17 +2,24 @@
 (() => {
   "use strict";
 
-  // A share link opened before logging in: Chainlit's page sends the visitor to its login
-  // page, which after the login always goes to "/" (Chainlit issue #1931). The link is
-  // remembered on the login page (it is the referrer) and opened once the login is done.
+  // Under Chainlit's --root-path its routes are below that path, which the page names.
+  const root = (document.querySelector('meta[property="og:root_path"]')?.content || "")
+    .replace(/\/$/, "");
+
+  // A share or thread link opened before logging in (or, in local mode, before the page
+  // has its cookie): Chainlit's page sends the visitor to its login page, which after the
+  // login always goes to "/" (Chainlit issue #1931): a thread link ended on a new chat.
+  // The link is remembered on the login page (it is the referrer) and opened once the
+  // login is done.
   const AFTER_LOGIN = "chatllm.after-login";
   const onLogin = () => /\/login(\/callback)?$/.test(location.pathname);
   const shareLink = /\/share\/[A-Za-z0-9-]+$/;
+  const afterLogin = /\/(share|thread)\/[A-Za-z0-9-]+$/;
 
   if (onLogin() && document.referrer) {
     try {
       const from = new URL(document.referrer);
-      if (from.origin === location.origin && shareLink.test(from.pathname)) {
+      if (from.origin === location.origin && afterLogin.test(from.pathname)) {
         sessionStorage.setItem(AFTER_LOGIN, from.pathname);
       }
     } catch (_) {
@@ -20,7 +27,7 @@
     }
   }
   const pending = sessionStorage.getItem(AFTER_LOGIN);
-  if (pending && shareLink.test(pending)) {
+  if (pending && afterLogin.test(pending)) {
     let checks = 0;
     const timer = setInterval(() => {
       checks += 1;
@@ -35,6 +42,28 @@
   } else {
     sessionStorage.removeItem(AFTER_LOGIN);
   }
+
+  // Deleting the thread that is open: Chainlit's page stayed on it, its messages shown,
+  // and the next message went into the deleted thread. The page goes to a new chat, once
+  // Chainlit's notice that it was deleted has been seen.
+  const send = window.fetch;
+  window.fetch = async function (input, init) {
+    const answer = await send.apply(this, arguments);
+    try {
+      const url = new URL(typeof input === "string" ? input : input.url, location.href);
+      const method = ((init && init.method) || "GET").toUpperCase();
+      if (answer.ok && method === "DELETE" && url.pathname === `${root}/project/thread`) {
+        const deleted = JSON.parse((init && init.body) || "{}").threadId;
+        const open = location.pathname.match(/\/thread\/([A-Za-z0-9-]+)$/);
+        if (deleted && open && open[1] === deleted) {
+          setTimeout(() => location.assign(`${root}/`), 2000);
+        }
+      }
+    } catch (_) {
+      // not a request this cares about
+    }
+    return answer;
+  };
 
   // A shared thread is read-only: the page says which view it is, for chatllm.css.
   const mark = () => {
@@ -158,9 +187,6 @@
     document.body.prepend(heading);
   }
 
-  // Under Chainlit's --root-path its routes are below that path, which the page names.
-  const root = (document.querySelector('meta[property="og:root_path"]')?.content || "")
-    .replace(/\/$/, "");
   fetch(`${root}/project/translations?language=${encodeURIComponent(navigator.language || "en-US")}`)
     .then((answer) => (answer.ok ? answer.json() : null))
     .then((body) => {

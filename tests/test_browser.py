@@ -369,14 +369,32 @@ def test_a_reloaded_thread_resumes_with_messages_settings_and_memory(
 # ---- 5. rename and delete
 
 
-def test_threads_are_renamed_and_deleted_from_the_sidebar(local_app: App, browser: Page) -> None:
+def test_threads_are_renamed_and_deleted_from_the_sidebar(
+    local_app: App, browser: Page, playwright: Playwright, tmp_path: Path
+) -> None:
     fresh_chat(browser, local_app)
     send(browser, "A thread to rename")
     wait_for_reply(browser, 1)
+    renamed_url = browser.url
+    assert "/thread/" in renamed_url
+    # Its link, opened in a browser that has no cookie yet (local mode's login happens on
+    # the way), opens the thread, not a new chat.
+    stranger = open_browser(playwright, tmp_path)
+    try:
+        page = stranger.pages[0] if stranger.pages else stranger.new_page()
+        page.goto(renamed_url)
+        expect(page.locator(REPLY)).to_have_count(1, timeout=LONG_WAIT)
+        expect(page.get_by_text("A thread to rename").first).to_be_visible()
+        assert page.url == renamed_url
+        shot(page, "05-thread-link-in-a-new-browser")
+    finally:
+        stranger.close()
     new_chat(browser)  # the header's button
     send(browser, "A thread to delete")
     wait_for_reply(browser, 1)
     browser.reload()
+    deleted_url = browser.url  # the thread deleted below is the one that is open
+    assert "/thread/" in deleted_url
     for old, action in (
         ("A thread to rename", "rename"),
         ("A thread to delete", "delete"),
@@ -393,6 +411,14 @@ def test_threads_are_renamed_and_deleted_from_the_sidebar(local_app: App, browse
         done = "Thread renamed!" if action == "rename" else "Chat deleted"
         expect(browser.get_by_text(done)).to_be_visible(timeout=30_000)
         shot(browser, f"05-{action}d")
+    # Deleting the open thread leaves it: the page is a new chat, whose next message makes
+    # a thread of its own.
+    ready(browser)
+    expect(browser.locator(REPLY)).to_have_count(0)
+    assert browser.url != deleted_url
+    send(browser, "A chat after the deletion")
+    wait_for_reply(browser, 1)
+    assert browser.url != deleted_url
     browser.reload()
     expect(sidebar_thread(browser, "灯塔 notes")).to_be_visible(timeout=30_000)
     expect(sidebar_thread(browser, "A thread to delete")).to_have_count(0)

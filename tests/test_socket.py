@@ -10,7 +10,8 @@ import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -372,18 +373,25 @@ async def test_an_edit_sent_while_editing_is_off_changes_and_removes_nothing(
     assert answers == 3
 
 
+@asynccontextmanager
+async def app_store(server: AppServer) -> AsyncIterator[ChatDataLayer]:
+    """The app's database, through a store of the test's own."""
+    layer = ChatDataLayer(
+        Database(f"sqlite+aiosqlite:///{server.data_dir / 'chatllm.db'}"),
+        FileStore(server.data_dir / "files"),
+    )
+    try:
+        yield layer
+    finally:
+        await layer.close()
+
+
 def stored_thread(server: AppServer, thread_id: str) -> dict[str, Any] | None:
-    """The thread as the app's database holds it now (read by a store of the test's own)."""
+    """The thread as the app's database holds it now."""
 
     async def read() -> dict[str, Any] | None:
-        layer = ChatDataLayer(
-            Database(f"sqlite+aiosqlite:///{server.data_dir / 'chatllm.db'}"),
-            FileStore(server.data_dir / "files"),
-        )
-        try:
+        async with app_store(server) as layer:
             return await layer.get_thread(thread_id)  # type: ignore[return-value]
-        finally:
-            await layer.close()
 
     return asyncio.run(read())
 
@@ -391,14 +399,8 @@ def stored_thread(server: AppServer, thread_id: str) -> dict[str, Any] | None:
 async def write_metadata(server: AppServer, thread_id: str, metadata: dict[str, Any]) -> None:
     """The app's own write of the thread's metadata, made from outside (as another tab, a
     button or the Share route would make it)."""
-    layer = ChatDataLayer(
-        Database(f"sqlite+aiosqlite:///{server.data_dir / 'chatllm.db'}"),
-        FileStore(server.data_dir / "files"),
-    )
-    try:
+    async with app_store(server) as layer:
         await layer.save_thread_metadata(thread_id, metadata)
-    finally:
-        await layer.close()
 
 
 async def test_a_tab_closed_after_reopening_a_thread_writes_back_none_of_the_apps_metadata(
@@ -481,3 +483,65 @@ async def test_a_thread_deleted_while_its_reply_streams_stays_deleted(server: Ap
         await tab.client.disconnect()
     await asyncio.sleep(1)  # Chainlit's unawaited writes, and the tab's close
     assert await asyncio.to_thread(stored_thread, server, tab.thread_id) is None
+
+
+async def test_regenerate_and_replay_run_as_the_chats_task_and_stop_like_a_reply(
+    server: AppServer,
+) -> None:
+    """Regenerate and Replay, pressed under a reply, run as the chat's task (the page shows
+    Stop and holds its send button), stream their text, and the Stop button ends them
+    keeping what was written, as it ends a reply. A reply that was stopped replays as far
+    as it went, not on to max tokens."""
+    tab = SocketUser(server.base)
+    await tab.connect()
+    assert server.process is not None
+    (engine,) = children(server.process.pid)
+
+    async def press(name: str, step: str, stop_after: int | None) -> None:
+        starts, ends = len(tab.named("task_start")), len(tab.named("task_end"))
+        tokens = len(tab.named("stream_token"))
+        action = {"name": name, "payload": {"step": step}, "forId": step, "id": name + step}
+        async with httpx.AsyncClient(cookies=tab.cookies, timeout=120) as http:
+            pressed = asyncio.create_task(
+                http.post(
+                    server.base + "/project/action",
+                    json={"sessionId": tab.session_id, "action": action},
+                )
+            )
+            await tab.wait_for(lambda: len(tab.named("task_start")) > starts)  # Stop shown
+            if stop_after is not None:
+                await tab.wait_for(lambda: len(tab.named("stream_token")) >= tokens + stop_after)
+                os.kill(engine, signal.SIGSTOP)  # still mid-reply when Stop arrives
+                try:
+                    await tab.client.emit("stop")
+                    await tab.wait_for(lambda: len(tab.named("task_end")) > ends)
+                finally:
+                    os.kill(engine, signal.SIGCONT)
+            await tab.wait_for(lambda: len(tab.named("task_end")) > ends, seconds=120)
+            assert (await pressed).status_code == 200
+
+    def stored(kind: str) -> list[dict[str, Any]]:
+        thread = stored_thread(server, tab.thread_id)
+        assert thread is not None
+        return [s for s in thread["steps"] if (s.get("metadata") or {}).get("kind") == kind]
+
+    try:
+        await tab.turn(LONG_STORY, seconds=120, **LONG_SETTINGS)  # 466 tokens, whole
+        (first,) = replies(tab)
+        await press("regenerate", str(first["id"]), stop_after=3)
+        (variant,) = await asyncio.to_thread(stored, "variant")
+        assert variant["output"] and variant["metadata"]["finish_reason"] == "cancelled"
+
+        await press("replay", str(first["id"]), stop_after=3)
+        (replayed,) = await asyncio.to_thread(stored, "replay")
+        assert replayed["metadata"]["receipt"]["finish_reason"] == "cancelled"
+        assert "stopped" in replayed["output"] and len(replayed["output"]) < len(first["output"])
+
+        await press("replay", variant["id"], stop_after=None)  # the stopped one, whole
+        latest = (await asyncio.to_thread(stored, "replay"))[-1]
+        assert latest["metadata"]["replay_of"] == variant["id"]
+        assert latest["metadata"]["identical"] is True, latest["output"]
+        assert "as far as the original went" in latest["output"]
+        assert len(latest["output"]) < len(variant["output"]) + 200  # not on to max tokens
+    finally:
+        await tab.client.disconnect()

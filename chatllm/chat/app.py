@@ -28,6 +28,7 @@ from chatllm.chat.replies import Replies, send_reply_actions, store_message
 from chatllm.chat.services import Services
 from chatllm.chat.session import ChatSession, current_lang, current_session, set_session
 from chatllm.chat.sharing import Shares
+from chatllm.chat.tasks import as_chat_task
 from chatllm.config import Settings
 from chatllm.errors import ChatLLMError, EngineUnavailable, describe
 from chatllm.export import thread_document
@@ -200,10 +201,10 @@ class ChatApp:
     # ---- the buttons under a reply
 
     async def replay(self, action: cl.Action) -> None:
-        await self.replies.replay(self._session(), action)
+        await as_chat_task(self.replies.replay(self._session(), action))
 
     async def regenerate(self, action: cl.Action) -> None:
-        await self.replies.regenerate(self._session(), action)
+        await as_chat_task(self.replies.regenerate(self._session(), action))
 
     async def choose(self, action: cl.Action) -> None:
         await self.replies.choose(self._session(), action)

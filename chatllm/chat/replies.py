@@ -223,23 +223,58 @@ class Replies:
         except ChatLLMError as exc:
             await show_error(exc, lang)
             return
+        question = message.get("output") or ""
+        original = target.get("output") or ""
+        # A reply stopped by its user is replayed as far as it went, not on to max tokens.
+        until = len(original) if receipt.finish_reason == "cancelled" else None
         generation = Generation(backend, receipt.model, sampling)
-        progress = cl.Message(
-            content=t("replay.running", lang, seed=sampling.seed), author="chatllm"
-        )
-        await progress.send()
+        result = cl.Message(content="", author="chatllm")
+        await result.stream_token(t("replay.running", lang, seed=sampling.seed) + "\n\n")
+        failed: ChatLLMError | None = None
         try:
-            await generation.run(history, message.get("output") or "")
+            async with aclosing(generation.stream(history, question)) as tokens:
+                async for token in tokens:
+                    await result.stream_token(token)
+                    if until is not None and len(generation.text) >= until:
+                        break
         except ChatLLMError as exc:
-            await progress.remove()
-            await show_error(exc, lang)
-            return
-        await progress.remove()
+            failed = exc
+        finally:
+            # Also on Stop (this task cancelled): what was replayed is kept, and said so.
+            if failed is not None and not generation.text:
+                await result.remove()
+                await show_error(failed, lang)
+            else:
+                await self._replayed(generation, receipt, target, message, result, lang, until)
+                if failed is not None:
+                    await show_error(failed, lang)
+
+    async def _replayed(
+        self,
+        generation: Generation,
+        receipt: Receipt,
+        target: StepDict,
+        message: StepDict,
+        result: cl.Message,
+        lang: str,
+        until: int | None,
+    ) -> None:
+        """The replay's verdict, its text, receipt and (where it differs) a word diff,
+        shown and stored in place of the streamed replay."""
         again = generation.receipt()
         original = target.get("output") or ""
+        seed = generation.sampling.seed
         # As stored: a NUL the model wrote is kept as U+FFFD (chatllm.store.db.storable).
-        same = storable(generation.text) == original
-        verdict = t("replay.same" if same else "replay.differs", lang, seed=sampling.seed)
+        text = storable(generation.text)
+        if until is not None:  # the original was stopped: as far as it went
+            same = text[:until] == original
+            verdict = t("replay.same_stopped" if same else "replay.differs", lang, seed=seed)
+        elif generation.finish == "cancelled":  # this replay was stopped
+            same = original.startswith(text)
+            verdict = t("replay.stopped", lang, seed=seed)
+        else:
+            same = text == original
+            verdict = t("replay.same" if same else "replay.differs", lang, seed=seed)
         if again.prompt_digest != receipt.prompt_digest:
             verdict += " " + t("replay.prompt_changed", lang)
         elements: list[Element] = [receipt_element(again, lang, None)]
@@ -261,15 +296,12 @@ class Replies:
                 lang,
             )
             elements.append(cl.CustomElement(name="Compare", props=view, display="inline"))
-        result = cl.Message(
-            content=f"**{verdict}**\n\n{generation.text}",
-            author="chatllm",
-            metadata={
-                **reply_metadata(again, message["id"], "replay"),
-                "replay_of": target["id"],
-                "identical": same,
-            },
-        )
+        result.content = f"**{verdict}**\n\n{generation.text}"
+        result.metadata = {
+            **reply_metadata(again, message["id"], "replay"),
+            "replay_of": target["id"],
+            "identical": same,
+        }
         await send_and_save(self.store, result, *elements)
 
     async def regenerate(self, session: ChatSession, action: cl.Action) -> None:
