@@ -22,6 +22,7 @@ from chatllm.web import (
     element_files,
     guard,
     mount,
+    offline_page,
     owner_checks,
     refused_routes,
     session_files,
@@ -38,6 +39,7 @@ settings = services.settings
 session_files(settings.data_dir)
 socket_limit(settings.max_message_chars)
 socket_events()
+offline_page()
 
 
 async def shared_page(thread_id: str, lang: str) -> str:

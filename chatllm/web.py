@@ -6,6 +6,7 @@ import html
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 from collections.abc import Awaitable, Callable, Iterable
@@ -643,3 +644,22 @@ CHAINLIT_EVENTS: dict[str, tuple[Guard, str]] = {
     "chat_settings_change": (Guard.SESSION, "the session's own settings, validated"),
     "chat_settings_edit": (Guard.SESSION, "no on_settings_edit: nothing runs"),
 }
+
+
+#: A tag of Chainlit's page that loads from another origin: its KaTeX stylesheet (from a
+#: CDN) and its connections opened ahead to Google's fonts.
+_ELSEWHERE = re.compile(r"""<link\b[^>]*\bhref=["']https?://[^>]*>\s*""", re.S)
+
+
+def offline_page() -> None:
+    """Chainlit's page, loading nothing from elsewhere. It asked a CDN for KaTeX's
+    stylesheet (LaTeX is off in .chainlit/config.toml) and opened connections to Google's
+    font servers (the theme names no web font): offline, the request failed, and online it
+    told third parties who opened the app. Chainlit builds the page in its
+    `get_html_template` on each request; this wraps it."""
+    build: Callable[[str], str] = chainlit_server.get_html_template
+
+    def page(root_path: str) -> str:
+        return _ELSEWHERE.sub("", build(root_path))
+
+    chainlit_server.get_html_template = page

@@ -5,6 +5,7 @@ where the browser's own rules matter."""
 from __future__ import annotations
 
 import http.server
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,3 +131,13 @@ def test_a_page_on_another_port_cannot_read_the_threads_in_chromium(
             context.close()
     finally:
         evil.shutdown()
+
+
+def test_the_page_loads_nothing_from_another_origin(app: AppServer) -> None:
+    """The app works offline and tells no third party who opened it: Chainlit's page asked
+    a CDN for KaTeX's stylesheet (which failed offline) and connected to Google's fonts."""
+    for path in ("/", "/thread/some-thread", "/login"):
+        page = httpx.get(app.base + path, timeout=30)
+        assert page.status_code == 200 and '<div id="root">' in page.text
+        elsewhere = re.findall(r"""(?:href|src)=["'](https?://[^"']*)""", page.text)
+        assert elsewhere == [], (path, elsewhere)
