@@ -623,6 +623,9 @@ async def test_a_malformed_cursor_returns_an_empty_page(
         ("好", ["cn", "tw"]),
         ("明天", []),
         ("Naming", ["named"]),  # thread names too
+        ("🌊", ["named"]),  # an emoji in a thread's name
+        ("❤️", ["en"]),  # and in a message (with its variation selector)
+        ("⭐", []),
         ('"; DROP TABLE threads; --', []),
         ("，。!?", []),  # nothing searchable
         ("   ", ["cn", "en", "named", "tw"]),  # blank: no search
@@ -633,10 +636,10 @@ async def test_a_malformed_cursor_returns_an_empty_page(
 async def test_search_finds_words_in_messages_and_names_chinese_included(
     store: ChatDataLayer, ada: PersistedUser, query: str, found: list[str]
 ) -> None:
-    await chat(store, ada, "en", "Where is the lighthouse?", "The keeper lives there.")
+    await chat(store, ada, "en", "Where is the lighthouse?", "The keeper ❤️ lives there.")
     await chat(store, ada, "tw", "今天天氣很好", "是的")
     await chat(store, ada, "cn", "今天天气很好", "好的")
-    await store.update_thread("named", name="Naming things", user_id=ada.id)
+    await store.update_thread("named", name="Naming things 🌊", user_id=ada.id)
     page = await store.list_threads(Pagination(first=10), ThreadFilter(userId=ada.id, search=query))
     assert sorted(t["id"] for t in page.data) == found
 

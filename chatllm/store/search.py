@@ -6,7 +6,9 @@ neither between words, so a whole sentence would be one word and nothing inside 
 be found. The indexed text is therefore prepared here, the same for both: every CJK
 character is a word of its own, Latin-script letters lose their accents and case, and
 anything that is not a letter or a digit becomes a space (so PostgreSQL's parser finds no
-URLs or file paths of its own to keep whole). A query's CJK word becomes the phrase of its
+URLs or file paths of its own to keep whole). An emoji or pictograph, which both
+tokenizers take for a separator, becomes a word of its own spelling its code point
+(`emj01f30a` for 🌊), so it is found too. A query's CJK word becomes the phrase of its
 characters, which matches them adjacent and in order; a Latin-script word matches by
 prefix. Each dialect writes a term in its own syntax (`Dialect.match`).
 """
@@ -22,6 +24,16 @@ from chatllm.i18n import CJK
 _CJK_CHAR = re.compile(f"([{CJK}])")
 _QUERY_TERM = re.compile(f"[{CJK}]+|[^\\s{CJK}]+")
 _WORD_CHARS = re.compile(r"[^\W_]+")  # letters and digits: what both tokenizers keep
+#: Emoji and pictographs (arrows, technical symbols, dingbats, the emoji planes).
+_PICTOGRAPH = re.compile(
+    "[\u2190-\u21ff\u2300-\u23ff\u2600-\u27bf\u2b00-\u2bff\U0001f000-\U0001faff]"
+)
+
+
+def _pictograph_word(match: re.Match[str]) -> str:
+    # Six hex digits, so one emoji's word is never the prefix of another's.
+    return f" emj{ord(match.group()):06x} "
+
 
 #: Only this much of a message is indexed: PostgreSQL's tsvector holds at most 1 MB, and
 #: a message may be far longer (it is kept whole; the app refuses to send it on).
@@ -40,6 +52,7 @@ def _plain(char: str) -> str:
 def index_text(text: str) -> str:
     """The text as stored in the search index: its words, lower case, space-separated."""
     spaced = _CJK_CHAR.sub(r" \1 ", text[:MAX_INDEXED_CHARS])
+    spaced = _PICTOGRAPH.sub(_pictograph_word, spaced)
     return " ".join(_WORD_CHARS.findall("".join(map(_plain, spaced)).lower()))
 
 
