@@ -20,6 +20,7 @@ from chatllm.chain import ReplyRecord, build_chain, chain_input
 from chatllm.errors import BackendError, ChatLLMError
 from chatllm.receipts import Finish, Receipt, prompt_digest
 from chatllm.sampling import Sampling
+from chatllm.streaming import Usage, usage_listener
 
 log = logging.getLogger("chatllm")
 
@@ -52,6 +53,8 @@ class Generation:
         self._first: float | None = None
         self._ended: float | None = None
         self._chunks = 0
+        #: The model's own counts so far, where it reports them as it goes (the local engine)
+        self._counted: Usage | None = None
 
     async def stream(self, history: Sequence[BaseMessage], message: str) -> AsyncGenerator[str]:
         """Yield the reply's text as it comes. Raises the backend's errors (`ChatLLMError`s)."""
@@ -64,6 +67,7 @@ class Generation:
                 await outer(ahead)
 
         token = queue_listener.set(listen)
+        counting = usage_listener.set(self._note)
         try:
             # Some servers (llama-cpp-python's among them) answer an unknown model name with
             # their default model; that reply would be credited to the wrong model.
@@ -107,7 +111,11 @@ class Generation:
             raise
         finally:
             self._ended = time.perf_counter()
+            usage_listener.reset(counting)
             queue_listener.reset(token)
+
+    def _note(self, usage: Usage) -> None:
+        self._counted = usage
 
     async def run(self, history: Sequence[BaseMessage], message: str) -> str:
         """The whole reply, without streaming."""
@@ -121,6 +129,11 @@ class Generation:
         estimated = usage is None
         prompt_tokens: int | None
         completion_tokens: int | None
+        if usage is None and self._counted is not None:
+            # Stopped midway: no last chunk brought the usage, but the model counted as it
+            # went (the local engine), so the counts are still exact.
+            usage = (self._counted.prompt_tokens, self._counted.completion_tokens)
+            estimated = False
         if usage is not None:
             prompt_tokens, completion_tokens = usage
         else:

@@ -17,6 +17,16 @@ queue_listener: contextvars.ContextVar[QueueListener | None] = contextvars.Conte
 )
 
 
+UsageListener = Callable[["Usage"], None]
+
+#: Set by whoever runs a reply to hear its token counts so far, where the model counts as
+#: it goes (the local engine): a reply stopped midway then has its exact counts, which no
+#: final chunk brings.
+usage_listener: contextvars.ContextVar[UsageListener | None] = contextvars.ContextVar(
+    "usage_listener", default=None
+)
+
+
 @dataclass(frozen=True)
 class Usage:
     """Tokens one generation took: the prompt as the model received it, and the reply."""
@@ -33,5 +43,6 @@ class Usage:
         }
 
 
-#: A piece of a streamed reply: its text, and on the last piece why it ended and its usage.
+#: A piece of a streamed reply: its text, on the last piece why it ended, and its usage
+#: (the local engine's: so far, on every piece; an endpoint's: on the last, if it sends it).
 Delta = tuple[str, str | None, Usage | None]

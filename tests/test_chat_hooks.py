@@ -127,6 +127,11 @@ async def test_stop_keeps_the_partial_reply_and_frees_the_model(app: ChatApp) ->
     (partial,) = [m for m in tab.messages() if m["type"] == "assistant_message"]
     assert partial["metadata"]["finish_reason"] == "cancelled"
     assert partial["output"] == history[1].text and partial["output"]
+    # The local model counted its tokens as it went: a stopped reply's counts are exact
+    # too (the prompt as llama.cpp took it, each token it sampled), not estimated.
+    receipt = partial["metadata"]["receipt"]
+    assert not receipt["tokens_estimated"]
+    assert receipt["prompt_tokens"] > 20 and 5 <= receipt["completion_tokens"] < 100
     await app.update_settings({"max_tokens": 5})
     await say(app, tab, "Hi")
     assert len(live_session().history) == 4

@@ -31,6 +31,7 @@ from chatllm.errors import (
     UnknownModel,
 )
 from chatllm.sampling import Sampling
+from chatllm.streaming import usage_listener
 
 log = logging.getLogger("chatllm")
 
@@ -110,7 +111,10 @@ class LlamaCppChat(BaseChatModel):
         request = self._request(stop)
         # Closed here, not left to the garbage collector, when the consumer stops early.
         async with aclosing(self.engine.stream(_as_dicts(messages), request)) as deltas:
+            heard = usage_listener.get()
             async for delta, finish, usage in deltas:
+                if usage is not None and heard is not None:
+                    heard(usage)
                 info = (
                     {
                         "finish_reason": finish,
@@ -122,7 +126,8 @@ class LlamaCppChat(BaseChatModel):
                 )
                 message = AIMessageChunk(
                     content=delta,
-                    usage_metadata=usage.as_metadata() if usage else None,  # type: ignore[arg-type]
+                    # Once, on the last chunk: LangChain adds up the chunks' usage.
+                    usage_metadata=usage.as_metadata() if usage and finish else None,  # type: ignore[arg-type]
                 )
                 chunk = ChatGenerationChunk(message=message, generation_info=info)
                 if run_manager is not None and delta:

@@ -19,7 +19,7 @@ Messages are pickled tuples over `multiprocessing.connection` on the inherited s
 and this process answers:
 
     ("ready", info) | ("failed", stage, text)         once, after loading and the self-check
-    ("delta", rid, text, finish, usage)               usage = (prompt, completion) on the last
+    ("delta", rid, text, finish, usage)               usage = (prompt, completion) so far
     ("alive", rid)                                    evaluating a long prompt, about each second
     ("error", rid, kind, text)                        kind: the exception's class name
     ("done", rid, generated)                          after every generate, stopped or not;
@@ -224,7 +224,9 @@ class Engine:
                 delta: str = choice["delta"].get("content") or ""
                 finish: str | None = choice.get("finish_reason")
                 if delta or finish:
-                    yield delta, finish, meter.usage() if finish else None
+                    # The counts so far with every delta: a reply stopped midway has them
+                    # exact too (each a tuple of two ints: nothing to a token's cost).
+                    yield delta, finish, meter.usage()
         finally:
             stream.close()  # type: ignore[union-attr]
             self.generated += meter.completion_tokens
