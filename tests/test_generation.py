@@ -163,8 +163,10 @@ async def test_a_stopped_reply_is_receipted_as_cancelled(local: LocalBackend) ->
         await task
     receipt = generation.receipt()
     assert receipt.finish_reason == "cancelled"
-    assert receipt.tokens_estimated  # the model reported no usage; counted from the text
+    # No last chunk brought the usage, but the local engine counted as it went: exact.
+    assert not receipt.tokens_estimated
     assert receipt.completion_tokens is not None and receipt.completion_tokens > 0
+    assert receipt.prompt_tokens is not None and receipt.prompt_tokens > 0
 
 
 async def test_an_endpoint_reply_gets_a_receipt(
