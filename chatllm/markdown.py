@@ -9,7 +9,7 @@ from typing import Any
 from chatllm.clock import readable_time
 from chatllm.export import COMPARE, ThreadDocument, ThreadInfo, parse_document
 from chatllm.history import FINISH_REASON, KIND, REPLY_TO, chosen_reply, replies_by_message
-from chatllm.i18n import t
+from chatllm.i18n import CATALOGUES, t
 from chatllm.receipts import RECEIPT, receipt_of
 from chatllm.sampling import Sampling
 
@@ -88,7 +88,10 @@ def _settings_lines(info: ThreadInfo, lang: str) -> list[str]:
         if key == "system_prompt" and isinstance(value, str):
             system_prompt = value
             continue
-        label = t(key, lang) if key in Sampling.model_fields else key
+        label = t(key, lang) if key in Sampling.model_fields or key in _PRESET_KEYS else key
+        if key in _PRESET_KEYS and value:  # preset keys, as the panel names them
+            names = value if isinstance(value, list) else [value]
+            value = [_preset_name(name, lang) for name in names]
         lines.append(f"- **{_inline(label)}:** {_inline(_setting(value, lang))}")
     if info.tags:
         lines.append(f"- **{_inline(t('markdown.tags', lang))}:** {_inline(', '.join(info.tags))}")
@@ -102,6 +105,23 @@ def _settings_lines(info: ThreadInfo, lang: str) -> list[str]:
             "",
         ]
     return lines
+
+
+#: Settings that name presets by key (`builtin:creative`, `user:Mine`, `custom`).
+_PRESET_KEYS = ("preset", "compare_with")
+
+
+def _preset_name(key: object, lang: str) -> str:
+    """A preset's name as the settings panel shows it, from its key."""
+    text = str(key)
+    kind, _, name = text.partition(":")
+    if kind == "builtin" and f"preset.{name}" in CATALOGUES["en"]:
+        return t(f"preset.{name}", lang)
+    if kind == "user" and name:
+        return name
+    if text == "custom":
+        return t("preset.custom", lang)
+    return text
 
 
 def _setting(value: Any, lang: str) -> str:

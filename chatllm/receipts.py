@@ -21,6 +21,16 @@ log = logging.getLogger("chatllm")
 #: Where a reply step keeps its receipt, in the step's metadata.
 RECEIPT = "receipt"
 
+#: The sampling values a receipt names, each by its slider's label.
+SAMPLING_LABELS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "repeat_penalty",
+    "max_tokens",
+    "seed",
+    "system_prompt",
+)
 RECEIPT_LABELS = (
     "backend",
     "model",
@@ -110,6 +120,10 @@ class Receipt(BaseModel):
             "summary": self.summary(lang),
             "receipt": self.model_dump(mode="json"),
             "labels": {key: t(f"receipt.label.{key}", lang) for key in RECEIPT_LABELS},
+            # The sliders' own names and the words for why it ended, as the summary says
+            # them: the table showed `max_tokens` and `length`.
+            "sampling_labels": {key: t(key, lang) for key in SAMPLING_LABELS},
+            "finish_text": t(f"finish.{self.finish_reason}", lang),
         }
 
 

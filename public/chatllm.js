@@ -84,9 +84,9 @@
   addEventListener("popstate", mark);
 
   // Words Chainlit's page writes in English whatever the language (not in its translation
-  // files): the share dialog's Unshare button, a dialog's Close (read out by screen
-  // readers), and the notice of a link that opens nothing. Put into the browser's
-  // language where the app speaks it.
+  // files): the share dialog's Unshare button, a dialog's Close and the theme button's
+  // name (read out by screen readers), the notices of a link that opens nothing and of a
+  // thread that cannot be resumed. Put into the browser's language where the app speaks it.
   const chinese = /^zh\b/i.test(navigator.language || "");
   if (chinese) {
     const hant = /^zh-(tw|hk|mo|hant)/i.test(navigator.language);
@@ -94,10 +94,13 @@
       ["Unshare", "取消分享"],
       ["Close", hant ? "關閉" : "关闭"],
       ["Failed to load thread: Not Found", hant ? "無法載入對話：找不到，或已停止分享" : "无法加载对话：找不到，或已停止分享"],
+      ["Couldn't resume chat", hant ? "無法繼續這段對話" : "无法继续这段对话"],
+      ["Couldn't resume chat: Thread not found.", hant ? "無法繼續這段對話：找不到它" : "无法继续这段对话：找不到它"],
+      ["Toggle theme", hant ? "切換主題" : "切换主题"],
     ]);
     const translate = () => {
       for (const node of document.querySelectorAll(
-        "[role=dialog] button, [role=dialog] .sr-only, [data-sonner-toast] [data-title]",
+        "[role=dialog] button, [role=dialog] .sr-only, [data-sonner-toast] [data-title], button .sr-only",
       )) {
         const said = words.get(node.textContent.trim());
         if (said && node.children.length === 0) node.textContent = said;

@@ -59,3 +59,34 @@ def test_every_character_the_app_shows_has_a_glyph_in_the_installed_fonts() -> N
     for language in ("en-US", "zh-TW", "zh-CN"):
         texts.append((root / ".chainlit" / "translations" / f"{language}.json").read_text("utf-8"))
     assert missing_glyphs("\n".join(texts)) == set()
+
+
+@pytest.mark.parametrize("language", ["en", "zh-TW", "zh-CN"])
+def test_a_receipt_and_an_export_name_settings_in_words_not_keys(language: str) -> None:
+    """The receipt's table named the sliders by their keys (`max_tokens`) and why a reply
+    ended by its code (`length`), and the Markdown export printed `builtin:creative`."""
+    from chatllm.markdown import to_markdown
+    from chatllm.receipts import Receipt
+    from chatllm.sampling import Sampling
+    from tests.test_transfer import broken
+
+    sampling = Sampling(seed=1, system_prompt="Be brief.").model_dump()
+    view = Receipt(backend="local", model="m", sampling=sampling, finish_reason="length").view(
+        language
+    )
+    assert set(view["sampling_labels"]) == set(Sampling.model_fields)  # a new knob: named
+    assert view["sampling_labels"]["max_tokens"] == t("max_tokens", language)
+    assert view["finish_text"] == t("finish.length", language)
+
+    document = broken("settings")
+    document["thread"]["metadata"]["chat_settings"] = {
+        "preset": "builtin:creative",
+        "compare_with": ["builtin:code", "user:Mine", "custom"],
+    }
+    markdown = to_markdown(document, language)
+    assert f"**{t('preset', language)}:** {t('preset.creative', language)}" in markdown
+    (line,) = [
+        x for x in markdown.splitlines() if x.startswith(f"- **{t('compare_with', language)}")
+    ]
+    assert line.endswith(f", Mine, {t('preset.custom', language)}")
+    assert "builtin:" not in markdown

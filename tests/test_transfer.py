@@ -896,7 +896,7 @@ def test_a_setting_left_empty_reads_not_set(empty: str | None) -> None:
     document["thread"]["metadata"]["chat_settings"] = {"seed": empty, "top_p": 0.9, "preset": ""}
     markdown = to_markdown(document)
     settings = markdown.split("---")[0].splitlines()[4:-1]
-    assert settings == ["- **Seed:** not set", "- **Top P:** 0.9", "- **preset:** not set"]
+    assert settings == ["- **Seed:** not set", "- **Top P:** 0.9", "- **Preset:** not set"]
 
 
 # ---- commands

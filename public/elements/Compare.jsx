@@ -20,13 +20,16 @@ export default function Compare() {
     return { pieces, similarity: (props.similarity || {})[key] };
   };
   const { pieces, similarity } = pair();
-  const cols = Math.min(Math.max(columns.length, 1), 4);
+  // Side by side where each column gets at least 12rem, stacked where it would not (a
+  // phone): three 100-px columns broke words mid-word. `min(100%, …)` lets a single
+  // column shrink to a narrow screen.
+  const track = "minmax(min(100%, 12rem), 1fr)";
 
   return (
     <div className="chatllm-compare flex flex-col gap-3 w-full">
       <div
         className="grid gap-3"
-        style={{ gridTemplateColumns: `repeat(${cols}, minmax(0, 1fr))` }}
+        style={{ gridTemplateColumns: `repeat(auto-fit, ${track})` }}
       >
         {columns.map((column, index) => (
           <div

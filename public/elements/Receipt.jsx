@@ -7,17 +7,18 @@ export default function Receipt() {
   const receipt = props.receipt || {};
   const labels = props.labels || {};
   const sampling = receipt.sampling || {};
+  const named = props.sampling_labels || {}; // receipts stored before had none: their keys
   const rows = [
     [labels.backend || "backend", receipt.backend],
     [labels.model || "model", receipt.model],
-    ...Object.entries(sampling).map(([k, v]) => [k, v === null ? "" : String(v)]),
+    ...Object.entries(sampling).map(([k, v]) => [named[k] || k, v === null ? "" : String(v)]),
     [labels.prompt_tokens || "prompt tokens", receipt.prompt_tokens],
     [labels.completion_tokens || "completion tokens", receipt.completion_tokens],
     [labels.ttft || "time to first token (ms)", receipt.ttft_ms],
     [labels.speed || "tokens/s", receipt.tokens_per_second],
     [labels.duration || "duration (ms)", receipt.duration_ms],
     [labels.queued || "waited in line (ms)", receipt.queued_ms],
-    [labels.finish || "finish", receipt.finish_reason],
+    [labels.finish || "finish", props.finish_text || receipt.finish_reason],
     [labels.created || "created", receipt.created_at],
   ].filter(([, v]) => v !== undefined && v !== null && v !== "");
   return (
