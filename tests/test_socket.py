@@ -545,3 +545,35 @@ async def test_regenerate_and_replay_run_as_the_chats_task_and_stop_like_a_reply
         assert len(latest["output"]) < len(variant["output"]) + 200  # not on to max tokens
     finally:
         await tab.client.disconnect()
+
+
+async def test_a_chat_resumed_twice_in_one_page_shows_each_reply_button_once(
+    server: AppServer,
+) -> None:
+    """A page whose socket reconnects sends `connection_successful` again, and Chainlit
+    resumes the thread again: the page, which adds every button it is sent, showed each
+    reply's buttons twice."""
+    tab = SocketUser(server.base)
+    await tab.connect()
+    try:
+        await tab.turn("Name a colour.", max_tokens=4)
+    finally:
+        await tab.client.disconnect()
+    again = SocketUser(server.base, thread_id=tab.thread_id)
+    await again.connect()
+    try:
+        resumed = len(again.named("resume_thread"))
+        await again.client.emit("connection_successful")  # as a reconnecting page does
+        await again.wait_for(lambda: len(again.named("resume_thread")) > resumed)
+        await again.wait_for(lambda: again.named("task_end"))
+        await asyncio.sleep(0.5)  # the buttons follow the thread
+    finally:
+        await again.client.disconnect()
+    shown: list[dict[str, object]] = []  # the page's list of buttons, as it keeps it
+    for event, data in again.events:
+        if event == "action":
+            shown.append(data)
+        elif event == "remove_action":
+            shown = [a for a in shown if a["id"] != data["id"]]
+    buttons = [(a["name"], a["forId"]) for a in shown]
+    assert buttons and len(buttons) == len(set(buttons)), buttons

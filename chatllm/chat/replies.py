@@ -37,6 +37,8 @@ REPLY_ACTIONS = {"replay": "repeat", "regenerate": "refresh-cw", "choose": "chec
 
 def reply_action(name: str, step_id: str, lang: str) -> cl.Action:
     return cl.Action(
+        # One id per button and reply, so a button sent again replaces itself (below).
+        id=f"{name}:{step_id}",
         name=name,
         payload={"step": step_id},
         label=t(f"action.{name}", lang),
@@ -53,11 +55,16 @@ def reply_actions(step_id: str, variants: bool, lang: str) -> list[cl.Action]:
 
 
 async def send_reply_actions(steps: Sequence[StepDict], lang: str) -> None:
-    """Every reply's buttons again (Chainlit does not store actions)."""
+    """Every reply's buttons again (Chainlit does not store actions). The page adds each
+    button it is sent, even one it shows already: a chat resumed twice in one page (its
+    socket reconnecting sends `connection_successful` again, which resumes the thread
+    again) showed every button twice. Each is withdrawn first, by its id; the page ignores
+    the withdrawal of a button it does not show."""
     _, replies = replies_by_message(steps)
     for variants in replies.values():
         for step in variants:
             for action in reply_actions(step["id"], len(variants) > 1, lang):
+                await action.remove()
                 await action.send(for_id=step["id"])
 
 
