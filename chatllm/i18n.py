@@ -154,6 +154,10 @@ _EN: dict[str, str] = {
     "preset.delete.no": "Keep it",
     "preset.gone": "That preset is not one of yours any more (it may have been deleted already).",
     "preset.deleted": "Deleted the preset “{name}”.",
+    "preset.own": "{name} (yours)",
+    "preset.name.builtin": "Not saved: “{name}” is a built-in name in the preset menu. Choose another name for your own preset; the settings are as they were.",
+    "preset.kept": "Applied “{name}”, keeping what you moved yourself in the same edit: {fields}.",
+    "preset.kept.separator": ", ",
     # the Markdown export
     "markdown.you": "You",
     "markdown.assistant": "Assistant",
@@ -313,6 +317,10 @@ _ZH_TW: dict[str, str] = {
     "preset.delete.no": "保留",
     "preset.gone": "這個預設組合已不屬於您（可能已被刪除）。",
     "preset.deleted": "已刪除預設組合「{name}」。",
+    "preset.own": "{name}（您的）",
+    "preset.name.builtin": "未儲存：「{name}」是預設組合選單內建的名稱。請為您自己的預設組合另取名稱；設定維持原樣。",
+    "preset.kept": "已套用「{name}」，並保留您在同一次編輯中自己調整的：{fields}。",
+    "preset.kept.separator": "、",
     # the Markdown export
     "markdown.you": "你",
     "markdown.assistant": "助理",
@@ -472,6 +480,10 @@ _ZH_CN: dict[str, str] = {
     "preset.delete.no": "保留",
     "preset.gone": "这个预设已不属于您（可能已被删除）。",
     "preset.deleted": "已删除预设“{name}”。",
+    "preset.own": "{name}（您的）",
+    "preset.name.builtin": "未保存：“{name}”是预设菜单内置的名称。请为您自己的预设另取名称；设置保持原样。",
+    "preset.kept": "已应用“{name}”，并保留您在同一次编辑中自己调整的：{fields}。",
+    "preset.kept.separator": "、",
     # the Markdown export
     "markdown.you": "你",
     "markdown.assistant": "助手",

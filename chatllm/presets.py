@@ -6,11 +6,12 @@ max new tokens); it leaves the seed and the system prompt as they are.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 from chatllm.errors import PresetError
-from chatllm.i18n import t
+from chatllm.i18n import CATALOGUES, t
 from chatllm.sampling import Sampling
 from chatllm.store import Database
 from chatllm.store.presets import PresetRows
@@ -47,6 +48,44 @@ class Preset:
         """Whether `sampling` holds this preset's values."""
         return all(getattr(sampling, name) == value for name, value in self.values.items())
 
+    @property
+    def own_name(self) -> str:
+        """The name a user's preset is stored under (its label may say more)."""
+        return self.key.removeprefix("user:")
+
+
+class ReservedName(PresetError):
+    """A preset name the menu already shows for an entry of its own."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"“{name}” is a built-in name in the preset menu")
+
+
+def folded(name: str) -> str:
+    """A name as a person reads it: case, character width and spacing aside."""
+    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+
+
+def _reserved_names() -> frozenset[str]:
+    """The menu's own entries (Custom and the built-in presets) in every language, each
+    also without its detail in brackets: "Code assistant (T 0.4, top_p 0.5)" is read as
+    "Code assistant". The menu is keyed by what it shows, so a preset of one's own named
+    like one of these replaced it there (and would be told from it by nobody)."""
+    names: set[str] = set()
+    for lang in CATALOGUES:
+        for key in ("custom", *BUILT_IN):
+            label = folded(t(f"preset.{key}", lang))  # NFKC makes "（" "("
+            names |= {label, label.split("(", 1)[0].strip()}
+    return frozenset(names)
+
+
+RESERVED_NAMES = _reserved_names()
+
+
+def is_reserved(name: str) -> bool:
+    return folded(name) in RESERVED_NAMES
+
 
 def values_of(sampling: Sampling) -> dict[str, Any]:
     """The part of `sampling` a preset holds."""
@@ -66,6 +105,8 @@ def clean_name(name: str) -> str:
         raise PresetError("a preset needs a name")
     if len(name) > MAX_NAME:
         raise PresetError(f"a preset name may have at most {MAX_NAME} characters")
+    if is_reserved(name):
+        raise ReservedName(name)
     return name
 
 
@@ -76,12 +117,15 @@ class Presets:
         self.rows = PresetRows(db)
 
     async def for_user(self, user_id: str | None, lang: str | None) -> list[Preset]:
-        """The built-in presets, then the user's own by name."""
+        """The built-in presets, then the user's own by name. One saved under a built-in
+        name (before such names were refused) is labelled as the user's, so that both
+        stay in the menu."""
         presets = builtin_presets(lang)
         if user_id is None:
             return presets
         for name, values in await self.rows.for_user(user_id):
-            presets.append(Preset(key=f"user:{name}", label=name, values=values))
+            label = t("preset.own", lang, name=name) if is_reserved(name) else name
+            presets.append(Preset(key=f"user:{name}", label=label, values=values))
         return presets
 
     async def save(self, user_id: str, name: str, sampling: Sampling) -> Preset:

@@ -333,6 +333,68 @@ def test_new_slider_values_make_the_next_reply(local_app: App, browser: Page) ->
     assert (after["temperature"], after["top_p"]) == (0.4, 0.5)
 
 
+def choose_preset(page: Page, label: str) -> None:
+    """Choose a preset from the menu on the panel's Presets tab."""
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_role("tab", name="Presets").click()
+    dialog.locator("#preset").click()
+    page.get_by_role("option", name=label, exact=True).click()
+
+
+def test_presets_keep_a_slider_moved_with_them_and_refusals_are_never_stored(
+    local_app: App, browser: Page
+) -> None:
+    """A new chat's menu names the preset its sliders hold; a preset named like a built-in
+    one is refused in words, and the built-in one stays in the menu; a slider moved in the
+    same edit as a chosen preset is kept, and the panel shows it at once; the refusal is
+    the person's alone: the thread their first message makes holds the conversation only."""
+    fresh_chat(browser, local_app)
+    browser.locator("#chat-settings-open-modal").click()
+    dialog = browser.get_by_role("dialog")
+    dialog.get_by_role("tab", name="Presets").click()
+    expect(dialog.locator("#preset")).to_have_text("Balanced")  # the default sliders
+    dialog.locator("#save_preset").fill(" balanced ")
+    browser.get_by_role("button", name="Confirm").click()
+    refusal = browser.get_by_text("is a built-in name in the preset menu")
+    expect(refusal).to_be_visible(timeout=30_000)
+    shot(browser, "03-preset-name-refused")
+
+    browser.locator("#chat-settings-open-modal").click()
+    set_slider(browser, "temperature", 0.15, 0.05)
+    choose_preset(browser, "Creative")
+    browser.get_by_role("button", name="Confirm").click()
+    expect(browser.get_by_text("keeping what you moved yourself")).to_be_visible(timeout=30_000)
+    browser.locator("#chat-settings-open-modal").click()
+    expect(slider(browser, "temperature")).to_have_attribute("aria-valuenow", "0.15")
+    expect(slider(browser, "top_k")).to_have_attribute("aria-valuenow", "100")  # Creative's
+    dialog.get_by_role("tab", name="Presets").click()
+    expect(dialog.locator("#preset")).to_have_text("Custom")
+    dialog.locator("#preset").click()
+    expect(browser.get_by_role("option", name="Balanced", exact=True)).to_have_count(1)
+    shot(browser, "03-preset-and-moved-slider")
+    browser.keyboard.press("Escape")  # the menu
+    browser.keyboard.press("Escape")  # the panel
+
+    question = "Name one colour of a lighthouse."
+    send(browser, question)
+    wait_for_reply(browser, 2)  # the refusal is on the page above it, as an error
+    (stored,) = eventually(lambda: local_app.replies(question))
+    sampling = stored["metadata"]["receipt"]["sampling"]
+    assert (sampling["temperature"], sampling["top_k"]) == (0.15, 100)
+    with sqlite3.connect(local_app.data_dir / "chatllm.db") as raw:
+        steps = raw.execute(
+            "SELECT type, is_error FROM steps WHERE thread_id = ? AND type LIKE '%message'"
+            " ORDER BY seq",
+            (stored["thread"],),
+        ).fetchall()
+    assert steps == [("user_message", 0), ("assistant_message", 0)]
+    browser.reload()  # the thread as stored: the conversation, not the refusal
+    expect(browser.locator(QUESTION, has_text=question)).to_be_visible(timeout=30_000)
+    expect(browser.locator(REPLY)).to_have_count(1)
+    expect(refusal).to_have_count(0)
+    shot(browser, "03-refusal-not-stored")
+
+
 # ---- 4. reload and resume
 
 

@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import chainlit as cl
+import chainlit.data
 import pytest
 from chainlit.user import User
 from langchain_core.messages import AIMessage, HumanMessage
 
 from chatllm.chat import ChatApp
 from chatllm.config import Settings
+from chatllm.export import export_thread
 from chatllm.receipts import Receipt
 from tests.support import BrowserTab, live_session
 
@@ -30,8 +32,8 @@ async def app(tmp_path: Path) -> AsyncIterator[ChatApp]:
     await chat.store.close()
 
 
-async def new_chat(app: ChatApp, who: str = "ada") -> BrowserTab:
-    tab = BrowserTab()
+async def new_chat(app: ChatApp, who: str = "ada", language: str = "en-US") -> BrowserTab:
+    tab = BrowserTab(language=language)
     user = await app.store.create_user(User(identifier=who))
     assert user is not None
     tab.session.user = user
@@ -320,6 +322,131 @@ async def test_a_bad_preset_name_or_too_many_compare_sets_are_refused(app: ChatA
         }
     )
     assert "at most 3 presets" in tab.errors()[-1]
+
+
+def shown(tab: BrowserTab) -> dict[str, Any]:
+    """The values the settings panel shows now (the last one the server sent)."""
+    return {w["id"]: w["initial"] for w in tab.panels()[-1]}
+
+
+def confirmed(tab: BrowserTab, **changes: Any) -> dict[str, Any]:
+    """What the panel sends on Confirm: every widget's value (an empty text as None, as
+    Chainlit's page sends it), with what the person changed."""
+    form = {k: None if v == "" else v for k, v in shown(tab).items()}
+    return {**form, **changes}
+
+
+async def test_a_preset_named_like_a_built_in_is_refused_and_never_hides_it(
+    app: ChatApp,
+) -> None:
+    """A preset of one's own named "Balanced" once replaced the built-in one in the menu
+    (the menu is keyed by name): such names are refused, in any of the three languages,
+    whatever the case and spacing, and "Custom" too. One saved before the check is shown
+    apart from the built-in one, and each can be chosen."""
+    tab = await new_chat(app)
+    clashes = ("Balanced", "  balanced ", "CREATIVE", "Code  assistant", "均衡", "创意", "Custom")
+    for name in clashes:
+        await app.update_settings({"save_preset": name, "temperature": 0.2})
+        plain = " ".join(name.split())
+        assert tab.errors()[-1] == (
+            f"Not saved: “{plain}” is a built-in name in the preset menu. Choose another"
+            " name for your own preset; the settings are as they were."
+        )
+    assert len(tab.errors()) == len(clashes)
+    assert [p.key for p in await app.panel.available("en") if p.key.startswith("user:")] == []
+    assert live_session().sampling.temperature == 0.7  # the edit refused as a whole
+    chinese = await new_chat(app, language="zh-TW")
+    await app.update_settings({"save_preset": "創意"})
+    assert chinese.errors()[-1].startswith("未儲存：「創意」是預設組合選單內建的名稱。")
+
+    # Saved before names were checked: both are in the menu, the built-in one as itself.
+    user = tab.session.user
+    assert user is not None
+    await app.presets.rows.save(user.id, "Balanced", {"temperature": 0.3}, most=100)
+    tab = await new_chat(app)
+    items = next(w for w in tab.panels()[-1] if w["id"] == "preset")["items"]
+    labels = [item["label"] for item in items]
+    assert len(labels) == len(set(labels))
+    by_key = {item["value"]: item["label"] for item in items}
+    assert (by_key["builtin:balanced"], by_key["user:Balanced"]) == ("Balanced", "Balanced (yours)")
+    await app.update_settings({"preset": "user:Balanced"})
+    assert live_session().sampling.temperature == 0.3
+    await app.update_settings({"preset": "builtin:balanced"})
+    assert live_session().sampling.temperature == 0.7
+    # Its delete button deletes it, by its stored name.
+    await say(app, tab, "", command="Presets")
+    (delete,) = buttons(tab, "delete_preset")
+    await app.ask_to_delete_preset(delete)
+    await app.delete_preset(buttons(tab, "delete_preset_confirmed")[0])
+    assert tab.payloads("toast")[-1]["message"] == "Deleted the preset “Balanced (yours)”."
+    assert [p.key for p in await app.panel.available("en") if p.key.startswith("user:")] == []
+
+
+async def test_a_slider_moved_in_the_same_edit_as_a_chosen_preset_is_kept(app: ChatApp) -> None:
+    """Temperature moved to 0.15 and Creative chosen, then Confirm (the panel sends every
+    value at once): Creative's other values apply, the temperature moved stays, the person
+    is told, and the panel shows it at once (Custom: the sliders are no preset now)."""
+    tab = await new_chat(app)
+    await app.update_settings(confirmed(tab, temperature=0.15, preset="builtin:creative"))
+    sampling = live_session().sampling
+    assert (sampling.temperature, sampling.top_p, sampling.top_k) == (0.15, 0.98, 100)
+    assert sampling.repeat_penalty == 1.05
+    panel = shown(tab)
+    assert (panel["temperature"], panel["top_k"], panel["preset"]) == (0.15, 100, "custom")
+    assert tab.payloads("toast")[-1]["message"] == (
+        "Applied “Creative”, keeping what you moved yourself in the same edit: Temperature."
+    )
+    # Chosen with nothing moved: all of it, and the menu names it.
+    await app.update_settings(confirmed(tab, preset="builtin:creative"))
+    assert live_session().sampling.temperature == 1.1
+    assert (shown(tab)["temperature"], shown(tab)["preset"]) == (1.1, "builtin:creative")
+
+
+async def test_a_new_chat_whose_sliders_equal_a_preset_shows_that_preset(app: ChatApp) -> None:
+    """The default sliders are Balanced's: the menu says so, not "Custom"; sliders set by
+    hand to a preset's values name it too."""
+    tab = await new_chat(app)
+    assert shown(tab)["preset"] == "builtin:balanced"
+    await app.update_settings(
+        confirmed(tab, temperature=0.0, top_p=1.0, top_k=0, repeat_penalty=1.0)
+    )
+    assert shown(tab)["preset"] == "builtin:precise"
+    await app.update_settings(confirmed(tab, temperature=0.05))
+    assert shown(tab)["preset"] == "custom"
+
+
+@pytest.fixture
+def chainlit_writes(app: ChatApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chainlit writes every message it sends (in a task nobody awaits) to the app's
+    store, as app.py's `@cl.data_layer` has it do in the running app."""
+    monkeypatch.setattr(chainlit.data, "_data_layer", app.store)
+    monkeypatch.setattr(chainlit.data, "_data_layer_initialized", True)
+
+
+@pytest.mark.usefixtures("chainlit_writes")
+async def test_refused_settings_are_shown_to_the_user_alone(app: ChatApp) -> None:
+    """A refused value or preset name is told to the person in the chat, and that is all:
+    not stored in the thread, so neither shared nor exported, and in a new chat nothing
+    waits for the first message to make a thread of it."""
+    tab = await new_chat(app)
+    await app.update_settings({"save_preset": "x" * 61})  # a new chat: no thread yet
+    await app.update_settings({"seed": "-5"})
+    await app.update_settings({"temperature": 0.0, "max_tokens": 6})  # put right
+    assert len(tab.errors()) == 2
+    # Chainlit holds a new chat's writes back until its first message, then makes the
+    # thread of them (a command that stores nothing made an "Untitled" thread).
+    assert tab.session.thread_queues.get("create_step", []) == []
+    await say(app, tab, QUESTION)
+    await app.update_settings({"seed": "a whole number"})  # the thread exists now
+    assert len(tab.errors()) == 3
+    await say(app, tab, "And once more.")  # its writes come after any the refusal began
+    steps = await stored_steps(app, tab)
+    assert [s["type"] for s in steps] == ["user_message", "assistant_message"] * 2
+    assert not any(s.get("isError") for s in steps)
+    document = await export_thread(app.store, tab.session.thread_id)
+    exported = json.dumps(document, ensure_ascii=False)
+    assert QUESTION in exported
+    assert [error for error in tab.errors() if error in exported] == []
 
 
 async def test_compare_shows_replies_side_by_side_and_comes_back_on_resume(

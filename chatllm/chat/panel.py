@@ -10,16 +10,10 @@ import chainlit as cl
 from chainlit.input_widget import InputWidget, MultiSelect, Select, Slider, Tab, TextInput
 
 from chatllm.chat.actions import DELETE_PRESET, DELETE_PRESET_CONFIRMED, KEEP_PRESET
-from chatllm.chat.session import (
-    CUSTOM,
-    ChatSession,
-    save_session,
-    show_error,
-    user_id,
-)
-from chatllm.errors import ChatLLMError, PresetError
+from chatllm.chat.session import CUSTOM, ChatSession, save_session, user_id
+from chatllm.errors import ChatLLMError, PresetError, describe
 from chatllm.i18n import CATALOGUES, t
-from chatllm.presets import MAX_SETS, Preset, Presets, builtin_presets
+from chatllm.presets import MAX_SETS, Preset, Presets, ReservedName, builtin_presets
 from chatllm.sampling import Sampling
 from chatllm.starters import Starter
 from chatllm.store import ChatDataLayer
@@ -129,12 +123,13 @@ class Panel:
         comparison sets on the second."""
         presets = await self.available(lang)
         keys = {p.key for p in presets}
+        session.preset = preset_of(session.sampling, presets, session.preset)
         preset_widgets: list[InputWidget] = [
             Select(
                 id="preset",
                 label=t("preset", lang),
                 items={t("preset.custom", lang): CUSTOM, **{p.label: p.key for p in presets}},
-                initial_value=session.preset if session.preset in keys else CUSTOM,
+                initial_value=session.preset,
                 tooltip=t("preset.help", lang),
             ),
             TextInput(
@@ -164,9 +159,9 @@ class Panel:
         _mirror(session)
 
     async def update(self, session: ChatSession, values: dict[str, Any], lang: str) -> None:
-        """Apply the panel: a newly chosen preset sets the sliders, a name saves the current
-        values as a preset, and slider changes apply to the next reply. Bad values are
-        refused and the old ones kept."""
+        """Apply the panel: a newly chosen preset sets the sliders (but those moved in the
+        same edit), a name saves the current values as a preset, and slider changes apply
+        to the next reply. Bad values are refused and the old ones kept."""
         current = session.sampling
         values = dict(values)
         preset_key = str(values.pop("preset", None) or CUSTOM)
@@ -183,10 +178,22 @@ class Panel:
             updated = current.update(
                 {k: v for k, v in values.items() if k in Sampling.model_fields}
             )
-            if preset_key != previous_key and preset_key in presets:
-                updated = presets[preset_key].apply(updated)
-            elif preset_key in presets and not presets[preset_key].matches(updated):
-                preset_key = CUSTOM  # a slider moved away from the preset
+            chosen = presets.get(preset_key) if preset_key != previous_key else None
+            if chosen is not None:
+                # Chainlit's panel sends nothing until Confirm, and then every value at
+                # once: which came first, the preset or the slider, is not known. A slider
+                # the person moved in this edit is something they did on purpose, so it is
+                # kept; the preset sets the rest. Nothing is silently overridden: they are
+                # told which were kept, and the panel is sent again at once showing the
+                # values replies will use (and Custom where they are no preset's).
+                moved = {n for n in chosen.values if getattr(updated, n) != getattr(current, n)}
+                updated = updated.update({n: v for n, v in chosen.values.items() if n not in moved})
+                kept = [n for n in moved if getattr(updated, n) != chosen.values[n]]
+                if kept:
+                    fields = t("preset.kept.separator", lang).join(
+                        t(n, lang) for n in Sampling.model_fields if n in kept
+                    )
+                    notices.append(t("preset.kept", lang, name=chosen.label, fields=fields))
             if save_as:
                 owner = user_id()
                 if owner is None:
@@ -209,10 +216,10 @@ class Panel:
         except ChatLLMError as exc:  # bad values, a bad preset name, a failed save
             log.info("Refused settings: %s", exc)
             await self.send(session, lang)  # the panel shows the old values
-            await show_error(exc, lang)
+            await refuse(exc, lang)
             return
         session.sampling = updated
-        session.preset = preset_key
+        session.preset = preset_key  # `send` checks it against the sliders
         if preset_key != previous_key or save_as or updated != current:
             await self.send(session, lang)  # the sliders show what will be used
         _mirror(session)
@@ -240,7 +247,7 @@ class Panel:
             try:
                 await save_session(self.store, session)
             except ChatLLMError as exc:
-                await show_error(exc, lang)
+                await refuse(exc, lang)
 
     # ---- deleting a preset: a button, then a confirmation
 
@@ -286,7 +293,7 @@ class Panel:
         owner = user_id()
         if preset is None or owner is None:
             return
-        if not await self.presets.delete(owner, preset.label):
+        if not await self.presets.delete(owner, preset.own_name):
             await cl.context.emitter.send_toast(t("preset.gone", lang), "warning")
             return
         await cl.context.emitter.send_toast(t("preset.deleted", lang, name=preset.label), "success")
@@ -319,6 +326,32 @@ async def notice(text: str, buttons: list[cl.Action] | None = None) -> cl.Messag
     message.persisted = True
     await message.send()
     return message
+
+
+async def refuse(exc: ChatLLMError, lang: str) -> None:
+    """Settings refused (or not saved), told to this person alone. They are no part of
+    the conversation: marked as stored, Chainlit does not write them (it writes what it
+    sends, in a task nobody awaits, and in a new chat holds that write back until the
+    first message, then makes the thread of it), so they are never in the thread, its
+    share link or its export, and never make a thread of their own."""
+    words = (
+        t("preset.name.builtin", lang, name=exc.name)
+        if isinstance(exc, ReservedName)
+        else describe(exc, lang)
+    )
+    message = cl.ErrorMessage(content=words, author="chatllm")
+    message.persisted = True
+    await message.send()
+
+
+def preset_of(sampling: Sampling, presets: list[Preset], chosen: str) -> str:
+    """The preset the menu shows: the one chosen while the sliders still hold its values,
+    else the first whose values they hold (built-in ones first: a new chat's defaults are
+    Balanced's), else Custom."""
+    by_key = {p.key: p for p in presets}
+    if chosen in by_key and by_key[chosen].matches(sampling):
+        return chosen
+    return next((p.key for p in presets if p.matches(sampling)), CUSTOM)
 
 
 async def withdraw(action: cl.Action) -> None:
