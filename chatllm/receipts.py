@@ -14,7 +14,7 @@ from langchain_core.messages import BaseMessage
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatllm.clock import utc_now
-from chatllm.i18n import t
+from chatllm.i18n import CATALOGUES, t
 
 log = logging.getLogger("chatllm")
 
@@ -92,10 +92,12 @@ class Receipt(BaseModel):
         """One compact line for under a reply or in an export."""
         s = self.sampling
         parts = [
-            f"{self.backend} · {self.model}",
-            f"T {_num(s.get('temperature'))} · top_p {_num(s.get('top_p'))}"
-            f" · top_k {_num(s.get('top_k'))} · rep {_num(s.get('repeat_penalty'))}"
-            f" · max {_num(s.get('max_tokens'))} · seed {_num(s.get('seed'))}",
+            f"{self.backend_text(lang)} · {self.model}",
+            t(
+                "receipt.sampling",
+                lang,
+                **{key: _num(s.get(key)) for key in SAMPLING_LABELS if key != "system_prompt"},
+            ),
         ]
         approx = "≈" if self.tokens_estimated else ""
         parts.append(
@@ -113,6 +115,11 @@ class Receipt(BaseModel):
         parts.append(t(f"finish.{self.finish_reason}", lang))
         return " · ".join(parts)
 
+    def backend_text(self, lang: str | None = None) -> str:
+        """The backend in the user's language ("本機" for local)."""
+        key = f"receipt.backend.{self.backend}"
+        return t(key, lang) if key in CATALOGUES["en"] else self.backend
+
     def view(self, lang: str | None = None, title: str | None = None) -> dict[str, Any]:
         """Props for the `Receipt` custom element (public/elements/Receipt.jsx)."""
         return {
@@ -124,6 +131,7 @@ class Receipt(BaseModel):
             # them: the table showed `max_tokens` and `length`.
             "sampling_labels": {key: t(key, lang) for key in SAMPLING_LABELS},
             "finish_text": t(f"finish.{self.finish_reason}", lang),
+            "backend_text": self.backend_text(lang),
         }
 
 

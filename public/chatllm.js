@@ -43,9 +43,10 @@
     sessionStorage.removeItem(AFTER_LOGIN);
   }
 
-  // Deleting the thread that is open: Chainlit's page stayed on it, its messages shown,
-  // and the next message went into the deleted thread. The page goes to a new chat, once
-  // Chainlit's notice that it was deleted has been seen.
+  // Deleting the thread that is open: Chainlit's page goes to a new chat when it knows
+  // the thread is the open one, but it once stayed on it, its messages shown, and the
+  // next message went into the deleted thread. If the page still shows the deleted
+  // thread once Chainlit's notice has been seen, it goes to a new chat.
   const send = window.fetch;
   window.fetch = async function (input, init) {
     const answer = await send.apply(this, arguments);
@@ -54,9 +55,12 @@
       const method = ((init && init.method) || "GET").toUpperCase();
       if (answer.ok && method === "DELETE" && url.pathname === `${root}/project/thread`) {
         const deleted = JSON.parse((init && init.body) || "{}").threadId;
-        const open = location.pathname.match(/\/thread\/([A-Za-z0-9-]+)$/);
-        if (deleted && open && open[1] === deleted) {
-          setTimeout(() => location.assign(`${root}/`), 2000);
+        const showing = () => {
+          const open = location.pathname.match(/\/thread\/([A-Za-z0-9-]+)$/);
+          return deleted && open && open[1] === deleted;
+        };
+        if (showing()) {
+          setTimeout(() => showing() && location.assign(`${root}/`), 2000);
         }
       }
     } catch (_) {
@@ -84,9 +88,10 @@
   addEventListener("popstate", mark);
 
   // Words Chainlit's page writes in English whatever the language (not in its translation
-  // files): the share dialog's Unshare button, a dialog's Close and the theme button's
-  // name (read out by screen readers), the notices of a link that opens nothing and of a
-  // thread that cannot be resumed. Put into the browser's language where the app speaks it.
+  // files): the share dialog's Unshare button, a dialog's Close, the theme and sidebar
+  // buttons' names and the authors' pictures' alternative texts (read out by screen
+  // readers), the notices of a link that opens nothing and of a thread that cannot be
+  // resumed. Put into the browser's language where the app speaks it.
   const chinese = /^zh\b/i.test(navigator.language || "");
   if (chinese) {
     const hant = /^zh-(tw|hk|mo|hant)/i.test(navigator.language);
@@ -97,6 +102,7 @@
       ["Couldn't resume chat", hant ? "無法繼續這段對話" : "无法继续这段对话"],
       ["Couldn't resume chat: Thread not found.", hant ? "無法繼續這段對話：找不到它" : "无法继续这段对话：找不到它"],
       ["Toggle theme", hant ? "切換主題" : "切换主题"],
+      ["Toggle Sidebar", hant ? "切換側邊欄" : "切换侧边栏"],
     ]);
     const translate = () => {
       for (const node of document.querySelectorAll(
@@ -104,6 +110,16 @@
       )) {
         const said = words.get(node.textContent.trim());
         if (said && node.children.length === 0) node.textContent = said;
+      }
+      for (const node of document.querySelectorAll('img[alt^="Avatar for "]')) {
+        const who = node.getAttribute("alt").slice("Avatar for ".length);
+        node.setAttribute("alt", hant ? `${who} 的頭像` : `${who} 的头像`);
+      }
+      for (const node of document.querySelectorAll("[aria-label], [title]")) {
+        for (const attribute of ["aria-label", "title"]) {
+          const said = words.get(node.getAttribute(attribute) || "");
+          if (said) node.setAttribute(attribute, said);
+        }
       }
     };
     new MutationObserver(translate).observe(document.documentElement, {

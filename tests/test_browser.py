@@ -31,6 +31,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
+from chatllm.config import Settings
 from tests.support import AppServer, SocketUser, children, missing_glyphs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -557,6 +558,41 @@ def test_html_in_a_message_shows_as_text_and_runs_nothing(local_app: App, browse
 # ---- 9. Chinese
 
 
+#: Words a Chinese page may show in Latin letters: names (the app, the model, llama.cpp,
+#: Python, a QR code) and the samplers' own terms (top_p, top_k).
+LATIN_NAMES = {"chatllm", "smollm", "instruct", "llama", "cpp", "python", "top", "qr"}
+
+
+def english(text: str) -> set[str]:
+    """Words of three or more Latin letters in `text` that are not names."""
+    return {w for w in re.findall(r"[A-Za-z]{3,}", text) if w.lower() not in LATIN_NAMES}
+
+
+def shown_and_named(page: Page, scope: str = "body") -> str:
+    """What the page shows in `scope` and names there for a screen reader (labels,
+    titles, placeholders, alternative texts), less what the model and the user wrote and
+    the values in its fields (the system prompt is the user's to write) and the threads'
+    names in the sidebar."""
+    return str(
+        page.evaluate(
+            """(scope) => {
+                const root = document.querySelector(scope);
+                const copy = root.cloneNode(true);
+                copy.querySelectorAll(
+                    '[data-step-type] .message-content, .chatllm-compare-text, .chatllm-diff-text,'
+                    + ' textarea, input, #thread-history span.truncate'
+                ).forEach((words) => words.remove());
+                const named = '[aria-label], [title], [placeholder], img[alt]';
+                const names = [...root.querySelectorAll(named)]
+                    .map((node) => ['aria-label', 'title', 'placeholder', 'alt']
+                        .map((a) => node.getAttribute(a) || '').join(' '));
+                return copy.innerText + ' ' + names.join(' ');
+            }""",
+            scope,
+        )
+    )
+
+
 def test_a_zh_tw_browser_gets_the_chinese_welcome_page_and_panel_with_every_glyph_drawn(
     local_app: App, playwright: Playwright, tmp_path: Path
 ) -> None:
@@ -568,6 +604,7 @@ def test_a_zh_tw_browser_gets_the_chinese_welcome_page_and_panel_with_every_glyp
     expect(page.locator("#chat-input")).to_be_visible(timeout=60_000)
     ready(page)
     assert missing_glyphs(page.locator("body").inner_text()) == set()
+    assert english(shown_and_named(page)) == set()  # nothing left in English, shown or named
     shot(page, "09-zh-TW-start")
     page.locator("#readme-button").click()
     expect(page.get_by_text("歡迎使用 chatllm")).to_be_visible()
@@ -578,6 +615,7 @@ def test_a_zh_tw_browser_gets_the_chinese_welcome_page_and_panel_with_every_glyp
     dialog = page.get_by_role("dialog")
     expect(dialog.get_by_role("tab", name="取樣")).to_have_attribute("aria-selected", "true")
     assert missing_glyphs(dialog.inner_text()) == set()
+    assert english(shown_and_named(page, "[role=dialog]")) == set()
     shot(page, "09-zh-TW-settings")
     dialog.get_by_role("tab", name="預設組合").click()
     expect(dialog.locator("#preset")).to_be_visible()
@@ -603,6 +641,7 @@ def test_a_zh_tw_browser_gets_the_chinese_welcome_page_and_panel_with_every_glyp
     )
     assert "精確" in written
     assert missing_glyphs(written + page.locator("#message-composer").inner_text()) == set()
+    assert english(written) == set()
     shot(page, "09-zh-TW-compare")
     send(page, "你好，請用一句話介紹你自己。")
     wait_for_reply(page, 2)
@@ -611,6 +650,10 @@ def test_a_zh_tw_browser_gets_the_chinese_welcome_page_and_panel_with_every_glyp
     receipt.get_by_role("button").click()  # every value, in Chinese
     expect(receipt.locator("table")).to_contain_text("首個詞元")
     assert missing_glyphs(receipt.inner_text()) == set()
+    # The sliders' names and why it ended in words; the system prompt is the user's own.
+    system_prompt = Settings(_env_file=None).system_prompt  # type: ignore[call-arg]
+    assert english(receipt.inner_text().replace(system_prompt, "")) == set()
+    assert english(shown_and_named(page)) == set()
     shot(page, "09-zh-TW-reply-and-receipt")
     context.close()
 
@@ -668,6 +711,20 @@ def test_replies_show_receipts_replay_matches_and_compare_runs_side_by_side(
     expect(browser.locator(".chatllm-compare-column")).to_have_count(3, timeout=60_000)
     expect(browser.locator(".chatllm-receipt").first).to_contain_text("tok/s")
     shot(browser, "10-compare-after-reload")
+    # On a phone the columns stack, each as wide as the chat: three 100-px columns broke
+    # words mid-word.
+    browser.set_viewport_size({"width": 390, "height": 844})
+    try:
+        columns = browser.locator(".chatllm-compare-column")
+        expect(columns).to_have_count(3)
+        boxes = [columns.nth(index).bounding_box() for index in range(3)]
+        assert all(box is not None for box in boxes)
+        tops = [box["y"] for box in boxes if box]
+        assert tops == sorted(tops) and len(set(tops)) == 3, boxes  # one under another
+        assert min(box["width"] for box in boxes if box) >= 250, boxes
+        shot(browser, "10-compare-on-a-phone")
+    finally:
+        browser.set_viewport_size({"width": 1280, "height": 860})
 
 
 # ---- 7. multi-user mode
@@ -779,7 +836,8 @@ def test_a_shared_thread_opens_read_only_for_another_user_until_it_is_unshared(
         expect(bob.locator(QUESTION, has_text=question)).to_be_visible(timeout=30_000)
         expect(bob.locator(REPLY).first).to_contain_text(words(answer)[0])
         seed = stored["metadata"]["receipt"]["sampling"]["seed"]
-        expect(bob.locator(".chatllm-receipt").first).to_contain_text(f"seed {seed}")
+        # The sharer's language: Ada's page is in zh-TW.
+        expect(bob.locator(".chatllm-receipt").first).to_contain_text(f"種子 {seed}")
         expect(bob.locator("#chat-input")).to_have_count(0)  # nothing to send with
         feedback = bob.locator(".positive-feedback-off, .negative-feedback-off")
         expect(feedback.first).to_be_hidden()  # Chainlit shows them, greyed out

@@ -213,7 +213,7 @@ def test_with_sharing_for_anyone_a_link_opens_a_page_of_the_thread_alone_without
     assert "<script>" not in page.text  # the question's HTML is shown as text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
     assert "分享的對話（唯讀）" in page.text and 'lang="zh-TW"' in page.text
-    assert "個詞元" in page.text and "seed" in page.text  # the reply's receipt, in zh-TW
+    assert "個詞元" in page.text and "種子" in page.text  # the reply's receipt, in zh-TW
     assert "A question from another thread." not in page.text
     assert "<form" not in page.text and "socket.io" not in page.text  # nothing to send with
     # Signed in, the same link is Chainlit's page, whose read-only view the API feeds.

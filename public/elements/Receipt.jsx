@@ -9,7 +9,7 @@ export default function Receipt() {
   const sampling = receipt.sampling || {};
   const named = props.sampling_labels || {}; // receipts stored before had none: their keys
   const rows = [
-    [labels.backend || "backend", receipt.backend],
+    [labels.backend || "backend", props.backend_text || receipt.backend],
     [labels.model || "model", receipt.model],
     ...Object.entries(sampling).map(([k, v]) => [named[k] || k, v === null ? "" : String(v)]),
     [labels.prompt_tokens || "prompt tokens", receipt.prompt_tokens],
