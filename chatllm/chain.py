@@ -157,12 +157,18 @@ class ReplyRecord(AsyncCallbackHandler):
 
 
 def fit_to_context(
-    messages: Sequence[BaseMessage], *, budget: int, count: TokenCounter
+    messages: Sequence[BaseMessage],
+    *,
+    budget: int,
+    count: TokenCounter,
+    context: int | None = None,
 ) -> list[BaseMessage]:
     """Drop the oldest history, a whole exchange at a time, until the prompt fits `budget`.
 
     The system prompt and the new message always stay; if they alone do not fit, the
-    message cannot be answered and `ContextOverflow` says by how much.
+    message cannot be answered and `ContextOverflow` says by how much, and, given the
+    whole `context` (the prompt's budget and the reply's room), whether a shorter reply
+    would leave it room.
     """
     messages = [m for m in messages if not (isinstance(m, SystemMessage) and not m.text.strip())]
     if count(messages) <= budget:
@@ -171,7 +177,7 @@ def fit_to_context(
     system = [m for m in messages[:1] if isinstance(m, SystemMessage)]
     needed = count([*system, latest])
     if needed > budget:
-        raise ContextOverflow(needed=needed, available=max(budget, 0))
+        raise ContextOverflow(needed=needed, available=max(budget, 0), context=context)
     trimmed = trim_messages(
         messages,
         max_tokens=budget,
@@ -183,7 +189,7 @@ def fit_to_context(
     )
     if not trimmed or trimmed[-1] is not latest:
         # trim_messages keeps a suffix; the newest message is in it whenever it fits.
-        raise ContextOverflow(needed=needed, available=max(budget, 0))
+        raise ContextOverflow(needed=needed, available=max(budget, 0), context=context)
     return trimmed
 
 
@@ -204,13 +210,15 @@ def build_chain(
     budget = context_tokens - reply_tokens
 
     def fit(prompt: PromptValue) -> list[BaseMessage]:
-        return fit_to_context(prompt.to_messages(), budget=budget, count=count)
+        return fit_to_context(
+            prompt.to_messages(), budget=budget, count=count, context=context_tokens
+        )
 
     async def afit(prompt: PromptValue) -> list[BaseMessage]:
         messages = prompt.to_messages()
         if prepare is not None:
             await prepare(messages)
-        return fit_to_context(messages, budget=budget, count=count)
+        return fit_to_context(messages, budget=budget, count=count, context=context_tokens)
 
     fitting = RunnableLambda(fit, afunc=afit, name="fit_to_context")
     return Chain(first=PROMPT, middle=[fitting, model], last=TextParser())

@@ -151,6 +151,7 @@ async def _import(args: argparse.Namespace, settings: Settings) -> str:
         MAX_DOCUMENT_MB,
         InvalidDocument,
         TransferError,
+        document_text,
         import_thread,
         load_document,
     )
@@ -168,11 +169,7 @@ async def _import(args: argparse.Namespace, settings: Settings) -> str:
         raise TransferError(f"cannot read {args.file}: {exc.strerror or exc}") from None
     if len(data) > most:
         raise InvalidDocument(f"{args.file} is over {MAX_DOCUMENT_MB} MB; no export is that big")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidDocument(f"{args.file} is not UTF-8 text") from None
-    document = load_document(text)
+    document = load_document(document_text(data, str(args.file)))
     async with _open_store(settings) as store:
         thread_id = await import_thread(store, document, args.user)
     return f"Imported as thread {thread_id}: open /thread/{thread_id}"

@@ -2,9 +2,40 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class ChatLLMError(Exception):
     """Base of every error this app raises on purpose."""
+
+
+class Worded(ChatLLMError):
+    """An error whose words are the catalogue's (chatllm.i18n) `key`, filled in with its
+    values: English in `str()` (logs, the command line), the user's language from
+    `describe`, so both say the same."""
+
+    key: ClassVar[str]
+
+    def __init__(self, **values: object) -> None:
+        from chatllm.i18n import t
+
+        self.values = values
+        super().__init__(t(self.key, "en", **values))
+
+
+class Problem(str):
+    """One refused value, as `Worded` words: English as a string (logs, a sweep's
+    refusal), and the catalogue's `key` and `values` for the user's language."""
+
+    key: str
+    values: dict[str, object]
+
+    def __new__(cls, key: str, **values: object) -> Problem:
+        from chatllm.i18n import t
+
+        problem = super().__new__(cls, t(key, "en", **values))
+        problem.key, problem.values = key, values
+        return problem
 
 
 class ConfigError(ChatLLMError):
@@ -12,7 +43,8 @@ class ConfigError(ChatLLMError):
 
 
 class InvalidSampling(ChatLLMError):
-    """A slider value arrived out of range or malformed."""
+    """A slider value arrived out of range or malformed; a problem is a `Problem` where
+    the catalogue has its words."""
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
@@ -77,11 +109,18 @@ class UnknownModel(BackendError):
 
 
 class ContextOverflow(BackendError):
-    """The message does not fit the model's context, even with all history dropped."""
+    """The message does not fit the model's context, even with all history dropped.
 
-    def __init__(self, needed: int | None = None, available: int | None = None) -> None:
+    `needed`: the prompt's tokens (system prompt and message); `available`: the room for
+    them, the context less what the reply is given; `context`: the whole context, where
+    it is known apart from `available` (otherwise `available` is the whole context)."""
+
+    def __init__(
+        self, needed: int | None = None, available: int | None = None, context: int | None = None
+    ) -> None:
         self.needed = needed
         self.available = available
+        self.context = context
         if needed is None or available is None:
             super().__init__("the message does not fit the model's context")
         else:
@@ -117,6 +156,8 @@ def describe(exc: BaseException, lang: str | None = None) -> str:
     """Plain words for the user; the one place errors become text."""
     from chatllm.i18n import t
 
+    if isinstance(exc, Worded):
+        return t(exc.key, lang, **exc.values)
     if isinstance(exc, BackendUnreachable):
         return t("error.unreachable", lang, url=exc.url, detail=exc.detail)
     if isinstance(exc, BackendTimeout):
@@ -130,7 +171,18 @@ def describe(exc: BaseException, lang: str | None = None) -> str:
     if isinstance(exc, ContextOverflow):
         if exc.needed is None or exc.available is None:
             return t("error.context.unknown", lang)
-        return t("error.context", lang, needed=exc.needed, available=exc.available)
+        context = exc.available if exc.context is None else exc.context
+        if exc.needed >= context:  # no reply, however short, makes room
+            return t("error.context.whole", lang, needed=exc.needed, context=context)
+        return t(
+            "error.context",
+            lang,
+            needed=exc.needed,
+            context=context,
+            reserved=context - exc.available,
+            available=exc.available,
+            most=context - exc.needed,
+        )
     if isinstance(exc, EngineCrashed):
         return t("error.engine_crashed", lang, detail=exc.detail)
     if isinstance(exc, EngineHung):
@@ -142,7 +194,10 @@ def describe(exc: BaseException, lang: str | None = None) -> str:
     if isinstance(exc, ThreadDeleted):
         return t("error.thread_deleted", lang)
     if isinstance(exc, InvalidSampling):
-        return t("settings.refused", lang, problems="; ".join(exc.problems))
+        problems = (
+            t(p.key, lang, **p.values) if isinstance(p, Problem) else p for p in exc.problems
+        )
+        return t("settings.refused", lang, problems="; ".join(problems))
     if isinstance(exc, BackendError):
         return t("error.backend", lang, detail=str(exc))
     if isinstance(exc, ChatLLMError):

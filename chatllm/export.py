@@ -35,8 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from chatllm.auth import LOCAL_USER
 from chatllm.clock import format_time, parse_time, utc_now
-from chatllm.errors import ChatLLMError, StoreError
+from chatllm.errors import ChatLLMError, StoreError, Worded
 from chatllm.history import CHOSEN_REPLIES, FINISH_REASON, KIND, REPLY_TO
+from chatllm.i18n import t
 from chatllm.receipts import RECEIPT
 from chatllm.share import SESSION_KINDS
 from chatllm.store import ChatDataLayer
@@ -59,7 +60,6 @@ REPLY_FIELDS = (KIND, REPLY_TO, FINISH_REASON, RECEIPT, COMPARE, REPLAY_OF)
 THREAD_METADATA = ("chat_settings", "chat_profile", CHOSEN_REPLIES)
 #: Assistant messages that only served the session they were shown in (download links).
 ROLE_OF_STEP = {"user_message": "user", "assistant_message": "assistant"}
-IMPORTED_SUFFIX = " (imported)"
 
 #: The times a message may carry: anything else is a damaged or made-up file.
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
@@ -80,6 +80,22 @@ class ThreadNotFound(TransferError):
 
 class InvalidDocument(TransferError):
     """The file is not a chatllm thread export this version can read."""
+
+
+class NotText(Worded, InvalidDocument):
+    """The file is not UTF-8 text (a picture, an archive): no export, and no use reading
+    it as JSON. The same words from the command and the chat's Import."""
+
+    key = "import.not_text"
+
+
+def document_text(data: bytes, name: str) -> str:
+    """The text of an export file's bytes; NotText, naming the file as `name`, if they are
+    not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise NotText(name=name) from None
 
 
 # ---- the document
@@ -336,8 +352,11 @@ def _exported_message(step: StepDict) -> dict[str, Any]:
 # ---- import
 
 
-async def import_thread(store: ChatDataLayer, document: object, user_identifier: str) -> str:
-    """Add an exported thread as a new thread of `user_identifier`; returns its id.
+async def import_thread(
+    store: ChatDataLayer, document: object, user_identifier: str, lang: str | None = None
+) -> str:
+    """Add an exported thread as a new thread of `user_identifier`; returns its id. Its
+    name says it is an import, in `lang`.
 
     The document is checked through before anything is written (InvalidDocument). All or
     nothing: if a write fails, what was written of the new thread is deleted again.
@@ -345,7 +364,7 @@ async def import_thread(store: ChatDataLayer, document: object, user_identifier:
     named here, and no write waits for that session's first message.
     """
     parsed = parse_document(document)
-    return await _outside_chainlit(_write_thread(store, parsed, user_identifier))
+    return await _outside_chainlit(_write_thread(store, parsed, user_identifier, lang))
 
 
 async def _outside_chainlit(work: Coroutine[Any, Any, T]) -> T:
@@ -354,7 +373,9 @@ async def _outside_chainlit(work: Coroutine[Any, Any, T]) -> T:
     return await asyncio.create_task(work, context=contextvars.Context())
 
 
-async def _write_thread(store: ChatDataLayer, document: ThreadDocument, identifier: str) -> str:
+async def _write_thread(
+    store: ChatDataLayer, document: ThreadDocument, identifier: str, lang: str | None
+) -> str:
     user = await stored_user(store, identifier, create_local=True)
     if user is None:
         raise NoSuchUser(f"the user {identifier!r} could not be created")
@@ -385,7 +406,7 @@ async def _write_thread(store: ChatDataLayer, document: ThreadDocument, identifi
     ]
     thread: ThreadDict = {
         "id": thread_id,
-        "name": _imported_name(document),
+        "name": _imported_name(document, lang),
         "userId": user.id,
         "metadata": metadata,
         "tags": list(info.tags),
@@ -438,12 +459,15 @@ def _ordered_times(document: ThreadDocument) -> list[str]:
     return times
 
 
-def _imported_name(document: ThreadDocument) -> str:
+def _imported_name(document: ThreadDocument, lang: str | None) -> str:
+    """The thread's name, or its first question's start, marked as an import at its start:
+    the sidebar shows a long name's start only, where a mark at its end went unseen and
+    the import looked like the original."""
     name = document.thread.name
     if not name:
         first = next((m.text for m in document.messages if m.role == "user"), "")
         name = " ".join(first.split())[:60] or "Untitled"
-    return name + IMPORTED_SUFFIX
+    return t("import.name", lang, name=name)
 
 
 async def stored_user(

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
-from chatllm.errors import InvalidSampling
+from chatllm.errors import InvalidSampling, Problem
 
 log = logging.getLogger("chatllm")
 
 SEED_MAX = 2**31 - 1
+#: The catalogue's words for a refused seed (chatllm.i18n), in every language.
+SEED_PROBLEM = "settings.problem.seed"
 
 
 class Sampling(BaseModel):
@@ -55,18 +59,23 @@ class Sampling(BaseModel):
     @field_validator("seed", mode="before")
     @classmethod
     def _seed_from_text(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("must be a whole number or empty")
-        if value is None:
+        # The panel sends text; whatever is refused, the words say the range it may take.
+        if value is None or (isinstance(value, str) and not value.strip()):
             return None
-        if isinstance(value, str):
-            text = value.strip()
-            if not text:
-                return None
-            if not (text.isascii() and text.isdigit()):
-                raise ValueError("must be a whole number or empty")
-            return int(text)
-        return value
+        number: int | None = None
+        if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]{1,20}", value.strip()):
+            number = int(value.strip())
+        elif isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, float) and value.is_integer():
+            number = int(value)
+        if number is None or not 0 <= number <= SEED_MAX:
+            raise PydanticCustomError(
+                SEED_PROBLEM,
+                "must be a whole number from {low} to {high}, or empty for a random one",
+                {"low": 0, "high": SEED_MAX},
+            )
+        return number
 
     def update(self, changes: Mapping[str, Any]) -> Sampling:
         """A copy with `changes` applied, validated as a whole; raises InvalidSampling."""
@@ -128,8 +137,11 @@ def parse_sampling(raw: Mapping[str, Any]) -> Sampling:
     try:
         return Sampling.model_validate(dict(raw))
     except ValidationError as exc:
-        problems = []
+        problems: list[str] = []
         for error in exc.errors():
+            if error["type"] == SEED_PROBLEM:
+                problems.append(Problem(SEED_PROBLEM, **error.get("ctx", {})))
+                continue
             where = ".".join(str(part) for part in error["loc"]) or "settings"
             reason = (
                 "is not a known setting" if error["type"] == "extra_forbidden" else error["msg"]

@@ -27,6 +27,7 @@ from chainlit.types import (
     ElementRequest,
     ShareThreadRequest,
     UpdateFeedbackRequest,
+    UpdateThreadRequest,
 )
 from chainlit.user import PersistedUser, User
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
@@ -90,11 +91,16 @@ async def require_author(
     return author
 
 
+#: The longest thread name kept (the store cuts a name there).
+THREAD_NAME_CHARS = 255
+
+
 def owner_checks(store: ChatDataLayer) -> APIRouter:
     """Chainlit's feedback and element routes, behind the check they lack: the caller owns
     the thread the feedback, step or element belongs to. An unknown id is a 404 (Chainlit
     answers a 500 carrying the SQL), another user's a 403. Chainlit's handler then does
-    the work."""
+    the work. Renaming a thread, too: its author's alone, and a name of blanks is refused
+    in the caller's language (Chainlit's took it, and the sidebar showed an empty line)."""
     router = APIRouter()
 
     async def require_owner(
@@ -135,6 +141,20 @@ def owner_checks(store: ChatDataLayer) -> APIRouter:
     async def delete_element(payload: ElementRequest, user: CurrentUser) -> Any:
         await require_owner(user, "elements", str(payload.element.get("id") or ""))
         return await chainlit_server.delete_thread_element(payload, user)
+
+    @router.put("/project/thread")
+    async def rename_thread(
+        request: Request, payload: UpdateThreadRequest, user: CurrentUser
+    ) -> Any:
+        if user is None:
+            raise HTTPException(status_code=401, detail="Unauthorized")
+        await require_author(store, user, payload.threadId)
+        name = " ".join(payload.name.split())[:THREAD_NAME_CHARS].strip()
+        if not any(c.isprintable() and not c.isspace() for c in name):  # blanks, invisibles
+            lang = request_language(request.headers.get("accept-language"))
+            raise HTTPException(status_code=400, detail=t("thread.rename.empty", lang))
+        named = payload.model_copy(update={"name": name})
+        return await chainlit_server.rename_thread(request, named, user)
 
     return router
 
@@ -609,7 +629,7 @@ CHAINLIT_ROUTES: dict[str, tuple[Guard, str]] = {
     ),
     "PUT /project/element": (Guard.APP, "the element's thread must be the caller's"),
     "DELETE /project/element": (Guard.APP, "the element's thread must be the caller's"),
-    "PUT /project/thread": (Guard.SESSION, "renaming: Chainlit checks the author"),
+    "PUT /project/thread": (Guard.APP, "renaming: the author alone, a name not blank"),
     "PUT /project/thread/share": (Guard.APP, "the author alone (`shared_threads`)"),
     "DELETE /project/thread": (Guard.SESSION, "Chainlit checks the author; the store too"),
     "POST /project/action": (Guard.SESSION, "the session must be the caller's (Chainlit)"),

@@ -15,7 +15,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
 
 from chatllm.backends.local import LocalBackend
 from chatllm.chain import ReplyRecord, build_chain, chain_input, fit_to_context
-from chatllm.errors import ContextOverflow
+from chatllm.errors import ContextOverflow, describe
 
 
 def words(messages: Sequence[BaseMessage]) -> int:
@@ -274,3 +274,26 @@ async def test_a_chain_stopped_or_failing_midway_reports_its_run_ended_so() -> N
         async for _ in failing.astream(chain_input("", [], "hi"), {"callbacks": [runs]}):
             pass
     assert runs.events == [("start", "Chain"), ("error", "RuntimeError")]
+
+
+async def test_a_message_longer_than_the_whole_context_is_told_what_can_help() -> None:
+    """No "Max new tokens" can make room: the message (with the system prompt) is longer
+    than the whole context. The user is told to shorten it, or choose a longer context."""
+    chain = recording_chain(context_tokens=20, reply_tokens=5)
+    with pytest.raises(ContextOverflow) as refused:
+        await chain.ainvoke(chain_input("be brief", [], "w " * 30))
+    said = describe(refused.value, "en")
+    assert "34 tokens" in said and "20" in said, said  # the prompt (3 + 31 by `words`); the context
+    assert "Max new tokens" not in said and "shorten" in said.lower() and "longer context" in said
+    for lang, slider in (("zh-TW", "最多新詞元數"), ("zh-CN", "最多新词元数")):
+        said = describe(refused.value, lang)
+        assert "34" in said and "20" in said and slider not in said, said
+
+
+async def test_a_message_that_fits_with_a_shorter_reply_is_told_how_short() -> None:
+    chain = recording_chain(context_tokens=20, reply_tokens=10)
+    with pytest.raises(ContextOverflow) as refused:
+        await chain.ainvoke(chain_input("be brief", [], "w " * 11))  # 15 tokens: 5 for a reply
+    said = describe(refused.value, "en")
+    assert "“Max new tokens” to 5 or less" in said, said
+    assert "最多新詞元數」調到 5" in describe(refused.value, "zh-TW")

@@ -1,22 +1,28 @@
 """An import is all or nothing, and a file that is damaged, made up or huge is refused in
-plain words: `python -m chatllm import`, run as an operator runs it, on a real database."""
+plain words: `python -m chatllm import`, run as an operator runs it, on a real database,
+and the chat's Import command on the running app, over its socket."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 from chatllm.store import Database
 from tests.conftest import sqlite_only
-from tests.support import command_env, refuse_inserts, run_command
+from tests.support import AppServer, SocketUser, command_env, refuse_inserts, run_command
+
+CHROMIUM = os.environ.get("CHATLLM_CHROMIUM", "/usr/bin/chromium")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -155,3 +161,82 @@ def test_a_file_too_big_to_be_an_export_is_refused_unread(
     assert code == 1 and "is over 50 MB" in said
     code, said = run_command(where, "import", "-", stdin=b" " * (51 * 1024 * 1024))
     assert code == 1 and "is over 50 MB" in said
+
+
+#: The first bytes of a PNG picture: the file a user picks by mistake, renamed `.json`.
+PICTURE = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02"
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    server = AppServer(tmp_path_factory.mktemp("importing-app")).start()
+    yield server
+    server.stop()
+
+
+async def import_in_chat(app: AppServer, name: str, content: bytes, language: str) -> SocketUser:
+    """A new chat in `language` where the Import command is given and answered with an
+    upload; returned once the app has answered it (an error, or the new thread's link)."""
+    tab = SocketUser(app.base, language=language)
+    await tab.connect()
+    tab.answer_file_questions(name, content, "application/json")
+    await tab.say("import this", command="Import")
+    await tab.wait_for(lambda: tab.errors() or linked(tab))
+    return tab
+
+
+def linked(tab: SocketUser) -> list[dict[str, object]]:
+    return [m for m in tab.named("new_message") if "/thread/" in str(m["output"])]
+
+
+async def test_a_picture_named_json_is_refused_in_the_same_words_by_the_chat_and_the_command(
+    app: AppServer, tmp_path: Path
+) -> None:
+    picture = tmp_path / "photo.json"
+    picture.write_bytes(PICTURE)
+    code, said = run_command(command_env(tmp_path / "data"), "import", str(picture))
+    assert code == 1 and said.startswith(f"chatllm: {picture} is not UTF-8 text"), said
+    for language, words in (
+        ("en-US", said.removeprefix(f"chatllm: {picture}")),
+        ("zh-TW", " 不是 UTF-8 文字檔"),
+    ):
+        tab = await import_in_chat(app, "photo.json", PICTURE, language)
+        await tab.client.disconnect()
+        (error,) = tab.errors()
+        assert error.startswith("photo.json" + words), error
+        assert not linked(tab)
+
+
+def test_an_import_in_the_chat_is_listed_in_the_sidebar_at_once_marked_as_an_import(
+    app: AppServer, tmp_path: Path
+) -> None:
+    """In Chromium, in zh-TW: the Import command's new thread appears in the sidebar
+    without a reload, its name starting with what marks it an import (the sidebar shows a
+    long name's start only)."""
+    exported = tmp_path / "lighthouse.json"
+    shown = document(2)
+    shown["thread"]["name"] = "Lighthouse keepers' winter night shift planning notes"
+    exported.write_text(json.dumps(shown), encoding="utf-8")
+    assert Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM}: `make test` installs it (apt)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page(locale="zh-TW", viewport={"width": 1280, "height": 860})
+            page.goto(app.base)
+            expect(page.locator("#chat-settings-open-modal")).to_be_visible(timeout=60_000)
+            page.locator("#chat-input").fill("/")  # the command menu
+            page.get_by_text("匯入", exact=True).click()
+            page.locator("#chat-input").fill("匯入這個檔案")
+            page.locator("#chat-input").press("Enter")
+            # The chat's first message takes the page to its thread's address, which draws
+            # the question's drop zone again: a file given before that was lost.
+            page.wait_for_url("**/thread/*", timeout=30_000)
+            expect(page.get_by_text("請上傳匯出的 JSON 對話檔")).to_be_visible(timeout=30_000)
+            page.locator("#ask-button-input").set_input_files(str(exported))
+            expect(page.get_by_text("已匯入為新對話")).to_be_visible(timeout=60_000)
+            listed = page.locator("#thread-history").get_by_text("匯入：Lighthouse keepers")
+            expect(listed).to_be_visible(timeout=10_000)
+        finally:
+            browser.close()

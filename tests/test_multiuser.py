@@ -324,7 +324,7 @@ def test_a_shared_thread_is_read_only_to_other_signed_in_users_until_unshared(
             bob.put("/project/thread/share", json={"threadId": thread, "isShared": False}),
         ]
         # (Chainlit's own thread routes answer another user with a 401, the app's a 403.)
-        assert [r.status_code for r in refused] == [401, 401, 401, 403, 403]
+        assert [r.status_code for r in refused] == [401, 403, 401, 403, 403]
         anonymous = httpx.get(f"{server}/project/share/{thread}")
         assert anonymous.status_code == 401 and "secret plan" not in anonymous.text
         assert bob.get("/project/share/no-such-thread").status_code == 404
@@ -442,3 +442,37 @@ def test_the_author_renames_and_deletes_her_own_threads(
     deleted = ada.request("DELETE", "/project/thread", json={"threadId": "ada-scratch"})
     assert deleted.status_code == 200
     assert ada.get("/project/thread/ada-scratch").status_code == 404
+
+
+def test_a_name_of_blanks_is_refused_in_words_and_a_name_is_trimmed_and_capped(
+    server: str, server_settings: Settings, server_dir: Path
+) -> None:
+    async def seed() -> None:
+        layer = ChatDataLayer(Database(server_settings.database), FileStore(server_dir / "files"))
+        ada = await layer.get_user("ada")
+        assert ada is not None
+        await layer.update_thread("ada-named", name="named", user_id=ada.id)
+        await layer.close()
+
+    asyncio.run(seed())
+    ada = login(server, "ada")
+    for blank in ("   ", "", "\t\n ", "\u3000\u200b"):  # an ideographic space, a zero-width one
+        refused = ada.put("/project/thread", json={"threadId": "ada-named", "name": blank})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["detail"].startswith("A conversation needs a name")
+    chinese = ada.put(
+        "/project/thread",
+        json={"threadId": "ada-named", "name": " "},
+        headers={"Accept-Language": "zh-TW,zh;q=0.9"},
+    )
+    assert chinese.json()["detail"].startswith("對話需要名稱")
+    assert ada.get("/project/thread/ada-named").json()["name"] == "named"
+    ada.put("/project/thread", json={"threadId": "ada-named", "name": "  燈塔 plans \n"})
+    assert ada.get("/project/thread/ada-named").json()["name"] == "燈塔 plans"
+    ada.put("/project/thread", json={"threadId": "ada-named", "name": " " + "x" * 300})
+    assert ada.get("/project/thread/ada-named").json()["name"] == "x" * 255
+    bob = login(server, "bob")
+    for name in ("mine now", "   "):  # another user's thread: refused, however named
+        taken = bob.put("/project/thread", json={"threadId": "ada-named", "name": name})
+        assert taken.status_code in (401, 403), taken.text
+    assert ada.get("/project/thread/ada-named").json()["name"] == "x" * 255

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 from chainlit.input_widget import Slider, TextInput
 from pydantic import ValidationError
 
 from chatllm.chat.panel import sampling_widgets
-from chatllm.errors import InvalidSampling
+from chatllm.errors import InvalidSampling, describe
 from chatllm.sampling import Sampling, parse_sampling
 
 
@@ -141,10 +142,10 @@ def test_the_seed_and_the_system_prompt_have_their_limits() -> None:
 
 def test_a_refusal_says_in_words_what_is_wrong_with_each_value() -> None:
     with pytest.raises(InvalidSampling) as refused:
-        Sampling().update({"temperature": math.inf, "top_p": 2, "min_p": 0.1, "seed": "４２"})
+        Sampling().update({"temperature": math.inf, "top_p": 2, "min_p": 0.1, "seed": "-5"})
     assert sorted(refused.value.problems) == [
         "min_p is not a known setting",
-        "seed value error, must be a whole number or empty",  # full-width digits
+        "seed must be a whole number from 0 to 2147483647, or empty for a random one",
         "temperature value error, must be a finite number",
         "top_p input should be less than or equal to 1",
     ]
@@ -183,3 +184,26 @@ def test_the_panel_holds_the_seed_as_text() -> None:
     assert Sampling().as_settings()["seed"] == ""
     held = Sampling(seed=7, top_k=3).as_settings()
     assert held == {**Sampling(seed=7, top_k=3).model_dump(), "seed": "7"}
+
+
+@pytest.mark.parametrize("seed", ["-5", -5, " -5 ", 2**31, "9" * 5000, "abc", "４２", 1.5, True])
+def test_a_refused_seed_says_what_range_it_may_take(seed: object) -> None:
+    with pytest.raises(InvalidSampling) as refused:
+        Sampling().update({"seed": seed})
+    assert refused.value.problems == [
+        "seed must be a whole number from 0 to 2147483647, or empty for a random one"
+    ]
+
+
+def test_a_refused_seed_is_told_in_the_users_language() -> None:
+    with pytest.raises(InvalidSampling) as refused:
+        Sampling().update({"seed": "-5"})
+    for lang, words in (
+        ("en", "seed must be a whole number from 0 to 2147483647"),
+        ("zh-TW", "種子必須是 0 到 2147483647 之間的整數"),
+        ("zh-CN", "种子必须是 0 到 2147483647 之间的整数"),
+    ):
+        said = describe(refused.value, lang)
+        assert words in said, said
+        if lang != "en":
+            assert not re.search("[A-Za-z]", said), said  # no English inside the sentence

@@ -245,7 +245,7 @@ async def test_an_imported_thread_is_the_same_conversation_with_new_ids_for_its_
     original, imported = await load(store, "t1"), await load(store, new_id)
     assert new_id != "t1"
     assert (imported["userId"], imported["userIdentifier"]) == (bob.id, "bob")
-    assert imported["name"] == "灯塔 Lighthouses (imported)"
+    assert imported["name"] == "Imported: 灯塔 Lighthouses"
     assert imported["tags"] == ["local"]
     before, after = messages_of(original), messages_of(imported)
     assert [s["id"] for s in before] == ["u1", "r1", "r2", "u2", "c1", "p1", "u3", "e1", "u4", "r4"]
@@ -631,7 +631,7 @@ async def test_an_untitled_import_is_named_after_its_first_question(store: ChatD
     )
     new_id = await export.import_thread(store, document, "bob")
     name = "What do lighthouses do at night, and who keeps them lit when"
-    assert (await load(store, new_id))["name"] == f"{name} (imported)"
+    assert (await load(store, new_id))["name"] == f"Imported: {name}"
     assert len(name) == 60
 
     del document["thread"]["name"]
@@ -639,7 +639,23 @@ async def test_an_untitled_import_is_named_after_its_first_question(store: ChatD
     document["thread"]["metadata"] = {}
     document["elements"] = []
     new_id = await export.import_thread(store, document, "bob")
-    assert (await load(store, new_id))["name"] == "Untitled (imported)"
+    assert (await load(store, new_id))["name"] == "Imported: Untitled"
+
+
+async def test_an_import_is_told_apart_from_its_original_where_the_sidebar_cuts_names(
+    store: ChatDataLayer,
+) -> None:
+    """The sidebar shows the start of a long name: an import says so there, in the
+    importing user's language."""
+    await user(store, "bob")
+    document = broken("nothing")
+    name = "Planning the lighthouse keepers' night shifts for the whole winter season"
+    document["thread"]["name"] = name
+    imported = (await load(store, await export.import_thread(store, document, "bob")))["name"]
+    assert imported == f"Imported: {name}"
+    assert imported[:12] != name[:12]
+    in_chinese = await export.import_thread(store, document, "bob", lang="zh-TW")
+    assert (await load(store, in_chinese))["name"] == f"匯入：{name}"
 
 
 async def test_messages_keep_their_order_even_with_times_written_differently(
@@ -977,7 +993,7 @@ async def test_the_commands_list_export_and_import_threads(
     assert said == f"Imported as thread {new_id}: open /thread/{new_id}"
     listing = (await run(app_data, "threads", "--user", "bob")).splitlines()
     assert listing[1].split()[0] == new_id
-    assert listing[1].endswith("  灯塔 Lighthouses (imported)")
+    assert listing[1].endswith("  Imported: 灯塔 Lighthouses")
 
 
 async def test_the_commands_say_what_went_wrong(app_data: Settings, tmp_path: Path) -> None:

@@ -20,7 +20,13 @@ from chatllm.chat.replies import save_message, send_and_save, store_message
 from chatllm.chat.session import ChatSession, current_lang, show_error
 from chatllm.compare import Column, SettingsSet, comparison_view, run_comparison
 from chatllm.errors import ChatLLMError, InvalidSampling, describe
-from chatllm.export import MAX_DOCUMENT_MB, ThreadNotFound, export_thread, import_thread
+from chatllm.export import (
+    MAX_DOCUMENT_MB,
+    ThreadNotFound,
+    document_text,
+    export_thread,
+    import_thread,
+)
 from chatllm.generation import with_seed
 from chatllm.history import KIND, REPLY_TO
 from chatllm.i18n import t
@@ -180,13 +186,14 @@ class Commands:
             return
         user = cl.user_session.get("user")
         try:
-            raw = await asyncio.to_thread(Path(files[0].path).read_text, "utf-8")
+            data = await asyncio.to_thread(Path(files[0].path).read_bytes)
+            raw = document_text(data, files[0].name)
             try:
                 document = json.loads(raw)
             except ValueError as exc:
                 raise ChatLLMError(t("import.not_json", lang, detail=exc)) from exc
-            thread_id = await import_thread(self.store, document, user.identifier)
-        except (ChatLLMError, OSError, UnicodeDecodeError) as exc:
+            thread_id = await import_thread(self.store, document, user.identifier, lang)
+        except (ChatLLMError, OSError) as exc:
             await show_error(exc, lang)
             return
         await cl.Message(
@@ -194,6 +201,19 @@ class Commands:
             author="chatllm",
             metadata={KIND: "import"},
         ).send()
+        await _reload_thread_list(thread_id)
+
+
+async def _reload_thread_list(new_thread_id: str) -> None:
+    """Have the page list the new thread in its sidebar now, not after a reload.
+
+    Chainlit's page (2.12) reloads its thread list whenever the value it keeps for a chat's
+    first interaction changes; a `first_interaction` event sets it (and the chat's thread
+    id, given here unchanged). No other event reloads the list."""
+    await cl.context.emitter.emit(
+        "first_interaction",
+        {"interaction": f"import {new_thread_id}", "thread_id": cl.context.session.thread_id},
+    )
 
 
 def _root_path() -> str:
