@@ -894,6 +894,11 @@ def test_the_main_views_have_no_serious_accessibility_violations(
         views = {"start": serious_violations(page)}
         page.locator("#chat-settings-open-modal").click()
         expect(slider(page, "temperature")).to_be_visible()
+        # The dialog fades in: mid-animation its text has too little contrast (a loaded
+        # machine's run once caught the Presets tab so).
+        page.wait_for_function(
+            "() => document.getAnimations().every((a) => a.playState !== 'running')"
+        )
         views["settings"] = serious_violations(page)
         page.keyboard.press("Escape")
         send(page, "Name one colour of the sea.")

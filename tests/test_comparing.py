@@ -522,7 +522,7 @@ async def test_export_from_the_chat_gives_markdown_and_json_with_receipts(
     (reply,) = [m for m in document["messages"] if m.get("receipt")]
     assert reply["receipt"]["sampling"]["max_tokens"] == 10
     markdown = paths[names[1]].read_text("utf-8")
-    assert "你好，請介紹一下你自己。" in markdown and "種子" in markdown
+    assert "你好，請介紹一下你自己。" in markdown and "seed" in markdown
 
 
 async def test_commands_are_named_in_the_users_language_and_run_by_that_name(
