@@ -58,7 +58,6 @@ REPLAY_OF = "replay_of"
 REPLY_FIELDS = (KIND, REPLY_TO, FINISH_REASON, RECEIPT, COMPARE, REPLAY_OF)
 #: Thread metadata worth carrying to another database; the rest is Chainlit's session copy.
 THREAD_METADATA = ("chat_settings", "chat_profile", CHOSEN_REPLIES)
-#: Assistant messages that only served the session they were shown in (download links).
 ROLE_OF_STEP = {"user_message": "user", "assistant_message": "assistant"}
 
 #: The times a message may carry: anything else is a damaged or made-up file.

@@ -40,6 +40,7 @@ from chatllm.auth import LOGIN_ID, LOGIN_MS, LoginBusy, Passwords, is_loopback
 from chatllm.i18n import request_language, t
 from chatllm.share import SHARE_PATH, Sharing, flags, may_view, read_only
 from chatllm.store import ChatDataLayer
+from chatllm.store.datalayer import MAX_THREAD_NAME
 from chatllm.store.files import FileStore
 from chatllm.store.logins import LoginThrottle
 from chatllm.store.users import Users
@@ -89,10 +90,6 @@ async def require_author(
     if author != user.identifier and not allow_others:
         raise HTTPException(status_code=403, detail="Not yours")
     return author
-
-
-#: The longest thread name kept (the store cuts a name there).
-THREAD_NAME_CHARS = 255
 
 
 def owner_checks(store: ChatDataLayer) -> APIRouter:
@@ -149,7 +146,7 @@ def owner_checks(store: ChatDataLayer) -> APIRouter:
         if user is None:
             raise HTTPException(status_code=401, detail="Unauthorized")
         await require_author(store, user, payload.threadId)
-        name = " ".join(payload.name.split())[:THREAD_NAME_CHARS].strip()
+        name = " ".join(payload.name.split())[:MAX_THREAD_NAME].strip()
         if not any(c.isprintable() and not c.isspace() for c in name):  # blanks, invisibles
             lang = request_language(request.headers.get("accept-language"))
             raise HTTPException(status_code=400, detail=t("thread.rename.empty", lang))

@@ -419,18 +419,23 @@ def test_workers_starting_together_on_one_data_directory_share_one_secret(
     assert [p.name for p in tmp_path.iterdir()] == [".auth_secret"]  # no partial file left
 
 
-def test_the_author_renames_and_deletes_her_own_threads(
-    server: str, server_settings: Settings, server_dir: Path
-) -> None:
+def adas_thread(settings: Settings, files: Path, thread_id: str, name: str) -> None:
+    """A thread of Ada's, named `name`, written into the served app's database."""
+
     async def seed() -> None:
-        settings = server_settings
-        layer = ChatDataLayer(Database(settings.database), FileStore(server_dir / "files"))
+        layer = ChatDataLayer(Database(settings.database), FileStore(files / "files"))
         ada = await layer.get_user("ada")
         assert ada is not None
-        await layer.update_thread("ada-scratch", name="scratch", user_id=ada.id)
+        await layer.update_thread(thread_id, name=name, user_id=ada.id)
         await layer.close()
 
     asyncio.run(seed())
+
+
+def test_the_author_renames_and_deletes_her_own_threads(
+    server: str, server_settings: Settings, server_dir: Path
+) -> None:
+    adas_thread(server_settings, server_dir, "ada-scratch", "scratch")
     ada = login(server, "ada")
     renamed = ada.put("/project/thread", json={"threadId": "ada-scratch", "name": "改名 renamed"})
     assert renamed.status_code == 200
@@ -447,14 +452,7 @@ def test_the_author_renames_and_deletes_her_own_threads(
 def test_a_name_of_blanks_is_refused_in_words_and_a_name_is_trimmed_and_capped(
     server: str, server_settings: Settings, server_dir: Path
 ) -> None:
-    async def seed() -> None:
-        layer = ChatDataLayer(Database(server_settings.database), FileStore(server_dir / "files"))
-        ada = await layer.get_user("ada")
-        assert ada is not None
-        await layer.update_thread("ada-named", name="named", user_id=ada.id)
-        await layer.close()
-
-    asyncio.run(seed())
+    adas_thread(server_settings, server_dir, "ada-named", "named")
     ada = login(server, "ada")
     for blank in ("   ", "", "\t\n ", "\u3000\u200b"):  # an ideographic space, a zero-width one
         refused = ada.put("/project/thread", json={"threadId": "ada-named", "name": blank})

@@ -403,19 +403,24 @@ async def write_metadata(server: AppServer, thread_id: str, metadata: dict[str, 
         await layer.save_thread_metadata(thread_id, metadata)
 
 
-async def test_a_tab_closed_after_reopening_a_thread_writes_back_none_of_the_apps_metadata(
-    server: AppServer,
-) -> None:
-    """Chainlit copies a reopened thread's metadata into the session, and writes that copy
-    back when the tab closes. Every key the app owns changes meanwhile (a sharing stopped,
-    another reply chosen, sliders moved elsewhere): the close must change none of them."""
+async def a_short_thread(server: AppServer) -> str:
+    """A thread of one short turn, its tab closed again; its id."""
     tab = SocketUser(server.base)
     await tab.connect()
     try:
         await tab.turn("Name a colour.", max_tokens=4)
     finally:
         await tab.client.disconnect()
-    thread_id = tab.thread_id
+    return tab.thread_id
+
+
+async def test_a_tab_closed_after_reopening_a_thread_writes_back_none_of_the_apps_metadata(
+    server: AppServer,
+) -> None:
+    """Chainlit copies a reopened thread's metadata into the session, and writes that copy
+    back when the tab closes. Every key the app owns changes meanwhile (a sharing stopped,
+    another reply chosen, sliders moved elsewhere): the close must change none of them."""
+    thread_id = await a_short_thread(server)
     before = await asyncio.to_thread(stored_thread, server, thread_id)
     assert before is not None
     settings = dict(before["metadata"]["chat_settings"])
@@ -553,13 +558,7 @@ async def test_a_chat_resumed_twice_in_one_page_shows_each_reply_button_once(
     """A page whose socket reconnects sends `connection_successful` again, and Chainlit
     resumes the thread again: the page, which adds every button it is sent, showed each
     reply's buttons twice."""
-    tab = SocketUser(server.base)
-    await tab.connect()
-    try:
-        await tab.turn("Name a colour.", max_tokens=4)
-    finally:
-        await tab.client.disconnect()
-    again = SocketUser(server.base, thread_id=tab.thread_id)
+    again = SocketUser(server.base, thread_id=await a_short_thread(server))
     await again.connect()
     try:
         resumed = len(again.named("resume_thread"))

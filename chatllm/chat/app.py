@@ -8,7 +8,6 @@ import logging
 from typing import Any
 
 import chainlit as cl
-from chainlit.config import config as chainlit_config
 from chainlit.types import ThreadDict
 
 from chatllm.backends import Backends, ProfileSpec
@@ -242,7 +241,7 @@ class ChatApp:
         document["exported_at"] = None  # shown as it is now, not exported
         text = to_markdown(document, lang)
         note = t("share.page.note", lang, name=name)
-        return public_page(text, name, lang, note, chainlit_config.run.root_path or "")
+        return public_page(text, name, lang, note, self.store.files.url_root)
 
 
 def _identifier(user: object) -> str:

@@ -197,7 +197,7 @@ class Commands:
             await show_error(exc, lang)
             return
         await cl.Message(
-            content=t("import.done", lang, url=f"{_root_path()}/thread/{thread_id}"),
+            content=t("import.done", lang, url=f"{self.store.files.url_root}/thread/{thread_id}"),
             author="chatllm",
             metadata={KIND: "import"},
         ).send()
@@ -214,13 +214,6 @@ async def _reload_thread_list(new_thread_id: str) -> None:
         "first_interaction",
         {"interaction": f"import {new_thread_id}", "thread_id": cl.context.session.thread_id},
     )
-
-
-def _root_path() -> str:
-    """The root path the app is served under (`chainlit run --root-path`), or ""."""
-    from chainlit.config import config
-
-    return (config.run.root_path or "").rstrip("/")
 
 
 def _file_stem(document: dict[str, Any]) -> str:

@@ -68,6 +68,8 @@ STEP_COLUMNS = {
 
 #: The most threads one page of the list holds.
 MAX_PAGE = 200
+#: The longest thread name kept: a longer one is cut there.
+MAX_THREAD_NAME = 255
 
 
 class ThreadAccessDenied(ChatLLMError, PermissionError):
@@ -643,7 +645,7 @@ class ChatDataLayer(BaseDataLayer):
                 {
                     "id": thread["id"],
                     "user": thread.get("userId"),
-                    "name": (thread.get("name") or "")[:255] or None,
+                    "name": (thread.get("name") or "")[:MAX_THREAD_NAME] or None,
                     "metadata": json.dumps(scrub(thread.get("metadata")), ensure_ascii=False),
                     "tags": json.dumps(thread.get("tags") or [], ensure_ascii=False),
                     "now": stamp,
@@ -916,7 +918,7 @@ class ChatDataLayer(BaseDataLayer):
         if owner is None and acting is not None:
             changes["user_id"] = acting
         if name is not None:
-            changes["name"] = name[:255]
+            changes["name"] = name[:MAX_THREAD_NAME]
         if tags is not None:
             changes["tags"] = json.dumps(tags, ensure_ascii=False)
         if metadata is not None:

@@ -19,7 +19,8 @@ class FileStore:
     def __init__(self, root: Path, url_root: str = "") -> None:
         self.root = root
         #: The root path the app is served under (`chainlit run --root-path`), before
-        #: `URL_PREFIX` in the URLs the page fetches.
+        #: `URL_PREFIX` in the URLs the page fetches, and before every other link the
+        #: app makes (an imported thread's, the public share page's icon).
         self.url_root = url_root.rstrip("/")
 
     def path(self, key: str) -> Path:
