@@ -7,7 +7,6 @@ import logging
 from urllib.parse import urlsplit
 
 import chainlit as cl
-from chainlit.config import config as chainlit_config
 
 from chatllm.auth import is_loopback
 from chatllm.chat.actions import STOP_SHARING
@@ -92,7 +91,7 @@ class Shares:
             scheme = environ.get("HTTP_X_FORWARDED_PROTO") or environ.get("wsgi.url_scheme")
             host = environ.get("HTTP_X_FORWARDED_HOST") or environ.get("HTTP_HOST")
             origin = f"{scheme or 'http'}://{host or '127.0.0.1'}"
-        return origin.rstrip("/") + (chainlit_config.run.root_path or "").rstrip("/")
+        return origin.rstrip("/") + self.store.files.url_root
 
 
 def _mine(author: str | None) -> bool:
