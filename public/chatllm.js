@@ -10,37 +10,55 @@
   // has its cookie): Chainlit's page sends the visitor to its login page, which after the
   // login always goes to "/" (Chainlit issue #1931): a thread link ended on a new chat.
   // The link is remembered on the login page (it is the referrer) and opened once the
-  // login is done.
+  // login is done. It is forgotten only once that page is open: Chainlit's page can go
+  // through its login page twice (at "/", before it has read the new user, it sends the
+  // page back to /login, whose referrer is then "/"), and a link forgotten on the way
+  // was lost (CI, stop 32).
   const AFTER_LOGIN = "chatllm.after-login";
+  const REMEMBERED_FOR = 30 * 60 * 1000; // half an hour on the login page: forgotten
   const onLogin = () => /\/login(\/callback)?$/.test(location.pathname);
   const shareLink = /\/share\/[A-Za-z0-9-]+$/;
   const afterLogin = /\/(share|thread)\/[A-Za-z0-9-]+$/;
+  const remembered = () => {
+    try {
+      const link = JSON.parse(sessionStorage.getItem(AFTER_LOGIN) || "null");
+      if (link && afterLogin.test(link.path) && Date.now() - link.at < REMEMBERED_FOR) {
+        return link;
+      }
+    } catch (_) {
+      // an unreadable entry: forgotten below
+    }
+    sessionStorage.removeItem(AFTER_LOGIN);
+    return null;
+  };
 
   if (onLogin() && document.referrer) {
     try {
       const from = new URL(document.referrer);
       if (from.origin === location.origin && afterLogin.test(from.pathname)) {
-        sessionStorage.setItem(AFTER_LOGIN, from.pathname);
+        const link = { path: from.pathname, at: Date.now(), opened: 0 };
+        sessionStorage.setItem(AFTER_LOGIN, JSON.stringify(link));
       }
     } catch (_) {
       // an unreadable referrer: nothing to remember
     }
   }
-  const pending = sessionStorage.getItem(AFTER_LOGIN);
-  if (pending && afterLogin.test(pending)) {
-    let checks = 0;
+  const pending = remembered();
+  if (pending && location.pathname === pending.path) {
+    sessionStorage.removeItem(AFTER_LOGIN); // arrived
+  } else if (pending && pending.opened >= 3) {
+    sessionStorage.removeItem(AFTER_LOGIN); // it never opened: not tried for ever
+  } else if (pending) {
     const timer = setInterval(() => {
-      checks += 1;
-      if (!onLogin()) {
+      if (!remembered()) {
         clearInterval(timer);
-        sessionStorage.removeItem(AFTER_LOGIN);
-        if (location.pathname !== pending) location.replace(pending);
-      } else if (checks > 7200) {
-        clearInterval(timer); // half an hour on the login page: forgotten
+      } else if (!onLogin()) {
+        clearInterval(timer);
+        pending.opened += 1;
+        sessionStorage.setItem(AFTER_LOGIN, JSON.stringify(pending));
+        location.replace(pending.path);
       }
     }, 250);
-  } else {
-    sessionStorage.removeItem(AFTER_LOGIN);
   }
 
   // Deleting the thread that is open: Chainlit's page goes to a new chat when it knows
