@@ -105,6 +105,15 @@ async def on_settings_update(values: dict[str, Any]) -> None:
     await (await services.chat()).update_settings(values)
 
 
+async def on_settings_edit(values: dict[str, Any]) -> None:
+    await (await services.chat()).edit_settings(values)
+
+
+# Not `@cl.on_settings_edit`, which runs each change as a task: the page would show a
+# task starting and ending at every step of a slider's drag.
+chainlit_config.code.on_settings_edit = on_settings_edit
+
+
 @cl.on_message
 async def on_message(message: cl.Message) -> None:
     await (await services.chat()).answer(message)

@@ -659,7 +659,7 @@ CHAINLIT_EVENTS: dict[str, tuple[Guard, str]] = {
     "audio_chunk": (Guard.OFF, "audio is off"),
     "audio_end": (Guard.OFF, "audio is off (it named the thread 'audio')"),
     "chat_settings_change": (Guard.SESSION, "the session's own settings, validated"),
-    "chat_settings_edit": (Guard.SESSION, "no on_settings_edit: nothing runs"),
+    "chat_settings_edit": (Guard.SESSION, "a preset previewed in the open panel; nothing kept"),
 }
 
 

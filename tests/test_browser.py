@@ -347,8 +347,9 @@ def test_presets_keep_a_slider_moved_with_them_and_refusals_are_never_stored(
     local_app: App, browser: Page
 ) -> None:
     """A new chat's menu names the preset its sliders hold; a preset named like a built-in
-    one is refused in words, and the built-in one stays in the menu; a slider moved in the
-    same edit as a chosen preset is kept, and the panel shows it at once; the refusal is
+    one is refused in words, and the built-in one stays in the menu; a chosen preset moves
+    the sliders at once (Cancel puts them back); a slider moved after it is kept on Confirm,
+    and the panel shows it; the refusal is
     the person's alone: the thread their first message makes holds the conversation only."""
     fresh_chat(browser, local_app)
     browser.locator("#chat-settings-open-modal").click()
@@ -361,9 +362,22 @@ def test_presets_keep_a_slider_moved_with_them_and_refusals_are_never_stored(
     expect(refusal).to_be_visible(timeout=30_000)
     shot(browser, "03-preset-name-refused")
 
+    # Choosing a preset moves the sliders at once, before Confirm; Cancel puts them back.
     browser.locator("#chat-settings-open-modal").click()
     set_slider(browser, "temperature", 0.15, 0.05)
     choose_preset(browser, "Creative")
+    dialog.get_by_role("tab", name="Sampling").click()
+    expect(slider(browser, "temperature")).to_have_attribute("aria-valuenow", "1.1")
+    expect(slider(browser, "top_k")).to_have_attribute("aria-valuenow", "100")
+    shot(browser, "03-preset-moves-the-sliders")
+    browser.get_by_role("button", name="Cancel").click()
+    browser.locator("#chat-settings-open-modal").click()
+    expect(slider(browser, "temperature")).to_have_attribute("aria-valuenow", "0.7")
+    expect(slider(browser, "top_k")).to_have_attribute("aria-valuenow", "40")
+    choose_preset(browser, "Creative")  # the same choice again, after the Cancel
+    dialog.get_by_role("tab", name="Sampling").click()
+    expect(slider(browser, "top_k")).to_have_attribute("aria-valuenow", "100")
+    set_slider(browser, "temperature", 0.15, 0.05)  # moved after the preset: theirs
     browser.get_by_role("button", name="Confirm").click()
     expect(browser.get_by_text("keeping what you moved yourself")).to_be_visible(timeout=30_000)
     browser.locator("#chat-settings-open-modal").click()

@@ -576,3 +576,49 @@ async def test_a_chat_resumed_twice_in_one_page_shows_each_reply_button_once(
             shown = [a for a in shown if a["id"] != data["id"]]
     buttons = [(a["name"], a["forId"]) for a in shown]
     assert buttons and len(buttons) == len(set(buttons)), buttons
+
+
+async def test_a_preset_chosen_in_the_open_panel_moves_the_sliders_and_applies_nothing(
+    server: AppServer,
+) -> None:
+    """The open panel's changes (Chainlit's chat_settings_edit, before Confirm): choosing a
+    preset sends the panel again with its values on the sliders, and the rest as the person
+    left them; it runs no task, and neither the next reply nor the stored thread takes the
+    preset until Confirm. A slider's change (many in a drag) sends nothing back."""
+    tab = SocketUser(server.base)
+    await tab.connect()
+    try:
+        await tab.turn("Name a colour.", max_tokens=4)
+        page = {
+            w["id"]: w.get("initial") for w in panel_widgets(tab.named("chat_settings")[-1]["data"])
+        }
+        assert page["preset"] == "builtin:balanced"
+        shown, tasks = len(tab.named("chat_settings")), len(tab.named("task_start"))
+
+        edited = {**page, "max_tokens": 5}  # a slider moved, then a name typed in part
+        await tab.client.emit("chat_settings_edit", edited)
+        edited["save_preset"] = "half typed"
+        await tab.client.emit("chat_settings_edit", edited)
+        await tab.client.emit("chat_settings_edit", {**edited, "preset": "builtin:creative"})
+        await tab.wait_for(lambda: len(tab.named("chat_settings")) > shown)
+        await asyncio.sleep(0.5)  # nothing more comes
+        assert len(tab.named("chat_settings")) == shown + 1  # for the slider and text: nothing
+        preview = {
+            w["id"]: w.get("initial") for w in panel_widgets(tab.named("chat_settings")[-1]["data"])
+        }
+        assert preview["preset"] == "builtin:creative"
+        assert (preview["temperature"], preview["top_k"]) == (1.1, 100)  # Creative's
+        assert preview["max_tokens"] == 5  # as the person left it
+        assert preview["save_preset"] == "half typed"
+        assert len(tab.named("task_start")) == tasks  # no task: the page's Stop stays away
+
+        await tab.turn("Name another colour.")
+        receipt = replies(tab)[-1]["metadata"]["receipt"]  # type: ignore[index]
+        assert (receipt["sampling"]["temperature"], receipt["sampling"]["top_k"]) == (0.7, 40)
+        assert receipt["sampling"]["max_tokens"] == 4
+    finally:
+        await tab.client.disconnect()
+    thread = await asyncio.to_thread(stored_thread, server, tab.thread_id)
+    assert thread is not None
+    assert thread["metadata"]["chat_settings"]["preset"] == "builtin:balanced"
+    assert thread["metadata"]["chat_settings"]["temperature"] == 0.7

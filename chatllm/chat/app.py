@@ -166,6 +166,15 @@ class ChatApp:
     async def update_settings(self, values: dict[str, Any]) -> None:
         await self.panel.update(self._session(), values, current_lang())
 
+    async def edit_settings(self, values: dict[str, Any]) -> None:
+        """A change in the open panel, before Confirm: a chosen preset's values shown on
+        the sliders at once. Run outside a task (a slider's drag sends many), so what
+        fails is logged here; the panel goes on as it was."""
+        try:
+            await self.panel.edit(self._session(), values, current_lang())
+        except Exception:
+            log.exception("The panel's preview failed")
+
     async def answer(self, message: cl.Message) -> None:
         """A message: a command's, or one chat turn (the model's reply streamed in)."""
         session = self._session()

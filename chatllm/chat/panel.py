@@ -122,20 +122,42 @@ class Panel:
         """Show the panel: the sliders on its first tab; the preset, saving one and the
         comparison sets on the second."""
         presets = await self.available(lang)
-        keys = {p.key for p in presets}
         session.preset = preset_of(session.sampling, presets, session.preset)
+        tabs = self._tabs(
+            sampling_widgets(session.sampling, lang),
+            presets,
+            lang,
+            preset=session.preset,
+            compare_with=session.compare_with,
+        )
+        settings = cl.ChatSettings(tabs)
+        await settings.send()
+        session.panel_sent = session.panel_shown = settings.settings()
+        _mirror(session)
+
+    def _tabs(
+        self,
+        sliders: list[InputWidget],
+        presets: list[Preset],
+        lang: str,
+        *,
+        preset: str,
+        compare_with: list[str],
+        save_as: str = "",
+    ) -> list[InputWidget] | list[Tab]:
+        keys = {p.key for p in presets}
         preset_widgets: list[InputWidget] = [
             Select(
                 id="preset",
                 label=t("preset", lang),
                 items={t("preset.custom", lang): CUSTOM, **{p.label: p.key for p in presets}},
-                initial_value=session.preset,
+                initial_value=preset,
                 tooltip=t("preset.help", lang),
             ),
             TextInput(
                 id="save_preset",
                 label=t("preset.save", lang),
-                initial="",
+                initial=save_as,
                 placeholder=t("preset.save.placeholder", lang),
                 tooltip=t("preset.save.help", lang),
             ),
@@ -143,20 +165,62 @@ class Panel:
                 id="compare_with",
                 label=t("compare_with", lang),
                 items={p.label: p.key for p in presets},
-                initial=[k for k in session.compare_with if k in keys],
+                initial=[k for k in compare_with if k in keys],
                 tooltip=t("compare_with.help", lang),
             ),
         ]
-        tabs = [
-            Tab(
-                id=SAMPLING_TAB,
-                label=t("panel.sampling", lang),
-                inputs=sampling_widgets(session.sampling, lang),
-            ),
+        return [
+            Tab(id=SAMPLING_TAB, label=t("panel.sampling", lang), inputs=sliders),
             Tab(id=PRESETS_TAB, label=t("panel.presets", lang), inputs=preset_widgets),
         ]
-        await cl.ChatSettings(tabs).send()
-        _mirror(session)
+
+    async def edit(self, session: ChatSession, values: dict[str, Any], lang: str) -> None:
+        """A value changed in the open panel, before Confirm (Chainlit's page sends every
+        value at each change). Choosing a preset moves the sliders at once, so the person
+        sees what it sets before confirming; a slider moved after that is theirs, and
+        Confirm keeps it. Nothing is applied or stored here: Cancel still restores the
+        values the panel opened with, in the page."""
+        shown, sent = session.panel_shown, session.panel_sent
+        session.panel_shown = dict(values)
+        key = values.get("preset")
+        if not isinstance(key, str) or key == CUSTOM:
+            return
+        # What the page showed before this change: the panel's last known state, or, after
+        # a Cancel (which the page does not tell), the values it was last sent. A change
+        # that leaves every other field as one of them is a choice of preset; one with
+        # anything else in it is a slider's or a text's.
+        before = next(
+            (
+                state
+                for state in (shown, sent)
+                if all(v == state.get(k) for k, v in values.items() if k != "preset")
+            ),
+            None,
+        )
+        if before is None or key == before.get("preset"):
+            return
+        presets = {p.key: p for p in await self.available(lang)}
+        chosen = presets.get(key)
+        if chosen is None:
+            return
+        sliders = sampling_widgets(chosen.apply(session.sampling), lang)
+        for widget in sliders:  # the rest as the person left them, even text not yet valid
+            if widget.id not in chosen.values and widget.id in values:
+                widget.initial = values[widget.id]
+        compare_with = values.get("compare_with")
+        tabs = self._tabs(
+            sliders,
+            list(presets.values()),
+            lang,
+            preset=key,
+            compare_with=[str(k) for k in compare_with]
+            if isinstance(compare_with, list)
+            else session.compare_with,
+            save_as=str(values.get("save_preset") or ""),
+        )
+        settings = cl.ChatSettings(tabs)
+        await settings.refresh()  # the page's panel, not Chainlit's copy of its values
+        session.panel_shown = settings.settings()
 
     async def update(self, session: ChatSession, values: dict[str, Any], lang: str) -> None:
         """Apply the panel: a newly chosen preset sets the sliders (but those moved in the

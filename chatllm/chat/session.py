@@ -50,6 +50,9 @@ class ChatSession:
     compare_with: list[str] = field(default_factory=lambda: list(DEFAULT_COMPARE_WITH))
     #: why some backends are not offered in this chat (told once, when it starts)
     problems: list[ChatLLMError] = field(default_factory=list)
+    #: the panel's values as last sent, and as last known in the page (edits, previews)
+    panel_sent: dict[str, Any] = field(default_factory=dict)
+    panel_shown: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def new(cls, settings: Settings, default: ProfileSpec | None = None) -> ChatSession:
