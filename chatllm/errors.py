@@ -195,12 +195,23 @@ def describe(exc: BaseException, lang: str | None = None) -> str:
         return t("error.thread_deleted", lang)
     if isinstance(exc, InvalidSampling):
         problems = (
-            t(p.key, lang, **p.values) if isinstance(p, Problem) else p for p in exc.problems
+            t(p.key, lang, **_named(p, lang)) if isinstance(p, Problem) else p for p in exc.problems
         )
-        return t("settings.refused", lang, problems="; ".join(problems))
+        return t("settings.refused", lang, problems=t("settings.separator", lang).join(problems))
     if isinstance(exc, BackendError):
         return t("error.backend", lang, detail=str(exc))
     if isinstance(exc, ChatLLMError):
         text = str(exc).strip()
         return (text[:1].upper() + text[1:]).rstrip(".") + "." if text else type(exc).__name__
     return t("error.unexpected", lang, kind=type(exc).__name__)
+
+
+def _named(problem: Problem, lang: str | None) -> dict[str, object]:
+    """A problem's values with the setting it names as the panel labels it; an unknown
+    one (a forged client's key) stays as it came."""
+    from chatllm.i18n import t
+
+    setting = problem.values.get("setting")
+    if isinstance(setting, str) and problem.key != "settings.problem.unknown":
+        return {**problem.values, "setting": t(setting, lang)}
+    return problem.values

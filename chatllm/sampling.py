@@ -70,11 +70,7 @@ class Sampling(BaseModel):
         elif isinstance(value, float) and value.is_integer():
             number = int(value)
         if number is None or not 0 <= number <= SEED_MAX:
-            raise PydanticCustomError(
-                SEED_PROBLEM,
-                "must be a whole number from {low} to {high}, or empty for a random one",
-                {"low": 0, "high": SEED_MAX},
-            )
+            raise PydanticCustomError(SEED_PROBLEM, "not a seed")  # words: _problem
         return number
 
     def update(self, changes: Mapping[str, Any]) -> Sampling:
@@ -133,18 +129,33 @@ def _bounds(metadata: list[Any]) -> tuple[float, float]:
 
 
 def parse_sampling(raw: Mapping[str, Any]) -> Sampling:
-    """Validate values from the settings panel; every problem is named in the error."""
+    """Validate values from the settings panel; every problem is named in the error, in
+    the catalogue's words (what the value may be), never pydantic's English."""
     try:
         return Sampling.model_validate(dict(raw))
     except ValidationError as exc:
         problems: list[str] = []
         for error in exc.errors():
-            if error["type"] == SEED_PROBLEM:
-                problems.append(Problem(SEED_PROBLEM, **error.get("ctx", {})))
-                continue
-            where = ".".join(str(part) for part in error["loc"]) or "settings"
-            reason = (
-                "is not a known setting" if error["type"] == "extra_forbidden" else error["msg"]
-            )
-            problems.append(f"{where} {reason[0].lower()}{reason[1:]}")
+            name = str(error["loc"][0]) if error["loc"] else "settings"
+            problems.append(_problem(name, error["type"]))
         raise InvalidSampling(problems) from exc
+
+
+def _problem(name: str, kind: str) -> Problem:
+    """What a refused value of `name` may be instead (its bounds from the model)."""
+    if kind == "extra_forbidden" or name not in Sampling.model_fields:
+        return Problem("settings.problem.unknown", setting=name)
+    if name == "seed":
+        return Problem(SEED_PROBLEM, setting=name, low=0, high=SEED_MAX)
+    field = Sampling.model_fields[name]
+    if field.annotation is str:
+        most = next(m.max_length for m in field.metadata if hasattr(m, "max_length"))
+        return Problem("settings.problem.text", setting=name, most=most)
+    low, high = _bounds(field.metadata)
+    whole = field.annotation is int
+    return Problem(
+        "settings.problem.whole" if whole else "settings.problem.number",
+        setting=name,
+        low=f"{low:g}",
+        high=f"{high:g}",
+    )

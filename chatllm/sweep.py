@@ -195,10 +195,7 @@ def _validated(base: Sampling, name: str, value: Any, where: str) -> Sampling:
     try:
         return base.update({name: value})
     except InvalidSampling as exc:
-        reasons = "; ".join(
-            problem.removeprefix(f"{name} ").removeprefix("value error, ")
-            for problem in exc.problems
-        )
+        reasons = "; ".join(problem.removeprefix(f"{name} ") for problem in exc.problems)
         raise ChatLLMError(f"{where}: {reasons}") from None
 
 

@@ -146,8 +146,8 @@ def test_a_refusal_says_in_words_what_is_wrong_with_each_value() -> None:
     assert sorted(refused.value.problems) == [
         "min_p is not a known setting",
         "seed must be a whole number from 0 to 2147483647, or empty for a random one",
-        "temperature value error, must be a finite number",
-        "top_p input should be less than or equal to 1",
+        "temperature must be a number from 0 to 2",
+        "top_p must be a number from 0 to 1",
     ]
 
 
@@ -164,7 +164,7 @@ def test_a_resumed_thread_keeps_its_valid_settings_and_skips_a_stale_one(
     assert Sampling().restore({"top_k": 5, "seed": "7"}) == Sampling(top_k=5, seed=7)
     restored = Sampling().restore({"temperature": 9, "top_p": 0.5, "seed": "7"})
     assert (restored.temperature, restored.top_p, restored.seed) == (0.7, 0.5, 7)
-    assert "Ignoring a saved setting: temperature input should be" in caplog.text
+    assert "Ignoring a saved setting: temperature must be a number from 0 to 2" in caplog.text
 
 
 def test_a_model_call_gets_every_value_but_the_system_prompt() -> None:
@@ -199,7 +199,7 @@ def test_a_refused_seed_is_told_in_the_users_language() -> None:
     with pytest.raises(InvalidSampling) as refused:
         Sampling().update({"seed": "-5"})
     for lang, words in (
-        ("en", "seed must be a whole number from 0 to 2147483647"),
+        ("en", "Seed must be a whole number from 0 to 2147483647"),
         ("zh-TW", "種子必須是 0 到 2147483647 之間的整數"),
         ("zh-CN", "种子必须是 0 到 2147483647 之间的整数"),
     ):
@@ -207,3 +207,65 @@ def test_a_refused_seed_is_told_in_the_users_language() -> None:
         assert words in said, said
         if lang != "en":
             assert not re.search("[A-Za-z]", said), said  # no English inside the sentence
+
+
+@pytest.mark.parametrize(
+    ("changes", "en", "zh_tw", "zh_cn"),
+    [
+        (
+            {"temperature": "warm"},
+            "Temperature must be a number from 0 to 2",
+            "溫度必須是 0 到 2 之間的數字",
+            "温度必须是 0 到 2 之间的数字",
+        ),
+        (
+            {"repeat_penalty": math.nan},
+            "Repeat penalty must be a number from 1 to 2",
+            "重複懲罰必須是 1 到 2 之間的數字",
+            "重复惩罚必须是 1 到 2 之间的数字",
+        ),
+        (
+            {"max_tokens": 2.5},
+            "Max new tokens must be a whole number from 1 to 4096",
+            "最多新詞元數必須是 1 到 4096 之間的整數",
+            "最多新词元数必须是 1 到 4096 之间的整数",
+        ),
+        (
+            {"max_tokens": 0},
+            "Max new tokens must be a whole number from 1 to 4096",
+            "最多新詞元數必須是 1 到 4096 之間的整數",
+            "最多新词元数必须是 1 到 4096 之间的整数",
+        ),
+        (
+            {"system_prompt": "x" * 8001},
+            "System prompt must be text of at most 8000 characters",
+            "系統提示詞必須是最多 8000 個字元的文字",
+            "系统提示词必须是最多 8000 个字符的文本",
+        ),
+        (
+            {"system_prompt": 5},
+            "System prompt must be text of at most 8000 characters",
+            "系統提示詞必須是最多 8000 個字元的文字",
+            "系统提示词必须是最多 8000 个字符的文本",
+        ),
+    ],
+)
+def test_every_refused_value_says_what_it_may_be_in_the_users_language(
+    changes: dict[str, object], en: str, zh_tw: str, zh_cn: str
+) -> None:
+    """Not pydantic's English ("value error, …", "input should be …") inside a Chinese
+    sentence: the setting as the panel labels it, and the range or length it may take."""
+    with pytest.raises(InvalidSampling) as refused:
+        Sampling().update(changes)
+    for lang, words in (("en", en), ("zh-TW", zh_tw), ("zh-CN", zh_cn)):
+        said = describe(refused.value, lang)
+        assert words in said, said
+        if lang != "en":
+            assert not re.search("[A-Za-z]", said), said
+
+
+def test_several_refused_values_are_listed_in_the_users_punctuation() -> None:
+    with pytest.raises(InvalidSampling) as refused:
+        Sampling().update({"temperature": 3, "top_k": -1})
+    assert "溫度必須是 0 到 2 之間的數字；" in describe(refused.value, "zh-TW")
+    assert "Temperature must be a number from 0 to 2; " in describe(refused.value, "en")

@@ -274,17 +274,17 @@ def test_the_printed_summary_tables_the_cells_and_lists_the_files(fixed: FixedSw
     [
         (["--grid", "tempreature=0.2,0.8"], "'tempreature' is not a sampling value a grid can"),
         (["--grid", "system_prompt=1"], "choose from temperature, top_p, max_tokens"),
-        (["--grid", "temperature=0.2,3"], "--grid temperature=3: input should be less than"),
+        (["--grid", "temperature=0.2,3"], "--grid temperature=3: must be a number from 0 to 2"),
         (["--grid", "top_p=0.5,high"], "--grid top_p=high: 'high' is not a number"),
-        (["--grid", "top_k=1.5"], "--grid top_k=1.5: input should be a valid integer"),
-        (["--grid", "temperature=nan"], "--grid temperature=nan: must be a finite number"),
+        (["--grid", "top_k=1.5"], "--grid top_k=1.5: must be a whole number from 0 to 200"),
+        (["--grid", "temperature=nan"], "--grid temperature=nan: must be a number from 0 to 2"),
         (["--grid", "temperature"], "write it as NAME=V1,V2"),
         (["--grid", "temperature=0.2,,0.8"], "list the values, separated by commas"),
         (["--grid", "temperature=0.5,0.50"], "--grid temperature: 0.50 is listed twice"),
         (["--grid", "top_k=1", "--grid", "top_k=2"], "--grid top_k is given twice"),
         (["--grid", "temperature=1", "--temperature", "0.5"], "both set temperature"),
         (["--grid", "seed=1,2", "--seed", "3"], "--seed and --grid seed both set"),
-        (["--max-tokens", "0"], "--max-tokens 0: input should be greater than or equal to 1"),
+        (["--max-tokens", "0"], "--max-tokens 0: must be a whole number from 1 to 4096"),
         (["--seed", "2147483647", "--repeats", "2"], "the seeds run up to 2147483648"),
         (["--repeats", "0"], "--repeats 0: a sweep needs at least one run per cell"),
         (["--profile", "nowhere:model"], "The backend 'nowhere' is not configured"),
@@ -313,7 +313,7 @@ def test_python_m_chatllm_sweep_prints_the_summary_or_why_it_refused(
     bad = [*argv, "--grid", "top_p=0.5,2", "--out", str(tmp_path / "bad")]
     assert main(bad, settings=settings) == 1
     refused = capsys.readouterr()
-    assert refused.err == "chatllm: --grid top_p=2: input should be less than or equal to 1\n"
+    assert refused.err == "chatllm: --grid top_p=2: must be a number from 0 to 1\n"
     assert refused.out == ""
 
 
