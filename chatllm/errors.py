@@ -63,6 +63,30 @@ class PresetError(ChatLLMError):
     """A preset name or values that cannot be saved."""
 
 
+class PresetRefused(Worded, PresetError):
+    """A preset not saved, in the catalogue's words (each kind its own key)."""
+
+
+class PresetNameMissing(PresetRefused):
+    key = "preset.problem.no_name"
+
+
+class PresetNameTooLong(PresetRefused):
+    key = "preset.problem.too_long"
+
+
+class PresetNameNotText(PresetRefused):
+    key = "preset.problem.not_text"
+
+
+class PresetsNeedUser(PresetRefused):
+    key = "preset.problem.no_user"
+
+
+class TooManyPresets(PresetRefused):
+    key = "preset.problem.too_many"
+
+
 class BackendError(ChatLLMError):
     """The model backend could not produce a reply."""
 

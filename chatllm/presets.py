@@ -10,7 +10,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from chatllm.errors import PresetError
+from chatllm.errors import PresetNameMissing, PresetNameTooLong, PresetRefused
 from chatllm.i18n import CATALOGUES, t
 from chatllm.sampling import Sampling
 from chatllm.store import Database
@@ -54,12 +54,14 @@ class Preset:
         return self.key.removeprefix("user:")
 
 
-class ReservedName(PresetError):
+class ReservedName(PresetRefused):
     """A preset name the menu already shows for an entry of its own."""
+
+    key = "preset.name.builtin"
 
     def __init__(self, name: str) -> None:
         self.name = name
-        super().__init__(f"“{name}” is a built-in name in the preset menu")
+        super().__init__(name=name)
 
 
 def folded(name: str) -> str:
@@ -102,9 +104,9 @@ def builtin_presets(lang: str | None) -> list[Preset]:
 def clean_name(name: str) -> str:
     name = " ".join(name.split())
     if not name:
-        raise PresetError("a preset needs a name")
+        raise PresetNameMissing()
     if len(name) > MAX_NAME:
-        raise PresetError(f"a preset name may have at most {MAX_NAME} characters")
+        raise PresetNameTooLong(most=MAX_NAME)
     if is_reserved(name):
         raise ReservedName(name)
     return name

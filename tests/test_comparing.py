@@ -336,6 +336,30 @@ def confirmed(tab: BrowserTab, **changes: Any) -> dict[str, Any]:
     return {**form, **changes}
 
 
+async def test_every_refused_preset_is_told_in_the_users_language(
+    app: ChatApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name too long, a name that is not text, one preset too many: each in the chat's
+    language, with nothing English inside the Chinese sentence."""
+    monkeypatch.setattr("chatllm.presets.MAX_PER_USER", 1)
+    tab = await new_chat(app, who="grace", language="zh-TW")
+    await app.update_settings({"save_preset": "燈塔" * 31})
+    await app.update_settings({"save_preset": ["a", "b"]})
+    await app.update_settings({"save_preset": "海港"})  # the one this user may have
+    await app.update_settings({"save_preset": "山"})
+    assert tab.errors() == [
+        "未儲存：預設組合名稱最多 60 個字元。",
+        "未儲存：預設組合名稱必須是文字。",
+        "未儲存：最多只能儲存 1 個預設組合；請先刪除一些（「預設組合」指令會列出它們）。",
+    ]
+    english = await new_chat(app, who="grace")
+    await app.update_settings({"save_preset": "Hill"})
+    assert english.errors() == [
+        "Not saved: at most 1 presets can be saved; delete some first"
+        " (the Presets command lists them)."
+    ]
+
+
 async def test_a_preset_named_like_a_built_in_is_refused_and_never_hides_it(
     app: ChatApp,
 ) -> None:

@@ -11,9 +11,15 @@ from chainlit.input_widget import InputWidget, MultiSelect, Select, Slider, Tab,
 
 from chatllm.chat.actions import DELETE_PRESET, DELETE_PRESET_CONFIRMED, KEEP_PRESET
 from chatllm.chat.session import CUSTOM, ChatSession, save_session, user_id
-from chatllm.errors import ChatLLMError, PresetError, describe
+from chatllm.errors import (
+    ChatLLMError,
+    PresetError,
+    PresetNameNotText,
+    PresetsNeedUser,
+    describe,
+)
 from chatllm.i18n import CATALOGUES, t
-from chatllm.presets import MAX_SETS, Preset, Presets, ReservedName, builtin_presets
+from chatllm.presets import MAX_SETS, Preset, Presets, builtin_presets
 from chatllm.sampling import Sampling
 from chatllm.starters import Starter
 from chatllm.store import ChatDataLayer
@@ -237,7 +243,7 @@ class Panel:
         save_as = ""
         try:
             if name is not None and not isinstance(name, str):
-                raise PresetError("a preset name must be text")
+                raise PresetNameNotText()
             save_as = (name or "").strip()
             updated = current.update(
                 {k: v for k, v in values.items() if k in Sampling.model_fields}
@@ -261,7 +267,7 @@ class Panel:
             if save_as:
                 owner = user_id()
                 if owner is None:
-                    raise PresetError("saving presets needs a signed-in user")
+                    raise PresetsNeedUser()
                 saved = await self.presets.save(owner, save_as, updated)
                 preset_key = saved.key
                 notices.append(t("preset.saved", lang, name=saved.label))
@@ -398,12 +404,7 @@ async def refuse(exc: ChatLLMError, lang: str) -> None:
     sends, in a task nobody awaits, and in a new chat holds that write back until the
     first message, then makes the thread of it), so they are never in the thread, its
     share link or its export, and never make a thread of their own."""
-    words = (
-        t("preset.name.builtin", lang, name=exc.name)
-        if isinstance(exc, ReservedName)
-        else describe(exc, lang)
-    )
-    message = cl.ErrorMessage(content=words, author="chatllm")
+    message = cl.ErrorMessage(content=describe(exc, lang), author="chatllm")
     message.persisted = True
     await message.send()
 

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from chatllm.clock import utc_now
-from chatllm.errors import PresetError
+from chatllm.errors import TooManyPresets
 from chatllm.store.db import Database, writes
 from chatllm.store.dialect import sql
 
@@ -40,7 +40,7 @@ class PresetRows:
                 {"user": user_id, "name": name},
             )
             if (count or 0) >= most:
-                raise PresetError(f"at most {most} presets can be saved; delete some first")
+                raise TooManyPresets(most=most)
             await conn.execute(
                 sql(
                     "INSERT INTO presets (user_id, name, preset_values, created_at)"
