@@ -61,6 +61,49 @@
     }, 250);
   }
 
+  // A request the app refuses (a rename to blanks, say) is told twice by Chainlit's page:
+  // its API client's toast says "Bad Request: <the app's words>", and the action's own
+  // toast "Bad Request" alone: HTTP's English status, whatever the page's language. The
+  // app's words (in the user's language) are what a person needs: the status before them
+  // goes, and the toast that holds nothing but the status is hidden.
+  const refusals = new Map(); // HTTP status text → the app's words, for a few seconds
+  const noteRefusal = async (answer) => {
+    const body = await answer.clone().json().catch(() => null);
+    if (answer.statusText && body && typeof body.detail === "string" && body.detail) {
+      refusals.set(answer.statusText, body.detail);
+      setTimeout(() => refusals.delete(answer.statusText), 10000);
+    }
+  };
+  const tidyToast = (toast) => {
+    const title = toast.querySelector("[data-title]") || toast; // the action's: bare
+    const text = title.textContent.trim();
+    for (const [status, words] of refusals) {
+      if (text === status) {
+        toast.style.display = "none";
+      } else if (text === `${status}: ${words}`) {
+        const walker = document.createTreeWalker(title, NodeFilter.SHOW_TEXT);
+        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+          if (node.nodeValue.startsWith(`${status}: `)) {
+            node.nodeValue = node.nodeValue.slice(status.length + 2);
+          }
+        }
+      }
+    }
+  };
+  new MutationObserver((records) => {
+    if (!refusals.size) return; // nothing refused lately: nothing to look at
+    for (const record of records) {
+      const target = record.target instanceof Element ? record.target : null;
+      const toast = target && target.closest("[data-sonner-toast]");
+      if (toast) tidyToast(toast);
+      for (const added of record.addedNodes) {
+        if (!(added instanceof Element)) continue;
+        if (added.matches("[data-sonner-toast]")) tidyToast(added);
+        added.querySelectorAll("[data-sonner-toast]").forEach(tidyToast);
+      }
+    }
+  }).observe(document.documentElement, { childList: true, subtree: true });
+
   // Deleting the thread that is open: Chainlit's page goes to a new chat when it knows
   // the thread is the open one, but it once stayed on it, its messages shown, and the
   // next message went into the deleted thread. If the page still shows the deleted
@@ -71,6 +114,9 @@
     try {
       const url = new URL(typeof input === "string" ? input : input.url, location.href);
       const method = ((init && init.method) || "GET").toUpperCase();
+      if (answer.status >= 400 && answer.status < 500 && url.origin === location.origin) {
+        await noteRefusal(answer);
+      }
       if (answer.ok && method === "DELETE" && url.pathname === `${root}/project/thread`) {
         const deleted = JSON.parse((init && init.body) || "{}").threadId;
         const showing = () => {
@@ -107,7 +153,7 @@
 
   // Words Chainlit's page writes in English whatever the language (not in its translation
   // files): the share dialog's Unshare button, a dialog's Close, the theme and sidebar
-  // buttons' names and the authors' pictures' alternative texts (read out by screen
+  // buttons' names, the toasts' region's name, the authors' pictures' alternative texts (read out by screen
   // readers), the notices of a link that opens nothing and of a thread that cannot be
   // resumed. Put into the browser's language where the app speaks it.
   const chinese = /^zh\b/i.test(navigator.language || "");
@@ -121,6 +167,7 @@
       ["Couldn't resume chat: Thread not found.", hant ? "無法繼續這段對話：找不到它" : "无法继续这段对话：找不到它"],
       ["Toggle theme", hant ? "切換主題" : "切换主题"],
       ["Toggle Sidebar", hant ? "切換側邊欄" : "切换侧边栏"],
+      ["Notifications alt+T", "通知 Alt+T"], // the toasts' region, and its key
     ]);
     const translate = () => {
       for (const node of document.querySelectorAll(

@@ -612,7 +612,9 @@ def test_html_in_a_message_shows_as_text_and_runs_nothing(local_app: App, browse
 
 #: Words a Chinese page may show in Latin letters: names (the app, the model, llama.cpp,
 #: Python, a QR code) and the samplers' own terms (top_p, top_k).
-LATIN_NAMES = {"chatllm", "smollm", "instruct", "llama", "cpp", "python", "top", "qr"}
+# Names, not words: the app's, the model's, its software's, two sliders' ("Top P"), a
+# code's and a key's (the toasts' region is reached with Alt+T).
+LATIN_NAMES = {"chatllm", "smollm", "instruct", "llama", "cpp", "python", "top", "qr", "alt"}
 
 
 def english(text: str) -> set[str]:
@@ -630,12 +632,19 @@ def shown_and_named(page: Page, scope: str = "body") -> str:
             """(scope) => {
                 const root = document.querySelector(scope);
                 const copy = root.cloneNode(true);
+                // What is not drawn (display: none) is neither shown nor read out.
+                const originals = [...root.querySelectorAll('*')];
+                const copies = [...copy.querySelectorAll('*')];
+                originals.forEach((node, i) => {
+                    if (getComputedStyle(node).display === 'none') copies[i].remove();
+                });
                 copy.querySelectorAll(
                     '[data-step-type] .message-content, .chatllm-compare-text, .chatllm-diff-text,'
                     + ' textarea, input, #thread-history span.truncate'
                 ).forEach((words) => words.remove());
                 const named = '[aria-label], [title], [placeholder], img[alt]';
                 const names = [...root.querySelectorAll(named)]
+                    .filter((node) => node.checkVisibility())
                     .map((node) => ['aria-label', 'title', 'placeholder', 'alt']
                         .map((a) => node.getAttribute(a) || '').join(' '));
                 return copy.innerText + ' ' + names.join(' ');
@@ -707,6 +716,21 @@ def test_a_zh_tw_browser_gets_the_chinese_welcome_page_and_panel_with_every_glyp
     assert english(receipt.inner_text().replace(system_prompt, "")) == set()
     assert english(shown_and_named(page)) == set()
     shot(page, "09-zh-TW-reply-and-receipt")
+    # A rename to blanks is refused in the app's words alone: no HTTP status in English.
+    item = page.locator("#thread-history span.truncate").first
+    item.hover()
+    item.locator("xpath=ancestor::*[.//*[@id='thread-options']][1]").locator(
+        "#thread-options"
+    ).click()
+    page.locator("#rename-thread").click()
+    page.locator("#name").fill("   ")
+    page.get_by_role("button", name="確認").click()
+    toasts = page.locator("[data-sonner-toast]:visible")
+    expect(toasts.filter(has_text="對話需要名稱")).to_have_count(1, timeout=30_000)
+    page.wait_for_timeout(500)  # both of Chainlit's toasts are up by now
+    assert english(" ".join(toasts.all_inner_texts())) == set(), toasts.all_inner_texts()
+    assert english(shown_and_named(page)) == set()
+    shot(page, "09-zh-TW-rename-refused")
     context.close()
 
 
