@@ -465,7 +465,7 @@ def _imported_name(document: ThreadDocument, lang: str | None) -> str:
     name = document.thread.name
     if not name:
         first = next((m.text for m in document.messages if m.role == "user"), "")
-        name = " ".join(first.split())[:60] or "Untitled"
+        name = " ".join(first.split())[:60] or t("markdown.untitled", lang)
     return t("import.name", lang, name=name)
 
 

@@ -640,6 +640,8 @@ async def test_an_untitled_import_is_named_after_its_first_question(store: ChatD
     document["elements"] = []
     new_id = await export.import_thread(store, document, "bob")
     assert (await load(store, new_id))["name"] == "Imported: Untitled"
+    in_chinese = await export.import_thread(store, document, "bob", lang="zh-CN")
+    assert (await load(store, in_chinese))["name"] == "导入：未命名"
 
 
 async def test_an_import_is_told_apart_from_its_original_where_the_sidebar_cuts_names(
