@@ -122,6 +122,10 @@ async def test_replay_reruns_a_reply_and_says_the_text_matched(app: ChatApp) -> 
     assert "identical text ✓" in replay["output"]
     seeds = {r["metadata"]["receipt"]["sampling"]["seed"] for r in (original, replay)}
     assert len(seeds) == 1
+    # The same tokens, counted alike, never past the limit (a replay's receipt once said
+    # 513 tokens with max 512).
+    counts = [r["metadata"]["receipt"]["completion_tokens"] for r in (original, replay)]
+    assert counts[0] == counts[1] <= 30, counts
     # A replay is a check, not part of the conversation.
     assert len(live_session().history) == 4
 
