@@ -73,8 +73,12 @@ class Column:
     label: str
     generation: Generation
     error: str | None = None
+    #: whether its turn came (a comparison stopped midway leaves the later ones unrun)
+    begun: bool = False
 
     def as_dict(self) -> dict[str, Any]:
+        if not self.begun:  # no receipt: nothing ran, nothing was counted
+            return {"label": self.label, "text": "", "receipt": None, "error": None, "ran": False}
         return {
             "label": self.label,
             "text": self.generation.text,
@@ -110,6 +114,7 @@ async def run_comparison(
     columns = [Column(s.label, Generation(backend, model, s.sampling)) for s in sets]
 
     async def run(column: Column) -> None:
+        column.begun = True
         try:
             async with aclosing(column.generation.stream(history, message)) as texts:
                 async for _ in texts:
@@ -118,6 +123,8 @@ async def run_comparison(
         except ChatLLMError as exc:
             column.error = describe(exc)
 
+    if progress is not None:  # the columns, before any text: a Stop keeps them all
+        await progress(columns)
     if parallel:
         await asyncio.gather(*(run(column) for column in columns))
     else:
@@ -140,7 +147,11 @@ def comparison_view(
             {
                 "label": reply["label"],
                 "text": reply.get("text") or "",
-                "summary": receipt.summary(lang) if receipt else "",
+                "summary": receipt.summary(lang)
+                if receipt
+                else t("compare.not_run", lang)
+                if reply.get("ran") is False
+                else "",
                 "error": reply.get("error"),
             }
         )

@@ -72,6 +72,8 @@ def to_markdown(document: object, lang: str = "en") -> str:
                 lines += [_quote(reply.text, literal=False), ""]
             if reply.error:
                 lines += [f"*{_inline(t('markdown.failed', lang, error=reply.error))}*", ""]
+            elif getattr(reply, "ran", None) is False:
+                lines += [f"*{_inline(t('compare.not_run', lang))}*", ""]
             lines += _receipt_lines(reply.receipt, lang)
     return "\n".join(lines).rstrip("\n") + "\n"
 

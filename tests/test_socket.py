@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from chatllm.export import thread_document
+from chatllm.markdown import to_markdown
 from chatllm.store import ChatDataLayer, Database, FileStore
 from chatllm.store.datalayer import APP_METADATA
 from tests.support import (
@@ -622,3 +624,45 @@ async def test_a_preset_chosen_in_the_open_panel_moves_the_sliders_and_applies_n
     assert thread is not None
     assert thread["metadata"]["chat_settings"]["preset"] == "builtin:balanced"
     assert thread["metadata"]["chat_settings"]["temperature"] == 0.7
+
+
+async def test_stop_ends_a_comparison_keeping_each_columns_text(server: AppServer) -> None:
+    """Stop during a comparison ends it as it ends a reply: the column that was writing
+    keeps its text and says it was stopped, the columns not yet begun say they did not
+    run, and the comparison is stored so."""
+    tab = SocketUser(server.base)
+    await tab.connect()
+    assert server.process is not None
+    (engine,) = children(server.process.pid)
+
+    def columns() -> list[dict[str, Any]]:
+        views = [e for e in tab.named("element") if e.get("name") == "Compare"]
+        return list(views[-1]["props"]["columns"]) if views else []
+
+    try:
+        await tab.apply_settings(LONG_SETTINGS)
+        ends = len(tab.named("task_end"))
+        await tab.say(LONG_STORY, command="Compare")
+        await tab.wait_for(lambda: len((columns() or [{}])[0].get("text") or "") > 20, 120)
+        os.kill(engine, signal.SIGSTOP)  # still mid-reply when Stop arrives
+        try:
+            await tab.client.emit("stop")
+            await tab.wait_for(lambda: len(tab.named("task_end")) > ends)
+        finally:
+            os.kill(engine, signal.SIGCONT)
+        shown = columns()
+        thread = await asyncio.to_thread(stored_thread, server, tab.thread_id)
+    finally:
+        await tab.client.disconnect()
+    assert thread is not None
+    (holder,) = [s for s in thread["steps"] if (s.get("metadata") or {}).get("kind") == "compare"]
+    stored = holder["metadata"]["compare"]["replies"]
+    assert [c["text"] for c in shown] == [r["text"] for r in stored]
+    assert len(stored) == 3 and len(stored[0]["text"]) > 20
+    assert stored[0]["receipt"]["finish_reason"] == "cancelled"
+    assert "stopped" in shown[0]["summary"]
+    for column, reply in zip(shown[1:], stored[1:], strict=True):  # local: one at a time
+        assert reply["text"] == "" and reply["receipt"] is None and reply["ran"] is False
+        assert column["summary"] == "not run: the comparison was stopped before its turn"
+    markdown = to_markdown(thread_document(thread), "zh-TW")  # the export says so too
+    assert markdown.count("*未執行：比較在輪到它之前已停止*") == 2

@@ -86,6 +86,8 @@ class Commands:
         async def progress(current: list[Column]) -> None:
             nonlocal last_update, columns
             columns = current
+            if not any(c.begun for c in current):
+                return  # the columns before any text, kept for a Stop; the view shows them
             now = time.monotonic()
             if now - last_update >= COMPARE_REFRESH_SECONDS:
                 last_update = now
