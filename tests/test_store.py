@@ -644,6 +644,39 @@ async def test_search_finds_words_in_messages_and_names_chinese_included(
     assert sorted(t["id"] for t in page.data) == found
 
 
+async def test_rows_indexed_before_emoji_were_words_are_found_by_them_once_migrated(
+    store: ChatDataLayer, ada: PersistedUser
+) -> None:
+    """A database whose search rows were written before an emoji became a word of its own
+    (they hold the text with the emoji dropped, as both tokenizers drop it): its threads
+    are found by their emoji once the app has started on it (migration 6 indexes them
+    again), and by their words as before."""
+    await chat(store, ada, "old", "A wave 🌊 came in", "and went ⭐ out")
+    await store.update_thread("old", name="Harbour 🚢 log", user_id=ada.id)
+
+    async def found(query: str) -> list[str]:
+        page = await store.list_threads(
+            Pagination(first=10), ThreadFilter(userId=ada.id, search=query)
+        )
+        return [t["id"] for t in page.data]
+
+    async with store.db.write() as conn:  # as the app before the change indexed them
+        rows = (await conn.execute(sql_text("SELECT rowid, body FROM search"))).all()
+        for rowid, body in rows:
+            old = " ".join(w for w in body.split() if not w.startswith("emj"))
+            await conn.execute(
+                sql_text("UPDATE search SET body = :body WHERE rowid = :rowid"),
+                {"body": old, "rowid": rowid},
+            )
+        await conn.execute(sql_text("DELETE FROM schema_migrations WHERE number = 6"))
+    assert (await found("🚢"), await found("🌊"), await found("Harbour")) == ([], [], ["old"])
+
+    await store.db.migrate()
+    assert MIGRATIONS[5].name == "search: emoji and pictographs in old rows"
+    for query in ("🚢", "🌊", "⭐", "Harbour", "wave"):
+        assert await found(query) == ["old"], query
+
+
 @postgresql_only  # SQLite reads every match: FTS5 finds them at once (and has no LATERAL)
 @pytest.mark.parametrize("window", [1, 2, 3, 100])
 async def test_search_pages_are_the_same_however_many_threads_it_tests_one_by_one(

@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from chatllm.errors import ChatLLMError
 from chatllm.store.db import Database
 from chatllm.store.dialect import sql
-from chatllm.store.search import index_text, message_rowid, name_rowid, thread_rowids
+from chatllm.store.search import reindex_threads
 
 BATCH = 1000
 #: Threads whose search rows are rebuilt in one transaction.
@@ -134,41 +134,11 @@ async def rebuild_search(db: Database) -> int:
     threads = 0
     while True:
         async with db.write() as conn:
-            batch = (
-                await conn.execute(
-                    sql(
-                        "SELECT seq, id, name FROM threads WHERE seq > :last"
-                        f" ORDER BY seq LIMIT {SEARCH_BATCH}"
-                    ),
-                    {"last": last},
-                )
-            ).all()
-            if not batch:
-                return threads
-            first_seq, last = batch[0].seq, batch[-1].seq
-            await conn.execute(
-                sql("DELETE FROM search WHERE rowid BETWEEN :first AND :last"),
-                {"first": thread_rowids(first_seq)[0], "last": thread_rowids(last)[1]},
-            )
-            rows = [{"key": name_rowid(t.seq), "body": index_text(t.name)} for t in batch if t.name]
-            messages = await conn.execute(
-                sql(
-                    "SELECT t.seq AS thread_seq, s.seq, s.output FROM steps s"
-                    " JOIN threads t ON t.id = s.thread_id"
-                    " WHERE t.seq BETWEEN :first AND :last"
-                    " AND s.type LIKE '%message' AND s.output != ''"
-                ),
-                {"first": first_seq, "last": last},
-            )
-            rows += [
-                {"key": message_rowid(m.thread_seq, m.seq), "body": index_text(m.output)}
-                for m in messages
-            ]
-            if rows:
-                await conn.execute(
-                    sql("INSERT INTO search (rowid, body) VALUES (:key, :body)"), rows
-                )
-            threads += len(batch)
+            done = await reindex_threads(conn, last, SEARCH_BATCH)
+        if done is None:
+            return threads
+        last, count = done
+        threads += count
 
 
 async def copy_store(

@@ -183,6 +183,8 @@ class Database:
                     continue
                 for statement in migration.for_dialect(self.dialect.name):
                     await conn.execute(sql(statement))
+                if migration.then is not None:
+                    await migration.then(conn)
                 await conn.execute(
                     sql(
                         "INSERT INTO schema_migrations (number, name, applied_at)"

@@ -8,7 +8,11 @@ came, the SQLite ones they sit beside are unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+from chatllm.store.dialect import Connection
+from chatllm.store.search import reindex_threads
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,9 @@ class Per:
 class Migration:
     name: str
     statements: tuple[str | Per, ...]
+    #: Run after the statements, in the same transaction (under the migration's lock):
+    #: what SQL alone cannot do, such as indexing old rows as the code indexes new ones.
+    then: Callable[[Connection], Awaitable[object]] | None = None
 
     def for_dialect(self, dialect: str) -> list[str]:
         statements = [s if isinstance(s, str) else getattr(s, dialect) for s in self.statements]
@@ -209,5 +216,12 @@ MIGRATIONS: list[Migration] = [
                 deleted_at TEXT NOT NULL
             )""",
         ),
+    ),
+    Migration(
+        name="search: emoji and pictographs in old rows",
+        statements=(),
+        # Rows indexed before an emoji became a word of its own (`emj01f30a` for 🌊, see
+        # chatllm.store.search) held none: a thread named with one was not found by it.
+        then=lambda conn: reindex_threads(conn, 0, None),
     ),
 ]

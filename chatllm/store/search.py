@@ -20,6 +20,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from chatllm.i18n import CJK
+from chatllm.store.dialect import Connection, sql
 
 _CJK_CHAR = re.compile(f"([{CJK}])")
 _QUERY_TERM = re.compile(f"[{CJK}]+|[^\\s{CJK}]+")
@@ -116,3 +117,43 @@ def query_terms(query: str) -> list[Term]:
         else:
             terms += [Term((word,), prefix=len(word) >= MIN_PREFIX) for word in words]
     return list(dict.fromkeys(terms))[:MAX_TERMS]
+
+
+async def reindex_threads(
+    conn: Connection, after: int, limit: int | None
+) -> tuple[int, int] | None:
+    """Make the search rows of the threads after `after` (by seq; at most `limit` of them,
+    or all) again from their names and messages, as `index_text` makes them now: the last
+    one's seq and how many, or None when there was none."""
+    batch = (
+        await conn.execute(
+            sql(
+                "SELECT seq, name FROM threads WHERE seq > :after ORDER BY seq"
+                + (f" LIMIT {int(limit)}" if limit is not None else "")
+            ),
+            {"after": after},
+        )
+    ).all()
+    if not batch:
+        return None
+    first, last = batch[0].seq, batch[-1].seq
+    await conn.execute(
+        sql("DELETE FROM search WHERE rowid BETWEEN :first AND :last"),
+        {"first": thread_rowids(first)[0], "last": thread_rowids(last)[1]},
+    )
+    rows = [{"key": name_rowid(t.seq), "body": index_text(t.name)} for t in batch if t.name]
+    messages = await conn.execute(
+        sql(
+            "SELECT t.seq AS thread_seq, s.seq, s.output FROM steps s"
+            " JOIN threads t ON t.id = s.thread_id"
+            " WHERE t.seq BETWEEN :first AND :last"
+            " AND s.type LIKE '%message' AND s.output != ''"
+        ),
+        {"first": first, "last": last},
+    )
+    rows += [
+        {"key": message_rowid(m.thread_seq, m.seq), "body": index_text(m.output)} for m in messages
+    ]
+    if rows:
+        await conn.execute(sql("INSERT INTO search (rowid, body) VALUES (:key, :body)"), rows)
+    return int(last), len(batch)
