@@ -86,7 +86,7 @@ async def test_a_bad_slider_value_is_refused_and_the_old_values_kept(app: ChatAp
     sampling = live_session().sampling
     assert (sampling.temperature, sampling.top_p) == (0.3, 0.95)  # nothing of it applied
     (error,) = tab.errors()
-    assert "temperature" in error and "設定未套用" in error
+    assert "溫度必須是 0 到 2 之間的數字" in error and "設定未套用" in error
     restored = tab.panels()[-1]
     assert {w["id"]: w["initial"] for w in restored}["temperature"] == 0.3
     assert tab.session.chat_settings["temperature"] == 0.3  # Chainlit's copy is put back
