@@ -56,7 +56,7 @@ def decide_mode(host: str, password_users: int) -> AuthMode:
 #: Token metadata: which login (so that logging out ends that session alone), and when,
 #: in milliseconds (a token's own `iat` is in whole seconds, too coarse to tell a login
 #: just before a password reset from one just after). "token" in the names keeps them out
-#: of the stored user (chatllm.store.datalayer.scrub).
+#: of the stored user (chatllm.store.thread_rows.scrub).
 LOGIN_ID = "login_token"
 LOGIN_MS = "token_issued_ms"
 

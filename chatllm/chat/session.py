@@ -26,7 +26,7 @@ from chatllm.history import CHOSEN_REPLIES, history_from_steps
 from chatllm.sampling import Sampling
 from chatllm.store import ChatDataLayer
 
-#: The user-session key; under chatllm.store.datalayer.SESSION_ONLY_PREFIX, so Chainlit's
+#: The user-session key; under chatllm.store.thread_rows.SESSION_ONLY_PREFIX, so Chainlit's
 #: copy of the user session into thread metadata leaves it out (`save_session` writes it).
 KEY = "chatllm.session"
 
