@@ -35,8 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from chatllm.auth import LOCAL_USER
 from chatllm.clock import format_time, parse_time, utc_now
+from chatllm.conversation.marks import CHOSEN_REPLIES, FINISH_REASON, KIND, REPLY_TO
 from chatllm.errors import ChatLLMError, StoreError, Worded
-from chatllm.history import CHOSEN_REPLIES, FINISH_REASON, KIND, REPLY_TO
 from chatllm.i18n import t
 from chatllm.receipts import RECEIPT
 from chatllm.share import SESSION_KINDS

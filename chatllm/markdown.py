@@ -7,8 +7,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from chatllm.clock import readable_time
+from chatllm.conversation.marks import (
+    FINISH_REASON,
+    KIND,
+    REPLY_TO,
+    chosen_reply,
+    replies_by_message,
+)
 from chatllm.export import COMPARE, ThreadDocument, ThreadInfo, parse_document
-from chatllm.history import FINISH_REASON, KIND, REPLY_TO, chosen_reply, replies_by_message
 from chatllm.i18n import CATALOGUES, t
 from chatllm.receipts import RECEIPT, receipt_of
 from chatllm.sampling import Sampling
@@ -139,7 +145,7 @@ def _setting(value: Any, lang: str) -> str:
 def _reply_numbers(doc: ThreadDocument) -> dict[str, tuple[int, int, bool]]:
     """For a message answered more than once (regenerated): each reply's number, how
     many there are, and whether the conversation continues from it — decided by
-    chatllm.history, as the model's memory is."""
+    chatllm.conversation.memory, as the model's memory is."""
     steps: list[dict[str, Any]] = [
         {
             "id": message.id,

@@ -31,10 +31,9 @@ SHARED = "is_shared"
 SHARED_AT = "shared_at"
 #: Where a shared thread's link points, under the app's address (Chainlit's page route).
 SHARE_PATH = "/share/"
-#: A message's kind (its metadata's "kind", chatllm.history.KIND; not imported here, which
-#: would load LangChain before the first page) for messages that served the author's
-#: session only (the Export command's files, the Import command's question and answer):
-#: never part of a share, nor of an export.
+#: A message's kind (its metadata's "kind": chatllm.conversation.marks.KIND) for
+#: messages that served the author's session only (the Export command's files, the
+#: Import command's question and answer): never part of a share, nor of an export.
 SESSION_KINDS = frozenset({"export", "import"})
 #: Keys that hold a thread's settings wherever they appear in what a viewer gets (a
 #: receipt's sampling values keep the rest: they are what made the reply).

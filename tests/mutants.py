@@ -35,7 +35,8 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "sampling": ("chatllm/sampling.py", ["tests/test_sampling.py"]),
     "chain": ("chatllm/chain.py", ["tests/test_chain.py"]),
     "history": (
-        "chatllm/history.py",
+        "chatllm/conversation/marks.py",
+        "chatllm/conversation/memory.py",
         ["tests/test_history.py", "tests/test_resume.py", "tests/test_comparing.py"],
     ),
     "receipts": ("chatllm/receipts.py", ["tests/test_generation.py", "tests/test_comparing.py"]),

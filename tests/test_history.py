@@ -1,4 +1,4 @@
-"""Thread steps as the model remembers them (chatllm.history), on hand-made steps: which
+"""Thread steps as the model remembers them (chatllm.conversation.memory), on hand-made steps: which
 steps are the conversation's replies, and the rules for replies stored before replies
 named their message."""
 
@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
-from chatllm.history import history_from_steps, is_conversation_reply
+from chatllm.conversation.marks import is_conversation_reply
+from chatllm.conversation.memory import history_from_steps
 
 
 def user(step_id: str, text: str) -> dict[str, Any]:

@@ -27,9 +27,10 @@ from sqlalchemy import event
 from chatllm import export
 from chatllm.cli import parser
 from chatllm.config import Settings
+from chatllm.conversation.marks import CHOSEN_REPLIES, reply_metadata
+from chatllm.conversation.memory import history_from_steps
 from chatllm.errors import StoreError
 from chatllm.export import InvalidDocument, ThreadNotFound, TransferError
-from chatllm.history import CHOSEN_REPLIES, history_from_steps, reply_metadata
 from chatllm.markdown import to_markdown
 from chatllm.receipts import Receipt, prompt_digest
 from chatllm.sampling import Sampling

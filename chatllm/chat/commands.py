@@ -19,6 +19,7 @@ from chatllm.chat.panel import Panel
 from chatllm.chat.replies import save_message, send_and_save, store_message
 from chatllm.chat.session import ChatSession, current_lang, show_error
 from chatllm.compare import Column, SettingsSet, comparison_view, run_comparison
+from chatllm.conversation.marks import KIND, REPLY_TO
 from chatllm.errors import ChatLLMError, InvalidSampling, describe
 from chatllm.export import (
     MAX_DOCUMENT_MB,
@@ -28,7 +29,6 @@ from chatllm.export import (
     import_thread,
 )
 from chatllm.generation import with_seed
-from chatllm.history import KIND, REPLY_TO
 from chatllm.i18n import t
 from chatllm.markdown import to_markdown
 from chatllm.presets import MAX_SETS

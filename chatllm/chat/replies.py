@@ -16,13 +16,10 @@ from langchain_core.messages import BaseMessage
 from chatllm.backends import Backends, queue_listener
 from chatllm.chat.session import ChatSession, current_lang, save_session, show_error
 from chatllm.compare import comparison_view
+from chatllm.conversation.marks import replies_by_message, reply_metadata
+from chatllm.conversation.memory import history_from_steps
 from chatllm.errors import ChatLLMError, StoreError
 from chatllm.generation import Generation
-from chatllm.history import (
-    history_from_steps,
-    replies_by_message,
-    reply_metadata,
-)
 from chatllm.i18n import one_line, t
 from chatllm.receipts import Receipt, receipt_of
 from chatllm.sampling import Sampling

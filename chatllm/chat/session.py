@@ -21,8 +21,9 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from chatllm.backends import ProfileSpec
 from chatllm.config import Settings
+from chatllm.conversation.marks import CHOSEN_REPLIES
+from chatllm.conversation.memory import history_from_steps
 from chatllm.errors import ChatLLMError, describe
-from chatllm.history import CHOSEN_REPLIES, history_from_steps
 from chatllm.sampling import Sampling
 from chatllm.store import ChatDataLayer
 

@@ -1,4 +1,4 @@
-"""Thread steps ⇄ the chain's chat history, and how a reply step is marked.
+"""How a reply step is marked, and which steps the conversation is made of.
 
 A reply step's metadata:
 
@@ -11,6 +11,8 @@ A reply step's metadata:
 
 Thread metadata "chosen_replies" maps a user message id to the reply (or variant) the
 conversation continues from; without a choice the newest one counts.
+
+Pure: no LangChain, no Chainlit at import (the share view reads these marks).
 """
 
 from __future__ import annotations
@@ -18,12 +20,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-
-from chatllm.receipts import RECEIPT, Receipt
-
-if TYPE_CHECKING:  # Chainlit's types only: the history needs no UI
+if TYPE_CHECKING:  # types only: the marks need no UI and no model
     from chainlit.step import StepDict
+
+    from chatllm.receipts import Receipt
 
 FINISH_REASON = "finish_reason"
 KIND = "kind"
@@ -35,6 +35,8 @@ CONVERSATION_KINDS = frozenset({"reply", "variant"})
 
 
 def reply_metadata(receipt: Receipt, reply_to: str, kind: str) -> dict[str, Any]:
+    from chatllm.receipts import RECEIPT
+
     metadata: dict[str, Any] = {KIND: kind, REPLY_TO: reply_to, RECEIPT: receipt.model_dump()}
     if kind in CONVERSATION_KINDS:
         metadata[FINISH_REASON] = receipt.finish_reason
@@ -87,29 +89,3 @@ def chosen_reply(
         if step["id"] == pick:
             return step
     return candidates[-1] if candidates else None
-
-
-def history_from_steps(
-    steps: Iterable[StepDict],
-    chosen: Mapping[str, str] | None = None,
-    *,
-    before: str | None = None,
-) -> list[BaseMessage]:
-    """The conversation as the model remembers it: each user message with the reply the
-    conversation continues from, up to (not including) the message `before` if given.
-    Unanswered messages (an error, a stop before the first token) are left out, so user
-    and assistant turns alternate as chat templates require."""
-    messages, replies = replies_by_message(steps)
-    history: list[BaseMessage] = []
-    for message in messages:
-        if message["id"] == before:
-            break
-        reply = chosen_reply(message["id"], replies, chosen or {})
-        if reply is not None:
-            history.extend(
-                [
-                    HumanMessage(content=message.get("output") or ""),
-                    AIMessage(content=reply["output"]),
-                ]
-            )
-    return history
