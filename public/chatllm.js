@@ -153,9 +153,9 @@
 
   // Words Chainlit's page writes in English whatever the language (not in its translation
   // files): the share dialog's Unshare button, a dialog's Close, the theme and sidebar
-  // buttons' names, the toasts' region's name, the authors' pictures' alternative texts (read out by screen
-  // readers), the notices of a link that opens nothing and of a thread that cannot be
-  // resumed. Put into the browser's language where the app speaks it.
+  // buttons' names, the toasts' region's name, the authors' pictures' alternative texts
+  // (read out by screen readers), the notices of a link that opens nothing and of a
+  // thread that cannot be resumed. Put into the browser's language where the app speaks it.
   const chinese = /^zh\b/i.test(navigator.language || "");
   if (chinese) {
     const hant = /^zh-(tw|hk|mo|hant)/i.test(navigator.language);
