@@ -35,7 +35,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from chatllm.auth import LOCAL_USER
 from chatllm.clock import format_time, parse_time, utc_now
-from chatllm.conversation.marks import CHOSEN_REPLIES, FINISH_REASON, KIND, REPLY_TO
+from chatllm.conversation.marks import (
+    CHOSEN_REPLIES,
+    FINISH_REASON,
+    KIND,
+    REPLAY_OF,
+    REPLY_TO,
+)
 from chatllm.errors import ChatLLMError, StoreError, Worded
 from chatllm.i18n import t
 from chatllm.receipts import RECEIPT
@@ -53,7 +59,6 @@ FORMAT = "chatllm.thread"
 VERSION = 1
 
 COMPARE = "compare"
-REPLAY_OF = "replay_of"
 #: Step metadata that has a field of its own in an exported message.
 REPLY_FIELDS = (KIND, REPLY_TO, FINISH_REASON, RECEIPT, COMPARE, REPLAY_OF)
 #: Thread metadata worth carrying to another database; the rest is Chainlit's session copy.

@@ -492,6 +492,17 @@ async def test_a_thread_deleted_while_its_reply_streams_stays_deleted(server: Ap
     assert await asyncio.to_thread(stored_thread, server, tab.thread_id) is None
 
 
+async def stop_mid_reply(tab: SocketUser, engine: int, ends: int) -> None:
+    """Press Stop with the engine paused, so the generation is still mid-reply when Stop
+    arrives however busy the machine; wait for the task to end (past `ends` task ends)."""
+    os.kill(engine, signal.SIGSTOP)
+    try:
+        await tab.client.emit("stop")
+        await tab.wait_for(lambda: len(tab.named("task_end")) > ends)
+    finally:
+        os.kill(engine, signal.SIGCONT)
+
+
 async def test_regenerate_and_replay_run_as_the_chats_task_and_stop_like_a_reply(
     server: AppServer,
 ) -> None:
@@ -518,12 +529,7 @@ async def test_regenerate_and_replay_run_as_the_chats_task_and_stop_like_a_reply
             await tab.wait_for(lambda: len(tab.named("task_start")) > starts)  # Stop shown
             if stop_after is not None:
                 await tab.wait_for(lambda: len(tab.named("stream_token")) >= tokens + stop_after)
-                os.kill(engine, signal.SIGSTOP)  # still mid-reply when Stop arrives
-                try:
-                    await tab.client.emit("stop")
-                    await tab.wait_for(lambda: len(tab.named("task_end")) > ends)
-                finally:
-                    os.kill(engine, signal.SIGCONT)
+                await stop_mid_reply(tab, engine, ends)
             await tab.wait_for(lambda: len(tab.named("task_end")) > ends, seconds=120)
             assert (await pressed).status_code == 200
 
@@ -644,12 +650,7 @@ async def test_stop_ends_a_comparison_keeping_each_columns_text(server: AppServe
         ends = len(tab.named("task_end"))
         await tab.say(LONG_STORY, command="Compare")
         await tab.wait_for(lambda: len((columns() or [{}])[0].get("text") or "") > 20, 120)
-        os.kill(engine, signal.SIGSTOP)  # still mid-reply when Stop arrives
-        try:
-            await tab.client.emit("stop")
-            await tab.wait_for(lambda: len(tab.named("task_end")) > ends)
-        finally:
-            os.kill(engine, signal.SIGCONT)
+        await stop_mid_reply(tab, engine, ends)
         shown = columns()
         thread = await asyncio.to_thread(stored_thread, server, tab.thread_id)
     finally:

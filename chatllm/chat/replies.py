@@ -16,7 +16,7 @@ from langchain_core.messages import BaseMessage
 from chatllm.backends import Backends, queue_listener
 from chatllm.chat.session import ChatSession, current_lang, save_session, show_error
 from chatllm.compare import comparison_view
-from chatllm.conversation.marks import replies_by_message, reply_metadata
+from chatllm.conversation.marks import REPLAY_OF, replies_by_message, reply_metadata
 from chatllm.conversation.memory import history_from_steps
 from chatllm.errors import ChatLLMError, StoreError
 from chatllm.generation import Generation
@@ -303,7 +303,7 @@ class Replies:
         result.content = f"**{verdict}**\n\n{generation.text}"
         result.metadata = {
             **reply_metadata(again, message["id"], "replay"),
-            "replay_of": target["id"],
+            REPLAY_OF: target["id"],
             "identical": same,
         }
         await send_and_save(self.store, result, *elements)

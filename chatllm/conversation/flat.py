@@ -18,10 +18,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chatllm.conversation.marks import chosen_reply, is_conversation_reply, replies_by_message
-
-#: The metadata key of a replay naming the reply it replays (chatllm.chat.replies).
-REPLAY_OF = "replay_of"
+from chatllm.conversation.marks import (
+    REPLAY_OF,
+    chosen_reply,
+    is_conversation_reply,
+    replies_by_message,
+)
 
 
 @dataclass(frozen=True)

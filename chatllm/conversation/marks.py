@@ -29,6 +29,8 @@ FINISH_REASON = "finish_reason"
 KIND = "kind"
 REPLY_TO = "reply_to"
 CHOSEN_REPLIES = "chosen_replies"
+#: A replay's metadata: the id of the reply it replays.
+REPLAY_OF = "replay_of"
 
 #: Kinds of reply the model remembers; a replay or a comparison is not part of the talk.
 CONVERSATION_KINDS = frozenset({"reply", "variant"})
