@@ -12,7 +12,13 @@ from chainlit.server import app as server
 from chainlit.types import ThreadDict
 
 from chatllm.auth import AuthMode
-from chatllm.chat.actions import DELETE_PRESET, DELETE_PRESET_CONFIRMED, KEEP_PRESET, STOP_SHARING
+from chatllm.chat.actions import (
+    DELETE_PRESET,
+    DELETE_PRESET_CONFIRMED,
+    KEEP_PRESET,
+    STOP_SHARING,
+    SWITCH_BRANCH,
+)
 from chatllm.chat.services import Services
 from chatllm.loop import prepare_server_loop
 from chatllm.share import Sharing
@@ -129,9 +135,9 @@ async def on_regenerate(action: cl.Action) -> None:
     await (await services.chat()).regenerate(action)
 
 
-@cl.action_callback("choose")
-async def on_choose(action: cl.Action) -> None:
-    await (await services.chat()).choose(action)
+@cl.action_callback(SWITCH_BRANCH)
+async def on_switch_branch(action: cl.Action) -> None:
+    await (await services.chat()).switch(action)
 
 
 @cl.action_callback(DELETE_PRESET)

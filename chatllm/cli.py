@@ -105,7 +105,8 @@ async def _threads(args: argparse.Namespace, settings: Settings) -> str:
             return f"(no threads for {args.user})"
         rows = []
         for listed in await store.user_threads(user.id, search=args.search, limit=args.limit):
-            thread = await store.get_thread(listed["id"])
+            # Every branch's messages, not only those of the path a page shows.
+            thread = await store.whole_thread(listed["id"])
             count = len(conversation_steps(thread)) if thread is not None else 0
             rows.append(
                 (

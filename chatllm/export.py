@@ -2,20 +2,36 @@
 
 The JSON document describes itself:
 
-    {"format": "chatllm.thread", "version": 1, "exported_at": …,
+    {"format": "chatllm.thread", "version": 2, "exported_at": …,
      "thread": {"id", "name", "created_at", "tags",
-                "metadata": {"chat_settings", "chat_profile", "chosen_replies"}},
-     "messages": [{"id", "role": "user" | "assistant", "author", "text", "created_at",
-                   "is_error", "extra" (any other step metadata, as stored),
+                "active_leaf": the message the conversation stands on (or null),
+                "choices": {a message id, or "" for the first messages: the message
+                            chosen last among those that follow it},
+                "metadata": {"chat_settings", "chat_profile"}},
+     "messages": [{"id", "role": "user" | "assistant", "parent", "attached", "author",
+                   "text", "created_at", "is_error",
+                   "extra" (any other step metadata, as stored),
                    and for replies: "kind", "reply_to", "finish_reason", "receipt",
                    "compare", "replay_of"}, …],
      "elements": [{"name", "for": a message id, "display", "props"}, …]}
 
-Messages are the conversation in order: Chainlit's run and tool steps around them are left
-out, and so is a reference to a message that is no longer there. Only custom elements (the
-receipt and comparison views) travel; uploaded files do not. An import becomes a new thread
-of the importing user, with new ids throughout and every reference between messages
-(reply_to, replay_of, chosen_replies, an element's message) pointed at the new ones.
+The messages are every branch of the conversation's tree, in the order they were written
+(chatllm.conversation.tree): a message of the conversation (a user's message, a reply)
+has "attached": false and as "parent" the message it follows (null: a first message);
+another (a notice, an error, a comparison, a replay) has "attached": true and as "parent"
+the message it is shown after (null: before the first). What a page shows is the path from
+the first message to "active_leaf"; at a fork without a choice, the newest branch.
+Chainlit's run and tool steps around the messages are left out, and so is a reference to a
+message that is no longer there: a message whose parent is gone starts a branch of its
+own, as the store shows it, and a choice naming it is dropped. Only custom elements (the
+receipt and comparison views) travel; uploaded files do not.
+
+An import becomes a new thread of the importing user, with new ids throughout and every
+reference between messages (parent, active_leaf, choices, reply_to, replay_of, an
+element's message) pointed at the new ones. Version 1, written before conversations were
+trees, is still read: no "parent", "attached", "active_leaf" nor "choices", and in the
+metadata "chosen_replies" (a user message id → the reply the conversation continues
+from); the store makes of it the tree such a thread became (chatllm.conversation.flat).
 
 chatllm.markdown renders a document to read; `python -m chatllm export|import` and the
 chat's Export and Import commands use both.
@@ -27,9 +43,9 @@ import asyncio
 import contextvars
 import json
 import uuid
-from collections.abc import Coroutine, Mapping
+from collections.abc import Collection, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -42,11 +58,13 @@ from chatllm.conversation.marks import (
     REPLAY_OF,
     REPLY_TO,
 )
+from chatllm.conversation.tree import ATTACHED, ROOT
 from chatllm.errors import ChatLLMError, StoreError, Worded
 from chatllm.i18n import t
 from chatllm.receipts import RECEIPT
 from chatllm.share import SESSION_KINDS
 from chatllm.store import ChatDataLayer
+from chatllm.store.tree import TREE_DEPTH, TREE_PARENT, TreeChange, served_tree
 from chatllm.store.users import NoSuchUser
 
 if TYPE_CHECKING:  # the data layer's records; the document itself needs no UI
@@ -56,13 +74,19 @@ if TYPE_CHECKING:  # the data layer's records; the document itself needs no UI
     from chainlit.user import PersistedUser
 
 FORMAT = "chatllm.thread"
-VERSION = 1
+VERSION = 2
+#: The versions an import reads: 1 is a flat thread's, from before trees.
+READABLE = (1, 2)
 
 COMPARE = "compare"
 #: Step metadata that has a field of its own in an exported message.
 REPLY_FIELDS = (KIND, REPLY_TO, FINISH_REASON, RECEIPT, COMPARE, REPLAY_OF)
-#: Thread metadata worth carrying to another database; the rest is Chainlit's session copy.
-THREAD_METADATA = ("chat_settings", "chat_profile", CHOSEN_REPLIES)
+#: Thread metadata worth carrying to another database; the rest is Chainlit's session copy
+#: (and the tree, which has fields of its own).
+THREAD_METADATA = ("chat_settings", "chat_profile")
+#: Fields of version 2 only: the tree.
+MESSAGE_TREE_FIELDS = ("parent", "attached")
+THREAD_TREE_FIELDS = ("active_leaf", "choices")
 ROLE_OF_STEP = {"user_message": "user", "assistant_message": "assistant"}
 
 #: The times a message may carry: anything else is a damaged or made-up file.
@@ -112,6 +136,7 @@ class _Strict(BaseModel):
 class ThreadMetadata(_Strict):
     chat_settings: dict[str, Any] | None = None
     chat_profile: str | None = None
+    #: Version 1 only: version 2 keeps the tree's choices in the thread.
     chosen_replies: dict[str, str] | None = None
 
 
@@ -120,6 +145,8 @@ class ThreadInfo(_Strict):
     name: str | None = None
     created_at: str | None = None
     tags: list[str] = Field(default_factory=list)
+    active_leaf: str | None = None
+    choices: dict[str, str] = Field(default_factory=dict)
     metadata: ThreadMetadata = Field(default_factory=ThreadMetadata)
 
 
@@ -144,6 +171,9 @@ class Comparison(BaseModel):
 class MessageEntry(_Strict):
     id: str = Field(min_length=1)
     role: Literal["user", "assistant"]
+    #: Version 2: the message this one follows (attached: is shown after), None for the top.
+    parent: str | None = None
+    attached: bool = False
     text: str
     created_at: str
     author: str | None = None
@@ -187,7 +217,7 @@ class ElementEntry(_Strict):
 
 class ThreadDocument(_Strict):
     format: Literal["chatllm.thread"]
-    version: Literal[1]
+    version: Literal[1, 2]
     exported_at: str | None = None
     thread: ThreadInfo
     messages: list[MessageEntry]
@@ -203,10 +233,10 @@ def parse_document(document: object) -> ThreadDocument:
     if not isinstance(document, Mapping) or document.get("format") != FORMAT:
         raise InvalidDocument(f'this is not a chatllm thread export (no "format": "{FORMAT}")')
     version = document.get("version")
-    if type(version) is not int or version != VERSION:
+    if type(version) is not int or version not in READABLE:
         raise InvalidDocument(
             f"this export has version {version!r} of the thread format; "
-            f"this chatllm reads version {VERSION}"
+            f"this chatllm reads versions {' and '.join(map(str, READABLE))}"
         )
     try:
         parsed = ThreadDocument.model_validate(document)
@@ -259,6 +289,96 @@ def _check_references(document: ThreadDocument) -> None:
     for n, element in enumerate(document.elements):
         if element.for_ is not None and element.for_ not in roles:
             raise InvalidDocument(f"elements[{n}].for: {element.for_!r} names no message")
+    if document.version == 1:
+        _check_flat(document)
+    else:
+        _check_tree(document)
+
+
+def _check_flat(document: ThreadDocument) -> None:
+    """A version-1 document has no tree: a field of one says the version is wrong (and
+    would otherwise be dropped unread)."""
+    for n, message in enumerate(document.messages):
+        for key in MESSAGE_TREE_FIELDS:
+            if key in message.model_fields_set:
+                raise InvalidDocument(
+                    f"messages[{n}].{key}: version 1 has no tree; a file with one is version 2"
+                )
+    for key in THREAD_TREE_FIELDS:
+        if key in document.thread.model_fields_set:
+            raise InvalidDocument(
+                f"thread.{key}: version 1 has no tree; a file with one is version 2"
+            )
+
+
+def _check_tree(document: ThreadDocument) -> None:
+    """A version-2 document's tree holds together: every message says where it stands,
+    every parent is a message of the conversation (not an attached one), no parents go
+    round, and the active leaf and the choices name messages of the conversation, each
+    choice one that follows its fork."""
+    messages = document.messages
+    ids = {message.id for message in messages}
+    nodes = {message.id: message.parent for message in messages if not message.attached}
+
+    def must_be_node(where: str, message_id: str) -> None:
+        if message_id not in ids:
+            raise InvalidDocument(f"{where}: {message_id!r} names no message of this file")
+        if message_id not in nodes:
+            raise InvalidDocument(
+                f"{where}: {message_id!r} is attached, not a message of the conversation"
+            )
+
+    for n, message in enumerate(messages):
+        missing = [key for key in MESSAGE_TREE_FIELDS if key not in message.model_fields_set]
+        if missing:
+            raise InvalidDocument(
+                f"messages[{n}]: version 2 needs {' and '.join(missing)} (its place in the tree)"
+            )
+        if message.parent is not None:
+            must_be_node(f"messages[{n}].parent", message.parent)
+    _depths(messages)  # refuses parents that go round
+    info = document.thread
+    if info.metadata.chosen_replies is not None:
+        raise InvalidDocument(
+            "thread.metadata.chosen_replies: version 2 keeps the choices in thread.choices"
+        )
+    if info.active_leaf is not None:
+        must_be_node("thread.active_leaf", info.active_leaf)
+    for fork, child in info.choices.items():
+        if fork != ROOT:
+            must_be_node("thread.choices", fork)
+        must_be_node(f"thread.choices[{fork!r}]", child)
+        if nodes[child] != (None if fork == ROOT else fork):
+            follows = "is not a first message" if fork == ROOT else f"does not follow {fork!r}"
+            raise InvalidDocument(f"thread.choices[{fork!r}]: {child!r} {follows}")
+
+
+def _depths(messages: Sequence[MessageEntry]) -> dict[str, int]:
+    """Each message of the conversation's depth in a version-2 document's tree (0: a
+    first message); InvalidDocument if some parents go round. Parents are nodes: checked
+    before."""
+    parent_of = {message.id: message.parent for message in messages if not message.attached}
+    where = {message.id: n for n, message in enumerate(messages)}
+    depths: dict[str, int] = {}
+    for start in parent_of:
+        trail: list[str] = []
+        on_trail: set[str] = set()
+        node: str | None = start
+        while node is not None and node not in depths:
+            if node in on_trail:
+                cycle = [*trail[trail.index(node) :], node]
+                raise InvalidDocument(
+                    f"messages[{where[node]}].parent: the parents go round "
+                    f"({' → '.join(map(repr, cycle))})"
+                )
+            trail.append(node)
+            on_trail.add(node)
+            node = parent_of.get(node)
+        depth = -1 if node is None else depths[node]
+        for node in reversed(trail):
+            depth += 1
+            depths[node] = depth
+    return depths
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -272,17 +392,20 @@ def _location(loc: tuple[int | str, ...]) -> str:
 
 
 async def export_thread(store: ChatDataLayer, thread_id: str) -> dict[str, Any]:
-    """The thread as a self-describing JSON document (see the module's docstring)."""
-    thread = await store.get_thread(thread_id)
+    """The thread as a self-describing JSON document (see the module's docstring): every
+    branch, not only the one a page shows."""
+    thread = await store.whole_thread(thread_id)
     if thread is None:
         raise ThreadNotFound(f"there is no thread {thread_id!r}")
     return thread_document(thread)
 
 
 def thread_document(thread: ThreadDict) -> dict[str, Any]:
-    """A thread already read, as the export's document."""
-    messages = [_exported_message(step) for step in conversation_steps(thread)]
-    roles = {message["id"]: message["role"] for message in messages}
+    """A thread the store read (whole, or a page's path), as the export's document."""
+    steps = conversation_steps(thread)
+    roles = {step["id"]: ROLE_OF_STEP[step.get("type") or ""] for step in steps}
+    places = _places(thread.get("steps") or [], roles)
+    messages = [_exported_message(step, *places[step["id"]]) for step in steps]
     for message in messages:
         # A reference to a message that is gone (or never was one) would point at nothing.
         for key, role in ((REPLY_TO, "user"), (REPLAY_OF, "assistant")):
@@ -290,12 +413,8 @@ def thread_document(thread: ThreadDict) -> dict[str, Any]:
                 message[key] = None
     saved = thread.get("metadata") or {}
     metadata: dict[str, Any] = {key: saved[key] for key in THREAD_METADATA if key in saved}
-    if isinstance(metadata.get(CHOSEN_REPLIES), Mapping):
-        metadata[CHOSEN_REPLIES] = {
-            asked: reply
-            for asked, reply in metadata[CHOSEN_REPLIES].items()
-            if roles.get(asked) == "user" and roles.get(reply) == "assistant"
-        }
+    tree = served_tree(thread)
+    follows = {message["id"]: message["parent"] for message in messages if not message["attached"]}
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -305,6 +424,13 @@ def thread_document(thread: ThreadDict) -> dict[str, Any]:
             "name": thread.get("name"),
             "created_at": thread.get("createdAt"),
             "tags": list(thread.get("tags") or []),
+            "active_leaf": tree.leaf if tree.leaf in follows else None,
+            # A choice whose messages are not all here would name nothing on import.
+            "choices": {
+                fork: child
+                for fork, child in tree.choices.items()
+                if child in follows and follows[child] == (None if fork == ROOT else fork)
+            },
             "metadata": metadata,
         },
         "messages": messages,
@@ -334,12 +460,65 @@ def conversation_steps(thread: ThreadDict) -> list[StepDict]:
     ]
 
 
-def _exported_message(step: StepDict) -> dict[str, Any]:
+def _places(
+    steps: Sequence[StepDict], exported: Collection[str]
+) -> dict[str, tuple[str | None, bool]]:
+    """Where each of the `exported` messages stands: the exported message it follows (a
+    node of the tree) or is shown after (attached), and whether it is attached.
+
+    A parent that is not exported gives way to its nearest exported ancestor, so that the
+    file is still one tree. A message the store did not place (Chainlit nested it under a
+    run step) is attached where the step it is nested under stands."""
+    by_id: dict[str, StepDict] = {step["id"]: step for step in steps}
+    follows = {step["id"]: _tree_parent(step) for step in steps if _is_node(step)}
+
+    def exported_node(node: str | None) -> str | None:
+        seen: set[str] = set()
+        while node is not None and node in follows and node not in seen:
+            if node in exported:
+                return node
+            seen.add(node)
+            node = follows[node]
+        return None
+
+    def anchor(step: StepDict | None) -> str | None:
+        seen: set[str] = set()
+        while step is not None and step["id"] not in seen:
+            seen.add(step["id"])
+            if _is_node(step):
+                return exported_node(step["id"])
+            if step.get(TREE_DEPTH) == ATTACHED:
+                return exported_node(_tree_parent(step))
+            step = by_id.get(step.get("parentId") or "")
+        return None
+
+    return {
+        step["id"]: (exported_node(_tree_parent(step)), False)
+        if _is_node(step)
+        else (anchor(step), True)
+        for step in steps
+        if step["id"] in exported
+    }
+
+
+def _tree_parent(step: Mapping[str, Any]) -> str | None:
+    parent = step.get(TREE_PARENT)
+    return parent if isinstance(parent, str) else None
+
+
+def _is_node(step: Mapping[str, Any]) -> bool:
+    depth = step.get(TREE_DEPTH)
+    return isinstance(depth, int) and depth >= 0
+
+
+def _exported_message(step: StepDict, parent: str | None, attached: bool) -> dict[str, Any]:
     metadata = dict(step.get("metadata") or {})
     role = ROLE_OF_STEP[step.get("type") or ""]
     message: dict[str, Any] = {
         "id": step["id"],
         "role": role,
+        "parent": parent,
+        "attached": attached,
         "author": step.get("name"),
         "text": step.get("output") or "",
         "created_at": step.get("createdAt") or "",
@@ -387,7 +566,7 @@ async def _write_thread(
     new_ids = {message.id: str(uuid.uuid4()) for message in document.messages}
     info = document.thread
     metadata: dict[str, Any] = info.metadata.model_dump(exclude_none=True)
-    if CHOSEN_REPLIES in metadata:
+    if CHOSEN_REPLIES in metadata:  # version 1: the store makes its tree of them
         metadata[CHOSEN_REPLIES] = {
             new_ids[asked]: new_ids[reply] for asked, reply in metadata[CHOSEN_REPLIES].items()
         }
@@ -395,6 +574,20 @@ async def _write_thread(
         _step(message, thread_id, new_ids, created)
         for message, created in zip(document.messages, _ordered_times(document), strict=True)
     ]
+    tree = None
+    if document.version >= 2:
+        depths = _depths(document.messages)
+        steps = [
+            _placed(step, message, new_ids, depths)
+            for step, message in zip(steps, document.messages, strict=True)
+        ]
+        tree = TreeChange(
+            new_ids[info.active_leaf] if info.active_leaf is not None else None,
+            {
+                ROOT if fork == ROOT else new_ids[fork]: new_ids[child]
+                for fork, child in info.choices.items()
+            },
+        )
     elements: list[ElementDict] = [
         {
             "id": str(uuid.uuid4()),
@@ -416,7 +609,7 @@ async def _write_thread(
         "tags": list(info.tags),
     }  # type: ignore[typeddict-item]
     try:
-        await store.add_thread(thread, steps, elements)
+        await store.add_thread(thread, steps, elements, tree)
     except StoreError as exc:
         raise StoreError(f"{exc}; nothing was kept") from exc
     return thread_id
@@ -450,6 +643,15 @@ def _step(
         "streaming": False,
         "waitForAnswer": False,
     }
+
+
+def _placed(
+    step: StepDict, message: MessageEntry, new_ids: Mapping[str, str], depths: Mapping[str, int]
+) -> StepDict:
+    """A version-2 message's step with its place in the tree, as the store takes it."""
+    parent = new_ids[message.parent] if message.parent is not None else None
+    depth = ATTACHED if message.attached else depths[message.id]
+    return cast("StepDict", {**step, TREE_PARENT: parent, TREE_DEPTH: depth})
 
 
 def _ordered_times(document: ThreadDocument) -> list[str]:

@@ -1,10 +1,12 @@
-"""A thread document rendered as Markdown to read, in the reader's language."""
+"""A thread document rendered as Markdown to read, in the reader's language: the
+conversation as its page shows it (a version-2 document's active path, saying where other
+branches are), or a version-1 document's every message."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from chatllm.clock import readable_time
 from chatllm.conversation.marks import (
@@ -14,7 +16,8 @@ from chatllm.conversation.marks import (
     chosen_reply,
     replies_by_message,
 )
-from chatllm.export import COMPARE, ThreadDocument, ThreadInfo, parse_document
+from chatllm.conversation.tree import Node, Tree
+from chatllm.export import COMPARE, MessageEntry, ThreadDocument, ThreadInfo, parse_document
 from chatllm.i18n import CATALOGUES, t
 from chatllm.receipts import RECEIPT, receipt_of
 from chatllm.sampling import Sampling
@@ -30,6 +33,9 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 def to_markdown(document: object, lang: str = "en") -> str:
     """The thread as Markdown to read: its settings, then each message under a heading,
     each reply with its receipt's summary under it, a comparison as one section per reply.
+    A version-2 document shows its active path, with what is attached to it, and under a
+    message that has other versions, which one of how many it is; a version-1 document
+    (flat) shows every message, numbering a message's replies.
 
     Every message is a block quote, which nothing inside it can close: a heading, a rule or
     an unclosed code fence in a message stays in it. The user's words are also escaped to
@@ -37,51 +43,107 @@ def to_markdown(document: object, lang: str = "en") -> str:
     """
     doc = parse_document(document)
     info = doc.thread
+    shown = _flat(doc) if doc.version == 1 else _active_path(doc)
     about = ["chatllm"]
     if info.created_at:
         about.append(t("markdown.started", lang, when=_readable(info.created_at)))
     if doc.exported_at:
         about.append(t("markdown.exported", lang, when=_readable(doc.exported_at)))
-    about.append(t("markdown.messages", lang, count=len(doc.messages)))
+    about.append(t("markdown.messages", lang, count=len(shown)))
     lines = [
         f"# {_inline(info.name or t('markdown.untitled', lang))}",
         "",
         f"*{_inline(' · '.join(about))}*",
     ]
     lines += ["", *_settings_lines(info, lang), "---", ""]
-    numbers = _reply_numbers(doc)
-    for message in doc.messages:
-        if message.role == "user":
-            lines += [f"## {_inline(t('markdown.you', lang))} · {_when(message.created_at)}", ""]
-            lines += [_quote(message.text, literal=True), ""]
-            continue
-        labels = [t("markdown.assistant", lang)]
-        if message.is_error:
-            labels.append(t("markdown.error", lang))
-        if message.id in numbers:
-            n, of, chosen = numbers[message.id]
-            labels.append(t("markdown.variant", lang, n=n, of=of))
-            if chosen:
-                labels.append(t("markdown.chosen", lang))
-        elif message.kind == "replay":
-            labels.append(t("markdown.replay", lang))
-        elif message.kind == COMPARE:
-            labels.append(t("markdown.compare", lang))
-        heading = " · ".join([*map(_inline, labels), _when(message.created_at)])
-        lines += [f"## {heading}", ""]
-        if message.text or not message.compare:
-            lines += [_quote(message.text, literal=False), ""]
-        lines += _receipt_lines(message.receipt, lang)
-        for reply in message.comparison():
-            lines += [f"### {_inline(reply.label)}", ""]
-            if reply.text:
-                lines += [_quote(reply.text, literal=False), ""]
-            if reply.error:
-                lines += [f"*{_inline(t('markdown.failed', lang, error=reply.error))}*", ""]
-            elif getattr(reply, "ran", None) is False:
-                lines += [f"*{_inline(t('compare.not_run', lang))}*", ""]
-            lines += _receipt_lines(reply.receipt, lang)
+    for one in shown:
+        lines += _message_lines(one, lang)
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+class _Shown(NamedTuple):
+    """A message as the Markdown shows it."""
+
+    message: MessageEntry
+    #: Version 1: its number among its message's replies, how many, and whether the
+    #: conversation continues from it.
+    reply: tuple[int, int, bool] | None = None
+    #: Version 2: its number among its siblings (the versions of it), and how many.
+    versions: tuple[int, int] | None = None
+
+
+def _message_lines(shown: _Shown, lang: str) -> list[str]:
+    message = shown.message
+    if message.role == "user":
+        lines = [f"## {_inline(t('markdown.you', lang))} · {_when(message.created_at)}", ""]
+        lines += [_quote(message.text, literal=True), ""]
+        return lines + _versions_lines(shown.versions, lang)
+    labels = [t("markdown.assistant", lang)]
+    if message.is_error:
+        labels.append(t("markdown.error", lang))
+    if shown.reply is not None:
+        n, of, chosen = shown.reply
+        labels.append(t("markdown.variant", lang, n=n, of=of))
+        if chosen:
+            labels.append(t("markdown.chosen", lang))
+    elif message.kind == "replay":
+        labels.append(t("markdown.replay", lang))
+    elif message.kind == COMPARE:
+        labels.append(t("markdown.compare", lang))
+    heading = " · ".join([*map(_inline, labels), _when(message.created_at)])
+    lines = [f"## {heading}", ""]
+    if message.text or not message.compare:
+        lines += [_quote(message.text, literal=False), ""]
+    lines += _receipt_lines(message.receipt, lang)
+    for reply in message.comparison():
+        lines += [f"### {_inline(reply.label)}", ""]
+        if reply.text:
+            lines += [_quote(reply.text, literal=False), ""]
+        if reply.error:
+            lines += [f"*{_inline(t('markdown.failed', lang, error=reply.error))}*", ""]
+        elif getattr(reply, "ran", None) is False:
+            lines += [f"*{_inline(t('compare.not_run', lang))}*", ""]
+        lines += _receipt_lines(reply.receipt, lang)
+    return lines + _versions_lines(shown.versions, lang)
+
+
+def _versions_lines(versions: tuple[int, int] | None, lang: str) -> list[str]:
+    if versions is None:
+        return []
+    n, of = versions
+    return [f"*{_inline(t('markdown.versions', lang, n=n, of=of))}*", ""]
+
+
+def _flat(doc: ThreadDocument) -> list[_Shown]:
+    """A version-1 document: every message in order, a message's replies numbered."""
+    numbers = _reply_numbers(doc)
+    return [_Shown(message, reply=numbers.get(message.id)) for message in doc.messages]
+
+
+def _active_path(doc: ThreadDocument) -> list[_Shown]:
+    """A version-2 document: what is attached before the first message, then each message
+    of the path from the first to the active leaf with what is attached to it, in the
+    document's order; at a message with siblings, its place among them (in the
+    document's order, as the page's ‹ n/m › counts them oldest first)."""
+    tree = Tree(
+        Node(message.id, message.parent, seq=n)
+        for n, message in enumerate(doc.messages)
+        if not message.attached
+    )
+    leaf = tree.active_leaf(doc.thread.active_leaf, doc.thread.choices)
+    path = tree.path_to(leaf) if leaf is not None else []
+    by_id = {message.id: message for message in doc.messages}
+    attached: dict[str | None, list[MessageEntry]] = {}
+    for message in doc.messages:
+        if message.attached:
+            attached.setdefault(message.parent, []).append(message)
+    shown = [_Shown(message) for message in attached.get(None, [])]
+    for node in path:
+        siblings = tree.siblings(node)
+        versions = (siblings.index(node) + 1, len(siblings)) if len(siblings) > 1 else None
+        shown.append(_Shown(by_id[node], versions=versions))
+        shown += [_Shown(message) for message in attached.get(node, [])]
+    return shown
 
 
 def _settings_lines(info: ThreadInfo, lang: str) -> list[str]:
@@ -143,9 +205,9 @@ def _setting(value: Any, lang: str) -> str:
 
 
 def _reply_numbers(doc: ThreadDocument) -> dict[str, tuple[int, int, bool]]:
-    """For a message answered more than once (regenerated): each reply's number, how
-    many there are, and whether the conversation continues from it — decided by
-    chatllm.conversation.memory, as the model's memory is."""
+    """For a message of a version-1 document answered more than once (regenerated): each
+    reply's number, how many there are, and whether the conversation continues from it —
+    decided by chatllm.conversation.marks, as the model's memory was before trees."""
     steps: list[dict[str, Any]] = [
         {
             "id": message.id,

@@ -15,7 +15,9 @@ from chainlit.user import User
 from langchain_core.messages import AIMessage, HumanMessage
 
 from chatllm.chat import ChatApp
+from chatllm.chat.actions import SWITCH_BRANCH
 from chatllm.config import Settings
+from chatllm.conversation.tree import ATTACHED
 from chatllm.export import export_thread
 from chatllm.receipts import Receipt
 from tests.support import BrowserTab, live_session
@@ -52,8 +54,11 @@ async def say(app: ChatApp, tab: BrowserTab, text: str, command: str | None = No
 
 async def click(app: ChatApp, tab: BrowserTab, name: str, step_id: str) -> None:
     tab.enter()
+    if name == "switch":  # the switcher ‹ n/m › (public/elements/Branches.jsx)
+        await app.switch(cl.Action(name=SWITCH_BRANCH, payload={"to": step_id}))
+        return
     action = cl.Action(name=name, payload={"step": step_id})
-    await {"replay": app.replay, "regenerate": app.regenerate, "choose": app.choose}[name](action)
+    await {"replay": app.replay, "regenerate": app.regenerate}[name](action)
 
 
 async def reopen(app: ChatApp, old: BrowserTab) -> BrowserTab:
@@ -130,25 +135,52 @@ async def test_replay_reruns_a_reply_and_says_the_text_matched(app: ChatApp) -> 
     assert len(live_session().history) == 4
 
 
-async def test_a_replay_after_the_conversation_changed_shows_where_the_text_differs(
-    app: ChatApp,
-) -> None:
+async def test_a_replay_of_a_reply_on_a_branch_left_replays_that_branch(app: ChatApp) -> None:
+    """A reply whose earlier reply was regenerated since sits on a branch the page has
+    left; replayed (from a page still showing it), it is run on its own conversation,
+    not on the one now shown, and the replay goes with it."""
     tab = await new_chat(app)
     await app.update_settings({"temperature": 1.2, "top_p": 1.0, "max_tokens": 30, "seed": "3"})
     await say(app, tab, "Hello there.")
     await say(app, tab, QUESTION)
     greeting, original = replies(await stored_steps(app, tab))
-    # Another reply to the greeting, which the conversation now continues from.
     await app.update_settings({"seed": "4"})
     await click(app, tab, "regenerate", greeting["id"])
+    await click(app, tab, "replay", original["id"])
+    whole = await app.store.whole_thread(tab.session.thread_id)
+    assert whole is not None
+    (replay,) = [s for s in whole["steps"] if s["metadata"].get("kind") == "replay"]
+    assert replay["metadata"]["identical"] is True
+    before, again = original["metadata"]["receipt"], replay["metadata"]["receipt"]
+    assert before["prompt_digest"] == again["prompt_digest"]
+    assert (replay["treeParentId"], replay["treeDepth"]) == (original["id"], ATTACHED)
+    assert replay["id"] not in [s["id"] for s in await stored_steps(app, tab)]
+    # The tab stays on the branch it shows: its memory is the regenerated greeting's.
+    assert live_session().history[1].content != greeting["output"]
+
+
+async def test_a_replay_that_comes_out_different_shows_where_the_text_differs(
+    app: ChatApp,
+) -> None:
+    """What a replay says when the text is not the same (another build of the model, a
+    different prompt): here the stored reply and its prompt's digest are altered."""
+    tab = await new_chat(app)
+    await app.update_settings({"temperature": 1.2, "top_p": 1.0, "max_tokens": 30, "seed": "3"})
+    await say(app, tab, QUESTION)
+    (original,) = replies(await stored_steps(app, tab))
+    metadata = dict(original["metadata"])
+    metadata["receipt"] = {**metadata["receipt"], "prompt_digest": "0" * 16}
+    original["output"] = "A different reply altogether, made elsewhere."
+    await app.store.db.execute(
+        "UPDATE steps SET output = :output, metadata = :metadata WHERE id = :id",
+        {"output": original["output"], "metadata": json.dumps(metadata), "id": original["id"]},
+    )
     await click(app, tab, "replay", original["id"])
     replay = replies(await stored_steps(app, tab))[-1]
     assert replay["metadata"]["kind"] == "replay" and replay["metadata"]["identical"] is False
     assert "the text differs ✗" in replay["output"]
     assert "the model saw a different prompt" in replay["output"]
-    before, again = original["metadata"]["receipt"], replay["metadata"]["receipt"]
-    assert before["sampling"]["seed"] == again["sampling"]["seed"] == 3
-    assert before["prompt_digest"] != again["prompt_digest"]
+    assert replay["metadata"]["receipt"]["sampling"]["seed"] == 3
     # The word diff of the original and the replay, shown under it.
     (view,) = [e for e in elements(tab, "Compare") if e["forId"] == replay["id"]]
     labels = [c["label"] for c in view["props"]["columns"]]
@@ -160,7 +192,19 @@ async def test_a_replay_after_the_conversation_changed_shows_where_the_text_diff
     assert view["props"]["similarity"]["0-1"] < 1
 
 
-async def test_regenerate_keeps_variants_and_the_user_picks_which_one_continues(
+def switchers(tab: BrowserTab) -> dict[str, dict[str, Any]]:
+    """The last switcher ‹ n/m › sent under each message (an element sent again replaces
+    itself, by its id); each one shown since the page last took a whole path."""
+    shown: dict[str, dict[str, Any]] = {}
+    for name, data in tab.events:
+        if name == "resume_thread":
+            shown.clear()
+        elif name == "element" and data.get("name") == "Branches":
+            shown[data["forId"]] = data["props"]
+    return shown
+
+
+async def test_a_regenerated_reply_stands_where_the_first_stood_and_a_switch_brings_it_back(
     app: ChatApp,
 ) -> None:
     tab = await new_chat(app)
@@ -169,29 +213,49 @@ async def test_regenerate_keeps_variants_and_the_user_picks_which_one_continues(
     (first,) = replies(await stored_steps(app, tab))
     await app.update_settings({"temperature": 1.5, "top_p": 1.0, "seed": "9"})
     await click(app, tab, "regenerate", first["id"])
-    first_again, variant = replies(await stored_steps(app, tab))
-    assert first_again["output"] == first["output"]  # the earlier reply stays
+    # The page takes the path again: the new reply where the first stood, not below it.
+    shown = tab.payloads("resume_thread")[-1]
+    (variant,) = replies([dict(s) for s in shown["steps"]])
+    assert [s["type"] for s in shown["steps"] if s["type"].endswith("message")] == [
+        "user_message",
+        "assistant_message",
+    ]
+    assert shown["id"] == tab.session.thread_id  # the same thread: the page does not move
     assert variant["metadata"]["kind"] == "variant"
     assert variant["metadata"]["reply_to"] == first["metadata"]["reply_to"]
     assert variant["metadata"]["receipt"]["sampling"]["temperature"] == 1.5
     assert variant["output"] != first["output"]
+    whole = await app.store.whole_thread(tab.session.thread_id)
+    assert whole is not None
+    assert first["id"] in [s["id"] for s in whole["steps"]]  # the first reply stays
     (receipt_view,) = [e for e in elements(tab, "Receipt") if e["forId"] == variant["id"]]
     assert receipt_view["props"]["title"].startswith("Variant 2")
-    assert "choose" in actions_for(tab, variant["id"]) and "choose" in actions_for(tab, first["id"])
-    # The conversation continues from the new variant ...
+    switch = switchers(tab)[variant["id"]]
+    assert (switch["at"], switch["of"], switch["previous"], switch["next"]) == (
+        2,
+        2,
+        first["id"],
+        None,
+    )
+    # The model remembers the path on screen: the new reply ...
     assert live_session().history == [HumanMessage(QUESTION), AIMessage(variant["output"])]
-    # ... until the user picks the first reply.
-    await click(app, tab, "choose", first["id"])
+    # ... until the user goes back to the first one.
+    await click(app, tab, "switch", first["id"])
     assert live_session().history == [HumanMessage(QUESTION), AIMessage(first["output"])]
-    assert tab.payloads("toast")
-    # The choice holds after a reload, and the next turn builds on it.
+    shown = tab.payloads("resume_thread")[-1]
+    assert [s["id"] for s in replies([dict(s) for s in shown["steps"]])] == [first["id"]]
+    assert switchers(tab)[first["id"]]["next"] == variant["id"]
+    assert actions_for(tab, first["id"])[-2:] == ["replay", "regenerate"]
+    # The switch holds after a reload, and the next turn builds on it.
     again = await reopen(app, tab)
-    assert live_session().chosen == {first["metadata"]["reply_to"]: first["id"]}
+    assert live_session().leaf == first["id"]
     assert live_session().history[1] == AIMessage(first["output"])
-    assert "choose" in actions_for(again, variant["id"])
+    assert switchers(again)[first["id"]]["at"] == 1
     await say(app, again, "Shorter, please.")
     last = replies(await stored_steps(app, again))[-1]
     assert last["metadata"]["receipt"]["prompt_messages"] == 4
+    path = [s["id"] for s in await stored_steps(app, again)]
+    assert first["id"] in path and variant["id"] not in path
 
 
 async def test_presets_set_the_sliders_and_users_save_their_own(app: ChatApp) -> None:

@@ -67,6 +67,18 @@ async def source(direction: tuple[str, str], tmp_path: Path) -> AsyncIterator[Ch
                     "metadata": {"kind": "reply", "seed": m} if m % 2 else {},
                 }
             )
+    # A branch: the first message of ada-5 answered again, then the first answer chosen.
+    await store.save_message(
+        {
+            "id": "ada-5-v",
+            "threadId": "ada-5",
+            "type": "assistant_message",
+            "output": "另一個版本",
+            "createdAt": "2026-01-01T00:00:01.000000Z",
+            "metadata": {"kind": "variant", "reply_to": "ada-5-c", "finish_reason": "stop"},
+        }
+    )
+    await store.choose_branch("ada-5", "ada-5-a")
     await store.upsert_feedback(Feedback(forId="ada-3-b", value=1, comment="good"))
     tab = BrowserTab()
     tab.enter()
@@ -97,6 +109,8 @@ async def snapshot(store: ChatDataLayer) -> dict[str, Any]:
         seen[name] = {
             "user": (user.id, user.createdAt, await users.password_hash(name)),
             "threads": [await store.get_thread(t["id"]) for t in listed.data],
+            # every branch, and the branch each thread stands on (in get_thread's "tree")
+            "whole": [await store.whole_thread(t["id"]) for t in listed.data],
             "presets": await PresetRows(store.db).for_user(user.id),
             "search": {
                 query: [t["id"] for t in await store.user_threads(user.id, search=query)]
@@ -117,7 +131,7 @@ async def test_a_copy_holds_every_thread_user_preset_and_search_of_the_source(
         assert found == {
             "users": 2,
             "threads": THREADS + 1,
-            "steps": THREADS * 3,
+            "steps": THREADS * 3 + 1,
             "feedbacks": 1,
             "elements": 1,
             "presets": 2,
@@ -131,10 +145,14 @@ async def test_a_copy_holds_every_thread_user_preset_and_search_of_the_source(
         seen = await snapshot(target)
         assert seen == await snapshot(source)
         # Not vacuous: the searches found what they should, the element kept its file.
-        assert seen["ada"]["search"]["燈塔"] == [f"ada-{n}" for n in reversed(range(THREADS))]
+        newest = ["ada-5"] + [f"ada-{n}" for n in reversed(range(THREADS)) if n != 5]
+        assert seen["ada"]["search"]["燈塔"] == newest  # ada-5 was answered again last
         assert seen["ada"]["search"]["lighthouse 3"] == ["ada-3"]
         assert seen["bob"]["search"]["only"] == ["bob-0"]
         assert seen["logged out"] is True
+        (branched,) = [t for t in seen["ada"]["threads"] if t["id"] == "ada-5"]
+        assert branched["tree"]["siblings"] == {"ada-5-a": ["ada-5-a", "ada-5-v"]}
+        assert branched["tree"]["choices"] == {"ada-5-c": "ada-5-a"}
         assert [e["name"] for t in seen["ada"]["threads"] for e in t["elements"] or []] == [
             "notes.txt"
         ]
@@ -178,7 +196,7 @@ async def test_the_command_copies_and_refuses_a_target_that_holds_data(
         to = to.replace(f"{PostgresServer.USER}@", f"{PostgresServer.USER}:hunter2@")
     status, output = run_command(env, "db", "copy", "--to", to)
     assert status == 0, output
-    assert "Copied 2 users, 8 threads, 21 steps, 1 feedbacks, 1 elements, 2 presets" in output
+    assert "Copied 2 users, 8 threads, 22 steps, 1 feedbacks, 1 elements, 2 presets" in output
     assert "hunter2" not in output
     status, output = run_command(env, "db", "copy", "--to", to)
     assert status == 1

@@ -389,11 +389,11 @@ async def app_store(server: AppServer) -> AsyncIterator[ChatDataLayer]:
 
 
 def stored_thread(server: AppServer, thread_id: str) -> dict[str, Any] | None:
-    """The thread as the app's database holds it now."""
+    """The thread as the app's database holds it now: every branch."""
 
     async def read() -> dict[str, Any] | None:
         async with app_store(server) as layer:
-            return await layer.get_thread(thread_id)  # type: ignore[return-value]
+            return await layer.whole_thread(thread_id)  # type: ignore[return-value]
 
     return asyncio.run(read())
 

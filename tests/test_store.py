@@ -312,7 +312,8 @@ async def test_steps_made_at_the_same_instant_come_back_in_the_order_they_were_w
     for step_id, kind in written:
         await store.create_step(step("t1", step_id, kind, f"step {step_id}", at))
     await store.create_step(step("t1", "a", "user_message", "later", "2026-01-01T00:00:02Z"))
-    await store.create_step(step("t1", "b", "user_message", "earlier", "2026-01-01T00:00:00Z"))
+    # A notice Chainlit writes late (queued until the first message) shows where it was made.
+    await store.create_step(step("t1", "b", "assistant_message", "earlier", "2026-01-01T00:00:00Z"))
 
     thread = await store.get_thread("t1")
     assert thread is not None
@@ -430,7 +431,8 @@ async def test_a_removed_message_stays_removed_when_a_late_write_of_it_arrives(
     """Chainlit writes a message in a task of its own, which can land after the app removed
     that message (a command's, at once): the late write must not bring it back."""
     await chat(store, ada, "t1", "hello", "hi")
-    command = step("t1", "t1-cmd", "user_message", "export", "2026-01-01T00:00:09.000000Z")
+    # A notice (the queue's), written by Chainlit in a task nobody awaits
+    command = step("t1", "t1-cmd", "assistant_message", "2 ahead", "2026-01-01T00:00:09.000000Z")
     await store.delete_step("t1-cmd")  # removed before its own write arrived
     await store.create_step(command)
     await store.update_step({**command, "output": "export"})
@@ -446,7 +448,9 @@ async def test_a_message_removed_while_its_write_is_in_flight_stays_removed(
     running: the removal waits for that write, whichever reaches the database first."""
     await chat(store, ada, "t1", "hello", "hi")
     for n in range(20):
-        command = step("t1", f"t1-cmd{n}", "user_message", "export", f"2026-01-01T00:01:{n:02d}Z")
+        command = step(
+            "t1", f"t1-cmd{n}", "assistant_message", "2 ahead", f"2026-01-01T00:01:{n:02d}Z"
+        )
         await asyncio.gather(store.create_step(command), store.delete_step(command["id"]))
     thread = await store.get_thread("t1")
     assert thread is not None
@@ -758,7 +762,7 @@ async def test_a_session_cannot_write_into_another_users_thread(
     with pytest.raises(ThreadAccessDenied):  # Chainlit's own writes
         await store.create_step(step("t1", "y", "assistant_message", "injected", "2026-03-01Z"))
     with pytest.raises(ThreadAccessDenied):
-        await store.delete_step("t1-0")
+        await store.delete_step("t1-1")
     with pytest.raises(ThreadAccessDenied):
         await store.delete_thread("t1")
     with pytest.raises(ThreadAccessDenied):  # reusing a step id from another thread
@@ -771,10 +775,12 @@ async def test_a_session_cannot_write_into_another_users_thread(
     tab.session.user = ada
     tab.session.has_first_interaction = True
     tab.enter()
-    await store.update_step(step("t1", "t1-0", "user_message", "mine, edited", "2026-03-01Z"))
+    await store.update_step(
+        step("t1", "t1-1", "assistant_message", "yours, edited", "2026-01-01T00:00:01.000000Z")
+    )
     thread = await store.get_thread("t1")
     assert thread is not None
-    assert [s["output"] for s in thread["steps"]] == ["mine, edited", "yours"]
+    assert [s["output"] for s in thread["steps"]] == ["mine", "yours, edited"]
 
 
 # ---- nothing lost, nothing secret

@@ -29,6 +29,7 @@ from chatllm.cli import parser
 from chatllm.config import Settings
 from chatllm.conversation.marks import CHOSEN_REPLIES, reply_metadata
 from chatllm.conversation.memory import history_from_steps
+from chatllm.conversation.tree import ATTACHED
 from chatllm.errors import StoreError
 from chatllm.export import InvalidDocument, ThreadNotFound, TransferError
 from chatllm.markdown import to_markdown
@@ -36,6 +37,7 @@ from chatllm.receipts import Receipt, prompt_digest
 from chatllm.sampling import Sampling
 from chatllm.store import ChatDataLayer, Database, FileStore
 from chatllm.store.sqlite import YIELD_AFTER
+from chatllm.store.tree import TREE_DEPTH, TREE_PARENT, Placement, served_tree
 from chatllm.store.users import NoSuchUser
 from tests.conftest import sqlite_only
 from tests.support import BrowserTab, command_env, refuse_inserts, run_command
@@ -99,8 +101,9 @@ def message(thread: str, step_id: str, kind: str, text: str, second: int, **extr
 
 async def conversation(store: ChatDataLayer, owner: PersistedUser, thread: str = "t1") -> None:
     """A thread with everything a reply can be: a reply and its regenerated variant (the
-    conversation continuing from the first), a comparison, a replay, an error, Chinese, a
-    hostile message, the run and tool steps around them, and the receipt views."""
+    conversation continuing from the first: the variant is a branch beside it), a
+    comparison, a replay, an error, Chinese, a hostile message, the run and tool steps
+    around them, and the receipt views."""
     first, variant, replayed = receipt(7), receipt(8, completion_tokens=41), receipt(7)
     compared = [
         {"label": "Current settings", "text": "灯塔引导船只。", "receipt": receipt(9).model_dump()},
@@ -121,11 +124,7 @@ async def conversation(store: ChatDataLayer, owner: PersistedUser, thread: str =
     )
     await store.save_thread_metadata(  # the app's own keys, which it writes itself
         thread,
-        {
-            "chat_settings": settings,
-            "chat_profile": "local:SmolLM2-135M-Instruct",
-            CHOSEN_REPLIES: {"u1": "r1"},
-        },
+        {"chat_settings": settings, "chat_profile": "local:SmolLM2-135M-Instruct"},
     )
     steps = [
         message(thread, "run-1", "run", "", 0, name="on_message"),
@@ -196,6 +195,8 @@ async def conversation(store: ChatDataLayer, owner: PersistedUser, thread: str =
     ]
     for step in steps:
         await store.create_step(step)
+        if step["id"] == "r2":  # the variant opened a branch: back to the first reply
+            await store.choose_branch(thread, "r1")
     await store.create_element(
         CustomElement(name="Receipt", props=first.view("en"), for_id="r1", thread_id=thread)
     )
@@ -222,7 +223,15 @@ async def thread_count(store: ChatDataLayer) -> list[int]:
 
 
 async def load(store: ChatDataLayer, thread_id: str) -> ThreadDict:
+    """The thread as a page shows it: its active path."""
     thread = await store.get_thread(thread_id)
+    assert thread is not None
+    return thread
+
+
+async def whole(store: ChatDataLayer, thread_id: str) -> ThreadDict:
+    """Every branch of the thread."""
+    thread = await store.whole_thread(thread_id)
     assert thread is not None
     return thread
 
@@ -240,10 +249,10 @@ async def test_an_imported_thread_is_the_same_conversation_with_new_ids_for_its_
     ada, bob = await user(store, "ada"), await user(store, "bob")
     await conversation(store, ada)
     document = await export.export_thread(store, "t1")
-    assert (document["format"], document["version"]) == ("chatllm.thread", 1)
+    assert (document["format"], document["version"]) == ("chatllm.thread", 2)
     new_id = await export.import_thread(store, json.loads(json.dumps(document)), "bob")
 
-    original, imported = await load(store, "t1"), await load(store, new_id)
+    original, imported = await whole(store, "t1"), await whole(store, new_id)
     assert new_id != "t1"
     assert (imported["userId"], imported["userIdentifier"]) == (bob.id, "bob")
     assert imported["name"] == "Imported: 灯塔 Lighthouses"
@@ -263,11 +272,17 @@ async def test_an_imported_thread_is_the_same_conversation_with_new_ids_for_its_
                 expected[key] = new[expected[key]]
         assert step["metadata"] == expected  # receipts, comparisons, kinds: exactly
         assert step["threadId"] == new_id and step["parentId"] is None
+        # The same place in the tree: the same parent (or anchor), the same depth.
+        parent = old[TREE_PARENT]
+        assert step[TREE_PARENT] == (None if parent is None else new[parent])
+        assert step[TREE_DEPTH] == old[TREE_DEPTH]
     metadata, old_metadata = imported["metadata"] or {}, original["metadata"] or {}
-    assert metadata[CHOSEN_REPLIES] == {new["u1"]: new["r1"]}
+    assert CHOSEN_REPLIES not in metadata  # the choices are the tree's
     assert metadata["chat_settings"] == old_metadata["chat_settings"]
     assert metadata["chat_profile"] == "local:SmolLM2-135M-Instruct"
     assert "id" not in metadata  # Chainlit's session copy stays behind
+    tree = served_tree(imported)
+    assert (tree.active, tree.choices) == (new["r4"], {new["u1"]: new["r1"]})
     elements = {e["name"]: e for e in imported["elements"] or []}
     assert set(elements) == {"Receipt", "Compare"}  # the uploaded file does not travel
     old_elements = {e["name"]: e for e in original["elements"] or []}
@@ -276,15 +291,16 @@ async def test_an_imported_thread_is_the_same_conversation_with_new_ids_for_its_
         assert element["forId"] == new[old_elements[name]["forId"] or ""]
         assert element["type"] == "custom" and element["id"] != old_elements[name]["id"]
 
-    history = history_from_steps(imported["steps"], metadata[CHOSEN_REPLIES])
-    assert history == history_from_steps(original["steps"], old_metadata[CHOSEN_REPLIES])
+    # The page and the model's memory: the same path.
+    history = history_from_steps((await load(store, new_id))["steps"])
+    assert history == history_from_steps((await load(store, "t1"))["steps"])
     assert history[1].text.startswith("## 灯塔")  # the chosen first reply, not the variant
 
     again = await export.export_thread(store, new_id)
     back = {value: key for key, value in new.items()}
     for entry in again["messages"]:
         entry["id"] = back[entry["id"]]
-        for key in ("reply_to", "replay_of"):
+        for key in ("reply_to", "replay_of", "parent"):
             if entry.get(key):
                 entry[key] = back[entry[key]]
     assert again["messages"] == document["messages"]
@@ -296,7 +312,24 @@ async def test_the_json_export_describes_the_conversation_and_nothing_else(
     await conversation(store, await user(store, "ada"))
     document = await export.export_thread(store, "t1")
     assert document["thread"]["name"] == "灯塔 Lighthouses"
-    assert set(document["thread"]["metadata"]) == {"chat_settings", "chat_profile", CHOSEN_REPLIES}
+    assert set(document["thread"]["metadata"]) == {"chat_settings", "chat_profile"}
+    assert (document["thread"]["active_leaf"], document["thread"]["choices"]) == (
+        "r4",
+        {"u1": "r1"},
+    )
+    places = {m["id"]: (m["parent"], m["attached"]) for m in document["messages"]}
+    assert places == {
+        "u1": (None, False),
+        "r1": ("u1", False),
+        "r2": ("u1", False),  # the variant: a branch beside the first reply
+        "u2": ("r1", False),
+        "c1": ("u2", True),
+        "p1": ("u2", True),
+        "u3": ("u2", False),
+        "e1": ("u3", True),
+        "u4": ("u3", False),
+        "r4": ("u4", False),
+    }
     first = document["messages"][1]
     assert first["role"] == "assistant" and first["kind"] == "reply"
     assert first["reply_to"] == "u1" and first["finish_reason"] == "stop"
@@ -345,16 +378,21 @@ async def test_a_reference_to_a_deleted_message_is_dropped_so_the_export_still_i
     store: ChatDataLayer,
 ) -> None:
     await conversation(store, await user(store, "ada"))
-    await store.save_thread_metadata("t1", {CHOSEN_REPLIES: {"u1": "r1", "u4": "r4"}})
-    await store.delete_step("u4")
-    await store.delete_step("r1")
+    # Rows gone by a way the store no longer offers (it keeps the conversation's
+    # messages): a damaged database, or one written before trees.
+    for gone in ("u4", "r1"):
+        await store.db.execute("DELETE FROM steps WHERE id = :id", {"id": gone})
     document = await export.export_thread(store, "t1")
     by_id = {m["id"]: m for m in document["messages"]}
+    assert "u4" not in by_id and "r1" not in by_id
     assert by_id["r4"]["reply_to"] is None and by_id["p1"]["replay_of"] is None
-    assert document["thread"]["metadata"][CHOSEN_REPLIES] == {}
+    # What followed a message that is gone starts a branch of its own, as the store
+    # shows it; the choice of the reply that is gone goes with it.
+    assert (by_id["u2"]["parent"], by_id["r4"]["parent"]) == (None, None)
+    assert (document["thread"]["active_leaf"], document["thread"]["choices"]) == ("r4", {})
     assert [e["name"] for e in document["elements"]] == ["Compare"]  # r1's receipt went too
     new_id = await export.import_thread(store, document, "ada")
-    assert len(messages_of(await load(store, new_id))) == len(document["messages"])
+    assert len(messages_of(await whole(store, new_id))) == len(document["messages"])
     assert "> 在的。" in to_markdown(document)
 
 
@@ -457,10 +495,12 @@ async def test_an_imported_thread_keeps_only_the_metadata_it_had_and_finished_me
     await user(store, "bob")
     new_id = await export.import_thread(store, broken("nothing"), "bob")
     imported = await load(store, new_id)
-    asked, answer = (step["id"] for step in imported["steps"])
-    assert imported["metadata"] == {CHOSEN_REPLIES: {asked: answer}}  # no settings: none added
+    _, answer = (step["id"] for step in imported["steps"])
+    # No settings: none added; the chosen replies became the tree.
+    assert imported["metadata"] == {}
     again = await export.export_thread(store, new_id)
-    assert again["thread"]["metadata"] == {CHOSEN_REPLIES: {asked: answer}}
+    assert again["thread"]["metadata"] == {}
+    assert (again["thread"]["active_leaf"], again["thread"]["choices"]) == (answer, {})
     # Neither still streaming nor waiting for an answer, as Chainlit writes a sent message.
     assert [(s["streaming"], s["waitForAnswer"]) for s in imported["steps"]] == [(False, False)] * 2
 
@@ -494,7 +534,7 @@ def broken(change: str) -> Any:
         case "format":
             document["format"] = "someone.else"
         case "version":
-            document["version"] = 2
+            document["version"] = 3
         case "version text":
             document["version"] = "1"
         case "no messages":
@@ -541,7 +581,7 @@ def broken(change: str) -> Any:
     [
         ("list", "not a chatllm thread export"),
         ("format", "not a chatllm thread export"),
-        ("version", "version 2 of the thread format; this chatllm reads version 1"),
+        ("version", "version 3 of the thread format; this chatllm reads versions 1 and 2"),
         ("version text", "version '1'"),
         ("no messages", "messages: Field required"),
         ("role", r"messages\[0\]\.role: Input should be 'user' or 'assistant'"),
@@ -691,6 +731,263 @@ async def test_a_time_written_with_an_offset_is_read_in_utc(store: ChatDataLayer
     assert [s["createdAt"] for s in steps] == [at(1), at(2)]
 
 
+# ---- the tree
+
+
+async def branched(store: ChatDataLayer, owner: PersistedUser, thread: str = "t2") -> None:
+    """A thread written as the app writes one: a reply regenerated (its variant a branch
+    beside it), the conversation continued from the first reply, then the first message
+    edited (a branch of its own, answered), and the person back on the first branch."""
+    await store.update_thread(thread, name="Branches", user_id=owner.id)
+
+    async def say(step_id: str, text: str, second: int, place: Placement | None = None) -> None:
+        step = message(thread, step_id, "user_message", text, second)
+        await store.save_message(step, place=place)
+
+    async def answer(step_id: str, to: str, text: str, second: int, kind: str = "reply") -> None:
+        metadata = reply_metadata(receipt(second), to, kind)
+        step = message(thread, step_id, "assistant_message", text, second, metadata=metadata)
+        await store.save_message(step)
+
+    await say("u1", "Tell me about lighthouses.", 1)
+    await answer("r1", "u1", "Lighthouses guide ships.", 2)
+    await answer("r1b", "u1", "They warn ships off rocks.", 3, kind="variant")
+    await store.choose_branch(thread, "r1")
+    await say("u2", "Who keeps them lit?", 4)
+    await answer("r2", "u2", "Keepers did.", 5)
+    await say("e1", "Tell me about lamps.", 6, place=Placement(None))  # the edit
+    await answer("re", "e1", "Lamps give light.", 7)
+    await store.choose_branch(thread, "u1")
+
+
+async def shape(
+    store: ChatDataLayer, thread_id: str
+) -> tuple[list[str], dict[str, list[str]], dict[str, str]]:
+    """A thread's tree by its messages' texts: the path a page shows, the siblings of each
+    of its messages that has some, and the choices."""
+    thread = await load(store, thread_id)
+    text = {step["id"]: step["output"] for step in (await whole(store, thread_id))["steps"]}
+    tree = served_tree(thread)
+    return (
+        [step["output"] for step in messages_of(thread)],
+        {text[node]: [text[kin] for kin in kins] for node, kins in tree.siblings.items()},
+        {text.get(fork, fork): text[child] for fork, child in tree.choices.items()},
+    )
+
+
+async def test_an_export_holds_every_branch(store: ChatDataLayer) -> None:
+    """Not only the path on screen (llama.cpp #25451): every branch, where each message
+    stands, and the branch the conversation stands on; imported, the same tree."""
+    await branched(store, await user(store, "ada"))
+    document = await export.export_thread(store, "t2")
+    places = {m["id"]: (m["parent"], m["attached"]) for m in document["messages"]}
+    assert places == {
+        "u1": (None, False),
+        "r1": ("u1", False),
+        "r1b": ("u1", False),
+        "u2": ("r1", False),
+        "r2": ("u2", False),
+        "e1": (None, False),
+        "re": ("e1", False),
+    }
+    assert document["thread"]["active_leaf"] == "r2"
+    assert document["thread"]["choices"] == {"": "u1", "u1": "r1"}
+
+    new_id = await export.import_thread(store, json.loads(json.dumps(document)), "ada")
+    assert await shape(store, new_id) == await shape(store, "t2")
+    assert await shape(store, new_id) == (
+        [
+            "Tell me about lighthouses.",
+            "Lighthouses guide ships.",
+            "Who keeps them lit?",
+            "Keepers did.",
+        ],
+        {
+            "Tell me about lighthouses.": ["Tell me about lighthouses.", "Tell me about lamps."],
+            "Lighthouses guide ships.": ["Lighthouses guide ships.", "They warn ships off rocks."],
+        },
+        {
+            "": "Tell me about lighthouses.",
+            "Tell me about lighthouses.": "Lighthouses guide ships.",
+        },
+    )
+    assert len(messages_of(await whole(store, new_id))) == len(
+        messages_of(await whole(store, "t2"))
+    )
+    # Each branch is there to open.
+    first = (await load(store, new_id))["steps"][0]["id"]
+    await store.choose_branch(new_id, served_tree(await load(store, new_id)).siblings[first][1])
+    assert [step["output"] for step in messages_of(await load(store, new_id))] == [
+        "Tell me about lamps.",
+        "Lamps give light.",
+    ]
+
+
+async def test_a_version_1_export_imports_as_a_tree(store: ChatDataLayer) -> None:
+    """A file written before trees: each message followed by the reply the conversation
+    continued from (chosen_replies), the other reply a branch beside it."""
+    await user(store, "bob")
+    document = answered(
+        ("Lighthouses guide ships.", "reply"),
+        ("They warn ships off rocks.", "variant"),
+        chosen="r1",
+    )
+    document["messages"] += [
+        {"id": "u2", "role": "user", "text": "Who keeps them lit?", "created_at": at(5)},
+        {
+            "id": "r3",
+            "role": "assistant",
+            "text": "Keepers did.",
+            "created_at": at(6),
+            "kind": "reply",
+            "reply_to": "u2",
+            "finish_reason": "stop",
+        },
+    ]
+    assert document["version"] == 1
+    new_id = await export.import_thread(store, document, "bob")
+    assert await shape(store, new_id) == (
+        ["hi", "Lighthouses guide ships.", "Who keeps them lit?", "Keepers did."],
+        {"Lighthouses guide ships.": ["Lighthouses guide ships.", "They warn ships off rocks."]},
+        {"hi": "Lighthouses guide ships."},
+    )
+    assert CHOSEN_REPLIES not in ((await load(store, new_id))["metadata"] or {})
+
+
+def tree_document(change: str = "nothing") -> dict[str, Any]:
+    """A valid version-2 export with branches (the first message edited, a reply
+    regenerated, the conversation on the regenerated one, a notice on each branch), with
+    one thing changed."""
+
+    def entry(message_id: str, parent: str | None, text: str, second: int, **more: Any) -> Any:
+        role = "user" if message_id.startswith(("u", "e")) else "assistant"
+        replying = {"kind": "reply", "finish_reason": "stop"} if role == "assistant" else {}
+        return {
+            "id": message_id,
+            "role": role,
+            "parent": parent,
+            "attached": False,
+            "text": text,
+            "created_at": at(second),
+            **replying,
+            **more,
+        }
+
+    notice = {"kind": None, "finish_reason": None, "attached": True}
+    document: dict[str, Any] = {
+        "format": "chatllm.thread",
+        "version": 2,
+        "thread": {
+            "name": "Branches",
+            "active_leaf": "r2",
+            "choices": {"": "u1", "u1": "r1b"},
+            "metadata": {},
+        },
+        "messages": [
+            entry("u1", None, "Tell me about lighthouses.", 1),
+            entry("r1", "u1", "Lighthouses guide ships.", 2, reply_to="u1"),
+            entry("r1b", "u1", "They warn ships off rocks.", 3, reply_to="u1", kind="variant"),
+            entry("u2", "r1b", "Who keeps them lit?", 4),
+            entry("n1", "u2", "Queued: the model is busy.", 5, **notice),
+            entry("r2", "u2", "Keepers did.", 6, reply_to="u2"),
+            entry("e1", None, "Tell me about lamps.", 7),
+            entry("re", "e1", "Lamps give light.", 8, reply_to="e1"),
+            entry("n2", "re", "Stopped.", 9, **notice),
+        ],
+    }
+    messages = {m["id"]: m for m in document["messages"]}
+    thread = document["thread"]
+    match change:
+        case "unknown parent":
+            messages["u2"]["parent"] = "r9"
+        case "attached parent":
+            messages["r2"]["parent"] = "n1"
+        case "cycle":
+            messages["u1"]["parent"] = "u2"
+        case "no parent":
+            del messages["r2"]["parent"]
+        case "no attached":
+            del messages["n1"]["attached"]
+        case "leaf unknown":
+            thread["active_leaf"] = "r9"
+        case "leaf attached":
+            thread["active_leaf"] = "n2"
+        case "choice fork":
+            thread["choices"] = {"r9": "r1"}
+        case "choice child":
+            thread["choices"] = {"u1": "r9"}
+        case "choice elsewhere":
+            thread["choices"] = {"u1": "re"}
+        case "choice root":
+            thread["choices"] = {"": "r1"}
+        case "chosen replies":
+            thread["metadata"] = {CHOSEN_REPLIES: {"u1": "r1"}}
+        case "version 1 with a tree":
+            document["version"] = 1
+        case "version 1 with a leaf":
+            document["version"] = 1
+            for message in document["messages"]:
+                del message["parent"], message["attached"]
+    return document
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ("unknown parent", r"messages\[3\]\.parent: 'r9' names no message of this file"),
+        ("attached parent", r"messages\[5\]\.parent: 'n1' is attached, not a message of the"),
+        ("cycle", r"messages\[0\]\.parent: the parents go round \('u1' → 'u2' → 'r1b' → 'u1'\)"),
+        ("no parent", r"messages\[5\]: version 2 needs parent \(its place in the tree\)"),
+        ("no attached", r"messages\[4\]: version 2 needs attached"),
+        ("leaf unknown", r"thread\.active_leaf: 'r9' names no message of this file"),
+        ("leaf attached", r"thread\.active_leaf: 'n2' is attached, not a message of the"),
+        ("choice fork", r"thread\.choices: 'r9' names no message of this file"),
+        ("choice child", r"thread\.choices\['u1'\]: 'r9' names no message of this file"),
+        ("choice elsewhere", r"thread\.choices\['u1'\]: 're' does not follow 'u1'"),
+        ("choice root", r"thread\.choices\[''\]: 'r1' is not a first message"),
+        ("chosen replies", r"thread\.metadata\.chosen_replies: version 2 keeps the choices in"),
+        ("version 1 with a tree", r"messages\[0\]\.parent: version 1 has no tree"),
+        ("version 1 with a leaf", r"thread\.active_leaf: version 1 has no tree"),
+    ],
+)
+async def test_a_tree_that_does_not_hold_together_is_refused_naming_what_is_wrong(
+    store: ChatDataLayer, change: str, says: str
+) -> None:
+    await user(store, "bob")
+    with pytest.raises(InvalidDocument, match=says):
+        export.parse_document(tree_document(change))  # what the Markdown reads too
+    with pytest.raises(InvalidDocument, match=says):
+        await export.import_thread(store, tree_document(change), "bob")
+    assert await thread_count(store) == [0, 0, 0]
+
+
+async def test_the_unbroken_tree_document_imports_as_written(store: ChatDataLayer) -> None:
+    await user(store, "bob")
+    new_id = await export.import_thread(store, tree_document(), "bob")
+    assert await shape(store, new_id) == (
+        [
+            "Tell me about lighthouses.",
+            "They warn ships off rocks.",
+            "Who keeps them lit?",
+            "Queued: the model is busy.",
+            "Keepers did.",
+        ],
+        {
+            "Tell me about lighthouses.": ["Tell me about lighthouses.", "Tell me about lamps."],
+            "They warn ships off rocks.": [
+                "Lighthouses guide ships.",
+                "They warn ships off rocks.",
+            ],
+        },
+        {
+            "": "Tell me about lighthouses.",
+            "Tell me about lighthouses.": "They warn ships off rocks.",
+        },
+    )
+    depths = {step["output"]: step[TREE_DEPTH] for step in (await whole(store, new_id))["steps"]}
+    assert depths["Keepers did."] == 3 and depths["Queued: the model is busy."] == ATTACHED
+
+
 # ---- Markdown
 
 
@@ -702,18 +999,23 @@ async def test_the_markdown_shows_every_message_with_its_receipt(store: ChatData
     assert markdown.startswith("# 灯塔 Lighthouses\n")
     about = plain.splitlines()[2]
     when = r"\d{4}-\d\d-\d\d \d\d:\d\d UTC"
-    assert re.fullmatch(rf"\*chatllm · started {when} · exported {when} · 10 messages\*", about)
+    # The page's messages: the path the conversation stands on, not the variant beside it.
+    assert re.fullmatch(rf"\*chatllm · started {when} · exported {when} · 9 messages\*", about)
     assert "**System prompt:**\n\n> You are a helpful assistant." in plain
     assert "- **Model:** local:SmolLM2-135M-Instruct" in plain
     assert "- **Temperature:** 0.4" in plain and "- **Seed:** 7" in plain
     assert "> Tell me about lighthouses.\n> 請用中文回答。" in markdown
     assert "> ## 灯塔\n>\n> Lighthouses guide ships." in markdown  # a reply keeps its Markdown
     assert "> 还在吗？" in markdown and "> 在的。" in markdown
-    for seed, finish in ((7, "stop"), (8, "stop"), (11, "length")):
-        changes = {"completion_tokens": 41} if seed == 8 else {}
-        assert f"*{receipt(seed, finish, **changes).summary('en')}*" in plain
-    assert "## Assistant · reply 1 of 2 · the conversation continues from this one" in markdown
-    assert "## Assistant · reply 2 of 2 · 2026-01-01 00:00 UTC" in markdown
+    for seed, finish in ((7, "stop"), (11, "length")):
+        assert f"*{receipt(seed, finish).summary('en')}*" in plain
+    # The variant is in the JSON export; the reply shown says so.
+    assert "They warn ships off rocks." not in markdown
+    assert receipt(8, completion_tokens=41).summary("en") not in plain
+    assert (
+        f"*{receipt(7).summary('en')}*\n\n*1 of 2 versions; the others are in the JSON export*\n"
+        in plain
+    )
     assert "## Assistant · replay · " in markdown
     assert "## Assistant · error · " in markdown
     assert "## Assistant · comparison · " in markdown
@@ -731,7 +1033,7 @@ async def test_the_markdown_speaks_the_readers_language(store: ChatDataLayer) ->
     document = await export.export_thread(store, "t1")
     markdown = to_markdown(document, "zh-TW")
     assert "## 你 · 2026-01-01 00:00 UTC" in markdown
-    assert "## 助理 · 第 1 個回覆（共 2 個）" in markdown
+    assert "\n*第 1 個版本（共 2 個）；其他版本在 JSON 匯出檔中*\n" in markdown
     assert "- **溫度:** 0.4" in markdown
     assert receipt(11, "length").summary("zh-TW").split(" · ")[-1] in markdown
 
@@ -746,7 +1048,6 @@ async def test_a_hostile_message_cannot_fake_the_markdowns_structure(
     assert headings == [
         "# 灯塔 Lighthouses",
         "## You",
-        "## Assistant",
         "## Assistant",
         "## You",
         "## Assistant",
@@ -909,6 +1210,50 @@ def test_a_reply_stored_before_replies_named_their_message_is_numbered_with_its_
     )
 
 
+@pytest.mark.parametrize(
+    ("lang", "first", "second"),
+    [
+        (
+            "en",
+            "1 of 2 versions; the others are in the JSON export",
+            "2 of 2 versions; the others are in the JSON export",
+        ),
+        ("zh-TW", "第 1 個版本（共 2 個）；其他版本在 JSON 匯出檔中", "第 2 個版本（共 2 個）"),
+    ],
+)
+def test_the_markdown_of_a_branched_thread_shows_its_path_and_says_where_the_others_are(
+    lang: str, first: str, second: str
+) -> None:
+    markdown = to_markdown(tree_document(), lang)
+    quoted = [line.removeprefix("> ") for line in markdown.splitlines() if line.startswith("> ")]
+    assert quoted == [
+        "Tell me about lighthouses.",
+        "They warn ships off rocks.",
+        "Who keeps them lit?",
+        "Queued: the model is busy.",
+        "Keepers did.",
+    ]
+    notes = [line for line in markdown.splitlines() if line.startswith("*") and "JSON" in line]
+    assert len(notes) == 2 and first in notes[0] and second in notes[1]
+    # Each note is under the message it is about.
+    assert markdown.index("Tell me about lighthouses.") < markdown.index(notes[0])
+    assert markdown.index(notes[0]) < markdown.index("They warn ships off rocks.")
+    assert markdown.index("They warn ships off rocks.") < markdown.index(notes[1])
+    assert markdown.index(notes[1]) < markdown.index("Who keeps them lit?")
+    assert (lang != "en") or "*chatllm · 5 messages*" in markdown
+
+
+def test_the_markdown_follows_the_choices_where_no_leaf_is_named() -> None:
+    document = tree_document()
+    document["thread"]["active_leaf"] = None
+    document["thread"]["choices"] = {"": "u1", "u1": "r1"}
+    quoted = [line for line in to_markdown(document).splitlines() if line.startswith("> ")]
+    assert quoted == ["> Tell me about lighthouses.", "> Lighthouses guide ships."]
+    del document["thread"]["choices"]  # none: the newest branch at every fork
+    quoted = [line for line in to_markdown(document).splitlines() if line.startswith("> ")]
+    assert quoted == ["> Tell me about lamps.", "> Lamps give light.", "> Stopped."]
+
+
 @pytest.mark.parametrize("empty", ["", None])
 def test_a_setting_left_empty_reads_not_set(empty: str | None) -> None:
     document = broken("nothing")
@@ -1058,7 +1403,7 @@ async def test_the_exported_json_file_is_readable_text_with_the_chinese_as_writt
     exported = tmp_path / "lighthouses.json"
     await run(app_data, "export", "t1", "-o", str(exported))
     text = exported.read_text("utf-8")
-    assert text.startswith('{\n  "format": "chatllm.thread",\n  "version": 1,\n')
+    assert text.startswith('{\n  "format": "chatllm.thread",\n  "version": 2,\n')
     assert "請用中文回答。" in text and "\\u" not in text and text.endswith("\n}\n")
     printed = await run(app_data, "export", "t1")
     assert "請用中文回答。" in printed and "\\u" not in printed
@@ -1097,10 +1442,12 @@ async def test_an_imported_thread_resumes_in_the_app_with_its_memory_and_sliders
         tab.session.thread_id = imported["id"]
         tab.enter()
         await app.resume(imported)
-        assert live_session().history == history_from_steps(
-            original["steps"], (original["metadata"] or {})[CHOSEN_REPLIES]
+        # The memory is the path the original stood on, and the tab stands where it did.
+        assert live_session().history == history_from_steps(original["steps"])
+        assert live_session().history[1].text.startswith("## 灯塔")
+        assert live_session().leaf == next(
+            step["id"] for step in imported["steps"] if step["output"] == "在的。"
         )
-        assert live_session().chosen == (imported["metadata"] or {})[CHOSEN_REPLIES]
         sampling: Sampling = live_session().sampling
         assert (sampling.temperature, sampling.seed) == (0.4, 7)
     finally:

@@ -7,3 +7,5 @@ DELETE_PRESET_CONFIRMED = "delete_preset_confirmed"
 KEEP_PRESET = "keep_preset"
 #: The button under a share link that stops sharing the thread.
 STOP_SHARING = "stop_sharing"
+#: The switcher ‹ n/m › under a message with siblings (public/elements/Branches.jsx).
+SWITCH_BRANCH = "switch_branch"

@@ -36,6 +36,7 @@ from chatllm.i18n import t
 from chatllm.markdown import to_markdown
 from chatllm.memory import freeze_startup_objects
 from chatllm.share import Sharing, may_view, public_page, read_only
+from chatllm.store.tree import served_tree
 
 log = logging.getLogger("chatllm")
 
@@ -161,7 +162,7 @@ class ChatApp:
         # Without this the settings button is gone after a resume.
         await self.panel.send(session, lang)
         await send_commands(lang, share=self.settings.sharing is not Sharing.OFF)
-        await send_reply_actions(thread.get("steps") or [], lang)
+        await send_reply_actions(thread.get("steps") or [], lang, served_tree(thread).siblings)
 
     async def update_settings(self, values: dict[str, Any]) -> None:
         await self.panel.update(self._session(), values, current_lang())
@@ -214,8 +215,9 @@ class ChatApp:
     async def regenerate(self, action: cl.Action) -> None:
         await as_chat_task(self.replies.regenerate(self._session(), action))
 
-    async def choose(self, action: cl.Action) -> None:
-        await self.replies.choose(self._session(), action)
+    async def switch(self, action: cl.Action) -> None:
+        """‹ n/m ›: another branch of the conversation (not a task: it waits for none)."""
+        await self.replies.switch(self._session(), action)
 
     # ---- deleting a preset of one's own (the Presets command's buttons)
 

@@ -4,19 +4,26 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import replace
 
 import chainlit as cl
 from chainlit.element import Element
 from chainlit.step import StepDict
+from chainlit.types import ThreadDict
 from langchain_core.messages import BaseMessage
 
 from chatllm.backends import Backends, queue_listener
-from chatllm.chat.session import ChatSession, current_lang, save_session, show_error
+from chatllm.chat.actions import SWITCH_BRANCH
+from chatllm.chat.session import ChatSession, current_lang, show_error
 from chatllm.compare import comparison_view
-from chatllm.conversation.marks import REPLAY_OF, replies_by_message, reply_metadata
+from chatllm.conversation.marks import (
+    CONVERSATION_KINDS,
+    REPLAY_OF,
+    is_conversation_reply,
+    replies_by_message,
+    reply_metadata,
+)
 from chatllm.conversation.memory import history_from_steps
 from chatllm.errors import ChatLLMError, StoreError
 from chatllm.generation import Generation
@@ -25,11 +32,12 @@ from chatllm.receipts import Receipt, receipt_of
 from chatllm.sampling import Sampling
 from chatllm.store import ChatDataLayer
 from chatllm.store.db import storable
+from chatllm.store.tree import BranchGone, Placement, served_tree
 
 log = logging.getLogger("chatllm")
 
 #: The buttons under a reply, by action name, with their icons (lucide names).
-REPLY_ACTIONS = {"replay": "repeat", "regenerate": "refresh-cw", "choose": "check"}
+REPLY_ACTIONS = {"replay": "repeat", "regenerate": "refresh-cw"}
 
 
 def reply_action(name: str, step_id: str, lang: str) -> cl.Action:
@@ -44,25 +52,52 @@ def reply_action(name: str, step_id: str, lang: str) -> cl.Action:
     )
 
 
-def reply_actions(step_id: str, variants: bool, lang: str) -> list[cl.Action]:
-    """The buttons under a reply: replay it, regenerate it, and (once its message has
-    several replies) continue the conversation from it."""
-    names = ["replay", "regenerate", *(["choose"] if variants else [])]
-    return [reply_action(name, step_id, lang) for name in names]
+def reply_actions(step_id: str, lang: str) -> list[cl.Action]:
+    """The buttons under a reply: replay it, regenerate it."""
+    return [reply_action(name, step_id, lang) for name in REPLY_ACTIONS]
 
 
-async def send_reply_actions(steps: Sequence[StepDict], lang: str) -> None:
-    """Every reply's buttons again (Chainlit does not store actions). The page adds each
-    button it is sent, even one it shows already: a chat resumed twice in one page (its
-    socket reconnecting sends `connection_successful` again, which resumes the thread
-    again) showed every button twice. Each is withdrawn first, by its id; the page ignores
-    the withdrawal of a button it does not show."""
-    _, replies = replies_by_message(steps)
-    for variants in replies.values():
-        for step in variants:
-            for action in reply_actions(step["id"], len(variants) > 1, lang):
+def switcher(node: str, siblings: Sequence[str], lang: str) -> cl.CustomElement:
+    """‹ n/m › under a message that has siblings (an edited message, a regenerated
+    reply): which of them this is, and the buttons to the one before and after. Its id
+    is the message's, so one sent again replaces itself."""
+    at = siblings.index(node)
+    element = cl.CustomElement(
+        name="Branches",
+        display="inline",
+        props={
+            "at": at + 1,
+            "of": len(siblings),
+            "previous": siblings[at - 1] if at > 0 else None,
+            "next": siblings[at + 1] if at + 1 < len(siblings) else None,
+            "action": SWITCH_BRANCH,
+            "label": t("branch.label", lang, at=at + 1, of=len(siblings)),
+            "previous_label": t("branch.previous", lang),
+            "next_label": t("branch.next", lang),
+        },
+    )
+    element.id = f"branches:{node}"
+    return element
+
+
+async def send_reply_actions(
+    steps: Sequence[StepDict], lang: str, siblings: Mapping[str, Sequence[str]]
+) -> None:
+    """Every reply's buttons again (Chainlit does not store actions), and the switcher
+    under every message of the path that has siblings. The page adds each button it is
+    sent, even one it shows already: a chat resumed twice in one page (its socket
+    reconnecting sends `connection_successful` again, which resumes the thread again)
+    showed every button twice. Each is withdrawn first, by its id; the page ignores the
+    withdrawal of a button it does not show."""
+    for step in steps:
+        if is_conversation_reply(step):
+            for action in reply_actions(step["id"], lang):
                 await action.remove()
                 await action.send(for_id=step["id"])
+        if step["id"] in siblings:
+            await switcher(step["id"], siblings[step["id"]], lang).send(
+                for_id=step["id"], persist=False
+            )
 
 
 def receipt_element(receipt: Receipt, lang: str, title: str | None) -> cl.CustomElement:
@@ -94,29 +129,40 @@ class QueueNotice:
             await message.remove()
 
 
-async def send_and_save(store: ChatDataLayer, message: cl.Message, *elements: Element) -> None:
+async def send_and_save(
+    store: ChatDataLayer,
+    message: cl.Message,
+    *elements: Element,
+    place: Placement | None = None,
+) -> None:
     """Show a message with `elements` under it, and store them once, awaited (Chainlit
     would write the message again, in a task nobody awaits)."""
     message.persisted = True
     await message.send()
-    await save_message(store, message, *elements)
+    await save_message(store, message, *elements, place=place)
 
 
-async def save_message(store: ChatDataLayer, message: cl.Message, *elements: Element) -> None:
+async def save_message(
+    store: ChatDataLayer,
+    message: cl.Message,
+    *elements: Element,
+    place: Placement | None = None,
+) -> None:
     """Store a sent message and show `elements` under it, in one write the caller waits
-    for (the elements are sent unpersisted: Chainlit's own writes are unawaited tasks). A
-    failed write is shown to the user."""
+    for (the elements are sent unpersisted: Chainlit's own writes are unawaited tasks),
+    placed in the conversation by `place` (else by its kind). A failed write is shown to
+    the user."""
     try:
         for element in elements:
             await element.send(for_id=message.id, persist=False)
         try:
-            await store.save_message(message.to_dict(), elements=elements)
+            await store.save_message(message.to_dict(), elements=elements, place=place)
         except StoreError:
             if not elements:
                 raise
             # The words at least, without what could not be stored with them; the user
             # is told either way.
-            await store.save_message(message.to_dict())
+            await store.save_message(message.to_dict(), place=place)
             raise
     except StoreError as exc:
         lang = current_lang()
@@ -127,14 +173,18 @@ async def save_message(store: ChatDataLayer, message: cl.Message, *elements: Ele
 
 
 async def store_message(store: ChatDataLayer, session: ChatSession, message: cl.Message) -> bool:
-    """The user's words (and the session) safe on disk before the model runs; False, and
-    the user told, if they could not be saved."""
+    """The user's words (and the session) safe on disk before the model runs, following
+    the message this tab stands on (the thread's active leaf from then on); False, and the
+    user told, if they could not be saved."""
     try:
-        # One write: the message and the session (sliders, memory's choices) together.
-        await store.save_message(message.to_dict(), thread_metadata=session.metadata())
+        # One write: the message, its place and the session (the sliders) together.
+        await store.save_message(
+            message.to_dict(), thread_metadata=session.metadata(), place=Placement(session.leaf)
+        )
     except ChatLLMError as exc:
         await show_error(exc, current_lang())
         return False
+    session.leaf = message.id
     return True
 
 
@@ -155,7 +205,6 @@ class Replies:
         kind: str,
         *,
         title: str | None = None,
-        variants: int = 1,
     ) -> cl.Message | None:
         """Stream one reply to `text` into the chat and store it with its receipt; the
         stored reply, or None if nothing was written (the error has been shown). Whatever
@@ -185,28 +234,31 @@ class Replies:
             if generation is not None and reply.content:
                 if kind == "reply":
                     session.remember(text, reply.content)
+                if kind in CONVERSATION_KINDS:  # the tab goes on from it (a Stop too)
+                    session.leaf = reply.id
                 receipt = generation.receipt()
                 reply.metadata = reply_metadata(receipt, reply_to, kind)
-                reply.actions = reply_actions(reply.id, variants > 1, lang)
+                reply.actions = reply_actions(reply.id, lang)
                 await send_and_save(self.store, reply, receipt_element(receipt, lang, title))
         return reply if reply.content else None
 
-    async def _thread_steps(self) -> list[StepDict]:
-        thread = await self.store.get_thread(cl.context.session.thread_id)
+    async def _path(self, leaf: str | None) -> ThreadDict:
+        """This chat's thread as the path to `leaf` shows it (the active path if `leaf` is
+        not one of its messages)."""
+        thread = await self.store.thread_path(cl.context.session.thread_id, leaf)
         if thread is None:
             raise ChatLLMError("this conversation is not saved yet")
-        return list(thread.get("steps") or [])
+        return thread
 
-    async def _find_reply(
-        self, step_id: str
-    ) -> tuple[list[StepDict], StepDict, StepDict, dict[str, list[StepDict]]]:
-        """The thread's steps, a reply, the user message it answers, and all replies."""
-        steps = await self._thread_steps()
-        messages, replies = replies_by_message(steps)
+    async def _find_reply(self, step_id: str) -> tuple[ThreadDict, StepDict, StepDict]:
+        """The path through a reply (on whichever branch it is), the reply, and the user
+        message it answers."""
+        thread = await self._path(step_id)
+        messages, replies = replies_by_message(thread.get("steps") or [])
         for message in messages:
             for step in replies.get(message["id"], []):
                 if step["id"] == step_id:
-                    return steps, step, message, replies
+                    return thread, step, message
         raise ChatLLMError("that reply is no longer in this conversation")
 
     async def replay(self, session: ChatSession, action: cl.Action) -> None:
@@ -214,7 +266,7 @@ class Replies:
         whether the text came out the same."""
         lang = current_lang()
         try:
-            steps, target, message, _ = await self._find_reply(str(action.payload.get("step")))
+            path, target, message = await self._find_reply(str(action.payload.get("step")))
             receipt = receipt_of(target.get("metadata"))
             if receipt is None:
                 raise ChatLLMError(t("replay.no_receipt", lang))
@@ -222,7 +274,7 @@ class Replies:
                 sampling = Sampling.model_validate(receipt.sampling)
             except ValueError as exc:
                 raise ChatLLMError(t("replay.no_receipt", lang)) from exc
-            history = history_from_steps(steps, session.chosen, before=message["id"])
+            history = history_from_steps(path.get("steps") or [], before=message["id"])
             backend = self.backends.get(receipt.backend)
         except ChatLLMError as exc:
             await show_error(exc, lang)
@@ -306,52 +358,71 @@ class Replies:
             REPLAY_OF: target["id"],
             "identical": same,
         }
-        await send_and_save(self.store, result, *elements)
+        # Shown after the reply it checked, on that reply's branch.
+        await send_and_save(self.store, result, *elements, place=Placement.attached(target["id"]))
 
     async def regenerate(self, session: ChatSession, action: cl.Action) -> None:
-        """Answer a message again with the current settings; the earlier replies stay and
-        the conversation continues from the new one (another can be chosen)."""
+        """Answer a message again with the current settings: the new reply stands beside
+        the one it replaces (‹ n/m › between them), where that one stood, and the
+        conversation goes on from it; the earlier reply and what followed it stay, a
+        switch away. Nothing moves until the new reply is stored."""
         lang = current_lang()
         try:
-            steps, _, message, replies = await self._find_reply(str(action.payload.get("step")))
+            path, target, message = await self._find_reply(str(action.payload.get("step")))
         except ChatLLMError as exc:
             await show_error(exc, lang)
             return
-        history = history_from_steps(steps, session.chosen, before=message["id"])
-        earlier = replies.get(message["id"], [])
-        number = len(earlier) + 1
+        history = history_from_steps(path.get("steps") or [], before=message["id"])
+        number = len(served_tree(path).siblings.get(target["id"]) or [target["id"]]) + 1
         title = t(
             "variant.title", lang, number=number, prompt=one_line(message.get("output") or "", 40)
         )
-        reply = await self.stream(
-            session,
-            session.sampling,
-            history,
-            message.get("output") or "",
-            message["id"],
-            "variant",
-            title=title,
-            variants=number,
-        )
-        if reply is None:
-            return
-        if number == 2:  # the first reply gets its "continue from this" button now
-            await reply_action("choose", earlier[0]["id"], lang).send(for_id=earlier[0]["id"])
-        await self._choose(session, message["id"], reply.id)
-
-    async def choose(self, session: ChatSession, action: cl.Action) -> None:
-        """Continue the conversation from this reply (one of a message's variants)."""
-        lang = current_lang()
+        before = session.leaf
         try:
-            _, target, message, _ = await self._find_reply(str(action.payload.get("step")))
-            await self._choose(session, message["id"], target["id"])
+            await self.stream(
+                session,
+                session.sampling,
+                history,
+                message.get("output") or "",
+                message["id"],
+                "variant",
+                title=title,
+            )
+        finally:
+            # Stored (stopped or not): shown where the reply it replaces stood.
+            if session.leaf != before:
+                await self.show_path(session)
+
+    async def switch(self, session: ChatSession, action: cl.Action) -> None:
+        """‹ n/m ›: open the branch through the message asked for, where the person was
+        under it last (else its newest messages); saved at once, and the model's memory is
+        the path shown. Refused while a reply is being written."""
+        lang = current_lang()
+        task = cl.context.session.current_task
+        if task is not None and not task.done():
+            await cl.context.emitter.send_toast(t("branch.busy", lang), "warning")
+            return
+        try:
+            change = await self.store.choose_branch(
+                cl.context.session.thread_id, str(action.payload.get("to"))
+            )
+        except BranchGone:
+            await show_error(ChatLLMError(t("branch.gone", lang)), lang)
+            return
         except ChatLLMError as exc:
             await show_error(exc, lang)
             return
-        await cl.context.emitter.send_toast(t("variant.chosen", lang), "success")
+        session.leaf = change.leaf
+        await self.show_path(session)
 
-    async def _choose(self, session: ChatSession, message_id: str, reply_id: str) -> None:
-        chosen = {**session.chosen, message_id: reply_id}
-        await save_session(self.store, replace(session, chosen=chosen))  # kept if stored
-        session.chosen = chosen
-        session.history = history_from_steps(await self._thread_steps(), chosen)
+    async def show_path(self, session: ChatSession) -> None:
+        """Show this tab's path afresh (the page takes the thread as on a resume: it stays
+        on this thread and replaces its messages), with each reply's buttons and the
+        switchers, and make the model's memory that path."""
+        thread = await self._path(session.leaf)
+        steps = thread.get("steps") or []
+        tree = served_tree(thread)
+        session.leaf = tree.leaf
+        session.history = history_from_steps(steps)
+        await cl.context.emitter.resume_thread(thread)
+        await send_reply_actions(steps, current_lang(), tree.siblings)

@@ -1,7 +1,7 @@
 """One chat's live state, as one object under one `user_session` key.
 
 A `ChatSession` holds what the next reply is made from (the sliders, the model's memory,
-the replies chosen where a message has several) and what the settings panel shows (the
+the branch of the conversation this tab stands on) and what the settings panel shows (the
 preset, the comparison sets), plus why some backends are not offered to this chat. It is
 made new when a chat starts, rebuilt from the thread when one is resumed, and written into
 the thread's metadata by `save_session` — or, with the user's message in the same write,
@@ -21,11 +21,11 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from chatllm.backends import ProfileSpec
 from chatllm.config import Settings
-from chatllm.conversation.marks import CHOSEN_REPLIES
 from chatllm.conversation.memory import history_from_steps
 from chatllm.errors import ChatLLMError, describe
 from chatllm.sampling import Sampling
 from chatllm.store import ChatDataLayer
+from chatllm.store.tree import served_tree
 
 #: The user-session key; under chatllm.store.thread_rows.SESSION_ONLY_PREFIX, so Chainlit's
 #: copy of the user session into thread metadata leaves it out (`save_session` writes it).
@@ -42,9 +42,10 @@ class ChatSession:
     sampling: Sampling
     #: the backend and model this chat talks to (a new chat for another)
     profile: ProfileSpec
+    #: the model's memory: the path on screen, from the root to `leaf`
     history: list[BaseMessage] = field(default_factory=list)
-    #: {user message id: the reply the conversation continues from}
-    chosen: dict[str, str] = field(default_factory=dict)
+    #: the message this tab's conversation ends on (the next message follows it)
+    leaf: str | None = None
     #: the preset the sliders were last set from, or CUSTOM
     preset: str = CUSTOM
     #: preset keys a comparison runs beside the sliders
@@ -68,10 +69,10 @@ class ChatSession:
         cls, thread: ThreadDict, settings: Settings, default: ProfileSpec | None = None
     ) -> ChatSession:
         """The session a resumed thread left: its sliders (the defaults where a stored
-        value no longer validates), preset, comparison sets, chosen replies and memory."""
+        value no longer validates), preset, comparison sets, and the branch it stands on
+        with its memory (the thread as the store serves it: the path to its leaf)."""
         metadata = thread.get("metadata") or {}
         saved = dict(metadata.get("chat_settings") or {})
-        chosen = dict(metadata.get(CHOSEN_REPLIES) or {})
         compare_with = saved.get("compare_with")
         defaults = cls.new(settings, default)
         return cls(
@@ -79,8 +80,8 @@ class ChatSession:
                 {k: v for k, v in saved.items() if k in Sampling.model_fields}
             ),
             profile=defaults.profile,
-            history=history_from_steps(thread.get("steps") or [], chosen),
-            chosen=chosen,
+            history=history_from_steps(thread.get("steps") or []),
+            leaf=served_tree(thread).leaf,
             preset=saved.get("preset") or CUSTOM,
             compare_with=list(compare_with) if isinstance(compare_with, list) else [],
         )
@@ -99,8 +100,6 @@ class ChatSession:
             },
             "chat_profile": self.profile.name,
         }
-        if self.chosen:
-            metadata[CHOSEN_REPLIES] = dict(self.chosen)
         return metadata
 
 

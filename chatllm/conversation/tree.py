@@ -13,8 +13,9 @@ is not in the thread, or whose parents go round in a cycle (a damaged row), is a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 #: The key of the root fork in `choices` (several first messages, after an edit of the
 #: first one).
@@ -117,3 +118,122 @@ class Tree:
         leaf = self.descend(to, choices)
         assert leaf is not None  # `to` is a node, so the descent ends on one
         return leaf, self.choose(choices, leaf)
+
+
+#: A step's `tree_depth` when it is not a message of the tree but is shown after one (a
+#: notice, an error, a comparison, a replay): its `tree_parent_id` is that node, or None
+#: for "before the first message". A node's depth is ≥ 0; a step that is neither (a step
+#: nested by Chainlit under another, a row written before trees) has None.
+ATTACHED = -1
+
+
+class Skeleton(Protocol):
+    """What the tree logic reads of a stored step."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def parent_id(self) -> str | None: ...  # Chainlit's nesting
+    @property
+    def tree_parent_id(self) -> str | None: ...
+    @property
+    def tree_depth(self) -> int | None: ...
+    @property
+    def created_at(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Page:
+    """What a page of a thread shows: its steps in order, the leaf, and at each node of the
+    path that has siblings, those siblings (itself included, oldest first)."""
+
+    order: list[str]
+    leaf: str | None
+    siblings: dict[str, list[str]]
+    path: list[str]
+
+
+def nodes_of(rows: Iterable[Skeleton]) -> list[Node]:
+    """The nodes among stored steps."""
+    return [
+        Node(row.id, row.tree_parent_id, row.created_at or "", row.seq)
+        for row in rows
+        if row.tree_depth is not None and row.tree_depth >= 0
+    ]
+
+
+def tree_of_rows(rows: Iterable[Skeleton]) -> Tree:
+    return Tree(nodes_of(rows))
+
+
+def page(rows: Sequence[Skeleton], leaf: str | None, choices: Mapping[str, str]) -> Page:
+    """The steps a page of the thread shows for `leaf` (the stored leaf, or where the
+    choices lead if it is gone): the nodes on the path to it, what is attached to them,
+    and what Chainlit nested under those. Each step comes after the one it is nested
+    under (Chainlit's page drops a step whose parent it has not seen), and each node's
+    group (the node, then what it holds and what is attached to it) in path order — not
+    by time, since a reply chosen late may stand before a later message.
+
+    A thread with no nodes (written before trees, or by Chainlit alone) is shown whole in
+    time order."""
+    by_time = sorted(rows, key=lambda r: (r.created_at or "", r.seq))
+    tree = tree_of_rows(by_time)
+    if not tree.nodes:
+        return Page([r.id for r in by_time], None, {}, [])
+    end = tree.active_leaf(leaf, choices)
+    assert end is not None  # the tree has nodes
+    path = tree.path_to(end)
+    where = {node: n for n, node in enumerate(path)}
+    ids = {r.id for r in by_time}
+    nested: dict[str, list[Skeleton]] = {}
+    groups: dict[int, list[Skeleton]] = {}
+    for row in by_time:
+        depth = row.tree_depth
+        if depth is not None and depth >= 0:
+            if row.id in where:
+                groups.setdefault(where[row.id], []).append(row)
+        elif depth == ATTACHED and (row.tree_parent_id is None or row.tree_parent_id in tree.nodes):
+            if row.tree_parent_id is None:
+                groups.setdefault(-1, []).append(row)
+            elif row.tree_parent_id in where:
+                groups.setdefault(where[row.tree_parent_id], []).append(row)
+        elif row.parent_id is not None and row.parent_id in ids:
+            nested.setdefault(row.parent_id, []).append(row)
+        else:  # unplaced and on top: shown after the last node of the path made before it
+            groups.setdefault(_by_time(row, path, tree), []).append(row)
+    order: list[str] = []
+
+    def emit(row: Skeleton) -> None:
+        stack = [row]
+        while stack:
+            step = stack.pop()
+            order.append(step.id)
+            stack.extend(reversed(nested.get(step.id, ())))
+
+    for n in sorted(groups):
+        # A node's group in time order: the node, what is attached to it, and steps on
+        # top written before trees that stood there; each with what it holds.
+        for row in sorted(groups[n], key=lambda r: (r.created_at or "", r.seq)):
+            emit(row)
+    siblings = {node: kin for node in path if len(kin := tree.siblings(node)) > 1}
+    return Page(order, end, siblings, path)
+
+
+def _by_time(row: Skeleton, path: Sequence[str], tree: Tree) -> int:
+    """Where on `path` a step placed by its time goes: after the nodes from the top made
+    no later than it, up to the first one made after it (-1: before them all)."""
+    return made_before(row.created_at or "", [tree.nodes[node].created_at for node in path])
+
+
+def made_before(at: str, times: Sequence[str]) -> int:
+    """The index of the last of `times` (a path's, from the top) before the first one
+    later than `at`; -1 if the first is later. A path's times need not rise (a reply
+    chosen after later messages were sent stands before them), so this walks down."""
+    n = -1
+    for time in times:
+        if time > at:
+            break
+        n += 1
+    return n

@@ -49,6 +49,7 @@ from chatllm.store.thread_rows import (
     scrub,
 )
 from chatllm.store.threads import MAX_PAGE, Threads
+from chatllm.store.tree import Placement, TreeChange
 
 if TYPE_CHECKING:
     from chainlit.element import Element, ElementDict
@@ -264,8 +265,12 @@ class ChatDataLayer(BaseDataLayer):
         *,
         thread_metadata: dict[str, Any] | None = None,
         elements: Sequence[Element] = (),
+        place: Placement | None = None,
     ) -> None:
-        await self.steps.save_message(step_dict, thread_metadata, elements)
+        """The app's write of a message (with the thread's metadata and the message's
+        elements, in one transaction), placed in the conversation tree by `place`, else
+        by its kind (chatllm.store.tree.TreeRows.place)."""
+        await self.steps.save_message(step_dict, thread_metadata, elements, place)
 
     @until_first_message
     @writes("the message could not be removed")
@@ -304,8 +309,9 @@ class ChatDataLayer(BaseDataLayer):
         thread: ThreadDict,
         steps: Sequence[StepDict],
         elements: Sequence[ElementDict],
+        tree: TreeChange | None = None,
     ) -> None:
-        await self.threads.add_thread(thread, steps, elements)
+        await self.threads.add_thread(thread, steps, elements, tree)
 
     async def ensure_user(self, identifier: str) -> PersistedUser | None:
         """The stored user `identifier`, stored now if they are not yet."""
@@ -319,7 +325,30 @@ class ChatDataLayer(BaseDataLayer):
         return await self.threads.list_threads(pagination, filters)
 
     async def get_thread(self, thread_id: str) -> ThreadDict | None:
+        """Chainlit's read of a thread (a resume, the thread route, a share): the path to
+        its active leaf, not every branch mixed (chatllm.store.tree)."""
         return await self.threads.get_thread(thread_id)
+
+    async def thread_path(self, thread_id: str, leaf: str | None) -> ThreadDict | None:
+        """The thread as the path to `leaf` shows it (a tab's own branch); the active path
+        if `leaf` is not a message of it."""
+        return await self.threads.get_thread(thread_id, leaf=leaf)
+
+    async def whole_thread(self, thread_id: str) -> ThreadDict | None:
+        """Every step of every branch, each with its place in the tree (an export)."""
+        return await self.threads.get_thread(thread_id, whole=True)
+
+    @writes("the branch could not be opened")
+    async def choose_branch(self, thread_id: str, node_id: str) -> TreeChange:
+        """Open the branch through `node_id` and save it as the thread's: the leaf found
+        there (where the person was under it, else its newest) and the choice at every
+        fork on the way. Two tabs switching at once take turns on the thread's row."""
+        async with self.db.write() as conn:
+            thread = await self.thread_rows.locked_thread(conn, thread_id)
+            if thread is None:
+                raise ThreadDeleted(f"thread {thread_id} is not there")
+            await self.thread_rows.check_owner(conn, thread_id)
+            return await self.steps.tree.choose_branch(conn, thread_id, thread, node_id)
 
     @writes("the thread's settings could not be saved")
     @skipped_if_deleted

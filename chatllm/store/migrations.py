@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from chatllm.store.dialect import Connection
 from chatllm.store.search import reindex_threads
+from chatllm.store.tree import trees_from_flat_threads
 
 
 @dataclass(frozen=True)
@@ -223,5 +224,19 @@ MIGRATIONS: list[Migration] = [
         # Rows indexed before an emoji became a word of its own (`emj01f30a` for 🌊, see
         # chatllm.store.search) held none: a thread named with one was not found by it.
         then=lambda conn: reindex_threads(conn, 0, None),
+    ),
+    Migration(
+        name="conversation trees: each message's place, the active leaf, the choices",
+        statements=(
+            # No foreign keys: `db copy` writes steps in their order, and a migrated
+            # thread may hold a message older than the reply it follows.
+            "ALTER TABLE steps ADD COLUMN tree_parent_id TEXT",
+            "ALTER TABLE steps ADD COLUMN tree_depth INTEGER",
+            "ALTER TABLE threads ADD COLUMN active_leaf_id TEXT",
+            "ALTER TABLE threads ADD COLUMN branch_choices TEXT NOT NULL DEFAULT '{}'",
+            # A node's children (siblings, a fork's other branches) and a thread's roots.
+            "CREATE INDEX steps_by_tree_parent ON steps (thread_id, tree_parent_id)",
+        ),
+        then=trees_from_flat_threads,
     ),
 ]

@@ -21,6 +21,13 @@ from chatllm.store.dialect import Connection, sql
 from chatllm.store.elements import ElementRows
 from chatllm.store.search import index_text, message_rowid
 from chatllm.store.thread_rows import ThreadAccessDenied, ThreadRows
+from chatllm.store.tree import (
+    TREE_DEPTH,
+    TREE_PARENT,
+    Placement,
+    StepKept,
+    TreeRows,
+)
 
 if TYPE_CHECKING:
     from chainlit.element import Element
@@ -29,7 +36,7 @@ if TYPE_CHECKING:
 # StepDict keys kept in their own columns; every other key goes to `extra` as JSON.
 STEP_COLUMNS = {
     "id", "threadId", "parentId", "type", "name", "input", "output", "isError",
-    "metadata", "createdAt", "start", "end", "feedback",
+    "metadata", "createdAt", "start", "end", "feedback", TREE_PARENT, TREE_DEPTH,
 }  # fmt: skip
 
 
@@ -44,6 +51,7 @@ class StepRows:
         self.db = db
         self.threads = threads
         self.elements = elements
+        self.tree = TreeRows()
         #: Steps removed by this process: Chainlit writes a message in a task nobody awaits
         #: (`Message._create`), which may reach the database after the message was removed
         #: (a command's own message is, at once) and would bring it back. A removed id is
@@ -61,7 +69,11 @@ class StepRows:
         return lock
 
     async def save_message(
-        self, step_dict: StepDict, metadata: dict[str, Any] | None, elements: Sequence[Element]
+        self,
+        step_dict: StepDict,
+        metadata: dict[str, Any] | None,
+        elements: Sequence[Element],
+        place: Placement | None = None,
     ) -> None:
         """A message, the thread's metadata (merged as `update_thread` does) and the
         message's elements, in one transaction the caller waits for: all of it or none,
@@ -76,7 +88,9 @@ class StepRows:
                     await self.elements.delete_files(list(stored.values()))  # no row will name them
                     return
                 async with self.db.write() as conn:
-                    await self._write_step(conn, step_dict, thread_id, metadata=metadata)
+                    await self._write_step(
+                        conn, step_dict, thread_id, metadata=metadata, place=place
+                    )
                     for element in elements:
                         key = stored.get(element.id)
                         await self.elements.insert_element(
@@ -101,25 +115,45 @@ class StepRows:
         step: StepDict,
         thread_id: str,
         metadata: dict[str, Any] | None = None,
+        place: Placement | None = None,
     ) -> None:
         """Write a step (and, given `metadata`, the thread's, merged as `update_thread`
-        does) and its search row, the thread checked and locked first. A message is the
-        thread's activity: its `updated_at` changes in the same UPDATE as the metadata."""
+        does) and its search row, the thread checked and locked first, the step placed in
+        the conversation tree when first written (`place`, else by its kind:
+        chatllm.store.tree). A message is the thread's activity: its `updated_at` changes
+        in the same UPDATE as the metadata and the tree's active leaf."""
         thread = await self.threads.ensure_thread(conn, thread_id)
+        placed = await self.tree.place(conn, thread_id, thread, step, place)
+        values = step_row(step, thread_id, utc_now())
+        # The place decided here, never one a caller's dict carries.
+        values["tree_parent_id"] = placed.tree_parent_id if placed else None
+        values["tree_depth"] = placed.tree_depth if placed else None
+        change = placed.change if placed else None
         row = (
             await conn.execute(
                 sql(
                     "INSERT INTO steps (id, thread_id, parent_id, type, name, input, output,"
-                    " is_error, metadata, extra, created_at, start_time, end_time)"
+                    " is_error, metadata, extra, created_at, start_time, end_time,"
+                    " tree_parent_id, tree_depth)"
                     " VALUES (:id, :thread_id, :parent_id, :type, :name, :input, :output,"
-                    " :is_error, :metadata, :extra, :created_at, :start, :end)"
+                    " :is_error, :metadata, :extra, :created_at, :start, :end,"
+                    " :tree_parent_id, :tree_depth)"
                     " ON CONFLICT (id) DO UPDATE SET"
+                    # Placed once: only an attached step may still become a node.
+                    f" tree_parent_id = CASE WHEN {_PLACE_ANEW}"
+                    "   THEN excluded.tree_parent_id ELSE steps.tree_parent_id END,"
+                    f" tree_depth = CASE WHEN {_PLACE_ANEW}"
+                    "   THEN excluded.tree_depth ELSE steps.tree_depth END,"
                     " parent_id = COALESCE(excluded.parent_id, steps.parent_id),"
                     " type = CASE WHEN excluded.type = 'run' THEN steps.type"
                     "   ELSE excluded.type END,"
                     " name = COALESCE(excluded.name, steps.name),"
                     " input = COALESCE(NULLIF(excluded.input, ''), steps.input),"
-                    " output = COALESCE(NULLIF(excluded.output, ''), steps.output),"
+                    # A message of the conversation keeps its words: Chainlit's own
+                    # edit would overwrite them (an edit is a new sibling instead).
+                    " output = CASE WHEN steps.tree_depth >= 0 AND steps.output != ''"
+                    "   THEN steps.output"
+                    "   ELSE COALESCE(NULLIF(excluded.output, ''), steps.output) END,"
                     " is_error = COALESCE(excluded.is_error, steps.is_error),"
                     " metadata = CASE WHEN excluded.metadata = '{}' THEN steps.metadata"
                     "   ELSE excluded.metadata END,"
@@ -129,7 +163,7 @@ class StepRows:
                     " WHERE steps.thread_id = excluded.thread_id"
                     " RETURNING seq, type, output"
                 ),
-                step_row(step, thread_id, utc_now()),
+                values,
             )
         ).first()
         if row is None:
@@ -144,10 +178,10 @@ class StepRows:
                 sql("INSERT INTO search (rowid, body) VALUES (:key, :body)"),
                 {"key": key, "body": index_text(row.output)},
             )
-        if metadata is not None:
+        if metadata is not None or change is not None:
             touched = utc_now() if message else None
             await self.threads.update_thread(
-                conn, thread_id, metadata=metadata, current=thread, touched=touched
+                conn, thread_id, metadata=metadata, current=thread, touched=touched, tree=change
             )
         elif message:
             await conn.execute(
@@ -172,8 +206,8 @@ class StepRows:
             row = (
                 await conn.execute(
                     sql(
-                        "SELECT s.seq, s.thread_id, t.seq AS thread_seq FROM steps s"
-                        " JOIN threads t ON t.id = s.thread_id WHERE s.id = :id"
+                        "SELECT s.seq, s.thread_id, s.tree_depth, t.seq AS thread_seq"
+                        " FROM steps s JOIN threads t ON t.id = s.thread_id WHERE s.id = :id"
                     ),
                     {"id": step_id},
                 )
@@ -181,6 +215,10 @@ class StepRows:
             if row is None:
                 return []
             await self.threads.check_owner(conn, row.thread_id)
+            if row.tree_depth is not None and row.tree_depth >= 0:
+                # A message of the conversation goes only with its branch, when the user
+                # asks and confirms; Chainlit's edit would delete every later message.
+                raise StepKept(f"step {step_id} is a message of the conversation: kept")
             keys = await self.elements.object_keys(conn, "step_id = :id", {"id": step_id})
             await conn.execute(
                 sql("DELETE FROM search WHERE rowid = :key"),
@@ -201,8 +239,14 @@ class StepRows:
         return [step_dict(row) for row in rows]
 
 
+#: An upsert's condition for taking the new row's place: the stored row has none, or is
+#: attached and the new one is a node.
+_PLACE_ANEW = "(steps.tree_depth IS NULL OR (steps.tree_depth < 0 AND excluded.tree_depth >= 0))"
+
+
 def step_row(step: StepDict, thread_id: str, now: str) -> dict[str, Any]:
-    """A step's values for the `steps` table."""
+    """A step's values for the `steps` table (its tree columns as the dict gives them:
+    an import's; a live write's are decided by the store)."""
     extra = {k: v for k, v in step.items() if k not in STEP_COLUMNS and v is not None}
     created = step.get("createdAt") or now
     return {
@@ -219,6 +263,8 @@ def step_row(step: StepDict, thread_id: str, now: str) -> dict[str, Any]:
         "created_at": created,
         "start": step.get("start") or created,
         "end": step.get("end"),
+        "tree_parent_id": step.get(TREE_PARENT),
+        "tree_depth": step.get(TREE_DEPTH),
     }
 
 
@@ -244,6 +290,8 @@ def step_dict(row: Row[Any]) -> StepDict:
         start=row.start_time,
         end=row.end_time,
     )
+    step[TREE_PARENT] = row.tree_parent_id
+    step[TREE_DEPTH] = row.tree_depth
     if row.feedback_id is not None:
         step["feedback"] = FeedbackDict(
             forId=row.id, id=row.feedback_id, value=row.feedback_value, comment=row.feedback_comment

@@ -18,6 +18,7 @@ from chatllm.errors import ChatLLMError, ThreadDeleted
 from chatllm.store.db import Database
 from chatllm.store.dialect import Connection, sql
 from chatllm.store.search import index_text, name_rowid
+from chatllm.store.tree import TreeChange
 
 # Keys that may hold credentials; Chainlit copies the whole user session into thread
 # metadata, so they are dropped before anything is written.
@@ -37,10 +38,14 @@ class LockedThread(NamedTuple):
     seq: int
     user_id: str | None
     metadata: str  # JSON
+    active_leaf_id: str | None = None
+    branch_choices: str = "{}"  # JSON
 
 
 #: Thread metadata the app writes and keeps current itself (`save_thread_metadata`, and a
-#: message's write): the chat's sliders and model, the chosen replies, the sharing flags.
+#: message's write): the chat's sliders and model, the sharing flags; and the chosen
+#: replies of threads before trees (migration 7 made them the thread's `branch_choices`),
+#: listed so that a session copied before the upgrade cannot write them back.
 #: Chainlit copies a thread's metadata into the session when the thread is reopened and
 #: writes that copy back when the tab closes (`update_thread`): it would put back a
 #: sharing that was stopped, or a reply choice made since. Chainlit's own writes leave
@@ -95,7 +100,7 @@ class ThreadRows:
         """Create the thread if it is new (owned by the acting user); refuse another's.
         Returns the thread as found. Its row stays locked until the write ends
         (PostgreSQL), so writes to one thread take turns."""
-        thread = await self._locked_thread(conn, thread_id)
+        thread = await self.locked_thread(conn, thread_id)
         acting = _acting_user_id()
         if thread is None:
             return await self._new_thread(conn, thread_id, acting)
@@ -103,18 +108,22 @@ class ThreadRows:
             raise ThreadAccessDenied(f"thread {thread_id} belongs to another user")
         return thread
 
-    async def _locked_thread(self, conn: Connection, thread_id: str) -> LockedThread | None:
+    async def locked_thread(self, conn: Connection, thread_id: str) -> LockedThread | None:
         """The thread's seq, owner and metadata, its row locked for this write."""
         row = (
             await conn.execute(
                 sql(
-                    "SELECT seq, user_id, metadata FROM threads WHERE id = :id"
-                    + self.db.dialect.for_update
+                    "SELECT seq, user_id, metadata, active_leaf_id, branch_choices FROM threads"
+                    " WHERE id = :id" + self.db.dialect.for_update
                 ),
                 {"id": thread_id},
             )
         ).first()
-        return None if row is None else LockedThread(int(row.seq), row.user_id, row.metadata)
+        if row is None:
+            return None
+        return LockedThread(
+            int(row.seq), row.user_id, row.metadata, row.active_leaf_id, row.branch_choices
+        )
 
     async def _new_thread(self, conn: Connection, thread_id: str, user: str | None) -> LockedThread:
         """Insert an empty thread; the thread as inserted. Two first writes of one thread
@@ -135,7 +144,7 @@ class ThreadRows:
         )
         if seq is not None:
             return LockedThread(int(seq), user, "{}")
-        thread = await self._locked_thread(conn, thread_id)
+        thread = await self.locked_thread(conn, thread_id)
         assert thread is not None  # it conflicted: it is there
         if thread.user_id is not None and user is not None and thread.user_id != user:
             raise ThreadAccessDenied(f"thread {thread_id} belongs to another user")
@@ -162,11 +171,13 @@ class ThreadRows:
         *,
         current: LockedThread | None = None,
         touched: str | None = None,
+        tree: TreeChange | None = None,
     ) -> None:
         """`current`: the thread as this transaction found it already (not read again);
-        `touched`: a new `updated_at`, set in the same UPDATE."""
+        `touched`: a new `updated_at`, and `tree`: a new active leaf and choices, set in
+        the same UPDATE."""
         if current is None:
-            current = await self._locked_thread(conn, thread_id)
+            current = await self.locked_thread(conn, thread_id)
         acting = user_id or _acting_user_id()
         if current is None and name is None and user_id is None and tags is None:
             # Only metadata, for a thread that is not there: Chainlit saving a session
@@ -191,6 +202,9 @@ class ThreadRows:
             changes["metadata"] = json.dumps(merged, ensure_ascii=False, default=str)
         if touched is not None:
             changes["updated_at"] = touched
+        if tree is not None:
+            changes["active_leaf_id"] = tree.leaf
+            changes["branch_choices"] = json.dumps(tree.choices)
         if changes:
             assignments = ", ".join(f"{column} = :{column}" for column in changes)
             await conn.execute(

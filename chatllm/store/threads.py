@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from chainlit.types import (
     PageInfo,
@@ -19,6 +19,8 @@ from chainlit.types import (
 from sqlalchemy.engine import Row
 
 from chatllm.clock import utc_now
+from chatllm.conversation.marks import CHOSEN_REPLIES
+from chatllm.conversation.tree import page
 from chatllm.store.db import Database
 from chatllm.store.dialect import sql
 from chatllm.store.elements import ElementRows
@@ -32,6 +34,14 @@ from chatllm.store.search import (
 )
 from chatllm.store.steps import step_dict, step_row
 from chatllm.store.thread_rows import MAX_THREAD_NAME, ThreadRows, scrub
+from chatllm.store.tree import (
+    TREE,
+    TREE_DEPTH,
+    TREE_PARENT,
+    TreeChange,
+    choices_of,
+    placed_flat,
+)
 
 if TYPE_CHECKING:
     from chainlit.element import ElementDict
@@ -103,25 +113,41 @@ class Threads:
         await self.elements.delete_files(keys)
 
     async def add_thread(
-        self, thread: ThreadDict, steps: Sequence[StepDict], elements: Sequence[ElementDict]
+        self,
+        thread: ThreadDict,
+        steps: Sequence[StepDict],
+        elements: Sequence[ElementDict],
+        tree: TreeChange | None = None,
     ) -> None:
-        """A whole new thread (an import) in one transaction, its rows written in batches:
-        all of it, or — a failure, a kill — none of it. Ids must be new."""
+        """A whole new thread (an import, a fork) in one transaction, its rows written in
+        batches: all of it, or — a failure, a kill — none of it. Ids must be new.
+
+        Its tree: the steps' own tree fields with `tree`'s leaf and choices; steps without
+        any (a flat export) become the tree a flat thread makes, its `chosen_replies`
+        taken as the choices."""
         stamp = utc_now()
+        metadata = scrub(thread.get("metadata"))
+        chosen = metadata.pop(CHOSEN_REPLIES, None)
+        if not any(step.get(TREE_DEPTH) is not None for step in steps):
+            placed, tree = placed_flat(steps, chosen if isinstance(chosen, dict) else {})
+            steps = [_placed(step, placed.get(step["id"])) for step in steps]
+        tree = tree or TreeChange(None, {})
         async with self.db.write() as conn:
             seq = await conn.scalar(
                 sql(
                     "INSERT INTO threads (id, user_id, name, metadata, tags, created_at,"
-                    " updated_at) VALUES (:id, :user, :name, :metadata, :tags, :now, :now)"
-                    " RETURNING seq"
+                    " updated_at, active_leaf_id, branch_choices) VALUES (:id, :user, :name,"
+                    " :metadata, :tags, :now, :now, :leaf, :choices) RETURNING seq"
                 ),
                 {
                     "id": thread["id"],
                     "user": thread.get("userId"),
                     "name": (thread.get("name") or "")[:MAX_THREAD_NAME] or None,
-                    "metadata": json.dumps(scrub(thread.get("metadata")), ensure_ascii=False),
+                    "metadata": json.dumps(metadata, ensure_ascii=False),
                     "tags": json.dumps(thread.get("tags") or [], ensure_ascii=False),
                     "now": stamp,
+                    "leaf": tree.leaf,
+                    "choices": json.dumps(tree.choices),
                 },
             )
             if thread.get("name"):
@@ -133,9 +159,11 @@ class Threads:
                 await conn.execute(
                     sql(
                         "INSERT INTO steps (id, thread_id, parent_id, type, name, input,"
-                        " output, is_error, metadata, extra, created_at, start_time, end_time)"
+                        " output, is_error, metadata, extra, created_at, start_time, end_time,"
+                        " tree_parent_id, tree_depth)"
                         " VALUES (:id, :thread_id, :parent_id, :type, :name, :input, :output,"
-                        " :is_error, :metadata, :extra, :created_at, :start, :end)"
+                        " :is_error, :metadata, :extra, :created_at, :start, :end,"
+                        " :tree_parent_id, :tree_depth)"
                     ),
                     [step_row(step, thread["id"], stamp) for step in steps],
                 )
@@ -287,14 +315,22 @@ class Threads:
             )
             return rows + list(rest.all())
 
-    async def get_thread(self, thread_id: str) -> ThreadDict | None:
+    async def get_thread(
+        self, thread_id: str, *, leaf: str | None = None, whole: bool = False
+    ) -> ThreadDict | None:
+        """The thread as a page shows it: the path to `leaf` (else to the thread's active
+        leaf) with what is attached to it and nested under it (chatllm.conversation.tree.
+        page), and the elements of those steps; with `whole`, every step of every branch,
+        in time order. Under the key `tree` (outside `metadata`, which Chainlit copies
+        into the session): the leaf, the choices, the path, and the siblings of each node
+        of the path that has some."""
         async with self.db.read() as conn:
             thread = (
                 await conn.execute(
                     sql(
                         "SELECT t.id, t.name, t.user_id, u.identifier, t.metadata, t.tags,"
-                        " t.created_at FROM threads t LEFT JOIN users u ON u.id = t.user_id"
-                        " WHERE t.id = :id"
+                        " t.created_at, t.active_leaf_id, t.branch_choices FROM threads t"
+                        " LEFT JOIN users u ON u.id = t.user_id WHERE t.id = :id"
                     ),
                     {"id": thread_id},
                 )
@@ -317,7 +353,15 @@ class Threads:
                     sql("SELECT * FROM elements WHERE thread_id = :id"), {"id": thread_id}
                 )
             ).all()
-        return ThreadDict(
+        choices = choices_of(thread.branch_choices)
+        shown = page(steps, leaf or thread.active_leaf_id, choices)
+        if whole:
+            served = list(steps)
+        else:
+            by_id = {row.id: row for row in steps}
+            served = [by_id[step_id] for step_id in shown.order]
+        kept = {row.id for row in served}
+        found = ThreadDict(
             id=thread.id,
             createdAt=thread.created_at,
             name=thread.name,
@@ -325,9 +369,27 @@ class Threads:
             userIdentifier=thread.identifier,
             tags=json.loads(thread.tags),
             metadata=json.loads(thread.metadata),
-            steps=[step_dict(row) for row in steps],
-            elements=[self.elements.element_dict(row) for row in elements],
+            steps=[step_dict(row) for row in served],
+            elements=[
+                self.elements.element_dict(row)
+                for row in elements
+                if row.step_id is None or row.step_id in kept
+            ],
         )
+        found[TREE] = {  # type: ignore[literal-required]
+            "leaf": shown.leaf,
+            "active": thread.active_leaf_id,
+            "choices": choices,
+            "path": shown.path,
+            "siblings": shown.siblings,
+        }
+        return found
+
+
+def _placed(step: StepDict, place: tuple[str | None, int] | None) -> StepDict:
+    if place is None:
+        return step
+    return cast("StepDict", {**step, TREE_PARENT: place[0], TREE_DEPTH: place[1]})
 
 
 #: The columns of a listed thread (threads `t`, users `u`).
