@@ -768,11 +768,26 @@ def test_replies_show_receipts_replay_matches_and_compare_runs_side_by_side(
     )
     assert regenerated["metadata"]["kind"] == "variant"
     assert regenerated["metadata"]["reply_to"] == first_reply["metadata"]["reply_to"]
-    browser.get_by_role("button", name="Continue from this").first.click()
-    expect(browser.get_by_text("The conversation continues from this reply.")).to_be_visible(
-        timeout=30_000
-    )
+    # The new reply stands where the first stood, the first a switch away: ‹ 2/2 ›.
+    expect(browser.locator(".chatllm-receipt")).to_have_count(1)
+    switcher = browser.locator(".chatllm-branches")
+    expect(switcher).to_have_count(1)
+    expect(switcher).to_contain_text("2/2")
     shot(browser, "10-variants")
+    switcher.get_by_role("button", name="Previous version").click()
+    expect(switcher).to_contain_text("1/2", timeout=30_000)
+    expect(variant).to_have_count(0)  # the first reply again, with its replay under it
+    expect(browser.get_by_text(f"Replay with seed {seed}: identical text ✓")).to_be_visible()
+    browser.reload()  # the switch was saved: the same branch after a reload
+    expect(browser.locator(".chatllm-branches")).to_contain_text("1/2", timeout=60_000)
+    expect(browser.locator(".chatllm-receipt-title", has_text="Variant 2")).to_have_count(0)
+    # From the keyboard: the next version, then back.
+    following = browser.locator(".chatllm-branches").get_by_role("button", name="Next version")
+    following.focus()
+    browser.keyboard.press("Enter")
+    expect(browser.locator(".chatllm-branches")).to_contain_text("2/2", timeout=30_000)
+    expect(browser.locator(".chatllm-receipt-title", has_text="Variant 2")).to_be_visible()
+    shot(browser, "10-switched")
 
     browser.get_by_role("button", name="Compare").first.click()
     send(browser, "Describe the sea in one sentence.")

@@ -69,6 +69,7 @@ async def reopen(app: ChatApp, old: BrowserTab) -> BrowserTab:
     tab.session.thread_id = old.session.thread_id
     tab.enter()
     await app.resume(thread)
+    await cl.context.emitter.resume_thread(thread)  # as Chainlit's socket does next
     return tab
 
 
@@ -197,8 +198,8 @@ def switchers(tab: BrowserTab) -> dict[str, dict[str, Any]]:
     itself, by its id); each one shown since the page last took a whole path."""
     shown: dict[str, dict[str, Any]] = {}
     for name, data in tab.events:
-        if name == "resume_thread":
-            shown.clear()
+        if name == "resume_thread":  # the page takes the thread's elements in place of its own
+            shown = {e["forId"]: e["props"] for e in data["elements"] if e["name"] == "Branches"}
         elif name == "element" and data.get("name") == "Branches":
             shown[data["forId"]] = data["props"]
     return shown

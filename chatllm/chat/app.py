@@ -23,7 +23,7 @@ from chatllm.chat.panel import (
     keep_preset,
     send_commands,
 )
-from chatllm.chat.replies import Replies, send_reply_actions, store_message
+from chatllm.chat.replies import Replies, send_reply_actions, store_message, with_switchers
 from chatllm.chat.services import Services
 from chatllm.chat.session import ChatSession, current_lang, current_session, set_session
 from chatllm.chat.sharing import Shares
@@ -36,7 +36,6 @@ from chatllm.i18n import t
 from chatllm.markdown import to_markdown
 from chatllm.memory import freeze_startup_objects
 from chatllm.share import Sharing, may_view, public_page, read_only
-from chatllm.store.tree import served_tree
 
 log = logging.getLogger("chatllm")
 
@@ -162,7 +161,9 @@ class ChatApp:
         # Without this the settings button is gone after a resume.
         await self.panel.send(session, lang)
         await send_commands(lang, share=self.settings.sharing is not Sharing.OFF)
-        await send_reply_actions(thread.get("steps") or [], lang, served_tree(thread).siblings)
+        # Chainlit sends the page this thread once this hook returns: the switchers go in it.
+        with_switchers(thread, lang)
+        await send_reply_actions(thread.get("steps") or [], lang)
 
     async def update_settings(self, values: dict[str, Any]) -> None:
         await self.panel.update(self._session(), values, current_lang())

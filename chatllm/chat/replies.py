@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import aclosing
 
 import chainlit as cl
@@ -80,24 +80,30 @@ def switcher(node: str, siblings: Sequence[str], lang: str) -> cl.CustomElement:
     return element
 
 
-async def send_reply_actions(
-    steps: Sequence[StepDict], lang: str, siblings: Mapping[str, Sequence[str]]
-) -> None:
-    """Every reply's buttons again (Chainlit does not store actions), and the switcher
-    under every message of the path that has siblings. The page adds each button it is
-    sent, even one it shows already: a chat resumed twice in one page (its socket
-    reconnecting sends `connection_successful` again, which resumes the thread again)
-    showed every button twice. Each is withdrawn first, by its id; the page ignores the
-    withdrawal of a button it does not show."""
+def with_switchers(thread: ThreadDict, lang: str) -> ThreadDict:
+    """The thread with a switcher ‹ n/m › among its elements under every message of its
+    path that has siblings. They travel in the thread the page takes whole (a resume, a
+    switch): the page replaces its elements with the thread's, so one sent before would
+    be gone. Not stored: their counts change with every new sibling."""
+    for node, kin in served_tree(thread).siblings.items():
+        element = switcher(node, kin, lang)
+        element.for_id = node
+        element.thread_id = thread["id"]
+        thread["elements"] = [*(thread.get("elements") or []), element.to_dict()]
+    return thread
+
+
+async def send_reply_actions(steps: Sequence[StepDict], lang: str) -> None:
+    """Every reply's buttons again (Chainlit does not store actions). The page adds each
+    button it is sent, even one it shows already: a chat resumed twice in one page (its
+    socket reconnecting sends `connection_successful` again, which resumes the thread
+    again) showed every button twice. Each is withdrawn first, by its id; the page ignores
+    the withdrawal of a button it does not show."""
     for step in steps:
         if is_conversation_reply(step):
             for action in reply_actions(step["id"], lang):
                 await action.remove()
                 await action.send(for_id=step["id"])
-        if step["id"] in siblings:
-            await switcher(step["id"], siblings[step["id"]], lang).send(
-                for_id=step["id"], persist=False
-            )
 
 
 def receipt_element(receipt: Receipt, lang: str, title: str | None) -> cl.CustomElement:
@@ -419,10 +425,10 @@ class Replies:
         """Show this tab's path afresh (the page takes the thread as on a resume: it stays
         on this thread and replaces its messages), with each reply's buttons and the
         switchers, and make the model's memory that path."""
-        thread = await self._path(session.leaf)
+        lang = current_lang()
+        thread = with_switchers(await self._path(session.leaf), lang)
         steps = thread.get("steps") or []
-        tree = served_tree(thread)
-        session.leaf = tree.leaf
+        session.leaf = served_tree(thread).leaf
         session.history = history_from_steps(steps)
         await cl.context.emitter.resume_thread(thread)
-        await send_reply_actions(steps, current_lang(), tree.siblings)
+        await send_reply_actions(steps, lang)
