@@ -44,7 +44,13 @@ services = Services.from_environment(host=chainlit_config.run.host, root_path=ro
 settings = services.settings
 session_files(settings.data_dir)
 socket_limit(settings.max_message_chars)
-socket_events()
+
+
+async def on_edit(message_id: str, text: str, author: str) -> None:
+    await (await services.chat()).edit(message_id, text, author)
+
+
+socket_events(edit=on_edit)
 offline_page()
 
 

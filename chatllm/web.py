@@ -489,15 +489,21 @@ def _running(pid: int) -> bool:
 SOCKET_MAX_BYTES = 8 * 1024 * 1024
 
 
-def socket_events() -> None:
-    """Chainlit's socket events for switched-off features answer nothing, and Stop answers
-    in the user's language.
+#: The app's answer to an edited message: (message id, its new words, its author).
+EditHandler = Callable[[str, str, str], Awaitable[None]]
+
+
+def socket_events(edit: EditHandler | None = None) -> None:
+    """Chainlit's socket events for switched-off features answer nothing, an edited
+    message is the app's to answer, and Stop answers in the user's language.
 
     Chainlit registers them whatever the config says: `edit_message` rewrites a message and
     deletes every step after it in the data layer, then runs the message again (with no
     message at all when the id is not one of the session's, which the app would answer
     with an error); `audio_end` names the thread "audio". So each is refused unless its
-    feature is on, and an edit also unless its message is one this session has shown.
+    feature is on, and an edit also unless its message is one this session has shown; and
+    Chainlit's edit never runs: `edit` gets the edited words (a new message beside the old
+    one, which stays, with everything after it).
     """
     from chainlit.chat_context import chat_contexts
     from chainlit.session import WebsocketSession
@@ -514,13 +520,25 @@ def socket_events() -> None:
     def audio(sid: str, *_: Any) -> bool:
         return bool(chainlit_config.features.audio and chainlit_config.features.audio.enabled)
 
+    async def edited(sid: str, payload: Any) -> None:
+        from chainlit.context import init_ws_context
+
+        session = WebsocketSession.get(sid)
+        if session is None or edit is None:
+            return
+        init_ws_context(session)
+        message = payload["message"]
+        await edit(
+            str(message["id"]), str(message.get("output") or ""), str(message.get("name") or "")
+        )
+
     for event, allowed in (
-        ("edit_message", editable),
         ("audio_start", audio),
         ("audio_chunk", audio),
         ("audio_end", audio),
     ):
         handlers[event] = _only_if(allowed, handlers[event], event)
+    handlers["edit_message"] = _only_if(editable, edited, "edit_message")
     handlers["stop"] = _stop
 
 
@@ -650,7 +668,11 @@ CHAINLIT_EVENTS: dict[str, tuple[Guard, str]] = {
     "clear_session": (Guard.SESSION, "the caller's own session"),
     "disconnect": (Guard.SESSION, "writes Chainlit's keys only (`chainlit_owned`)"),
     "stop": (Guard.APP, "the session's own reply, in its language (`_stop`)"),
-    "edit_message": (Guard.OFF, "rewrote a message and deleted every later step"),
+    "edit_message": (
+        Guard.APP,
+        "the app's own: the edited words as a new message beside the old (Chainlit's rewrote"
+        " it and deleted every later step); only a message this session showed",
+    ),
     "message_favorite": (Guard.OFF, "favorites are off in .chainlit/config.toml"),
     "fetch_favorites": (Guard.OFF, "favorites are off"),
     "client_message": (Guard.SESSION, "into the session's own thread; the store checks it"),

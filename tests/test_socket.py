@@ -341,21 +341,29 @@ async def test_a_chat_turn_writes_the_message_and_the_reply_once_each(server: Ap
     assert receipts == (1,)
 
 
-async def test_an_edit_sent_while_editing_is_off_changes_and_removes_nothing(
+async def test_an_edit_is_a_new_message_beside_the_old_one_and_nothing_is_removed(
     server: AppServer,
 ) -> None:
-    """Chainlit's `edit_message` event rewrites a message and deletes every step after it,
-    whether or not the operator turned editing on; with it off the app ignores the event."""
+    """Chainlit's own `edit_message` rewrites the message and deletes every step after it;
+    the app's answers the edited words as a new message beside the old one, shown where it
+    stood, and the next turn is answered from the path on screen alone."""
     tab = SocketUser(server.base)
     await tab.connect()
     try:
         first = await tab.turn("Say hi.", max_tokens=4, temperature=0.0)
         await tab.turn("Say bye.")
+        ends = len(tab.named("task_end"))
         edited = {**first, "output": "Say something else."}
-        await tab.client.emit("edit_message", {"message": edited})
         await tab.client.emit("edit_message", {"message": {**edited, "id": "not-a-message"}})
-        await tab.turn("Still here?")  # the socket goes on
-        assert len(replies(tab)) == 3
+        await tab.client.emit("edit_message", {"message": edited})
+        await tab.wait_for(lambda: len(tab.named("task_end")) > ends, seconds=120)
+        shown = tab.named("resume_thread")[-1]  # the page takes the new path whole
+        texts = [s["output"] for s in shown["steps"] if s["type"] == "user_message"]  # type: ignore[attr-defined,index]
+        assert texts == ["Say something else."]
+        (switch,) = [e for e in shown["elements"] if e["name"] == "Branches"]  # type: ignore[attr-defined,index]
+        assert (switch["props"]["at"], switch["props"]["of"]) == (2, 2)
+        await tab.wait_for(lambda: len(replies(tab)) == 3, seconds=120)
+        await tab.turn("Still here?")
     finally:
         await tab.client.disconnect()
     with sqlite3.connect(server.data_dir / "chatllm.db") as raw:
@@ -368,11 +376,32 @@ async def test_an_edit_sent_while_editing_is_off_changes_and_removes_nothing(
             )
         ]
         (answers,) = raw.execute(
-            "SELECT count(*) FROM steps WHERE thread_id = ? AND type = 'assistant_message'",
+            "SELECT count(*) FROM steps WHERE thread_id = ? AND type = 'assistant_message'"
+            " AND metadata LIKE '%finish_reason%'",
             (tab.thread_id,),
         ).fetchone()
-    assert asked == ["Say hi.", "Say bye.", "Still here?"]
-    assert answers == 3
+    # Nothing rewritten, nothing removed: the first two messages and their replies stay.
+    assert asked == ["Say hi.", "Say bye.", "Say something else.", "Still here?"]
+    assert answers == 4
+    path = await asyncio.to_thread(active_path, server, tab.thread_id)
+    assert [s["output"] for s in path if s["type"] == "user_message"] == [
+        "Say something else.",
+        "Still here?",
+    ]
+    last = [s for s in path if s["type"] == "assistant_message"][-1]
+    assert last["metadata"]["receipt"]["prompt_messages"] == 4  # system, the edit, its reply, now
+
+
+def active_path(server: AppServer, thread_id: str) -> list[dict[str, Any]]:
+    """The steps a page of the thread shows (the path to its active leaf)."""
+
+    async def read() -> list[dict[str, Any]]:
+        async with app_store(server) as layer:
+            thread = await layer.get_thread(thread_id)
+            assert thread is not None
+            return [dict(s) for s in thread["steps"]]
+
+    return asyncio.run(read())
 
 
 @asynccontextmanager

@@ -25,7 +25,13 @@ from chatllm.chat.panel import (
 )
 from chatllm.chat.replies import Replies, send_reply_actions, store_message, with_switchers
 from chatllm.chat.services import Services
-from chatllm.chat.session import ChatSession, current_lang, current_session, set_session
+from chatllm.chat.session import (
+    ChatSession,
+    current_lang,
+    current_session,
+    set_session,
+    show_error,
+)
 from chatllm.chat.sharing import Shares
 from chatllm.chat.tasks import as_chat_task
 from chatllm.config import Settings
@@ -180,13 +186,7 @@ class ChatApp:
     async def answer(self, message: cl.Message) -> None:
         """A message: a command's, or one chat turn (the model's reply streamed in)."""
         session = self._session()
-        most = self.settings.max_message_chars
-        if len(message.content) > most:  # kept, as every message is, but not answered
-            if await store_message(self.store, session, message):
-                text = t(
-                    "error.message_too_long", current_lang(), length=len(message.content), most=most
-                )
-                await cl.ErrorMessage(content=text, author="chatllm").send()
+        if await self._too_long(session, message):
             return
         starter = self.starters.find(message.command, message.content)
         if starter is not None:  # its preset, or the presets it compares, set first
@@ -207,6 +207,49 @@ class ChatApp:
             await self.replies.stream(
                 session, session.sampling, session.history, message.content, message.id, "reply"
             )
+
+    async def _too_long(self, session: ChatSession, message: cl.Message) -> bool:
+        """A message over the limit: kept, as every message is, but not answered."""
+        most = self.settings.max_message_chars
+        if len(message.content) <= most:
+            return False
+        if await store_message(self.store, session, message):
+            text = t(
+                "error.message_too_long", current_lang(), length=len(message.content), most=most
+            )
+            await cl.ErrorMessage(content=text, author="chatllm").send()
+        return True
+
+    async def edit(self, message_id: str, text: str, author: str) -> None:
+        """The pencil on a message of the user's: the edited words become a new message
+        beside it (‹ n/m ›), shown where it stood and answered under the current
+        settings, as the chat's task (Stop ends it). The message edited and everything
+        after it stay stored, a switch away."""
+        await as_chat_task(self._edit(message_id, text, author))
+
+    async def _edit(self, message_id: str, text: str, author: str) -> None:
+        session = self._session()
+        lang = current_lang()
+        if not text.strip():
+            return  # nothing to send: the message stays as it was
+        try:
+            parent, history = await self.replies.before(session, message_id)
+        except ChatLLMError as exc:
+            await show_error(exc, lang)
+            return
+        message = cl.Message(content=text, author=author or "User", type="user_message")
+        edited = ChatSession(**{**vars(session), "leaf": parent, "history": history})
+        if await self._too_long(edited, message):
+            session.leaf = edited.leaf
+            await self.replies.show_path(session)
+            return
+        if not await store_message(self.store, edited, message):
+            return  # told; the tab stays where it was
+        session.leaf = message.id
+        await self.replies.show_path(session)  # the new message where the old one stood
+        await self.replies.stream(
+            session, session.sampling, session.history, text, message.id, "reply"
+        )
 
     # ---- the buttons under a reply
 

@@ -256,6 +256,21 @@ class Replies:
             raise ChatLLMError("this conversation is not saved yet")
         return thread
 
+    async def before(
+        self, session: ChatSession, message_id: str
+    ) -> tuple[str | None, list[BaseMessage]]:
+        """Where a new version of the user's message `message_id` goes: the message it
+        follows (None: it is a first message), and the model's memory up to there."""
+        thread = await self._path(message_id)
+        path = served_tree(thread).path
+        steps = thread.get("steps") or []
+        if message_id not in path or not any(
+            s["id"] == message_id and s.get("type") == "user_message" for s in steps
+        ):
+            raise ChatLLMError(t("branch.gone", current_lang()))
+        at = path.index(message_id)
+        return (path[at - 1] if at else None), history_from_steps(steps, before=message_id)
+
     async def _find_reply(self, step_id: str) -> tuple[ThreadDict, StepDict, StepDict]:
         """The path through a reply (on whichever branch it is), the reply, and the user
         message it answers."""
