@@ -141,6 +141,11 @@ async def on_regenerate(action: cl.Action) -> None:
     await (await services.chat()).regenerate(action)
 
 
+@cl.action_callback("fork")
+async def on_fork(action: cl.Action) -> None:
+    await (await services.chat()).fork(action)
+
+
 @cl.action_callback(SWITCH_BRANCH)
 async def on_switch_branch(action: cl.Action) -> None:
     await (await services.chat()).switch(action)

@@ -88,6 +88,8 @@ THREAD_METADATA = ("chat_settings", "chat_profile")
 MESSAGE_TREE_FIELDS = ("parent", "attached")
 THREAD_TREE_FIELDS = ("active_leaf", "choices")
 ROLE_OF_STEP = {"user_message": "user", "assistant_message": "assistant"}
+#: A fork's thread metadata: the thread and message it was forked from.
+FORKED_FROM = "forked_from"
 
 #: The times a message may carry: anything else is a damaged or made-up file.
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
@@ -536,10 +538,17 @@ def _exported_message(step: StepDict, parent: str | None, attached: bool) -> dic
 
 
 async def import_thread(
-    store: ChatDataLayer, document: object, user_identifier: str, lang: str | None = None
+    store: ChatDataLayer,
+    document: object,
+    user_identifier: str,
+    lang: str | None = None,
+    *,
+    name: str | None = None,
+    origin: Mapping[str, str] | None = None,
 ) -> str:
     """Add an exported thread as a new thread of `user_identifier`; returns its id. Its
-    name says it is an import, in `lang`.
+    name says it is an import, in `lang` (or is `name`: a fork's); `origin` (a fork's
+    thread and message) is kept in its metadata as `forked_from`.
 
     The document is checked through before anything is written (InvalidDocument). All or
     nothing: if a write fails, what was written of the new thread is deleted again.
@@ -547,7 +556,9 @@ async def import_thread(
     named here, and no write waits for that session's first message.
     """
     parsed = parse_document(document)
-    return await _outside_chainlit(_write_thread(store, parsed, user_identifier, lang))
+    return await _outside_chainlit(
+        _write_thread(store, parsed, user_identifier, lang, name, origin)
+    )
 
 
 async def _outside_chainlit(work: Coroutine[Any, Any, T]) -> T:
@@ -557,7 +568,12 @@ async def _outside_chainlit(work: Coroutine[Any, Any, T]) -> T:
 
 
 async def _write_thread(
-    store: ChatDataLayer, document: ThreadDocument, identifier: str, lang: str | None
+    store: ChatDataLayer,
+    document: ThreadDocument,
+    identifier: str,
+    lang: str | None,
+    name: str | None = None,
+    origin: Mapping[str, str] | None = None,
 ) -> str:
     user = await stored_user(store, identifier, create_local=True)
     if user is None:
@@ -603,9 +619,9 @@ async def _write_thread(
     ]
     thread: ThreadDict = {
         "id": thread_id,
-        "name": _imported_name(document, lang),
+        "name": name or _imported_name(document, lang),
         "userId": user.id,
-        "metadata": metadata,
+        "metadata": {**metadata, FORKED_FROM: dict(origin)} if origin else metadata,
         "tags": list(info.tags),
     }  # type: ignore[typeddict-item]
     try:

@@ -3,6 +3,7 @@ receipts under replies, replay, regenerate and variants, presets, compare, expor
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -57,6 +58,9 @@ async def click(app: ChatApp, tab: BrowserTab, name: str, step_id: str) -> None:
     if name == "switch":  # the switcher ‹ n/m › (public/elements/Branches.jsx)
         await app.switch(cl.Action(name=SWITCH_BRANCH, payload={"to": step_id}))
         return
+    if name == "fork":
+        await app.fork(cl.Action(name="fork", payload={"step": step_id}))
+        return
     action = cl.Action(name=name, payload={"step": step_id})
     await {"replay": app.replay, "regenerate": app.regenerate}[name](action)
 
@@ -103,14 +107,14 @@ async def test_each_reply_shows_its_receipt_and_buttons_also_after_a_reload(app:
     (shown,) = elements(tab, "Receipt")
     assert shown["forId"] == reply["id"]
     assert "seed 42" in shown["props"]["summary"] and "T 0.3" in shown["props"]["summary"]
-    assert actions_for(tab, reply["id"]) == ["replay", "regenerate"]
+    assert actions_for(tab, reply["id"]) == ["replay", "regenerate", "fork"]
 
     again = await reopen(app, tab)
     thread = await app.store.get_thread(tab.session.thread_id)
     assert thread is not None
     (kept,) = [e for e in thread["elements"] if e["name"] == "Receipt"]
     assert kept["forId"] == reply["id"] and kept["props"]["receipt"] == reply["metadata"]["receipt"]
-    assert actions_for(again, reply["id"]) == ["replay", "regenerate"]
+    assert actions_for(again, reply["id"]) == ["replay", "regenerate", "fork"]
 
 
 async def test_replay_reruns_a_reply_and_says_the_text_matched(app: ChatApp) -> None:
@@ -246,7 +250,7 @@ async def test_a_regenerated_reply_stands_where_the_first_stood_and_a_switch_bri
     shown = tab.payloads("resume_thread")[-1]
     assert [s["id"] for s in replies([dict(s) for s in shown["steps"]])] == [first["id"]]
     assert switchers(tab)[first["id"]]["next"] == variant["id"]
-    assert actions_for(tab, first["id"])[-2:] == ["replay", "regenerate"]
+    assert actions_for(tab, first["id"])[-3:] == ["replay", "regenerate", "fork"]
     # The switch holds after a reload, and the next turn builds on it.
     again = await reopen(app, tab)
     assert live_session().leaf == first["id"]
@@ -257,6 +261,42 @@ async def test_a_regenerated_reply_stands_where_the_first_stood_and_a_switch_bri
     assert last["metadata"]["receipt"]["prompt_messages"] == 4
     path = [s["id"] for s in await stored_steps(app, again)]
     assert first["id"] in path and variant["id"] not in path
+
+
+async def test_a_fork_is_a_new_conversation_up_to_the_reply_and_the_original_stays(
+    app: ChatApp,
+) -> None:
+    tab = await new_chat(app)
+    await app.update_settings({"temperature": 0.0, "max_tokens": 8})
+    await say(app, tab, "Hello there.")
+    await say(app, tab, QUESTION)
+    greeting, _ = replies(await stored_steps(app, tab))
+    before = await app.store.whole_thread(tab.session.thread_id)
+    assert before is not None
+    # Refused while a reply is being written.
+    tab.session.current_task = asyncio.get_running_loop().create_future()  # type: ignore[assignment]
+    await click(app, tab, "fork", greeting["id"])
+    assert tab.payloads("toast")[-1]["type"] == "warning"
+    tab.session.current_task = None
+    await click(app, tab, "fork", greeting["id"])
+    (link,) = [m for m in tab.messages() if "Forked into a new conversation" in m["output"]]
+    new_id = link["output"].split("/thread/")[1].split(")")[0]
+    fork = await app.store.get_thread(new_id)
+    assert fork is not None
+    assert [s["output"] for s in fork["steps"]] == ["Hello there.", greeting["output"]]
+    assert greeting["id"] not in [s["id"] for s in fork["steps"]]  # new ids
+    (receipt,) = [e for e in fork["elements"] or [] if e["name"] == "Receipt"]
+    assert receipt["props"]["receipt"] == greeting["metadata"]["receipt"]  # receipts kept
+    assert fork["metadata"]["forked_from"] == {
+        "thread": tab.session.thread_id,
+        "message": greeting["id"],
+    }
+    assert fork["name"] == "Fork: Hello there."
+    assert fork["userIdentifier"] == "ada"
+    after = await app.store.whole_thread(tab.session.thread_id)
+    assert after is not None
+    assert after["steps"] == before["steps"]  # the original untouched
+    assert after["tree"] == before["tree"]
 
 
 async def test_presets_set_the_sliders_and_users_save_their_own(app: ChatApp) -> None:

@@ -392,6 +392,36 @@ async def test_an_edit_is_a_new_message_beside_the_old_one_and_nothing_is_remove
     assert last["metadata"]["receipt"]["prompt_messages"] == 4  # system, the edit, its reply, now
 
 
+async def test_a_fork_leaves_the_conversation_forked_as_it_was(server: AppServer) -> None:
+    """The link to the new conversation is shown in the old one, not stored there: a
+    message Chainlit sends is written by its own task unless the app says otherwise."""
+    tab = SocketUser(server.base)
+    await tab.connect()
+    try:
+        await tab.turn("Say hi.", max_tokens=4, temperature=0.0)
+        (reply,) = replies(tab)
+        before = await asyncio.to_thread(stored_thread, server, tab.thread_id)
+        action = {"name": "fork", "payload": {"step": reply["id"]}, "forId": reply["id"]}
+        async with httpx.AsyncClient(cookies=tab.cookies, timeout=60) as http:
+            answer = await http.post(
+                server.base + "/project/action",
+                json={"sessionId": tab.session_id, "action": action},
+            )
+        assert answer.status_code == 200
+        await tab.wait_for(
+            lambda: any("Forked into" in str(m.get("output")) for m in tab.named("new_message"))
+        )
+        await tab.turn("Still here?")  # by now Chainlit's own writes have landed
+    finally:
+        await tab.client.disconnect()
+    after = await asyncio.to_thread(stored_thread, server, tab.thread_id)
+    assert before is not None and after is not None
+    had = [s["id"] for s in before["steps"] if s["type"].endswith("message")]
+    kept = [s["id"] for s in after["steps"] if s["type"].endswith("message")]
+    assert kept[: len(had)] == had
+    assert not [s for s in after["steps"] if "Forked into" in (s.get("output") or "")]
+
+
 def active_path(server: AppServer, thread_id: str) -> list[dict[str, Any]]:
     """The steps a page of the thread shows (the path to its active leaf)."""
 

@@ -259,6 +259,11 @@ class ChatApp:
     async def regenerate(self, action: cl.Action) -> None:
         await as_chat_task(self.replies.regenerate(self._session(), action))
 
+    async def fork(self, action: cl.Action) -> None:
+        """A new conversation from this one's path up to a reply (not a task: it waits
+        for none, and is refused while one runs)."""
+        await self.replies.fork(self._session(), action)
+
     async def switch(self, action: cl.Action) -> None:
         """‹ n/m ›: another branch of the conversation (not a task: it waits for none)."""
         await self.replies.switch(self._session(), action)

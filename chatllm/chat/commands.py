@@ -17,7 +17,7 @@ from chainlit.context import local_steps
 from chatllm.backends import Backends
 from chatllm.chat.panel import Panel
 from chatllm.chat.replies import save_message, send_and_save, store_message
-from chatllm.chat.session import ChatSession, current_lang, show_error
+from chatllm.chat.session import ChatSession, current_lang, reload_thread_list, show_error
 from chatllm.compare import Column, SettingsSet, comparison_view, run_comparison
 from chatllm.conversation.marks import KIND, REPLY_TO
 from chatllm.errors import ChatLLMError, InvalidSampling, describe
@@ -203,19 +203,7 @@ class Commands:
             author="chatllm",
             metadata={KIND: "import"},
         ).send()
-        await _reload_thread_list(thread_id)
-
-
-async def _reload_thread_list(new_thread_id: str) -> None:
-    """Have the page list the new thread in its sidebar now, not after a reload.
-
-    Chainlit's page (2.12) reloads its thread list whenever the value it keeps for a chat's
-    first interaction changes; a `first_interaction` event sets it (and the chat's thread
-    id, given here unchanged). No other event reloads the list."""
-    await cl.context.emitter.emit(
-        "first_interaction",
-        {"interaction": f"import {new_thread_id}", "thread_id": cl.context.session.thread_id},
-    )
+        await reload_thread_list(thread_id)
 
 
 def _file_stem(document: dict[str, Any]) -> str:

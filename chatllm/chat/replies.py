@@ -15,7 +15,7 @@ from langchain_core.messages import BaseMessage
 
 from chatllm.backends import Backends, queue_listener
 from chatllm.chat.actions import SWITCH_BRANCH
-from chatllm.chat.session import ChatSession, current_lang, show_error
+from chatllm.chat.session import ChatSession, current_lang, reload_thread_list, show_error
 from chatllm.compare import comparison_view
 from chatllm.conversation.marks import (
     CONVERSATION_KINDS,
@@ -26,6 +26,7 @@ from chatllm.conversation.marks import (
 )
 from chatllm.conversation.memory import history_from_steps
 from chatllm.errors import ChatLLMError, StoreError
+from chatllm.export import import_thread, thread_document
 from chatllm.generation import Generation
 from chatllm.i18n import one_line, t
 from chatllm.receipts import Receipt, receipt_of
@@ -37,7 +38,7 @@ from chatllm.store.tree import BranchGone, Placement, served_tree
 log = logging.getLogger("chatllm")
 
 #: The buttons under a reply, by action name, with their icons (lucide names).
-REPLY_ACTIONS = {"replay": "repeat", "regenerate": "refresh-cw"}
+REPLY_ACTIONS = {"replay": "repeat", "regenerate": "refresh-cw", "fork": "git-fork"}
 
 
 def reply_action(name: str, step_id: str, lang: str) -> cl.Action:
@@ -53,7 +54,7 @@ def reply_action(name: str, step_id: str, lang: str) -> cl.Action:
 
 
 def reply_actions(step_id: str, lang: str) -> list[cl.Action]:
-    """The buttons under a reply: replay it, regenerate it."""
+    """The buttons under a reply: replay it, regenerate it, fork the conversation there."""
     return [reply_action(name, step_id, lang) for name in REPLY_ACTIONS]
 
 
@@ -435,6 +436,50 @@ class Replies:
             return
         session.leaf = change.leaf
         await self.show_path(session)
+
+    async def fork(self, session: ChatSession, action: cl.Action) -> None:
+        """A new conversation holding this one's path up to a message (new ids, receipts
+        kept, where it came from in its metadata), offered with a link; this one is left
+        as it is (the link is shown, not stored). Refused while a reply is being written."""
+        lang = current_lang()
+        task = cl.context.session.current_task
+        if task is not None and not task.done():
+            await cl.context.emitter.send_toast(t("fork.busy", lang), "warning")
+            return
+        step_id = str(action.payload.get("step"))
+        thread_id = cl.context.session.thread_id
+        try:
+            path = await self._path(step_id)
+            if served_tree(path).leaf != step_id:
+                raise ChatLLMError(t("branch.gone", lang))
+            first = next(
+                (
+                    s.get("output") or ""
+                    for s in path.get("steps") or []
+                    if s["type"] == "user_message"
+                ),
+                "",
+            )
+            name = t("fork.name", lang, name=path.get("name") or one_line(first, 60))
+            user = cl.user_session.get("user")
+            new_id = await import_thread(
+                self.store,
+                thread_document(path),
+                user.identifier,
+                lang,
+                name=name,
+                origin={"thread": thread_id, "message": step_id},
+            )
+        except ChatLLMError as exc:
+            await show_error(exc, lang)
+            return
+        link = cl.Message(
+            content=t("fork.done", lang, url=f"{self.store.files.url_root}/thread/{new_id}"),
+            author="chatllm",
+        )
+        link.persisted = True  # shown only: the conversation forked stays as it was
+        await link.send()
+        await reload_thread_list(new_id)
 
     async def show_path(self, session: ChatSession) -> None:
         """Show this tab's path afresh (the page takes the thread as on a resume: it stays

@@ -148,3 +148,15 @@ def current_profile(settings: Settings, default: ProfileSpec | None = None) -> P
     if name:
         return ProfileSpec.parse(name)
     return default or ProfileSpec("local", settings.local_model_name)
+
+
+async def reload_thread_list(new_thread_id: str) -> None:
+    """Have the page list the new thread in its sidebar now, not after a reload.
+
+    Chainlit's page (2.12) reloads its thread list whenever the value it keeps for a chat's
+    first interaction changes; a `first_interaction` event sets it (and the chat's thread
+    id, given here unchanged). No other event reloads the list."""
+    await cl.context.emitter.emit(
+        "first_interaction",
+        {"interaction": f"import {new_thread_id}", "thread_id": cl.context.session.thread_id},
+    )
