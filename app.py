@@ -13,8 +13,11 @@ from chainlit.types import ThreadDict
 
 from chatllm.auth import AuthMode
 from chatllm.chat.actions import (
+    DELETE_BRANCH,
+    DELETE_BRANCH_CONFIRMED,
     DELETE_PRESET,
     DELETE_PRESET_CONFIRMED,
+    KEEP_BRANCH,
     KEEP_PRESET,
     STOP_SHARING,
     SWITCH_BRANCH,
@@ -144,6 +147,21 @@ async def on_regenerate(action: cl.Action) -> None:
 @cl.action_callback("fork")
 async def on_fork(action: cl.Action) -> None:
     await (await services.chat()).fork(action)
+
+
+@cl.action_callback(DELETE_BRANCH)
+async def on_delete_branch(action: cl.Action) -> None:
+    await (await services.chat()).ask_to_delete_branch(action)
+
+
+@cl.action_callback(DELETE_BRANCH_CONFIRMED)
+async def on_delete_branch_confirmed(action: cl.Action) -> None:
+    await (await services.chat()).delete_branch(action)
+
+
+@cl.action_callback(KEEP_BRANCH)
+async def on_keep_branch(action: cl.Action) -> None:
+    await (await services.chat()).keep_preset(action)  # the question goes, nothing else
 
 
 @cl.action_callback(SWITCH_BRANCH)

@@ -16,7 +16,7 @@ from chainlit.user import User
 from langchain_core.messages import AIMessage, HumanMessage
 
 from chatllm.chat import ChatApp
-from chatllm.chat.actions import SWITCH_BRANCH
+from chatllm.chat.actions import DELETE_BRANCH, DELETE_BRANCH_CONFIRMED, SWITCH_BRANCH
 from chatllm.config import Settings
 from chatllm.conversation.tree import ATTACHED
 from chatllm.export import export_thread
@@ -261,6 +261,36 @@ async def test_a_regenerated_reply_stands_where_the_first_stood_and_a_switch_bri
     assert last["metadata"]["receipt"]["prompt_messages"] == 4
     path = [s["id"] for s in await stored_steps(app, again)]
     assert first["id"] in path and variant["id"] not in path
+
+
+async def test_a_version_is_deleted_only_once_confirmed_and_the_page_shows_the_one_beside(
+    app: ChatApp,
+) -> None:
+    tab = await new_chat(app)
+    await app.update_settings({"temperature": 0.0, "max_tokens": 8})
+    await say(app, tab, QUESTION)
+    (first,) = replies(await stored_steps(app, tab))
+    await app.update_settings({"temperature": 1.5, "seed": "9"})
+    await click(app, tab, "regenerate", first["id"])
+    (variant,) = replies(await stored_steps(app, tab))
+    assert switchers(tab)[variant["id"]]["delete_action"] == DELETE_BRANCH
+    await app.ask_to_delete_branch(cl.Action(name=DELETE_BRANCH, payload={"node": variant["id"]}))
+    question = tab.messages()[-1]
+    assert "Delete version 2 and everything after it (1 in all)?" in question["output"]
+    confirm = [a for a in tab.payloads("action") if a["name"] == DELETE_BRANCH_CONFIRMED][-1]
+    assert len(replies(await stored_steps(app, tab))) == 1  # asked, not yet deleted
+    whole = await app.store.whole_thread(tab.session.thread_id)
+    assert whole is not None and variant["id"] in [s["id"] for s in whole["steps"]]
+    await app.delete_branch(
+        cl.Action(name=DELETE_BRANCH_CONFIRMED, payload=confirm["payload"], forId=question["id"])
+    )
+    assert tab.payloads("delete_message")[-1]["id"] == question["id"]  # the question goes
+    shown = tab.payloads("resume_thread")[-1]
+    assert [s["id"] for s in replies([dict(s) for s in shown["steps"]])] == [first["id"]]
+    assert not switchers(tab)  # one version left: nothing to switch
+    assert live_session().history[1] == AIMessage(first["output"])
+    whole = await app.store.whole_thread(tab.session.thread_id)
+    assert whole is not None and variant["id"] not in [s["id"] for s in whole["steps"]]
 
 
 async def test_a_fork_is_a_new_conversation_up_to_the_reply_and_the_original_stays(

@@ -20,7 +20,7 @@ from chatllm.conversation.tree import ATTACHED
 from chatllm.store import ChatDataLayer, Database, FileStore, ThreadAccessDenied
 from chatllm.store import db as db_module
 from chatllm.store.migrations import MIGRATIONS
-from chatllm.store.tree import BranchGone, Placement, StepKept, served_tree
+from chatllm.store.tree import BranchGone, BranchKept, Placement, StepKept, served_tree
 from tests.support import BrowserTab
 
 
@@ -390,3 +390,35 @@ async def test_a_branch_asked_for_that_is_not_in_the_thread_is_refused(
     tab.enter()
     with pytest.raises(ThreadAccessDenied):
         await store.choose_branch("t1", "r1")
+
+
+async def test_deleting_a_branch_removes_that_subtree_alone_and_moves_off_it(
+    store: ChatDataLayer, ada: PersistedUser
+) -> None:
+    await talk(store, ada)  # u1 ─ r1 ─ u2 ─ r2, u1 ─ v1 (active, with its receipt)
+    await store.save_message(user_message("t1", "u3", "More"))  # under v1
+    await store.create_step(
+        {"id": "run3", "threadId": "t1", "type": "run", "parentId": "u3", "createdAt": at()}
+    )
+    await store.save_message({**reply("t1", "n3", "u3", "A notice"), "metadata": {}})
+    assert (await store.user_threads(ada.id, search="More"))[0]["id"] == "t1"
+    change = await store.delete_branch("t1", "v1")
+    assert change.leaf == "r2" and "u1" not in change.choices
+    whole = await store.whole_thread("t1")
+    assert whole is not None and sorted(ids(whole)) == ["r1", "r2", "u1", "u2"]
+    assert served_tree(await store.get_thread("t1") or {}).siblings == {}
+    assert await store.db.value("SELECT count(*) FROM elements WHERE step_id = 'v1'") == 0
+    assert not await store.user_threads(ada.id, search="More")  # its words unindexed
+    # A late write of a deleted step (Chainlit's, in a task) does not bring it back.
+    await store.update_step({**user_message("t1", "u3", "More"), "output": "More"})
+    assert "u3" not in ids(await store.whole_thread("t1") or {})
+    # The only version left is not a branch of its own: kept.
+    with pytest.raises(BranchKept):
+        await store.delete_branch("t1", "r1")
+    with pytest.raises(BranchGone):
+        await store.delete_branch("t1", "v1")
+    tab = BrowserTab()
+    tab.session.user = PersistedUser(id="other", identifier="eve", createdAt="")
+    tab.enter()
+    with pytest.raises(ThreadAccessDenied):
+        await store.delete_branch("t1", "r1")

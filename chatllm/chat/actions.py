@@ -9,3 +9,8 @@ KEEP_PRESET = "keep_preset"
 STOP_SHARING = "stop_sharing"
 #: The switcher ‹ n/m › under a message with siblings (public/elements/Branches.jsx).
 SWITCH_BRANCH = "switch_branch"
+#: The switcher's delete button (a version and everything after it), asked, confirmed or
+#: kept.
+DELETE_BRANCH = "delete_branch"
+DELETE_BRANCH_CONFIRMED = "delete_branch_confirmed"
+KEEP_BRANCH = "keep_branch"

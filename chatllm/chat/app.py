@@ -264,6 +264,12 @@ class ChatApp:
         for none, and is refused while one runs)."""
         await self.replies.fork(self._session(), action)
 
+    async def ask_to_delete_branch(self, action: cl.Action) -> None:
+        await self.replies.ask_to_delete_branch(action)
+
+    async def delete_branch(self, action: cl.Action) -> None:
+        await self.replies.delete_branch(self._session(), action)
+
     async def switch(self, action: cl.Action) -> None:
         """‹ n/m ›: another branch of the conversation (not a task: it waits for none)."""
         await self.replies.switch(self._session(), action)

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import aclosing
+from typing import Any
 
 import chainlit as cl
 from chainlit.element import Element
@@ -14,7 +15,13 @@ from chainlit.types import ThreadDict
 from langchain_core.messages import BaseMessage
 
 from chatllm.backends import Backends, queue_listener
-from chatllm.chat.actions import SWITCH_BRANCH
+from chatllm.chat.actions import (
+    DELETE_BRANCH,
+    DELETE_BRANCH_CONFIRMED,
+    KEEP_BRANCH,
+    SWITCH_BRANCH,
+)
+from chatllm.chat.panel import notice, withdraw
 from chatllm.chat.session import ChatSession, current_lang, reload_thread_list, show_error
 from chatllm.compare import comparison_view
 from chatllm.conversation.marks import (
@@ -25,6 +32,7 @@ from chatllm.conversation.marks import (
     reply_metadata,
 )
 from chatllm.conversation.memory import history_from_steps
+from chatllm.conversation.tree import Node, Tree
 from chatllm.errors import ChatLLMError, StoreError
 from chatllm.export import import_thread, thread_document
 from chatllm.generation import Generation
@@ -33,7 +41,14 @@ from chatllm.receipts import Receipt, receipt_of
 from chatllm.sampling import Sampling
 from chatllm.store import ChatDataLayer
 from chatllm.store.db import storable
-from chatllm.store.tree import BranchGone, Placement, served_tree
+from chatllm.store.tree import (
+    TREE_DEPTH,
+    TREE_PARENT,
+    BranchGone,
+    BranchKept,
+    Placement,
+    served_tree,
+)
 
 log = logging.getLogger("chatllm")
 
@@ -72,6 +87,9 @@ def switcher(node: str, siblings: Sequence[str], lang: str) -> cl.CustomElement:
             "previous": siblings[at - 1] if at > 0 else None,
             "next": siblings[at + 1] if at + 1 < len(siblings) else None,
             "action": SWITCH_BRANCH,
+            "delete_action": DELETE_BRANCH,
+            "node": node,
+            "delete_label": t("branch.delete", lang),
             "label": t("branch.label", lang, at=at + 1, of=len(siblings)),
             "previous_label": t("branch.previous", lang),
             "next_label": t("branch.next", lang),
@@ -420,8 +438,7 @@ class Replies:
         under it last (else its newest messages); saved at once, and the model's memory is
         the path shown. Refused while a reply is being written."""
         lang = current_lang()
-        task = cl.context.session.current_task
-        if task is not None and not task.done():
+        if self._busy():
             await cl.context.emitter.send_toast(t("branch.busy", lang), "warning")
             return
         try:
@@ -442,8 +459,7 @@ class Replies:
         kept, where it came from in its metadata), offered with a link; this one is left
         as it is (the link is shown, not stored). Refused while a reply is being written."""
         lang = current_lang()
-        task = cl.context.session.current_task
-        if task is not None and not task.done():
+        if self._busy():
             await cl.context.emitter.send_toast(t("fork.busy", lang), "warning")
             return
         step_id = str(action.payload.get("step"))
@@ -480,6 +496,60 @@ class Replies:
         link.persisted = True  # shown only: the conversation forked stays as it was
         await link.send()
         await reload_thread_list(new_id)
+
+    def _busy(self) -> bool:
+        task = cl.context.session.current_task
+        return task is not None and not task.done()
+
+    async def ask_to_delete_branch(self, action: cl.Action) -> None:
+        """The switcher's delete button: asked first, with how much goes (a question shown
+        in this chat only, as a dialog would be)."""
+        lang = current_lang()
+        node = str(action.payload.get("node"))
+        whole = await self.store.whole_thread(cl.context.session.thread_id)
+        steps: list[Mapping[str, Any]] = list(whole["steps"]) if whole else []
+        tree = Tree(
+            Node(s["id"], s.get(TREE_PARENT), s.get("createdAt") or "", n)
+            for n, s in enumerate(steps)
+            if isinstance(depth := s.get(TREE_DEPTH), int) and depth >= 0
+        )
+        if node not in tree.nodes or len(tree.siblings(node)) < 2:
+            await cl.context.emitter.send_toast(t("branch.gone", lang), "warning")
+            return
+        count = len(tree.subtree(node))
+        at = tree.siblings(node).index(node) + 1
+        buttons = [
+            cl.Action(
+                name=DELETE_BRANCH_CONFIRMED,
+                payload={"node": node},
+                label=t("branch.delete.yes", lang),
+                icon="trash-2",
+            ),
+            cl.Action(name=KEEP_BRANCH, payload={}, label=t("branch.delete.no", lang)),
+        ]
+        await notice(t("branch.delete.confirm", lang, at=at, count=count), buttons)
+
+    async def delete_branch(self, session: ChatSession, action: cl.Action) -> None:
+        """Confirmed: that version and everything after it are deleted; the page shows the
+        branch beside it. Refused while a reply is being written."""
+        lang = current_lang()
+        await withdraw(action)
+        if self._busy():
+            await cl.context.emitter.send_toast(t("branch.busy", lang), "warning")
+            return
+        try:
+            change = await self.store.delete_branch(
+                cl.context.session.thread_id, str(action.payload.get("node"))
+            )
+        except (BranchGone, BranchKept):
+            await cl.context.emitter.send_toast(t("branch.gone", lang), "warning")
+            return
+        except ChatLLMError as exc:
+            await show_error(exc, lang)
+            return
+        session.leaf = change.leaf
+        await self.show_path(session)
+        await cl.context.emitter.send_toast(t("branch.deleted", lang), "success")
 
     async def show_path(self, session: ChatSession) -> None:
         """Show this tab's path afresh (the page takes the thread as on a resume: it stays

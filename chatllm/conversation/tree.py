@@ -75,6 +75,16 @@ class Tree:
         """`node` and the others beside it, oldest first (what ‹ n/m › counts)."""
         return self.children(self._parent[node])
 
+    def subtree(self, node: str) -> list[str]:
+        """`node` and every node after it, on every branch."""
+        found: list[str] = []
+        stack = [node]
+        while stack:
+            current = stack.pop()
+            found.append(current)
+            stack.extend(self.children(current))
+        return found
+
     def path_to(self, node: str) -> list[str]:
         """The nodes from the root down to `node`, both included."""
         path: list[str] = []

@@ -338,6 +338,13 @@ class ChatDataLayer(BaseDataLayer):
         """Every step of every branch, each with its place in the tree (an export)."""
         return await self.threads.get_thread(thread_id, whole=True)
 
+    @writes("the branch could not be deleted")
+    async def delete_branch(self, thread_id: str, node_id: str) -> TreeChange:
+        """Delete one version of a message with everything after it (the person asked
+        and confirmed); the thread moves to the branch beside it. Every other way of
+        deleting a message of the conversation is refused (`delete_step`)."""
+        return await self.steps.delete_branch(thread_id, node_id)
+
     @writes("the branch could not be opened")
     async def choose_branch(self, thread_id: str, node_id: str) -> TreeChange:
         """Open the branch through `node_id` and save it as the thread's: the leaf found

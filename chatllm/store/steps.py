@@ -16,6 +16,7 @@ from chainlit.types import FeedbackDict
 from sqlalchemy.engine import Row
 
 from chatllm.clock import utc_now
+from chatllm.errors import ThreadDeleted
 from chatllm.store.db import Database
 from chatllm.store.dialect import Connection, sql
 from chatllm.store.elements import ElementRows
@@ -26,6 +27,7 @@ from chatllm.store.tree import (
     TREE_PARENT,
     Placement,
     StepKept,
+    TreeChange,
     TreeRows,
 )
 
@@ -227,6 +229,32 @@ class StepRows:
             await conn.execute(sql("DELETE FROM elements WHERE step_id = :id"), {"id": step_id})
             await conn.execute(sql("DELETE FROM steps WHERE id = :id"), {"id": step_id})
         return keys
+
+    async def delete_branch(self, thread_id: str, node_id: str) -> TreeChange:
+        """Remove one branch of a thread's conversation (asked for and confirmed by its
+        owner): its messages, what is attached and nested under them, their search rows,
+        elements and files; the thread moves off it. Its steps are never written again."""
+        async with self.db.write() as conn:
+            thread = await self.threads.locked_thread(conn, thread_id)
+            if thread is None:
+                raise ThreadDeleted(f"thread {thread_id} is not there")
+            await self.threads.check_owner(conn, thread_id)
+            doomed = await self.tree.delete_branch(conn, thread_id, thread, node_id)
+            marks = {f"s{n}": step for n, step in enumerate(doomed.steps)}
+            among = ", ".join(f":{mark}" for mark in marks)
+            keys = await self.elements.object_keys(conn, f"step_id IN ({among})", marks)
+            rows = await conn.execute(sql(f"SELECT seq FROM steps WHERE id IN ({among})"), marks)
+            search = [{"key": message_rowid(thread.seq, row.seq)} for row in rows]
+            if search:
+                await conn.execute(sql("DELETE FROM search WHERE rowid = :key"), search)
+            await conn.execute(sql(f"DELETE FROM elements WHERE step_id IN ({among})"), marks)
+            await conn.execute(sql(f"DELETE FROM steps WHERE id IN ({among})"), marks)
+        for step in doomed.steps:
+            self._removed[step] = None
+        while len(self._removed) > REMEMBERED_REMOVALS:
+            self._removed.popitem(last=False)
+        await self.elements.delete_files(keys)
+        return doomed.change
 
     async def get_favorite_steps(self, user_id: str) -> list[StepDict]:
         rows = await self.db.rows(

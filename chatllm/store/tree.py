@@ -76,6 +76,10 @@ class BranchGone(ChatLLMError):
     """A branch asked for that is not (or no longer) in the thread."""
 
 
+class BranchKept(ChatLLMError):
+    """A branch asked to be deleted that is the only version at its place."""
+
+
 class StepKept(ChatLLMError):
     """A message of the conversation asked to be deleted by a way that would lose part of
     the tree (Chainlit's own edit, a client's delete): refused."""
@@ -299,6 +303,35 @@ class TreeRows:
         n = made_before(made, [tree.nodes[node].created_at for node in path])
         return path[n] if n >= 0 else None
 
+    async def delete_branch(
+        self, conn: Connection, thread_id: str, thread: LockedThread, node_id: str
+    ) -> Doomed:
+        """Remove the branch through `node_id` (chatllm.store.tree.branch_of) and move the
+        thread off it: to the branch chosen at its fork before, else the newest there.
+        The caller removes the steps' search rows, elements and files."""
+        rows = (
+            await conn.execute(
+                sql(
+                    "SELECT id, parent_id, tree_parent_id, tree_depth, created_at, seq"
+                    " FROM steps WHERE thread_id = :thread"
+                ),
+                {"thread": thread_id},
+            )
+        ).all()
+        doomed = branch_of(rows, node_id, thread)
+        await conn.execute(
+            sql(
+                "UPDATE threads SET active_leaf_id = :leaf, branch_choices = :choices"
+                " WHERE id = :id"
+            ),
+            {
+                "leaf": doomed.change.leaf,
+                "choices": json.dumps(doomed.change.choices),
+                "id": thread_id,
+            },
+        )
+        return doomed
+
     async def choose_branch(
         self, conn: Connection, thread_id: str, thread: LockedThread, node_id: str
     ) -> TreeChange:
@@ -316,6 +349,51 @@ class TreeRows:
             {"leaf": leaf, "choices": json.dumps(choices), "id": thread_id},
         )
         return TreeChange(leaf, choices)
+
+
+@dataclass(frozen=True)
+class Doomed:
+    """What deleting a branch removes: its steps (the branch's messages, what is attached
+    to them and nested under them) and the thread's leaf and choices after it."""
+
+    steps: list[str]
+    change: TreeChange
+
+
+def branch_of(rows: Sequence[Any], node_id: str, thread: LockedThread) -> Doomed:
+    """The branch through `node_id` (the node and every node after it, with their
+    attached and nested steps) from a thread's steps (id, parent_id, tree_parent_id,
+    tree_depth, created_at, seq). A version that has no sibling is not a branch of its
+    own: deleting it would take the conversation's end, so it is refused."""
+    tree = tree_of_rows(rows)
+    if node_id not in tree.nodes:
+        raise BranchGone(f"{node_id!r} is not a message of this thread")
+    if len(tree.siblings(node_id)) < 2:
+        raise BranchKept(f"{node_id!r} is the only version there: kept")
+    doomed = set(tree.subtree(node_id))
+    nested: dict[str, list[str]] = {}
+    for row in rows:
+        if row.tree_depth == ATTACHED and row.tree_parent_id in doomed:
+            doomed.add(row.id)
+        elif row.tree_depth is None and row.parent_id is not None:
+            nested.setdefault(row.parent_id, []).append(row.id)
+    stack = list(doomed)
+    while stack:  # what Chainlit nested under them (run steps, tool calls)
+        for child in nested.get(stack.pop(), ()):
+            if child not in doomed:
+                doomed.add(child)
+                stack.append(child)
+    choices = {
+        fork: child
+        for fork, child in choices_of(thread.branch_choices).items()
+        if fork not in doomed and child not in doomed
+    }
+    leaf = thread.active_leaf_id
+    if leaf is None or leaf in doomed:
+        parent = tree.parent(node_id)
+        kept = Tree(n for n in tree.nodes.values() if n.id not in doomed)
+        leaf = kept.descend(parent, choices)
+    return Doomed(sorted(doomed), TreeChange(leaf, choices))
 
 
 def placed_flat(
