@@ -17,6 +17,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 
 from chatllm.chat import ChatApp
 from chatllm.chat.actions import DELETE_BRANCH, DELETE_BRANCH_CONFIRMED, SWITCH_BRANCH
+from chatllm.chat.panel import BRANCHES
 from chatllm.config import Settings
 from chatllm.conversation.tree import ATTACHED
 from chatllm.export import export_thread
@@ -291,6 +292,33 @@ async def test_a_version_is_deleted_only_once_confirmed_and_the_page_shows_the_o
     assert live_session().history[1] == AIMessage(first["output"])
     whole = await app.store.whole_thread(tab.session.thread_id)
     assert whole is not None and variant["id"] not in [s["id"] for s in whole["steps"]]
+
+
+async def test_the_branch_map_lists_every_branch_and_opens_any(app: ChatApp) -> None:
+    tab = await new_chat(app)
+    await app.update_settings({"temperature": 0.0, "max_tokens": 6})
+    await say(app, tab, "Hello there.", command=BRANCHES)  # one branch: nothing to map
+    assert "one branch" in tab.messages()[-1]["output"]
+    await say(app, tab, "Hello there.")
+    await say(app, tab, QUESTION)
+    greeting, _ = replies(await stored_steps(app, tab))
+    await app.update_settings({"temperature": 1.2, "seed": "5"})
+    await click(app, tab, "regenerate", greeting["id"])  # a second branch, on screen
+    await say(app, tab, "map", command=BRANCHES)
+    (view,) = [e for e in elements(tab, "BranchMap")]
+    rows = view["props"]["rows"]
+    assert len(rows) == 2
+    old, new = rows
+    # Each named by where it parts from the other: the first reply, and its new version.
+    assert old["label"] == " ".join(greeting["output"].split())[:60]
+    assert old["messages"] == "4 messages" and not old["current"]
+    assert new["current"] and new["kind"] == "reply version" and new["messages"] == "2 messages"
+    assert "T 1.2" in new["settings"] and "seed 5" in new["settings"]
+    assert "SmolLM2" in new["settings"]
+    # A row opens its branch: the other one is on screen, the model remembers it.
+    await click(app, tab, "switch", old["id"])
+    assert live_session().leaf == old["id"]
+    assert len(live_session().history) == 4
 
 
 async def test_a_fork_is_a_new_conversation_up_to_the_reply_and_the_original_stays(

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from chatllm.conversation.branches import branch_map
 from chatllm.conversation.flat import tree_of_flat
 from chatllm.conversation.marks import (
     CHOSEN_REPLIES,
@@ -180,3 +181,31 @@ def test_a_flat_thread_becomes_a_tree_keeping_the_memory_and_every_step(
         assert flat.attached[replay_of_side] == "v1"
     assert flat.leaf == "u4"
     assert CHOSEN_REPLIES  # the thread key the migration moves into the choices
+
+
+def test_the_branch_map_lists_each_leaf_once_in_tree_order_named_where_it_parts() -> None:
+    def node(sid: str, parent: str | None, n: int, typed: str = "assistant_message") -> Any:
+        return {"id": sid, "treeParentId": parent, "treeDepth": 0, "type": typed,
+                "output": f"text of {sid}", "createdAt": f"{n:04d}"}  # fmt: skip
+
+    edges = [
+        ("u1", None), ("r1", "u1"), ("u2", "r1"), ("r2", "u2"),
+        ("r1b", "u1"), ("u2b", "r1b"), ("r2b", "u2b"), ("r2c", "u2b"),
+    ]  # fmt: skip
+    steps = [
+        node(i, p, n, "user_message" if i.startswith("u") else "assistant_message")
+        for n, (i, p) in enumerate(edges)
+    ]
+    steps.append({"id": "note", "treeParentId": "r2", "treeDepth": -1, "output": "notice"})
+    rows = branch_map(steps, current="r2b")
+    assert [(r.id, r.parted_at, r.depth, r.messages) for r in rows] == [
+        ("r2", "r1", 0, 4),
+        ("r2b", "r2b", 1, 4),
+        ("r2c", "r2c", 1, 4),
+    ]
+    assert [r.current for r in rows] == [False, True, False]
+    assert rows[0].label == "text of r1" and rows[0].role == "assistant"
+    # A long conversation is one row, read without recursion.
+    chain = [node(f"n{n}", f"n{n - 1}" if n else None, n) for n in range(3000)]
+    (only,) = branch_map(chain, current=None)
+    assert (only.id, only.messages) == ("n2999", 3000)

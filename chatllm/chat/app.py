@@ -13,6 +13,7 @@ from chainlit.types import ThreadDict
 from chatllm.backends import Backends, ProfileSpec
 from chatllm.chat.commands import Commands
 from chatllm.chat.panel import (
+    BRANCHES,
     COMPARE,
     EXPORT,
     IMPORT,
@@ -200,6 +201,9 @@ class ChatApp:
             await self.commands.import_thread(message)
         elif command == PRESETS:
             await self.commands.presets(message)
+        elif command == BRANCHES:
+            await self.commands.drop_command(message)
+            await self.replies.show_map(session)
         elif command == SHARE:
             await self.commands.drop_command(message)
             await self.shares.share()

@@ -31,12 +31,14 @@ EXPORT = "Export"
 IMPORT = "Import"
 PRESETS = "Presets"
 SHARE = "Share"
+BRANCHES = "Branches"
 #: The chat's commands: id, icon (a lucide name), shown as a button beside the input.
 COMMANDS = (
     (COMPARE, "columns-3", True),
     (EXPORT, "download", False),
     (IMPORT, "upload", False),
     (PRESETS, "bookmark-x", False),
+    (BRANCHES, "git-branch", False),
     (SHARE, "share-2", True),
 )
 #: The panel's tabs: the sliders first, where a presenter looks; presets apart.

@@ -23,7 +23,9 @@ from chatllm.chat.actions import (
 )
 from chatllm.chat.panel import notice, withdraw
 from chatllm.chat.session import ChatSession, current_lang, reload_thread_list, show_error
+from chatllm.clock import readable_time
 from chatllm.compare import comparison_view
+from chatllm.conversation.branches import branch_map
 from chatllm.conversation.marks import (
     CONVERSATION_KINDS,
     REPLAY_OF,
@@ -123,6 +125,10 @@ async def send_reply_actions(steps: Sequence[StepDict], lang: str) -> None:
             for action in reply_actions(step["id"], lang):
                 await action.remove()
                 await action.send(for_id=step["id"])
+
+
+#: The sampling values a row of the branch map shows, as the receipt abbreviates them.
+MAP_SAMPLING = (("temperature", "T"), ("top_p", "top_p"), ("seed", "seed"))
 
 
 def receipt_element(receipt: Receipt, lang: str, title: str | None) -> cl.CustomElement:
@@ -550,6 +556,54 @@ class Replies:
         session.leaf = change.leaf
         await self.show_path(session)
         await cl.context.emitter.send_toast(t("branch.deleted", lang), "success")
+
+    async def show_map(self, session: ChatSession) -> None:
+        """The branch map: every branch of this conversation on a line (where it parts
+        from the others, its first words, when it last grew, its model and sampling),
+        each opening with a click; shown in this chat only."""
+        lang = current_lang()
+        whole = await self.store.whole_thread(cl.context.session.thread_id)
+        leaves = branch_map(list(whole["steps"]) if whole else [], session.leaf)
+        if len(leaves) < 2:
+            await notice(t("map.none", lang))
+            return
+        rows = [
+            {
+                "id": leaf.id,
+                "label": leaf.label,
+                "kind": t(f"map.{leaf.role}", lang),
+                "depth": leaf.depth,
+                "messages": t("map.messages", lang, count=leaf.messages),
+                "when": readable_time(leaf.when) if leaf.when else "",
+                "settings": " · ".join(
+                    part
+                    for part in (
+                        leaf.model,
+                        *(
+                            f"{short} {leaf.sampling[name]}"
+                            for name, short in MAP_SAMPLING
+                            if leaf.sampling.get(name) is not None
+                        ),
+                    )
+                    if part
+                ),
+                "current": leaf.current,
+            }
+            for leaf in leaves
+        ]
+        shown = await notice(t("map.title", lang, count=len(leaves)))
+        element = cl.CustomElement(
+            name="BranchMap",
+            display="inline",
+            props={
+                "rows": rows,
+                "action": SWITCH_BRANCH,
+                "label": t("map.title", lang, count=len(leaves)),
+                "open_label": t("map.open", lang),
+                "current_label": t("map.current", lang),
+            },
+        )
+        await element.send(for_id=shown.id, persist=False)
 
     async def show_path(self, session: ChatSession) -> None:
         """Show this tab's path afresh (the page takes the thread as on a resume: it stays
