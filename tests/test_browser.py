@@ -997,6 +997,22 @@ def test_the_main_views_have_no_serious_accessibility_violations(
         expect(page.locator(".chatllm-receipt").last).to_be_visible()
         views["reply"] = serious_violations(page)
         english = locale == "en-US"
+        # A second version of the reply: the switcher ‹ 2/2 › under it, then the map.
+        page.get_by_role("button", name="Regenerate" if english else "重新產生").first.click()
+        expect(page.locator(".chatllm-branches")).to_contain_text("2/2", timeout=LONG_WAIT)
+        expect(page.locator("#stop-button")).to_have_count(0, timeout=LONG_WAIT)
+        views["switcher"] = serious_violations(page)
+        page.locator("#command-button").click()  # the Tools menu
+        page.locator("#command-popover").get_by_text(
+            "Branches" if english else "分支", exact=True
+        ).click()
+        page.locator("#chat-submit").click()
+        rows = page.locator(".chatllm-branch-map button")
+        expect(rows).to_have_count(2, timeout=30_000)
+        views["branch map"] = serious_violations(page)
+        rows.first.focus()  # from the keyboard: the first branch opens
+        page.keyboard.press("Enter")
+        expect(page.locator(".chatllm-branches")).to_contain_text("1/2", timeout=30_000)
         page.locator(f"#command-{'Share' if english else '分享'}").click()
         page.locator("#chat-submit").click()
         qr = "QR code of the share link" if english else "分享連結的 QR 碼"
