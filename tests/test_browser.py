@@ -952,6 +952,38 @@ def test_a_shared_thread_opens_read_only_for_another_user_until_it_is_unshared(
         stop_app(app)
 
 
+def test_an_edit_is_a_new_version_beside_the_old_and_both_survive_a_reload(
+    local_app: App, browser: Page
+) -> None:
+    """The pencil on a message: the edited words stand where the message stood, answered
+    anew, with ‹ 2/2 › under them; the first wording, its reply and what followed are a
+    switch away, after a reload too."""
+    fresh_chat(browser, local_app)
+    send(browser, "Name a colour of the sky.")
+    wait_for_reply(browser, 1)
+    send(browser, "And one of grass?")
+    wait_for_reply(browser, 2)
+    browser.locator(QUESTION, has_text="Name a colour of the sky.").hover()
+    browser.locator(QUESTION, has_text="Name a colour of the sky.").locator(".edit-message").click()
+    browser.locator("#edit-chat-input").fill("Name a colour of the sea.")
+    browser.locator(".confirm-edit").click()
+    edited = browser.locator(QUESTION, has_text="Name a colour of the sea.")
+    expect(edited).to_be_visible(timeout=30_000)
+    expect(edited.locator(".chatllm-branches")).to_contain_text("2/2")
+    wait_for_reply(browser, 1)
+    expect(browser.locator(QUESTION, has_text="And one of grass?")).to_have_count(0)
+    shot(browser, "10-edited")
+    browser.reload()
+    edited = browser.locator(QUESTION, has_text="Name a colour of the sea.")
+    expect(edited.locator(".chatllm-branches")).to_contain_text("2/2", timeout=60_000)
+    edited.locator(".chatllm-branches").get_by_role("button", name="Previous version").click()
+    expect(browser.locator(QUESTION, has_text="And one of grass?")).to_be_visible(timeout=30_000)
+    expect(browser.locator(QUESTION, has_text="Name a colour of the sky.")).to_be_visible()
+    expect(browser.locator(REPLY)).to_have_count(2)
+    asked = [m for m in local_app.replies() if m["metadata"].get("kind") == "reply"]
+    assert len({r["metadata"]["reply_to"] for r in asked}) >= 3  # all three answered, kept
+
+
 # ---- accessibility
 
 

@@ -728,7 +728,7 @@ async def test_commands_are_named_in_the_users_language_and_run_by_that_name(
     tab.enter()
     await app.start()
     (commands,) = tab.payloads("set_commands")
-    assert [c["id"] for c in commands] == ["比較", "匯出", "匯入", "預設組合", "分享"]
+    assert [c["id"] for c in commands] == ["比較", "匯出", "匯入", "預設組合", "分支", "分享"]
     await say(app, tab, "", command="匯出")  # a new chat: nothing to export, said in Chinese
     assert tab.errors()[-1] == "還沒有可匯出的內容：這個對話還沒有訊息。"
     await say(app, tab, "", command="預設組合")

@@ -9,6 +9,7 @@ from contextlib import aclosing
 from typing import Any
 
 import chainlit as cl
+from chainlit.chat_context import chat_context
 from chainlit.element import Element
 from chainlit.step import StepDict
 from chainlit.types import ThreadDict
@@ -614,5 +615,12 @@ class Replies:
         steps = thread.get("steps") or []
         session.leaf = served_tree(thread).leaf
         session.history = history_from_steps(steps)
+        # The messages this session shows, as Chainlit keeps them: an edit is taken only
+        # for one of them (chatllm.web.socket_events), and a switch can show messages
+        # this tab has not shown before.
+        known = {m.id for m in chat_context.get()}
+        for step in steps:
+            if step.get("type") == "user_message" and step["id"] not in known:
+                chat_context.add(cl.Message.from_dict(step))
         await cl.context.emitter.resume_thread(thread)
         await send_reply_actions(steps, lang)
