@@ -984,6 +984,42 @@ def test_an_edit_is_a_new_version_beside_the_old_and_both_survive_a_reload(
     assert len({r["metadata"]["reply_to"] for r in asked}) >= 3  # all three answered, kept
 
 
+def test_a_version_is_deleted_after_asking_and_a_fork_opens_as_a_new_conversation(
+    local_app: App, browser: Page
+) -> None:
+    fresh_chat(browser, local_app)
+    send(browser, "Name a colour of a lemon.")
+    wait_for_reply(browser, 1)
+    browser.get_by_role("button", name="Regenerate").first.click()
+    switcher = browser.locator(".chatllm-branches")
+    expect(switcher).to_contain_text("2/2", timeout=LONG_WAIT)
+    expect(browser.locator("#stop-button")).to_have_count(0, timeout=LONG_WAIT)
+    switcher.get_by_role("button", name="Delete this version").click()
+    expect(browser.get_by_text("Delete version 2 and everything after it")).to_be_visible()
+    assert len(local_app.replies("Name a colour of a lemon.")) == 2  # asked, not deleted
+    browser.get_by_role("button", name="Delete", exact=True).click()
+    expect(browser.locator(".chatllm-branches")).to_have_count(0, timeout=30_000)
+    expect(browser.locator(REPLY)).to_have_count(1)
+    assert len(eventually(lambda: local_app.replies("Name a colour of a lemon."))) == 1
+    shown = reply_text(browser.locator(REPLY).first)
+    browser.get_by_role("button", name="Fork").first.click()
+    link = browser.get_by_role("link", name="open it")
+    expect(link).to_be_visible(timeout=30_000)
+    with browser.context.expect_page() as opened:  # the chat opens links in a new tab
+        link.click()
+    fork = opened.value
+    try:
+        expect(fork.locator(QUESTION, has_text="Name a colour of a lemon.")).to_be_visible(
+            timeout=60_000
+        )
+        expect(fork.locator(REPLY)).to_have_count(1, timeout=30_000)
+        assert reply_text(fork.locator(REPLY).first) == shown
+        expect(fork.get_by_text("Forked into a new conversation")).to_have_count(0)
+    finally:
+        fork.close()
+    expect(sidebar_thread(browser, "Fork: Name a colour of a lemon.")).to_be_visible()
+
+
 # ---- accessibility
 
 
