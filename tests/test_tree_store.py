@@ -117,6 +117,8 @@ async def test_a_regenerated_reply_is_a_sibling_and_the_page_shows_its_path_alon
     assert (by_id["u2"]["treeParentId"], by_id["u2"]["treeDepth"]) == ("r1", 2)
     assert (by_id["note"]["treeParentId"], by_id["note"]["treeDepth"]) == ("v1", ATTACHED)
     # A tab's own leaf: the other branch, with what hangs under it.
+    # Search finds words on every branch, not only the one on screen.
+    assert [t["id"] for t in await store.user_threads(ada.id, search="Waves")] == ["t1"]
     other = await store.thread_path("t1", "r2")
     assert other is not None and ids(other) == ["u1", "r1", "u2", "r2"]
     assert served_tree(other).siblings == {"r1": ["r1", "v1"]}

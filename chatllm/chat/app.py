@@ -170,7 +170,7 @@ class ChatApp:
         await send_commands(lang, share=self.settings.sharing is not Sharing.OFF)
         # Chainlit sends the page this thread once this hook returns: the switchers go in it.
         with_switchers(thread, lang)
-        await send_reply_actions(thread.get("steps") or [], lang)
+        await send_reply_actions(thread.get("steps") or [], lang, session)
 
     async def update_settings(self, values: dict[str, Any]) -> None:
         await self.panel.update(self._session(), values, current_lang())

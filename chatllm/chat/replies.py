@@ -115,17 +115,25 @@ def with_switchers(thread: ThreadDict, lang: str) -> ThreadDict:
     return thread
 
 
-async def send_reply_actions(steps: Sequence[StepDict], lang: str) -> None:
-    """Every reply's buttons again (Chainlit does not store actions). The page adds each
-    button it is sent, even one it shows already: a chat resumed twice in one page (its
-    socket reconnecting sends `connection_successful` again, which resumes the thread
-    again) showed every button twice. Each is withdrawn first, by its id; the page ignores
-    the withdrawal of a button it does not show."""
+async def send_reply_actions(
+    steps: Sequence[StepDict], lang: str, session: ChatSession, *, again: bool = True
+) -> None:
+    """Every reply's buttons (Chainlit does not store actions), remembered in the session
+    as the page's. The page adds each button it is sent, even one it shows already: a chat
+    resumed twice in one page (its socket reconnecting sends `connection_successful`
+    again, which resumes the thread again) showed every button twice. So on a resume
+    (`again`) each is withdrawn first, by its id (the page ignores the withdrawal of a
+    button it does not show); on a path shown afresh only replies whose buttons the page
+    has not had are sent (it keeps buttons across paths: a long path's hundreds of
+    buttons sent again made each switch slow)."""
     for step in steps:
-        if is_conversation_reply(step):
-            for action in reply_actions(step["id"], lang):
+        if not is_conversation_reply(step) or (not again and step["id"] in session.buttons):
+            continue
+        for action in reply_actions(step["id"], lang):
+            if again:
                 await action.remove()
-                await action.send(for_id=step["id"])
+            await action.send(for_id=step["id"])
+        session.buttons.add(step["id"])
 
 
 #: The sampling values a row of the branch map shows, as the receipt abbreviates them.
@@ -271,6 +279,7 @@ class Replies:
                 receipt = generation.receipt()
                 reply.metadata = reply_metadata(receipt, reply_to, kind)
                 reply.actions = reply_actions(reply.id, lang)
+                session.buttons.add(reply.id)
                 await send_and_save(self.store, reply, receipt_element(receipt, lang, title))
         return reply if reply.content else None
 
@@ -623,4 +632,4 @@ class Replies:
             if step.get("type") == "user_message" and step["id"] not in known:
                 chat_context.add(cl.Message.from_dict(step))
         await cl.context.emitter.resume_thread(thread)
-        await send_reply_actions(steps, lang)
+        await send_reply_actions(steps, lang, session, again=False)

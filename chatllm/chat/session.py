@@ -55,6 +55,8 @@ class ChatSession:
     #: the panel's values as last sent, and as last known in the page (edits, previews)
     panel_sent: dict[str, Any] = field(default_factory=dict)
     panel_shown: dict[str, Any] = field(default_factory=dict)
+    #: the replies whose buttons this page has been sent (it keeps them across paths)
+    buttons: set[str] = field(default_factory=set)
 
     @classmethod
     def new(cls, settings: Settings, default: ProfileSpec | None = None) -> ChatSession:
