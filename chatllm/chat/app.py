@@ -11,6 +11,7 @@ import chainlit as cl
 from chainlit.types import ThreadDict
 
 from chatllm.backends import Backends, ProfileSpec
+from chatllm.chat.branches import Branches, with_switchers
 from chatllm.chat.commands import Commands
 from chatllm.chat.panel import (
     BRANCHES,
@@ -24,7 +25,7 @@ from chatllm.chat.panel import (
     keep_preset,
     send_commands,
 )
-from chatllm.chat.replies import Replies, send_reply_actions, store_message, with_switchers
+from chatllm.chat.replies import Replies, send_reply_actions, store_message
 from chatllm.chat.services import Services
 from chatllm.chat.session import (
     ChatSession,
@@ -60,6 +61,7 @@ class ChatApp:
         self.backends = Backends(settings)
         self.panel = Panel(self.presets, self.store)
         self.replies = Replies(self.backends, self.store)
+        self.branches = Branches(self.store)
         self.commands = Commands(self.backends, self.store, self.panel)
         self.shares = Shares(self.store, settings.sharing, settings.public_url)
         #: Why some backends were left out of the profiles a user was last offered, by
@@ -203,7 +205,7 @@ class ChatApp:
             await self.commands.presets(message)
         elif command == BRANCHES:
             await self.commands.drop_command(message)
-            await self.replies.show_map(session)
+            await self.branches.show_map(session)
         elif command == SHARE:
             await self.commands.drop_command(message)
             await self.shares.share()
@@ -237,7 +239,7 @@ class ChatApp:
         if not text.strip():
             return  # nothing to send: the message stays as it was
         try:
-            parent, history = await self.replies.before(session, message_id)
+            parent, history = await self.branches.before(session, message_id)
         except ChatLLMError as exc:
             await show_error(exc, lang)
             return
@@ -245,12 +247,12 @@ class ChatApp:
         edited = ChatSession(**{**vars(session), "leaf": parent, "history": history})
         if await self._too_long(edited, message):
             session.leaf = edited.leaf
-            await self.replies.show_path(session)
+            await self.branches.show_path(session)
             return
         if not await store_message(self.store, edited, message):
             return  # told; the tab stays where it was
         session.leaf = message.id
-        await self.replies.show_path(session)  # the new message where the old one stood
+        await self.branches.show_path(session)  # the new message where the old one stood
         await self.replies.stream(
             session, session.sampling, session.history, text, message.id, "reply"
         )
@@ -261,22 +263,33 @@ class ChatApp:
         await as_chat_task(self.replies.replay(self._session(), action))
 
     async def regenerate(self, action: cl.Action) -> None:
-        await as_chat_task(self.replies.regenerate(self._session(), action))
+        await as_chat_task(self._regenerate(action))
+
+    async def _regenerate(self, action: cl.Action) -> None:
+        session = self._session()
+        before = session.leaf
+        try:
+            await self.replies.regenerate(session, action)
+        finally:
+            # The new reply stored (a stopped one too): shown where the one it replaces
+            # stood, not below it.
+            if session.leaf != before:
+                await self.branches.show_path(session)
 
     async def fork(self, action: cl.Action) -> None:
         """A new conversation from this one's path up to a reply (not a task: it waits
         for none, and is refused while one runs)."""
-        await self.replies.fork(self._session(), action)
+        await self.branches.fork(self._session(), action)
 
     async def ask_to_delete_branch(self, action: cl.Action) -> None:
-        await self.replies.ask_to_delete_branch(action)
+        await self.branches.ask_to_delete_branch(action)
 
     async def delete_branch(self, action: cl.Action) -> None:
-        await self.replies.delete_branch(self._session(), action)
+        await self.branches.delete_branch(self._session(), action)
 
     async def switch(self, action: cl.Action) -> None:
         """‹ n/m ›: another branch of the conversation (not a task: it waits for none)."""
-        await self.replies.switch(self._session(), action)
+        await self.branches.switch(self._session(), action)
 
     # ---- deleting a preset of one's own (the Presets command's buttons)
 
