@@ -1050,6 +1050,11 @@ def test_the_main_views_have_no_serious_accessibility_violations(
         expect(page.locator("[id^='command-']").first).to_be_enabled()  # connected
         expect(page.locator("#search-chats-button[aria-label]")).to_have_count(1)  # named
         assert page.evaluate("document.documentElement.lang") == locale
+        # The command buttons' labels fade in: mid-transition their text has too little
+        # contrast (a CI run once caught Compare and Share so).
+        page.wait_for_function(
+            "() => document.getAnimations().every((a) => a.playState !== 'running')"
+        )
         views = {"start": serious_violations(page)}
         page.locator("#chat-settings-open-modal").click()
         expect(slider(page, "temperature")).to_be_visible()
