@@ -239,7 +239,7 @@ class ChatApp:
         if not text.strip():
             return  # nothing to send: the message stays as it was
         try:
-            parent, history = await self.branches.before(session, message_id)
+            parent, history = await self.branches.before(message_id)
         except ChatLLMError as exc:
             await show_error(exc, lang)
             return

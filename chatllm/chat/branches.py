@@ -97,9 +97,7 @@ class Branches:
             raise ChatLLMError("this conversation is not saved yet")
         return thread
 
-    async def before(
-        self, session: ChatSession, message_id: str
-    ) -> tuple[str | None, list[BaseMessage]]:
+    async def before(self, message_id: str) -> tuple[str | None, list[BaseMessage]]:
         """Where a new version of the user's message `message_id` goes: the message it
         follows (None: it is a first message), and the model's memory up to there."""
         thread = await self.path(message_id)
