@@ -182,9 +182,9 @@ def page(rows: Sequence[Skeleton], leaf: str | None, choices: Mapping[str, str])
     """The steps a page of the thread shows for `leaf` (the stored leaf, or where the
     choices lead if it is gone): the nodes on the path to it, what is attached to them,
     and what Chainlit nested under those. Each step comes after the one it is nested
-    under (Chainlit's page drops a step whose parent it has not seen), and each node's
-    group (the node, then what it holds and what is attached to it) in path order — not
-    by time, since a reply chosen late may stand before a later message.
+    under (Chainlit's page drops a step whose parent it has not seen); the groups (a node
+    with what it holds and what is attached to it, in time order within) in path order —
+    not by time, since a reply chosen late may stand before a later message.
 
     A thread with no nodes (written before trees, or by Chainlit alone) is shown whole in
     time order."""
