@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any
 
 import chainlit as cl
@@ -244,7 +245,7 @@ class ChatApp:
             await show_error(exc, lang)
             return
         message = cl.Message(content=text, author=author or "User", type="user_message")
-        edited = ChatSession(**{**vars(session), "leaf": parent, "history": history})
+        edited = replace(session, leaf=parent, history=history)
         if await self._too_long(edited, message):
             session.leaf = edited.leaf
             await self.branches.show_path(session)

@@ -15,7 +15,7 @@ from langchain_core.messages import BaseMessage
 
 from chatllm.chat.actions import DELETE_BRANCH, DELETE_BRANCH_CONFIRMED, KEEP_BRANCH, SWITCH_BRANCH
 from chatllm.chat.panel import notice, withdraw
-from chatllm.chat.replies import send_reply_actions
+from chatllm.chat.replies import send_reply_actions, thread_path
 from chatllm.chat.session import ChatSession, current_lang, reload_thread_list, show_error
 from chatllm.clock import readable_time
 from chatllm.conversation.branches import branch_map
@@ -77,10 +77,14 @@ def with_switchers(thread: ThreadDict, lang: str) -> ThreadDict:
 MAP_SAMPLING = (("temperature", "T"), ("top_p", "top_p"), ("seed", "seed"))
 
 
-def busy() -> bool:
-    """Whether this chat's task (a reply being written) is running."""
+async def refused_while_busy(key: str, lang: str) -> bool:
+    """Whether this chat's task (a reply being written) is running: if so, the person is
+    told (the catalogue's `key`), and what they asked for is not done."""
     task = cl.context.session.current_task
-    return task is not None and not task.done()
+    if task is None or task.done():
+        return False
+    await cl.context.emitter.send_toast(t(key, lang), "warning")
+    return True
 
 
 class Branches:
@@ -89,18 +93,10 @@ class Branches:
     def __init__(self, store: ChatDataLayer) -> None:
         self.store = store
 
-    async def path(self, leaf: str | None) -> ThreadDict:
-        """This chat's thread as the path to `leaf` shows it (the active path if `leaf` is
-        not one of its messages)."""
-        thread = await self.store.thread_path(cl.context.session.thread_id, leaf)
-        if thread is None:
-            raise ChatLLMError("this conversation is not saved yet")
-        return thread
-
     async def before(self, message_id: str) -> tuple[str | None, list[BaseMessage]]:
         """Where a new version of the user's message `message_id` goes: the message it
         follows (None: it is a first message), and the model's memory up to there."""
-        thread = await self.path(message_id)
+        thread = await thread_path(self.store, message_id)
         path = served_tree(thread).path
         steps = thread.get("steps") or []
         if message_id not in path or not any(
@@ -115,8 +111,7 @@ class Branches:
         under it last (else its newest messages); saved at once, and the model's memory is
         the path shown. Refused while a reply is being written."""
         lang = current_lang()
-        if busy():
-            await cl.context.emitter.send_toast(t("branch.busy", lang), "warning")
+        if await refused_while_busy("branch.busy", lang):
             return
         try:
             change = await self.store.choose_branch(
@@ -136,13 +131,12 @@ class Branches:
         kept, where it came from in its metadata), offered with a link; this one is left
         as it is (the link is shown, not stored). Refused while a reply is being written."""
         lang = current_lang()
-        if busy():
-            await cl.context.emitter.send_toast(t("fork.busy", lang), "warning")
+        if await refused_while_busy("fork.busy", lang):
             return
         step_id = str(action.payload.get("step"))
         thread_id = cl.context.session.thread_id
         try:
-            path = await self.path(step_id)
+            path = await thread_path(self.store, step_id)
             if served_tree(path).leaf != step_id:
                 raise ChatLLMError(t("branch.gone", lang))
             first = next(
@@ -207,8 +201,7 @@ class Branches:
         branch beside it. Refused while a reply is being written."""
         lang = current_lang()
         await withdraw(action)
-        if busy():
-            await cl.context.emitter.send_toast(t("branch.busy", lang), "warning")
+        if await refused_while_busy("branch.busy", lang):
             return
         try:
             change = await self.store.delete_branch(
@@ -277,7 +270,7 @@ class Branches:
         on this thread and replaces its messages), with each reply's buttons and the
         switchers, and make the model's memory that path."""
         lang = current_lang()
-        thread = with_switchers(await self.path(session.leaf), lang)
+        thread = with_switchers(await thread_path(self.store, session.leaf), lang)
         steps = thread.get("steps") or []
         session.leaf = served_tree(thread).leaf
         session.history = history_from_steps(steps)

@@ -166,6 +166,15 @@ async def store_message(store: ChatDataLayer, session: ChatSession, message: cl.
     return True
 
 
+async def thread_path(store: ChatDataLayer, leaf: str | None) -> ThreadDict:
+    """This chat's thread as the path to `leaf` shows it (the active path if `leaf` is not
+    one of its messages)."""
+    thread = await store.thread_path(cl.context.session.thread_id, leaf)
+    if thread is None:
+        raise ChatLLMError("this conversation is not saved yet")
+    return thread
+
+
 class Replies:
     """Replies in a chat: a turn's, and those the buttons under a reply make."""
 
@@ -221,18 +230,10 @@ class Replies:
                 await send_and_save(self.store, reply, receipt_element(receipt, lang, title))
         return reply if reply.content else None
 
-    async def _path(self, leaf: str | None) -> ThreadDict:
-        """This chat's thread as the path to `leaf` shows it (the active path if `leaf` is
-        not one of its messages)."""
-        thread = await self.store.thread_path(cl.context.session.thread_id, leaf)
-        if thread is None:
-            raise ChatLLMError("this conversation is not saved yet")
-        return thread
-
     async def _find_reply(self, step_id: str) -> tuple[ThreadDict, StepDict, StepDict]:
         """The path through a reply (on whichever branch it is), the reply, and the user
         message it answers."""
-        thread = await self._path(step_id)
+        thread = await thread_path(self.store, step_id)
         messages, replies = replies_by_message(thread.get("steps") or [])
         for message in messages:
             for step in replies.get(message["id"], []):

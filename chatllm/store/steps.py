@@ -197,10 +197,16 @@ class StepRows:
             # Remembered once removed (or when it was not written yet), while no write of
             # it can start: never for a removal refused, which would drop the owner's
             # later writes of that step.
-            self._removed[step_id] = None
-            while len(self._removed) > REMEMBERED_REMOVALS:
-                self._removed.popitem(last=False)
+            self._remember_removed([step_id])
         await self.elements.delete_files(keys)
+
+    def _remember_removed(self, step_ids: Sequence[str]) -> None:
+        """These steps are never written again by this process (the oldest forgotten
+        past REMEMBERED_REMOVALS)."""
+        for step_id in step_ids:
+            self._removed[step_id] = None
+        while len(self._removed) > REMEMBERED_REMOVALS:
+            self._removed.popitem(last=False)
 
     async def _delete_step(self, step_id: str) -> list[str]:
         """Remove the step, its search row and elements; the element files to remove."""
@@ -243,16 +249,12 @@ class StepRows:
             marks = {f"s{n}": step for n, step in enumerate(doomed.steps)}
             among = ", ".join(f":{mark}" for mark in marks)
             keys = await self.elements.object_keys(conn, f"step_id IN ({among})", marks)
-            rows = await conn.execute(sql(f"SELECT seq FROM steps WHERE id IN ({among})"), marks)
-            search = [{"key": message_rowid(thread.seq, row.seq)} for row in rows]
+            search = [{"key": message_rowid(thread.seq, seq)} for seq in doomed.seqs]
             if search:
                 await conn.execute(sql("DELETE FROM search WHERE rowid = :key"), search)
             await conn.execute(sql(f"DELETE FROM elements WHERE step_id IN ({among})"), marks)
             await conn.execute(sql(f"DELETE FROM steps WHERE id IN ({among})"), marks)
-        for step in doomed.steps:
-            self._removed[step] = None
-        while len(self._removed) > REMEMBERED_REMOVALS:
-            self._removed.popitem(last=False)
+        self._remember_removed(doomed.steps)
         await self.elements.delete_files(keys)
         return doomed.change
 

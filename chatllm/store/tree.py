@@ -357,6 +357,8 @@ class Doomed:
     to them and nested under them) and the thread's leaf and choices after it."""
 
     steps: list[str]
+    #: their `seq`s (their search rows' keys)
+    seqs: list[int]
     change: TreeChange
 
 
@@ -393,7 +395,8 @@ def branch_of(rows: Sequence[Any], node_id: str, thread: LockedThread) -> Doomed
         parent = tree.parent(node_id)
         kept = Tree(n for n in tree.nodes.values() if n.id not in doomed)
         leaf = kept.descend(parent, choices)
-    return Doomed(sorted(doomed), TreeChange(leaf, choices))
+    seqs = [int(row.seq) for row in rows if row.id in doomed]
+    return Doomed(sorted(doomed), seqs, TreeChange(leaf, choices))
 
 
 def placed_flat(
