@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 from chainlit.element import CustomElement
+from chainlit.types import Pagination, ThreadFilter
 from chainlit.user import PersistedUser, User
 
 from chatllm.conversation.marks import CHOSEN_REPLIES
@@ -424,3 +426,71 @@ async def test_deleting_a_branch_removes_that_subtree_alone_and_moves_off_it(
     tab.enter()
     with pytest.raises(ThreadAccessDenied):
         await store.delete_branch("t1", "r1")
+
+
+RELEASE = Path(__file__).parent / "fixtures"
+
+
+async def test_a_database_made_by_the_release_before_trees_upgrades_with_nothing_lost(
+    tmp_path: Path,
+) -> None:
+    """tests/fixtures/release-m6.db was made by the release before trees (c651be8, schema
+    6), through its chat hooks on the real model: one thread with a regenerated reply, a
+    follow-up under the new version, "Continue from this" back to the first reply, another
+    follow-up, a replay, a compare and feedback; another user's plain thread. Beside it,
+    what that release remembered for each on resume (the model's memory, its chosen
+    replies, its messages). The tree it becomes serves that same memory, keeps every
+    step, element and feedback, and shows the version left aside one switch away."""
+    shutil.copy(RELEASE / "release-m6.db", tmp_path / "chatllm.db")
+    expected = json.loads((RELEASE / "release-m6.json").read_text())
+    url = f"sqlite+aiosqlite:///{tmp_path / 'chatllm.db'}"
+    db = Database(url)
+    counts = {
+        table: await db.value(f"SELECT COUNT(*) FROM {table}")
+        for table in ("threads", "steps", "elements", "feedbacks", "users")
+    }
+    assert await db.migrate() == [MIGRATIONS[6].name]
+    layer = ChatDataLayer(db, FileStore(tmp_path / "files"))
+    for table, count in counts.items():
+        assert await db.value(f"SELECT COUNT(*) FROM {table}") == count, table
+    for thread_id, old in expected.items():
+        served = await layer.get_thread(thread_id)
+        whole = await layer.whole_thread(thread_id)
+        assert served is not None and whole is not None
+        memory = [[m.type, m.content] for m in history_from_steps(served["steps"])]
+        assert memory == old["memory"], thread_id
+        assert served_tree(served).choices == old["chosen"]
+        messages = [s["id"] for s in whole["steps"] if s["type"].endswith("message")]
+        assert sorted(messages) == sorted(old["steps"])
+    # The regenerated thread: the reply chosen back then is on the path, its other version
+    # one switch away, with the follow-up written under it; the receipts, the compare and
+    # the feedback where they were.
+    (regenerated,) = [t for t, old in expected.items() if old["chosen"]]
+    ((question, first),) = expected[regenerated]["chosen"].items()
+    served = await layer.get_thread(regenerated)
+    assert served is not None
+    tree = served_tree(served)
+    (kin,) = [k for node, k in tree.siblings.items() if node == first]
+    (variant,) = [k for k in kin if k != first]
+    aside = await layer.thread_path(regenerated, variant)
+    assert aside is not None
+    aside_messages = [s for s in aside["steps"] if s["type"].endswith("message")]
+    assert [s["id"] for s in aside_messages][:2] == [question, variant]
+    assert {s["metadata"].get("kind") for s in served["steps"] if s.get("metadata")} >= {
+        "reply",
+        "replay",
+        "compare",
+    }
+    assert any(e["name"] == "Compare" for e in served.get("elements") or [])
+    assert any((s.get("feedback") or {}).get("comment") == "good" for s in served["steps"])
+    # Found by words of a branch the page does not show, and the conversation goes on
+    # from the path shown.
+    page = await layer.list_threads(
+        Pagination(first=20), ThreadFilter(userId=served["userId"], search="ethereal")
+    )
+    assert [t["id"] for t in page.data] == [regenerated]
+    leaf = tree.leaf
+    await layer.save_message(user_message(regenerated, "next", "And the stars?"))
+    after = await layer.get_thread(regenerated)
+    assert after is not None and served_tree(after).path[-2:] == [leaf, "next"]
+    await layer.close()
