@@ -12,7 +12,9 @@ are the first user message. The figures at 1,000,000 threads are therefore for 4
 any M, and the thread list does not depend on M.
 
 The same rows go into both databases, with the columns the data layer fills (search rows,
-`index_text` bodies, included), after `Database.migrate()` has made the schema:
+`index_text` bodies, the conversation tree's placement: each message under the one before
+it, the last the thread's active leaf; threads with branches are bench/tree.py's), after
+`Database.migrate()` has made the schema:
 
   SQLite      a fresh file, filled by one `sqlite3` transaction of executemany calls
   PostgreSQL  a fresh database on a server of the bench's own (deploy.postgres.PostgresServer:
@@ -119,7 +121,7 @@ from chatllm.store.search import index_text, message_rowid, name_rowid
 from deploy.postgres import BIN as PG_BIN
 from deploy.postgres import PostgresServer
 
-DATA_VERSION = 1  # bump when the generated data changes, so --reuse re-seeds
+DATA_VERSION = 2  # bump when the generated data changes, so --reuse re-seeds
 SEED = 20240601
 STEPS_PER_THREAD = 20
 DEFAULT_MESSAGES = f"{STEPS_PER_THREAD},1000000=4"  # messages a thread, by N (see --messages)
@@ -388,10 +390,14 @@ class _Batch:
 
 # The app's tables as the seeding fills them, in the order of the batches' tuples.
 APP_COLUMNS = {
-    "threads": ("seq", "id", "user_id", "name", "metadata", "tags", "created_at", "updated_at"),
+    "threads": (
+        "seq", "id", "user_id", "name", "metadata", "tags", "created_at", "updated_at",
+        "active_leaf_id",
+    ),
     "steps": (
         "seq", "id", "thread_id", "parent_id", "type", "name", "input", "output", "is_error",
-        "metadata", "extra", "created_at", "start_time", "end_time",
+        "metadata", "extra", "created_at", "start_time", "end_time", "tree_parent_id",
+        "tree_depth",
     ),
     "search": ("rowid", "body"),
 }  # fmt: skip
@@ -408,15 +414,19 @@ def app_batches(n: int, messages: int, tally: _Tally) -> Iterator[_Batch]:
             thread_seq = tally.threads
             batch.threads.append(
                 (thread_seq, thread.id, USER_ID, thread.name, APP_THREAD_METADATA, "[]",
-                 thread.created, thread.updated)
+                 thread.created, thread.updated, thread.messages[-1].id)
             )  # fmt: skip
             batch.search.append((name_rowid(thread_seq), index_text(thread.name)))
-            for m in thread.messages:
+            # Each thread a conversation tree of one branch, as the app places its
+            # messages (and migration 7 placed older ones): each under the one before.
+            parent: str | None = None
+            for depth, m in enumerate(thread.messages):
                 step_seq += 1
                 batch.steps.append(
                     (step_seq, m.id, thread.id, None, m.type, m.author, None, m.text, 0, "{}",
-                     APP_STEP_EXTRA, m.created, m.created, m.created)
+                     APP_STEP_EXTRA, m.created, m.created, m.created, parent, depth)
                 )  # fmt: skip
+                parent = m.id
                 batch.search.append((message_rowid(thread_seq, step_seq), index_text(m.text)))
             tally.steps += len(thread.messages)
             if thread.index >= 0:
