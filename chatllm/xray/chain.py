@@ -25,7 +25,7 @@ a recorded token's top candidates, or a test's whole vocabulary.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -193,12 +193,13 @@ def run(
         return Outcome("mirostat", kept, {}, dict(zip(logits, probs, strict=True)), logits)
     cut_by: dict[int, str] = {}
     current = after
-    for stage, apply in (
+    stages: tuple[tuple[str, Callable[[Sequence[Candidate]], list[Candidate]]], ...] = (
         ("top_k", lambda cs: top_k(cs, settings.top_k)),
         ("typical_p", lambda cs: typical(cs, settings.typical_p)),
         ("top_p", lambda cs: top_p(cs, settings.top_p)),
         ("min_p", lambda cs: min_p(cs, settings.min_p)),
-    ):
+    )
+    for stage, apply in stages:
         left = apply(current)
         ids = {c.id for c in left}
         for c in current:
