@@ -74,8 +74,8 @@ class Settings(BaseSettings):
     openai_max_retries: int = Field(default=1, ge=0, le=10)
     openai_send_extra_sampling: bool = Field(
         default=True,
-        description="Send top_k and repeat_penalty, which llama.cpp-style servers accept "
-        "and api.openai.com refuses.",
+        description="Send top_k, repeat_penalty, min_p, typical_p and mirostat, which "
+        "llama.cpp-style servers accept and api.openai.com refuses.",
     )
     openai_context_tokens: int = Field(
         default=8192, ge=256, description="Context size assumed for endpoint models, tokens."

@@ -163,6 +163,7 @@ class Generation:
             tokens_per_second=round(rate, 2) if rate is not None else None,
             duration_ms=_ms(self._ended - started) if self._ended is not None else None,
             error=self.error,
+            not_sent=self.backend.not_sent(self.sampling),
         )
 
     def _count_reply(self) -> int | None:

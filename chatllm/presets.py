@@ -1,7 +1,8 @@
 """Named sampling presets: built-in ones, and those each user saves (stored per user).
 
-A preset sets the sliders that shape sampling (temperature, top_p, top_k, repeat penalty,
-max new tokens); it leaves the seed and the system prompt as they are.
+A preset sets the sliders that shape sampling (PRESET_FIELDS: temperature, top_p, min_p,
+top_k, the penalties, max new tokens, typical_p, mirostat); it leaves the seed and the
+system prompt as they are.
 """
 
 from __future__ import annotations
@@ -16,20 +17,48 @@ from chatllm.sampling import Sampling
 from chatllm.store import Database
 from chatllm.store.presets import PresetRows
 
-PRESET_FIELDS = ("temperature", "top_p", "top_k", "repeat_penalty", "max_tokens")
+PRESET_FIELDS = (
+    "temperature",
+    "top_p",
+    "min_p",
+    "top_k",
+    "repeat_penalty",
+    "max_tokens",
+    "typical_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "mirostat_mode",
+    "mirostat_tau",
+    "mirostat_eta",
+)
 #: Settings sets a comparison runs side by side: the current ones and up to three presets.
 MIN_SETS = 2
 MAX_SETS = 4
 MAX_NAME = 60
 MAX_PER_USER = 100
 
+#: What every built-in preset sets besides its own values: the rest of llama.cpp's chain
+#: as llama-cpp-python leaves it (so a preset chosen puts back what another changed).
+CHAIN_AS_LLAMA_CPP = {
+    "min_p": 0.05,
+    "typical_p": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "mirostat_mode": 0,
+    "mirostat_tau": 5.0,
+    "mirostat_eta": 0.1,
+}
+
 #: Built-in presets by key; their names are translated (i18n "preset.<key>").
 BUILT_IN: dict[str, dict[str, Any]] = {
-    "balanced": {"temperature": 0.7, "top_p": 0.95, "top_k": 40, "repeat_penalty": 1.1},
-    # The original project's author found these best for a code assistant.
-    "code": {"temperature": 0.4, "top_p": 0.5, "top_k": 40, "repeat_penalty": 1.1},
-    "precise": {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "repeat_penalty": 1.0},
-    "creative": {"temperature": 1.1, "top_p": 0.98, "top_k": 100, "repeat_penalty": 1.05},
+    key: {**CHAIN_AS_LLAMA_CPP, **values}
+    for key, values in {
+        "balanced": {"temperature": 0.7, "top_p": 0.95, "top_k": 40, "repeat_penalty": 1.1},
+        # The original project's author found these best for a code assistant.
+        "code": {"temperature": 0.4, "top_p": 0.5, "top_k": 40, "repeat_penalty": 1.1},
+        "precise": {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "repeat_penalty": 1.0},
+        "creative": {"temperature": 1.1, "top_p": 0.98, "top_k": 100, "repeat_penalty": 1.05},
+    }.items()
 }
 
 

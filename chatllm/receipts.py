@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from langchain_core.messages import BaseMessage
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from chatllm.clock import utc_now
 from chatllm.i18n import CATALOGUES, t
@@ -25,12 +25,32 @@ RECEIPT = "receipt"
 SAMPLING_LABELS = (
     "temperature",
     "top_p",
+    "min_p",
     "top_k",
     "repeat_penalty",
     "max_tokens",
     "seed",
     "system_prompt",
+    "typical_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "mirostat_mode",
+    "mirostat_tau",
+    "mirostat_eta",
 )
+
+#: What llama-cpp-python used for the values the app did not send before they were
+#: settings (issue 27): a local receipt without them is read with these, the values that
+#: shaped its reply. An endpoint's receipt is not: those values were never sent there.
+LOCAL_DEFAULTS_BEFORE = {
+    "min_p": 0.05,
+    "typical_p": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "mirostat_mode": 0,
+    "mirostat_tau": 5.0,
+    "mirostat_eta": 0.1,
+}
 RECEIPT_LABELS = (
     "backend",
     "model",
@@ -82,6 +102,19 @@ class Receipt(BaseModel):
     duration_ms: float | None = None
     error: str | None = None
     created_at: str = Field(default_factory=utc_now)
+    #: Sampling values the reply's backend was not sent (an endpoint's extras, when the
+    #: operator keeps them home): they did not shape it, whatever `sampling` says.
+    not_sent: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_local_receipt(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or data.get("backend") != "local":
+            return data
+        sampling = data.get("sampling")
+        if not isinstance(sampling, Mapping) or LOCAL_DEFAULTS_BEFORE.keys() <= sampling.keys():
+            return data
+        return {**data, "sampling": {**LOCAL_DEFAULTS_BEFORE, **sampling}}
 
     @property
     def seed(self) -> int | None:
@@ -130,6 +163,7 @@ class Receipt(BaseModel):
             # The sliders' own names and the words for why it ended, as the summary says
             # them: the table showed `max_tokens` and `length`.
             "sampling_labels": {key: t(key, lang) for key in SAMPLING_LABELS},
+            "not_sent_text": t("receipt.not_sent", lang),
             "finish_text": t(f"finish.{self.finish_reason}", lang),
             "backend_text": self.backend_text(lang),
         }

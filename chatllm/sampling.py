@@ -31,13 +31,47 @@ class Sampling(BaseModel):
 
     temperature: float = Field(default=0.7, ge=0.0, le=2.0, json_schema_extra={"step": 0.05})
     top_p: float = Field(default=0.95, ge=0.0, le=1.0, json_schema_extra={"step": 0.01})
+    # llama-cpp-python's own default, which shaped every local reply before it was a
+    # setting (receipts without it are read so: chatllm.receipts).
+    min_p: float = Field(default=0.05, ge=0.0, le=1.0, json_schema_extra={"step": 0.01})
     max_tokens: int = Field(default=512, ge=1, le=4096, json_schema_extra={"step": 1})
     top_k: int = Field(default=40, ge=0, le=200, json_schema_extra={"step": 1})
     repeat_penalty: float = Field(default=1.1, ge=1.0, le=2.0, json_schema_extra={"step": 0.01})
     seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
     system_prompt: str = Field(default="You are a helpful assistant.", max_length=8000)
+    # The panel's Advanced tab (ADVANCED): each does nothing at its default.
+    typical_p: float = Field(
+        default=1.0, ge=0.0, le=1.0, json_schema_extra={"step": 0.01, "advanced": True}
+    )
+    presence_penalty: float = Field(
+        default=0.0, ge=-2.0, le=2.0, json_schema_extra={"step": 0.05, "advanced": True}
+    )
+    frequency_penalty: float = Field(
+        default=0.0, ge=-2.0, le=2.0, json_schema_extra={"step": 0.05, "advanced": True}
+    )
+    #: 0 off; 1 or 2 replace top_k, typical_p, top_p and min_p (llama.cpp's chain)
+    mirostat_mode: int = Field(
+        default=0, ge=0, le=2, json_schema_extra={"step": 1, "advanced": True}
+    )
+    mirostat_tau: float = Field(
+        default=5.0, ge=0.0, le=10.0, json_schema_extra={"step": 0.1, "advanced": True}
+    )
+    mirostat_eta: float = Field(
+        default=0.1, ge=0.0, le=1.0, json_schema_extra={"step": 0.01, "advanced": True}
+    )
 
-    @field_validator("temperature", "top_p", "repeat_penalty", mode="before")
+    @field_validator(
+        "temperature",
+        "top_p",
+        "min_p",
+        "repeat_penalty",
+        "typical_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "mirostat_tau",
+        "mirostat_eta",
+        mode="before",
+    )
     @classmethod
     def _real_number(cls, value: Any) -> Any:
         # Sliders send JSON numbers; text, bools (True would read as 1.0), NaN and ∞ are not.
@@ -47,7 +81,7 @@ class Sampling(BaseModel):
             raise ValueError("must be a finite number")
         return value
 
-    @field_validator("max_tokens", "top_k", mode="before")
+    @field_validator("max_tokens", "top_k", "mirostat_mode", mode="before")
     @classmethod
     def _whole_number(cls, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -110,6 +144,13 @@ class Sampling(BaseModel):
         step = extra["step"] if isinstance(extra, dict) else 1
         return low, high, float(step)  # type: ignore[arg-type]
 
+
+#: The values the settings panel shows on its Advanced tab.
+ADVANCED: tuple[str, ...] = tuple(
+    name
+    for name, field in Sampling.model_fields.items()
+    if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("advanced")
+)
 
 #: The numeric values (every one but the system prompt): those a sweep can vary.
 NUMERIC_FIELDS: tuple[str, ...] = tuple(

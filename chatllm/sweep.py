@@ -500,6 +500,8 @@ def reply_row(reply: Reply) -> dict[str, Any]:
     for name, value in reply.receipt.model_dump(mode="json").items():
         if name == "sampling":
             row.update({f"sampling.{key}": item for key, item in value.items()})
+        elif isinstance(value, list):
+            row[name] = " ".join(map(str, value))  # not_sent: names, one cell
         else:
             row[name] = value
     return row

@@ -614,7 +614,11 @@ def test_html_in_a_message_shows_as_text_and_runs_nothing(local_app: App, browse
 #: Python, a QR code) and the samplers' own terms (top_p, top_k).
 # Names, not words: the app's, the model's, its software's, two sliders' ("Top P"), a
 # code's and a key's (the toasts' region is reached with Alt+T).
-LATIN_NAMES = {"chatllm", "smollm", "instruct", "llama", "cpp", "python", "top", "qr", "alt"}
+#: Names, not words: the app's, the model's, and the samplers' (Top P, Min P, Mirostat).
+LATIN_NAMES = {
+    *("chatllm", "smollm", "instruct", "llama", "cpp", "python", "qr", "alt"),
+    *("top", "min", "mirostat"),
+}
 
 
 def english(text: str) -> set[str]:

@@ -34,12 +34,22 @@ async def test_a_new_chat_shows_the_sliders_first_and_presets_on_a_tab_of_their_
     (panel,) = tab.payloads("chat_settings")
     assert [(t["id"], t["label"]) for t in panel] == [
         ("sampling", "Sampling"),  # the tab the panel opens on
+        ("advanced", "Advanced"),
         ("presets", "Presets"),
     ]
-    sampling, presets = ([w["id"] for w in t["inputs"]] for t in panel)
+    sampling, advanced, presets = ([w["id"] for w in t["inputs"]] for t in panel)
+    assert advanced == [
+        "typical_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "mirostat_mode",
+        "mirostat_tau",
+        "mirostat_eta",
+    ]
     assert sampling == [
         "temperature",
         "top_p",
+        "min_p",
         "max_tokens",
         "top_k",
         "repeat_penalty",

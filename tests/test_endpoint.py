@@ -67,7 +67,16 @@ async def test_sampling_values_reach_the_endpoint(
 ) -> None:
     backend = OpenAIBackend(tapped_settings)
     fixed = Sampling(
-        max_tokens=30, temperature=1.3, top_p=0.9, top_k=17, repeat_penalty=1.15, seed=77
+        max_tokens=30,
+        temperature=1.3,
+        top_p=0.9,
+        top_k=17,
+        repeat_penalty=1.15,
+        seed=77,
+        min_p=0.1,
+        typical_p=0.9,
+        presence_penalty=0.5,
+        frequency_penalty=0.25,
     )
     assert await reply(backend, fixed) == await reply(backend, fixed)  # the seed is honoured
     first, second = tap.chat_requests()
@@ -77,6 +86,8 @@ async def test_sampling_values_reach_the_endpoint(
     # OpenAI's name for the limit, and the one llama.cpp-style servers read.
     assert body["max_completion_tokens"] == body["max_tokens"] == 30
     assert body["top_k"] == 17 and body["repeat_penalty"] == 1.15  # llama.cpp's extras
+    assert (body["min_p"], body["typical_p"], body["mirostat_mode"]) == (0.1, 0.9, 0)
+    assert (body["presence_penalty"], body["frequency_penalty"]) == (0.5, 0.25)  # OpenAI's
     assert body["stream_options"] == {"include_usage": True}  # usage for the receipt
     assert [m["role"] for m in body["messages"]] == ["system", "user"]
     assert first.headers["authorization"] == f"Bearer {endpoint.api_key}"
@@ -102,7 +113,20 @@ async def test_extra_sampling_stays_home_when_turned_off(
     (request,) = tap.chat_requests()
     body = request.json()
     assert "top_k" not in body and "repeat_penalty" not in body and "max_tokens" not in body
+    assert "min_p" not in body and "typical_p" not in body and "mirostat_mode" not in body
     assert body["max_completion_tokens"] == 5 and body["temperature"] == Sampling().temperature
+    assert body["presence_penalty"] == 0.0  # OpenAI's own values still go
+    # The receipt says which values shaped nothing, whatever the sliders said.
+    assert OpenAIBackend(plain).not_sent(Sampling()) == [
+        "min_p",
+        "top_k",
+        "repeat_penalty",
+        "typical_p",
+        "mirostat_mode",
+        "mirostat_tau",
+        "mirostat_eta",
+    ]
+    assert OpenAIBackend(tapped_settings).not_sent(Sampling()) == []
 
 
 async def test_a_failed_request_is_retried_as_configured(

@@ -120,7 +120,57 @@ def test_a_receipt_stored_without_some_fields_reads_back_with_their_defaults() -
     assert old is not None
     assert (old.tokens_estimated, old.queued_ms, old.prompt_messages) == (False, 0.0, 0)
     summary = old.summary("en")
-    assert "T ? · top_p ?" in summary and "None" not in summary and "≈" not in summary
+    assert "T ? · top_p ? · min_p 0.05" in summary and "None" not in summary
+    assert "≈" not in summary
+    # The local model's chain used llama-cpp-python's values where the app sent none:
+    # those are what made its replies. An endpoint was never sent them: unknown.
+    assert old.sampling["min_p"] == 0.05 and old.sampling["mirostat_mode"] == 0
+    remote = receipt_of(
+        {"receipt": {"backend": "openai", "model": "m", "sampling": {}, "finish_reason": "stop"}}
+    )
+    assert remote is not None and "min_p" not in remote.sampling
+    assert "min_p ?" in remote.summary("en")
+
+
+@pytest.mark.parametrize(
+    ("changed", "baseline"),
+    [
+        # min_p 1 keeps the likeliest token alone: at T 1 the greedy reply, any seed.
+        ({"min_p": 1.0}, {"min_p": 0.0}),
+        # typical_p this low keeps one candidate (the most typical), whatever the seed.
+        ({"typical_p": 0.01}, {}),
+        # The penalties act before greedy picks: the greedy reply changes.
+        ({"temperature": 0.0, "presence_penalty": 2.0}, {"temperature": 0.0}),
+        ({"temperature": 0.0, "frequency_penalty": 2.0}, {"temperature": 0.0}),
+        ({"mirostat_mode": 2, "mirostat_tau": 1.0}, {}),
+    ],
+)
+async def test_each_new_sampler_reaches_llama_cpp_and_changes_the_reply(
+    local: LocalBackend,
+    raw_llama: Llama,
+    changed: dict[str, object],
+    baseline: dict[str, object],
+) -> None:
+    """Each value makes the reply llama-cpp-python itself makes with it (same prompt,
+    same seed), and a different one than without it."""
+    base = Sampling(temperature=1.0, top_k=0, top_p=1.0, max_tokens=24, seed=21)
+
+    async def app_reply(values: dict[str, object], seed: int = 21) -> str:
+        sampling = base.update({**values, "seed": seed})
+        return await Generation(local, model(local), sampling).run([], STORY)
+
+    made = await app_reply(changed)
+    raw = raw_llama.create_chat_completion(
+        messages=[
+            {"role": "system", "content": base.system_prompt},
+            {"role": "user", "content": STORY},
+        ],
+        **base.update(changed).generation_params(),
+    )
+    assert made == raw["choices"][0]["message"]["content"]  # type: ignore[index]
+    assert made != await app_reply(baseline)
+    if "min_p" in changed or "typical_p" in changed:
+        assert made == await app_reply(changed, seed=22)  # one candidate: no draw
 
 
 async def test_a_fixed_seed_replays_identical_text(local: LocalBackend) -> None:

@@ -83,7 +83,14 @@ def test_empty_seed_means_random_and_digits_mean_fixed() -> None:
         ({"seed": 2**40}, "seed"),
         ({"system_prompt": "x" * 9000}, "system_prompt"),
         ({"system_prompt": 5}, "system_prompt"),
-        ({"min_p": 0.1}, "min_p"),
+        ({"tfs_z": 0.1}, "tfs_z"),  # llama-cpp-python takes it and ignores it
+        ({"min_p": 1.5}, "min_p"),
+        ({"typical_p": -0.1}, "typical_p"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"frequency_penalty": "1"}, "frequency_penalty"),
+        ({"mirostat_mode": 3}, "mirostat_mode"),
+        ({"mirostat_mode": 1.5}, "mirostat_mode"),
+        ({"mirostat_tau": math.inf}, "mirostat_tau"),
     ],
 )
 def test_out_of_range_or_malformed_values_are_refused_by_name(
@@ -109,6 +116,13 @@ SLIDERS = {
     "max_tokens": (512, 1, 4096, 1),
     "top_k": (40, 0, 200, 1),
     "repeat_penalty": (1.1, 1.0, 2.0, 0.01),
+    "min_p": (0.05, 0.0, 1.0, 0.01),
+    "typical_p": (1.0, 0.0, 1.0, 0.01),
+    "presence_penalty": (0.0, -2.0, 2.0, 0.05),
+    "frequency_penalty": (0.0, -2.0, 2.0, 0.05),
+    "mirostat_mode": (0, 0, 2, 1),
+    "mirostat_tau": (5.0, 0.0, 10.0, 0.1),
+    "mirostat_eta": (0.1, 0.0, 1.0, 0.01),
 }
 
 
@@ -142,11 +156,11 @@ def test_the_seed_and_the_system_prompt_have_their_limits() -> None:
 
 def test_a_refusal_says_in_words_what_is_wrong_with_each_value() -> None:
     with pytest.raises(InvalidSampling) as refused:
-        Sampling().update({"temperature": math.inf, "top_p": 2, "min_p": 0.1, "seed": "-5"})
+        Sampling().update({"temperature": math.inf, "top_p": 2, "tfs_z": 0.1, "seed": "-5"})
     assert sorted(refused.value.problems) == [
-        "min_p is not a known setting",
         "seed must be a whole number from 0 to 2147483647, or empty for a random one",
         "temperature must be a number from 0 to 2",
+        "tfs_z is not a known setting",
         "top_p must be a number from 0 to 1",
     ]
 
@@ -177,6 +191,15 @@ def test_a_model_call_gets_every_value_but_the_system_prompt() -> None:
         "top_k": 40,
         "repeat_penalty": 1.1,
         "seed": 9,
+        # Each of llama.cpp's chain, at what llama-cpp-python would use unsent: sent, so
+        # the receipt's values are the ones that made the reply.
+        "min_p": 0.05,
+        "typical_p": 1.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "mirostat_mode": 0,
+        "mirostat_tau": 5.0,
+        "mirostat_eta": 0.1,
     }
 
 

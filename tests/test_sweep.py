@@ -68,7 +68,9 @@ def record(path: Path) -> dict[str, Any]:
 
 
 def as_csv(value: Any) -> str:
-    """A JSON value as the csv module writes it."""
+    """A JSON value as the csv module writes it (a list of names: one cell, spaced)."""
+    if isinstance(value, list):
+        return " ".join(map(str, value))
     return "" if value is None else str(value)
 
 
@@ -121,11 +123,18 @@ def test_every_reply_is_a_row_with_its_cell_values_and_receipt(
         "model",
         "sampling.temperature",
         "sampling.top_p",
+        "sampling.min_p",
         "sampling.max_tokens",
         "sampling.top_k",
         "sampling.repeat_penalty",
         "sampling.seed",
         "sampling.system_prompt",
+        "sampling.typical_p",
+        "sampling.presence_penalty",
+        "sampling.frequency_penalty",
+        "sampling.mirostat_mode",
+        "sampling.mirostat_tau",
+        "sampling.mirostat_eta",
         "finish_reason",
         "prompt_tokens",
         "completion_tokens",
@@ -138,6 +147,7 @@ def test_every_reply_is_a_row_with_its_cell_values_and_receipt(
         "duration_ms",
         "error",
         "created_at",
+        "not_sent",
     ]
     # Grid order: the first axis outermost, then the repeats of each cell.
     expected = list(itertools.product([0.0, 1.2], [0.5, 1.0], [0, 1]))
@@ -273,7 +283,7 @@ def test_the_printed_summary_tables_the_cells_and_lists_the_files(fixed: FixedSw
     ("argv", "message"),
     [
         (["--grid", "tempreature=0.2,0.8"], "'tempreature' is not a sampling value a grid can"),
-        (["--grid", "system_prompt=1"], "choose from temperature, top_p, max_tokens"),
+        (["--grid", "system_prompt=1"], "choose from temperature, top_p, min_p, max_tokens"),
         (["--grid", "temperature=0.2,3"], "--grid temperature=3: must be a number from 0 to 2"),
         (["--grid", "top_p=0.5,high"], "--grid top_p=high: 'high' is not a number"),
         (["--grid", "top_k=1.5"], "--grid top_k=1.5: must be a whole number from 0 to 200"),

@@ -77,6 +77,11 @@ class Backend(ABC):
     def chat_model(self, model: str, sampling: Sampling) -> BaseChatModel:
         """A chat model that replies with `sampling`'s values."""
 
+    def not_sent(self, sampling: Sampling) -> list[str]:
+        """The sampling values `chat_model` does not pass on to the model (they shape no
+        reply; the receipt says so). All of them go to most backends."""
+        return []
+
     @abstractmethod
     def context_tokens(self, model: str) -> int:
         """How many tokens the model's context holds, prompt and reply together."""

@@ -202,7 +202,11 @@ def endpoint_error(
     return BackendError(f"HTTP {status}: {exc.message}" if status else exc.message)
 
 
-OPENAI_SAMPLING = frozenset({"temperature", "top_p", "max_tokens", "seed"})
+#: Sampling values OpenAI's API has (the others are extras, which llama.cpp-style servers
+#: read: sent where the operator allows).
+OPENAI_SAMPLING = frozenset(
+    {"temperature", "top_p", "max_tokens", "seed", "presence_penalty", "frequency_penalty"}
+)
 
 
 @register
@@ -274,6 +278,11 @@ class OpenAIBackend(Backend):
             extra_body=extra if extra and self.settings.openai_send_extra_sampling else None,
             **standard,
         )
+
+    def not_sent(self, sampling: Sampling) -> list[str]:
+        if self.settings.openai_send_extra_sampling:
+            return []
+        return [k for k in sampling.generation_params() if k not in OPENAI_SAMPLING]
 
     def context_tokens(self, model: str) -> int:
         return self.settings.openai_context_tokens

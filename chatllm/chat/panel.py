@@ -20,7 +20,7 @@ from chatllm.errors import (
 )
 from chatllm.i18n import CATALOGUES, t
 from chatllm.presets import MAX_SETS, Preset, Presets, builtin_presets
-from chatllm.sampling import Sampling
+from chatllm.sampling import ADVANCED, Sampling
 from chatllm.starters import Starter
 from chatllm.store import ChatDataLayer
 
@@ -41,8 +41,10 @@ COMMANDS = (
     (BRANCHES, "git-branch", False),
     (SHARE, "share-2", True),
 )
-#: The panel's tabs: the sliders first, where a presenter looks; presets apart.
+#: The panel's tabs: the sliders first, where a presenter looks; the samplers a tester
+#: reaches for (typical_p, the OpenAI penalties, mirostat) next; presets apart.
 SAMPLING_TAB = "sampling"
+ADVANCED_TAB = "advanced"
 PRESETS_TAB = "presets"
 
 
@@ -178,7 +180,16 @@ class Panel:
             ),
         ]
         return [
-            Tab(id=SAMPLING_TAB, label=t("panel.sampling", lang), inputs=sliders),
+            Tab(
+                id=SAMPLING_TAB,
+                label=t("panel.sampling", lang),
+                inputs=[w for w in sliders if w.id not in ADVANCED],
+            ),
+            Tab(
+                id=ADVANCED_TAB,
+                label=t("panel.advanced", lang),
+                inputs=[w for w in sliders if w.id in ADVANCED],
+            ),
             Tab(id=PRESETS_TAB, label=t("panel.presets", lang), inputs=preset_widgets),
         ]
 

@@ -11,7 +11,11 @@ export default function Receipt() {
   const rows = [
     [labels.backend || "backend", props.backend_text || receipt.backend],
     [labels.model || "model", receipt.model],
-    ...Object.entries(sampling).map(([k, v]) => [named[k] || k, v === null ? "" : String(v)]),
+    ...Object.entries(sampling).map(([k, v]) => [
+      named[k] || k,
+      (v === null ? "" : String(v)) +
+        ((receipt.not_sent || []).includes(k) ? ` (${props.not_sent_text || "not sent"})` : ""),
+    ]),
     [labels.prompt_tokens || "prompt tokens", receipt.prompt_tokens],
     [labels.completion_tokens || "completion tokens", receipt.completion_tokens],
     [labels.ttft || "time to first token (ms)", receipt.ttft_ms],
