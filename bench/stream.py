@@ -12,7 +12,10 @@ times, side by side in one benchmark process:
      `chainlit.Message` through a websocket session whose emit serialises every event with
      `json.dumps`, as the socket transport would; a token counts when it is emitted;
   C  langchain-community's `ChatLlamaCpp.astream` over A's model, for context, when that
-     package is installed.
+     package is installed;
+  D  B with the X-ray's recording off (`CHATLLM_XRAY_CANDIDATES=0`): B records each
+     token's log-probability and its 10 strongest rivals' (chatllm.engine.tokens), and the
+     bytes that takes a token are printed.
 
 By default every round is a new conversation (its system prompt starts with the round's
 number), as each chat turn brings new tokens; `--repeat-prompt` sends the same prompt every
@@ -133,11 +136,15 @@ class Socket:
 
 
 def app_runner(
-    settings: Settings, sampling: Sampling, reference: list[Run]
+    settings: Settings,
+    sampling: Sampling,
+    reference: list[Run],
+    recorded: list[float] | None = None,
 ) -> Callable[[str], Awaitable[Run]]:
-    """B: one chat turn as `ChatApp.answer` streams it, in a Chainlit websocket context.
+    """B (D): one chat turn as `ChatApp.answer` streams it, in a Chainlit websocket context.
 
-    Its token count is the raw reply's (`reference[-1]`), after checking the texts match."""
+    Its token count is the raw reply's (`reference[-1]`), after checking the texts match.
+    `recorded` gets the bytes of token records per token of each turn (the X-ray's)."""
     backend = LocalBackend(settings)
     engine = backend.engine
     model = settings.local_model_name
@@ -174,6 +181,8 @@ def app_runner(
         if record.finish_reason != "length":
             raise RuntimeError(f"expected a reply cut at max_tokens, got {record.finish_reason}")
         first = max(1, engine.count_tokens(first_chunk))
+        if recorded is not None:
+            recorded.append(len(generation.tokens) / max(raw.tokens, 1))
         return measure(start, socket.stamps, reply.content, tokens=raw.tokens, first=first)
 
     # A task of its own, as Chainlit runs a turn.
@@ -251,9 +260,12 @@ async def main(rounds: int, max_tokens: int, repeat_prompt: bool = False) -> dic
         raw_runs.append(raw_run(llama, sampling, system))
         return raw_runs[-1]
 
+    recorded: list[float] = []
+    unrecorded = settings.model_copy(update={"xray_candidates": 0})
     paths: dict[str, Callable[[str], Awaitable[Run]]] = {
         "A raw llama-cpp-python": raw_turn,
-        "B app chain + Chainlit": app_runner(settings, sampling, raw_runs),
+        "B app chain + Chainlit": app_runner(settings, sampling, raw_runs, recorded),
+        "D app, X-ray off": app_runner(unrecorded, sampling, raw_runs),
     }
     community = community_runner(llama, settings, sampling)
     if community is not None:
@@ -293,6 +305,13 @@ async def main(rounds: int, max_tokens: int, repeat_prompt: bool = False) -> dic
 
     raw, app = runs["A raw llama-cpp-python"], runs["B app chain + Chainlit"]
     rate_pct = 100 * median(app, "rate") / median(raw, "rate")
+    off_pct = 100 * median(runs["D app, X-ray off"], "rate") / median(raw, "rate")
+    per_token = statistics.median(recorded) if recorded else 0.0
+    print(
+        f"\nB records each token for the X-ray ({settings.xray_candidates} candidates): "
+        f"{per_token:.0f} bytes a token; D records none: {off_pct:.1f} % of A "
+        "(D's TTFT is not comparable: it finds B's prompt in the engine's cache)"
+    )
     added_ms = median(app, "ttft_ms") - median(raw, "ttft_ms")
     paired = sorted(100 * b.rate / a.rate for a, b in zip(raw, app, strict=True))
     print(
@@ -323,6 +342,8 @@ async def main(rounds: int, max_tokens: int, repeat_prompt: bool = False) -> dic
             for name, kept in runs.items()
         },
         "app_rate_pct_of_raw": rate_pct,
+        "app_xray_off_rate_pct_of_raw": off_pct,
+        "xray_bytes_per_token": per_token,
         "app_added_ttft_ms": added_ms,
         "pass": {
             "rate": rate_pct >= TARGET_RATE_PCT,

@@ -40,6 +40,13 @@ class Settings(BaseSettings):
         description="GGUF file for the local backend; empty means the embedded SmolLM2-135M.",
     )
     n_ctx: int = Field(default=4096, ge=256, le=131072, description="Local context, tokens.")
+    xray_candidates: int = Field(
+        default=10,
+        ge=0,
+        le=20,
+        description="Candidates recorded with each token of a local reply, for the sampling "
+        "X-ray (their log-probabilities before sampling); 0 records nothing.",
+    )
     n_threads: int | None = Field(
         default=None,
         ge=1,

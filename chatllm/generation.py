@@ -20,7 +20,7 @@ from chatllm.chain import ReplyRecord, build_chain, chain_input
 from chatllm.errors import BackendError, ChatLLMError
 from chatllm.receipts import Finish, Receipt, prompt_digest
 from chatllm.sampling import Sampling
-from chatllm.streaming import Usage, usage_listener
+from chatllm.streaming import Usage, tokens_listener, usage_listener
 
 log = logging.getLogger("chatllm")
 
@@ -55,6 +55,9 @@ class Generation:
         self._chunks = 0
         #: The model's own counts so far, where it reports them as it goes (the local engine)
         self._counted: Usage | None = None
+        #: Each token's record as the model drew it, where it records them (the local
+        #: engine: chatllm.engine.tokens), joined: the sampling X-ray's
+        self.tokens = bytearray()
 
     async def stream(self, history: Sequence[BaseMessage], message: str) -> AsyncGenerator[str]:
         """Yield the reply's text as it comes. Raises the backend's errors (`ChatLLMError`s)."""
@@ -68,6 +71,7 @@ class Generation:
 
         token = queue_listener.set(listen)
         counting = usage_listener.set(self._note)
+        recording = tokens_listener.set(self.tokens.extend)
         try:
             # Some servers (llama-cpp-python's among them) answer an unknown model name with
             # their default model; that reply would be credited to the wrong model.
@@ -111,6 +115,7 @@ class Generation:
             raise
         finally:
             self._ended = time.perf_counter()
+            tokens_listener.reset(recording)
             usage_listener.reset(counting)
             queue_listener.reset(token)
 

@@ -27,6 +27,15 @@ usage_listener: contextvars.ContextVar[UsageListener | None] = contextvars.Conte
 )
 
 
+TokensListener = Callable[[bytes], None]
+
+#: Set by whoever runs a reply to hear its tokens' records as they come (the local engine,
+#: when asked for them: chatllm.engine.tokens), for the sampling X-ray.
+tokens_listener: contextvars.ContextVar[TokensListener | None] = contextvars.ContextVar(
+    "tokens_listener", default=None
+)
+
+
 @dataclass(frozen=True)
 class Usage:
     """Tokens one generation took: the prompt as the model received it, and the reply."""

@@ -27,6 +27,7 @@ from chatllm.backends.base import (
 )
 from chatllm.config import Settings
 from chatllm.engine.client import LocalEngine, local_engine
+from chatllm.engine.worker import RECORD_TOP
 from chatllm.errors import (
     UnknownModel,
 )
@@ -54,6 +55,8 @@ class LlamaCppChat(BaseChatModel):
     engine: LocalEngine
     model_name: str
     sampling: Sampling
+    #: candidates to record with each token (the X-ray: chatllm.engine.tokens); 0: none
+    record_top: int = 0
 
     @property
     def _llm_type(self) -> str:
@@ -73,6 +76,8 @@ class LlamaCppChat(BaseChatModel):
         params = self._params()
         if stop:
             params["stop"] = stop
+        if self.record_top:
+            params[RECORD_TOP] = self.record_top
         return params
 
     def _generate(
@@ -165,7 +170,12 @@ class LocalBackend(Backend):
             raise UnknownModel(model=model)
 
     def chat_model(self, model: str, sampling: Sampling) -> BaseChatModel:
-        return LlamaCppChat(engine=self.engine, model_name=model, sampling=sampling)
+        return LlamaCppChat(
+            engine=self.engine,
+            model_name=model,
+            sampling=sampling,
+            record_top=self.settings.xray_candidates,
+        )
 
     def context_tokens(self, model: str) -> int:
         return self.settings.n_ctx

@@ -26,7 +26,7 @@ from chatllm.errors import (
     EngineHung,
     EngineUnavailable,
 )
-from chatllm.streaming import Delta, Usage, queue_listener
+from chatllm.streaming import Delta, Usage, queue_listener, tokens_listener
 
 log = logging.getLogger("chatllm")
 
@@ -168,6 +168,7 @@ class LocalEngine:
         process = self.process
         rid: int | None = None
         finished = False
+        heard = tokens_listener.get()
         try:
             rid = await self._submit(("generate", messages, params), pending, arrived)
             while not finished:
@@ -180,6 +181,8 @@ class LocalEngine:
                         text += message[2]
                         finish = message[3] or finish
                         usage = Usage(*message[4]) if message[4] else usage
+                        if message[5] and heard is not None:
+                            heard(message[5])
                     elif kind == "done":
                         finished = True
                         break

@@ -10,7 +10,9 @@ the reply in progress and starts a new one. Nothing here imports Chainlit or Lan
 Messages are pickled tuples over `multiprocessing.connection` on the inherited socket `FD`
 (both ends are this app's own code). The app sends:
 
-    ("generate", rid, messages, params)  a chat completion; replies stream back
+    ("generate", rid, messages, params)  a chat completion; replies stream back (params:
+                                         llama-cpp-python's, and RECORD_TOP: candidates
+                                         to record per token, 0 or absent for none)
     ("stop", rid)                        stop that generation before its next token
     ("count", rid, texts)                tokens each text takes (answered at once, also
                                          while a generation runs)
@@ -19,7 +21,8 @@ Messages are pickled tuples over `multiprocessing.connection` on the inherited s
 and this process answers:
 
     ("ready", info) | ("failed", stage, text)         once, after loading and the self-check
-    ("delta", rid, text, finish, usage)               usage = (prompt, completion) so far
+    ("delta", rid, text, finish, usage, records)      usage = (prompt, completion) so far;
+                                                      records: bytes (chatllm.engine.tokens)
     ("alive", rid)                                    evaluating a long prompt, about each second
     ("error", rid, kind, text)                        kind: the exception's class name
     ("done", rid, generated)                          after every generate, stopped or not;
@@ -52,8 +55,15 @@ SELF_CHECK_TOKENS = 160
 #: Seconds between "alive" messages while a long prompt is being evaluated.
 ALIVE_EVERY = 1.0
 
+#: The key in a request's params asking for each token's record with this many candidates
+#: (the sampling X-ray: chatllm.engine.tokens); llama-cpp-python never sees it.
+RECORD_TOP = "record_top"
+
 Usage = tuple[int, int]
-Delta = tuple[str, str | None, Usage | None]
+#: A piece of a reply: its text, why it ended (on the last), the counts so far, and the
+#: records of the tokens sampled since the piece before (chatllm.engine.tokens; b"" when
+#: the request asked for none).
+Delta = tuple[str, str | None, Usage | None, bytes]
 
 _SELF_CHECK_TEXT = (
     "The keeper of the lighthouse climbs one hundred and twelve steps every evening, winds "
@@ -83,6 +93,7 @@ class _Meter:
         generate: Callable[..., Iterator[int]],
         is_end: Callable[[int], bool],
         before: Callable[[Sequence[int]], None],
+        take: Callable[[int], None] | None = None,
     ) -> Callable[..., Iterator[int]]:
         def metered(tokens: Sequence[int], *args: Any, **kwargs: Any) -> Iterator[int]:
             self.prompt_tokens = len(tokens)
@@ -90,6 +101,8 @@ class _Meter:
             for token in generate(tokens, *args, **kwargs):
                 if self.stop.is_set():
                     return
+                if take is not None:  # the logits it was drawn from are still llama.cpp's
+                    take(token)
                 if not is_end(token):  # the end-of-generation token is not part of the reply
                     self.completion_tokens += 1
                 yield token
@@ -198,6 +211,13 @@ class Engine:
         vocab = self.llama._model.vocab
         context = self.llama._ctx
         decode = context.decode
+        params = dict(params)
+        top = int(params.pop(RECORD_TOP, 0) or 0)
+        recorder = None
+        if top > 0:
+            from chatllm.engine.tokens import TokenRecorder
+
+            recorder = TokenRecorder(context.ctx, self.llama.n_vocab(), top)
 
         def is_end(token: int) -> bool:
             return bool(llama_cpp.llama_vocab_is_eog(vocab, token))
@@ -208,7 +228,10 @@ class Engine:
 
         # Instance attributes shadowing the methods for this call; only this thread calls them.
         self.llama.generate = meter.count(  # type: ignore[method-assign,assignment]
-            self._generate_tokens, is_end, self._reuse_exactly
+            self._generate_tokens,
+            is_end,
+            self._reuse_exactly,
+            recorder.take if recorder is not None else None,
         )
         context.decode = decode_and_report  # type: ignore[method-assign]
         stream = self.llama.create_chat_completion(
@@ -225,8 +248,10 @@ class Engine:
                 finish: str | None = choice.get("finish_reason")
                 if delta or finish:
                     # The counts so far with every delta: a reply stopped midway has them
-                    # exact too (each a tuple of two ints: nothing to a token's cost).
-                    yield delta, finish, meter.usage()
+                    # exact too (each a tuple of two ints: nothing to a token's cost); and
+                    # the tokens' records since the last delta, as bytes.
+                    records = recorder.flush() if recorder is not None else b""
+                    yield delta, finish, meter.usage(), records
         finally:
             stream.close()  # type: ignore[union-attr]
             self.generated += meter.completion_tokens
@@ -315,8 +340,8 @@ class Server:
                 self.send(("alive", rid))
 
         try:
-            for text, finish, usage in self.engine.generate(messages, params, stop, alive):
-                self.send(("delta", rid, text, finish, usage))
+            for text, finish, usage, records in self.engine.generate(messages, params, stop, alive):
+                self.send(("delta", rid, text, finish, usage, records))
                 last = time.monotonic()
         except (ValueError, RuntimeError) as exc:  # llama-cpp-python's own refusals
             self.send(("error", rid, type(exc).__name__, str(exc)))
