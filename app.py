@@ -39,6 +39,7 @@ from chatllm.web import (
     shared_threads,
     socket_events,
     socket_limit,
+    xray_records,
 )
 
 prepare_server_loop()  # before the server's loop starts (chatllm/loop.py)
@@ -64,6 +65,7 @@ async def shared_page(thread_id: str, lang: str) -> str:
 chainlit_config.features.allow_thread_sharing = settings.sharing is not Sharing.OFF
 for router in (
     element_files(services.store, settings.sharing),
+    xray_records(services.store, settings.sharing),
     owner_checks(services.store),
     shared_threads(services.store, settings.sharing, shared_page),
     sessions(services.users, services.passwords, services.throttle),

@@ -21,6 +21,7 @@ from chatllm.errors import BackendError, ChatLLMError
 from chatllm.receipts import Finish, Receipt, prompt_digest
 from chatllm.sampling import Sampling
 from chatllm.streaming import Usage, tokens_listener, usage_listener
+from chatllm.xray.records import TokenRecords
 
 log = logging.getLogger("chatllm")
 
@@ -56,8 +57,10 @@ class Generation:
         #: The model's own counts so far, where it reports them as it goes (the local engine)
         self._counted: Usage | None = None
         #: Each token's record as the model drew it, where it records them (the local
-        #: engine: chatllm.engine.tokens), joined: the sampling X-ray's
+        #: engine: chatllm.engine.tokens), joined, and the text piece of each token id they
+        #: name: the sampling X-ray's
         self.tokens = bytearray()
+        self.pieces: dict[int, bytes] = {}
 
     async def stream(self, history: Sequence[BaseMessage], message: str) -> AsyncGenerator[str]:
         """Yield the reply's text as it comes. Raises the backend's errors (`ChatLLMError`s)."""
@@ -71,7 +74,7 @@ class Generation:
 
         token = queue_listener.set(listen)
         counting = usage_listener.set(self._note)
-        recording = tokens_listener.set(self.tokens.extend)
+        recording = tokens_listener.set(self._heard_tokens)
         try:
             # Some servers (llama-cpp-python's among them) answer an unknown model name with
             # their default model; that reply would be credited to the wrong model.
@@ -121,6 +124,14 @@ class Generation:
 
     def _note(self, usage: Usage) -> None:
         self._counted = usage
+
+    def token_records(self) -> TokenRecords | None:
+        """What the model recorded of each token it drew (None: nothing)."""
+        return TokenRecords.of(self.backend.record_top(), bytes(self.tokens), self.pieces)
+
+    def _heard_tokens(self, records: bytes, pieces: dict[int, bytes]) -> None:
+        self.tokens += records
+        self.pieces.update(pieces)
 
     async def run(self, history: Sequence[BaseMessage], message: str) -> str:
         """The whole reply, without streaming."""

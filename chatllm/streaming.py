@@ -27,7 +27,8 @@ usage_listener: contextvars.ContextVar[UsageListener | None] = contextvars.Conte
 )
 
 
-TokensListener = Callable[[bytes], None]
+#: Hears a delta's token records: rows as bytes, and the new token ids' text pieces.
+TokensListener = Callable[[bytes, dict[int, bytes]], None]
 
 #: Set by whoever runs a reply to hear its tokens' records as they come (the local engine,
 #: when asked for them: chatllm.engine.tokens), for the sampling X-ray.

@@ -75,6 +75,42 @@ def element_files(store: ChatDataLayer, sharing: Sharing) -> APIRouter:
     return router
 
 
+#: Where a reply's token records are read, for its sampling X-ray (issue 27).
+XRAY_PREFIX = "/chatllm/xray"
+
+
+def xray_records(store: ChatDataLayer, sharing: Sharing) -> APIRouter:
+    """A reply's token records (chatllm.xray.records), read when its X-ray opens, never
+    with the thread: to the thread's author, and to those who may open its share link
+    while it is shared (for a reply their page shows)."""
+    router = APIRouter()
+
+    @router.get(XRAY_PREFIX + "/{thread_id}/{step_id}")
+    async def xray(thread_id: str, step_id: str, user: CurrentUser) -> JSONResponse:
+        if user is None:
+            raise HTTPException(status_code=401, detail="Unauthorized")
+        author = await require_author(store, user, thread_id, allow_others=True)
+        if author != user.identifier:
+            thread = await store.get_thread(thread_id)
+            if thread is None or not may_view(thread, user.identifier, sharing):
+                raise HTTPException(status_code=403, detail="Not yours")
+            if step_id not in {s["id"] for s in read_only(thread)["steps"]}:
+                raise HTTPException(status_code=404, detail="Not found")
+        data = await store.token_records(thread_id, step_id)
+        if data is None:
+            raise HTTPException(status_code=404, detail="No token records")
+        # numpy with it, on the first X-ray opened: not before the first page.
+        from chatllm.xray.records import TokenRecords, UnreadableRecords
+
+        try:
+            records = TokenRecords.unpack(data)
+        except UnreadableRecords as exc:
+            raise HTTPException(status_code=422, detail=f"Unreadable: {exc}") from None
+        return JSONResponse(records.view())
+
+    return router
+
+
 async def require_author(
     store: ChatDataLayer,
     user: User | PersistedUser,

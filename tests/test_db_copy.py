@@ -30,6 +30,10 @@ async def open_store(database_url: str, files: Path) -> ChatDataLayer:
     return ChatDataLayer(db, FileStore(files))
 
 
+#: A reply's token records as the store keeps them: bytes, not text (BLOB / BYTEA).
+TOKENS = bytes(range(256)) * 3
+
+
 @pytest.fixture(params=["sqlite-to-postgresql", "postgresql-to-sqlite"])
 def direction(
     request: pytest.FixtureRequest, tmp_path: Path, postgres: PostgresServer
@@ -76,7 +80,8 @@ async def source(direction: tuple[str, str], tmp_path: Path) -> AsyncIterator[Ch
             "output": "另一個版本",
             "createdAt": "2026-01-01T00:00:01.000000Z",
             "metadata": {"kind": "variant", "reply_to": "ada-5-c", "finish_reason": "stop"},
-        }
+        },
+        tokens=TOKENS,  # its X-ray's records
     )
     await store.choose_branch("ada-5", "ada-5-a")
     await store.upsert_feedback(Feedback(forId="ada-3-b", value=1, comment="good"))
@@ -137,6 +142,7 @@ async def test_a_copy_holds_every_thread_user_preset_and_search_of_the_source(
             "presets": 2,
             "ended_sessions": 1,
             "deleted_threads": 1,
+            "token_records": 1,
         }
         with pytest.raises(ThreadDeleted):  # a late write to it is refused there too
             await target.save_message(
@@ -156,6 +162,7 @@ async def test_a_copy_holds_every_thread_user_preset_and_search_of_the_source(
         assert [e["name"] for t in seen["ada"]["threads"] for e in t["elements"] or []] == [
             "notes.txt"
         ]
+        assert await target.token_records("ada-5", "ada-5-v") == TOKENS  # byte for byte
         key = await target.db.value("SELECT object_key FROM elements")
         assert target.files.path(key).read_bytes() == b"notes on lighthouses"
         assert report[-1] == f"search: rebuilt for {THREADS + 1} threads"
@@ -196,7 +203,10 @@ async def test_the_command_copies_and_refuses_a_target_that_holds_data(
         to = to.replace(f"{PostgresServer.USER}@", f"{PostgresServer.USER}:hunter2@")
     status, output = run_command(env, "db", "copy", "--to", to)
     assert status == 0, output
-    assert "Copied 2 users, 8 threads, 22 steps, 1 feedbacks, 1 elements, 2 presets" in output
+    assert (
+        "Copied 2 users, 8 threads, 22 steps, 1 token records, 1 feedbacks, 1 elements, 2 presets"
+        in output
+    )
     assert "hunter2" not in output
     status, output = run_command(env, "db", "copy", "--to", to)
     assert status == 1

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import socketio
 from chainlit.element import CustomElement, File, Text
@@ -22,8 +23,20 @@ from chainlit.user import User
 from chatllm.auth import Passwords
 from chatllm.cli import main as cli
 from chatllm.config import Settings
+from chatllm.engine.tokens import record_dtype
 from chatllm.store import ChatDataLayer, Database, FileStore
+from chatllm.xray.records import TokenRecords
 from tests.support import AppServer, BrowserTab, SocketUser, split_base
+
+#: Two tokens of a reply as the engine records them, "secret" among the pieces.
+SECRET_TOKENS = TokenRecords(
+    2,
+    np.array(
+        [(5, -0.1, 1.2, [5, 6], [-0.1, -2.5]), (6, -0.3, 0.9, [6, 5], [-0.3, -1.4])],
+        dtype=record_dtype(2),
+    ),
+    {5: b"secret", 6: b" plan"},
+)
 
 PASSWORDS = {"ada": "ada-password-1", "bob": "bob-password-2"}
 #: The system prompt in Ada's settings: never shown to anyone she shares the thread with.
@@ -115,6 +128,11 @@ def seeded(server_settings: Settings, server_dir: Path) -> dict[str, str]:
         )
         await layer.create_element(export)
         feedback = await layer.upsert_feedback(Feedback(forId="ada-1", value=1, comment="ada's"))
+        # The reply's token records (its X-ray's), as the app stores them with a reply.
+        await layer.db.execute(
+            "INSERT INTO token_records (step_id, thread_id, data) VALUES (:s, :t, :d)",
+            {"s": "ada-1", "t": "ada-thread", "d": SECRET_TOKENS.pack()},
+        )
         await layer.close()
         return {
             "thread": "ada-thread",
@@ -174,6 +192,11 @@ def test_the_author_opens_her_thread_and_its_file(server: str, seeded: dict[str,
     element = ada.get(f"/project/thread/{seeded['thread']}/element/{seeded['element']}").json()
     file = ada.get(origin(server) + element["url"])
     assert file.status_code == 200 and file.text == "the plan"
+    # Her reply's X-ray: its tokens, read apart from the thread, hers alone.
+    xray = ada.get(f"/chatllm/xray/{seeded['thread']}/ada-1")
+    assert xray.status_code == 200, xray.text
+    assert xray.json() == SECRET_TOKENS.view()
+    assert ada.get(f"/chatllm/xray/{seeded['thread']}/ada-0").status_code == 404  # none kept
 
 
 def test_another_user_gets_nothing_of_it_through_any_route(
@@ -188,11 +211,13 @@ def test_another_user_gets_nothing_of_it_through_any_route(
         bob.put("/project/thread/share", json={"threadId": thread, "isShared": True}),
         bob.get(f"/project/thread/{thread}/element/{element}"),
         bob.get(f"/chatllm/elements/{thread}/{element}"),
+        bob.get(f"/chatllm/xray/{thread}/ada-1"),
         bob.get(f"/project/share/{thread}"),
     ]
     for response in refused:
         assert response.status_code in (401, 403, 404), (response.request.url, response.text)
         assert "secret plan" not in response.text and "the plan" not in response.text
+        assert "736563726574" not in response.text  # "secret", a token's piece in hex
     listed = bob.post("/project/threads", json={"pagination": {"first": 20}, "filter": {}})
     assert listed.json()["data"] == []
     searched = bob.post(

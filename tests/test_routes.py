@@ -23,6 +23,7 @@ from chatllm.web import (
     refused_routes,
     sessions,
     shared_threads,
+    xray_records,
 )
 
 
@@ -42,6 +43,7 @@ def app_routes() -> set[str]:
     nothing: Any = None
     routers: list[APIRouter] = [
         element_files(nothing, Sharing.USERS),
+        xray_records(nothing, Sharing.USERS),
         owner_checks(nothing),
         shared_threads(nothing, Sharing.USERS, nothing),
         sessions(nothing, nothing, nothing),

@@ -5,16 +5,23 @@ seed; and nothing recorded when the operator turns it off."""
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
+from chainlit.user import User
 from llama_cpp import Llama
 
 from chatllm.backends.local import LocalBackend
+from chatllm.chat import ChatApp
 from chatllm.config import Settings
-from chatllm.engine.tokens import read_records, top_ids
+from chatllm.engine.tokens import read_records, record_dtype, top_ids
 from chatllm.engine.worker import PROMPT_CHUNK
 from chatllm.generation import Generation
 from chatllm.sampling import Sampling
+from chatllm.store import ChatDataLayer
+from chatllm.xray.records import TokenRecords, UnreadableRecords
+from tests.support import BrowserTab, open_chat, say
 
 QUESTION = "Name three colours of the sea."
 
@@ -52,6 +59,12 @@ async def test_each_token_is_recorded_as_llama_cpp_computes_it(
     assert len(records) == receipt.completion_tokens + ended
     drawn = [int(t) for t in records["token"]]
     assert every_logit.detokenize(drawn[: receipt.completion_tokens]).decode() == text
+    # Each id's text piece came with the records: the reply's, and every candidate's.
+    pieces = generation.pieces
+    assert b"".join(pieces[t] for t in drawn[: receipt.completion_tokens]).decode() == text
+    assert {int(i) for record in records for i in record["ids"]} <= pieces.keys()
+    if ended:
+        assert pieces[drawn[-1]] == b"<|im_end|>"  # the end, named as what it is
 
     raw = every_logit.create_chat_completion(
         messages=[
@@ -94,3 +107,67 @@ async def test_nothing_is_recorded_when_the_operator_turns_it_off(settings: Sett
     generation = Generation(off, settings.local_model_name, Sampling(max_tokens=4, seed=1))
     assert await generation.run([], QUESTION)
     assert generation.tokens == b""
+
+
+def test_records_pack_into_a_blob_that_reads_back_and_a_broken_one_is_refused() -> None:
+    rows = np.array([(7, -0.5, 1.0, [7, 9, 2], [-0.5, -1.5, -3.0])], dtype=record_dtype(3))
+    records = TokenRecords(3, rows, {7: "海".encode()[:2], 9: b" sea", 2: b"<|im_end|>"})
+    again = TokenRecords.unpack(records.pack())
+    assert again.view() == records.view()
+    assert again.view()["pieces"]["7"] == {"text": "\ufffd", "hex": "e6b5"}  # part of 海
+    blob = records.pack()
+    for broken in (b"", b"not zlib", blob[:-3], zlib.compress(b"\x05\x00\x00\x00{}abc")):
+        with pytest.raises(UnreadableRecords):
+            TokenRecords.unpack(broken)
+
+
+async def test_a_replys_records_are_stored_with_it_and_go_with_its_thread(
+    store: ChatDataLayer,
+) -> None:
+    """Apart from the step (never in the thread a page opens), in the reply's own write,
+    on both databases; read for that thread only; removed with the thread."""
+    user = await store.create_user(User(identifier="ada"))
+    assert user is not None
+    await store.update_thread("t1", name="T", user_id=user.id)
+    await store.save_message(
+        {
+            "id": "u1",
+            "threadId": "t1",
+            "type": "user_message",
+            "output": "Hi",
+            "createdAt": "2026-05-01T10:00:00Z",
+        }
+    )
+    blob = TokenRecords(
+        1, np.array([(3, -0.2, 0.5, [3], [-0.2])], dtype=record_dtype(1)), {3: b"Hello"}
+    ).pack()
+    await store.save_message(
+        {"id": "r1", "threadId": "t1", "type": "assistant_message", "output": "Hello",
+         "createdAt": "2026-05-01T10:00:01Z", "metadata": {"kind": "reply", "reply_to": "u1"}},
+        tokens=blob,
+    )  # fmt: skip
+    assert await store.token_records("t1", "r1") == blob
+    assert await store.token_records("other", "r1") is None
+    thread = await store.get_thread("t1")
+    assert thread is not None and b"Hello".hex() not in repr(thread)  # not with the page's
+    assert all("tokens" not in (s.get("metadata") or {}) for s in thread["steps"])
+    await store.delete_thread("t1")
+    assert await store.token_records("t1", "r1") is None
+
+
+async def test_a_reply_in_the_chat_is_stored_with_each_token_it_drew(app: ChatApp) -> None:
+    tab = BrowserTab()
+    await open_chat(app, tab)
+    await app.update_settings({"max_tokens": 8, "temperature": 0.0})
+    await say(app, tab, QUESTION)
+    thread = await app.store.get_thread(tab.session.thread_id)
+    assert thread is not None
+    (reply,) = [s for s in thread["steps"] if s["type"] == "assistant_message"]
+    blob = await app.store.token_records(thread["id"], reply["id"])
+    assert blob is not None
+    records = TokenRecords.unpack(blob)
+    receipt = reply["metadata"]["receipt"]
+    count = receipt["completion_tokens"]
+    assert len(records) == count + (receipt["finish_reason"] == "stop")  # the end's too
+    drawn = b"".join(records.pieces[int(t)] for t in records.rows["token"][:count]).decode()
+    assert drawn == reply["output"]

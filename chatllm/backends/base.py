@@ -77,6 +77,11 @@ class Backend(ABC):
     def chat_model(self, model: str, sampling: Sampling) -> BaseChatModel:
         """A chat model that replies with `sampling`'s values."""
 
+    def record_top(self) -> int:
+        """Candidates its chat models record with each token (the sampling X-ray's); 0
+        where they record none."""
+        return 0
+
     def not_sent(self, sampling: Sampling) -> list[str]:
         """The sampling values `chat_model` does not pass on to the model (they shape no
         reply; the receipt says so). All of them go to most backends."""

@@ -174,8 +174,11 @@ class LocalBackend(Backend):
             engine=self.engine,
             model_name=model,
             sampling=sampling,
-            record_top=self.settings.xray_candidates,
+            record_top=self.record_top(),
         )
+
+    def record_top(self) -> int:
+        return self.settings.xray_candidates
 
     def context_tokens(self, model: str) -> int:
         return self.settings.n_ctx

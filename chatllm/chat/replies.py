@@ -33,6 +33,7 @@ from chatllm.sampling import Sampling
 from chatllm.store import ChatDataLayer
 from chatllm.store.db import storable
 from chatllm.store.tree import Placement, served_tree
+from chatllm.xray.records import TokenRecords
 
 log = logging.getLogger("chatllm")
 
@@ -112,12 +113,13 @@ async def send_and_save(
     message: cl.Message,
     *elements: Element,
     place: Placement | None = None,
+    tokens: TokenRecords | None = None,
 ) -> None:
     """Show a message with `elements` under it, and store them once, awaited (Chainlit
     would write the message again, in a task nobody awaits)."""
     message.persisted = True
     await message.send()
-    await save_message(store, message, *elements, place=place)
+    await save_message(store, message, *elements, place=place, tokens=tokens)
 
 
 async def save_message(
@@ -125,18 +127,22 @@ async def save_message(
     message: cl.Message,
     *elements: Element,
     place: Placement | None = None,
+    tokens: TokenRecords | None = None,
 ) -> None:
     """Store a sent message and show `elements` under it, in one write the caller waits
     for (the elements are sent unpersisted: Chainlit's own writes are unawaited tasks),
-    placed in the conversation by `place` (else by its kind). A failed write is shown to
-    the user."""
+    with its token records (the X-ray's), placed in the conversation by `place` (else by
+    its kind). A failed write is shown to the user."""
+    packed = tokens.pack() if tokens is not None else None
     try:
         for element in elements:
             await element.send(for_id=message.id, persist=False)
         try:
-            await store.save_message(message.to_dict(), elements=elements, place=place)
+            await store.save_message(
+                message.to_dict(), elements=elements, place=place, tokens=packed
+            )
         except StoreError:
-            if not elements:
+            if not elements and packed is None:
                 raise
             # The words at least, without what could not be stored with them; the user
             # is told either way.
@@ -227,7 +233,12 @@ class Replies:
                 reply.metadata = reply_metadata(receipt, reply_to, kind)
                 reply.actions = reply_actions(reply.id, lang)
                 session.buttons.add(reply.id)
-                await send_and_save(self.store, reply, receipt_element(receipt, lang, title))
+                await send_and_save(
+                    self.store,
+                    reply,
+                    receipt_element(receipt, lang, title),
+                    tokens=generation.token_records(),
+                )
         return reply if reply.content else None
 
     async def _find_reply(self, step_id: str) -> tuple[ThreadDict, StepDict, StepDict]:

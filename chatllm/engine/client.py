@@ -181,8 +181,8 @@ class LocalEngine:
                         text += message[2]
                         finish = message[3] or finish
                         usage = Usage(*message[4]) if message[4] else usage
-                        if message[5] and heard is not None:
-                            heard(message[5])
+                        if message[5] is not None and heard is not None:
+                            heard(*message[5])
                     elif kind == "done":
                         finished = True
                         break

@@ -9,7 +9,10 @@ penalties, temperature and cuts), normalised over the whole vocabulary; the X-ra
 the chain to them (chatllm.xray.chain).
 
 Records travel to the app as bytes of `record_dtype(top)` rows, one per token sampled
-(the end-of-generation token included): a few dozen bytes a token, no pickling of objects.
+(the end-of-generation token included): a few dozen bytes a token, no pickling of objects;
+with them, the text piece of each token id not sent before in this generation (bytes: a
+piece may be part of a character, as Chinese ones often are), so the X-ray can show any
+reply's candidates whatever model is loaded when it is opened.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ MOST_TOP = 20
 
 #: Vocabulary slices whose maxima narrow the search for the top candidates (below).
 _BLOCK = 1024
+
+#: A delta's records: `record_dtype(top)` rows as bytes, and token id → its text piece.
+Records = tuple[bytes, dict[int, bytes]]
 
 
 def record_dtype(top: int) -> np.dtype[Any]:
@@ -64,16 +70,31 @@ def top_ids(logits: np.ndarray[Any, Any], top: int) -> np.ndarray[Any, Any]:
 class TokenRecorder:
     """Records each token of one generation from the context's last logits."""
 
-    def __init__(self, context: Any, n_vocab: int, top: int) -> None:
+    def __init__(self, context: Any, vocab: Any, n_vocab: int, top: int) -> None:
+        import ctypes
+
         import llama_cpp
 
         self._logits_of = llama_cpp.llama_get_logits_ith
+        self._to_piece = llama_cpp.llama_token_to_piece
         self._context = context
+        self._vocab = vocab
+        self._buffer = ctypes.create_string_buffer(64)
         self.n_vocab = n_vocab
         self.top = max(1, min(top, MOST_TOP, n_vocab))
         self.dtype = record_dtype(self.top)
         self._rows: list[tuple[Any, ...]] = []
         self._scratch = np.empty(n_vocab, dtype=np.float32)
+        self._sent: set[int] = set()
+        self._pieces: dict[int, bytes] = {}
+
+    def _piece(self, token: int) -> None:
+        if token in self._sent:
+            return
+        self._sent.add(token)
+        # special: the end-of-generation token shows as what it is (<|im_end|>)
+        n = self._to_piece(self._vocab, token, self._buffer, len(self._buffer), 0, True)
+        self._pieces[token] = self._buffer.raw[: max(n, 0)]
 
     def take(self, token: int) -> None:
         """Record `token`, just sampled from the logits llama.cpp holds now."""
@@ -89,13 +110,18 @@ class TokenRecorder:
         self._rows.append(
             (token, float(logits[token]) - normaliser, entropy, ids, logits[ids] - normaliser)
         )
+        self._piece(token)
+        for candidate in ids.tolist():
+            self._piece(candidate)
 
-    def flush(self) -> bytes:
-        """The records taken since the last flush, as bytes of `self.dtype` rows."""
+    def flush(self) -> Records | None:
+        """The records taken since the last flush, as bytes of `self.dtype` rows, and the
+        pieces of the token ids they name that no flush has carried before."""
         if not self._rows:
-            return b""
+            return None
         rows, self._rows = self._rows, []
-        return np.array(rows, dtype=self.dtype).tobytes()
+        pieces, self._pieces = self._pieces, {}
+        return np.array(rows, dtype=self.dtype).tobytes(), pieces
 
 
 def read_records(data: bytes, top: int) -> np.ndarray[Any, Any]:

@@ -22,7 +22,8 @@ and this process answers:
 
     ("ready", info) | ("failed", stage, text)         once, after loading and the self-check
     ("delta", rid, text, finish, usage, records)      usage = (prompt, completion) so far;
-                                                      records: bytes (chatllm.engine.tokens)
+                                                      records: (bytes, pieces) or None
+                                                      (chatllm.engine.tokens.Records)
     ("alive", rid)                                    evaluating a long prompt, about each second
     ("error", rid, kind, text)                        kind: the exception's class name
     ("done", rid, generated)                          after every generate, stopped or not;
@@ -61,9 +62,9 @@ RECORD_TOP = "record_top"
 
 Usage = tuple[int, int]
 #: A piece of a reply: its text, why it ended (on the last), the counts so far, and the
-#: records of the tokens sampled since the piece before (chatllm.engine.tokens; b"" when
-#: the request asked for none).
-Delta = tuple[str, str | None, Usage | None, bytes]
+#: records of the tokens sampled since the piece before (chatllm.engine.tokens.Records;
+#: None when the request asked for none).
+Delta = tuple[str, str | None, Usage | None, tuple[bytes, dict[int, bytes]] | None]
 
 _SELF_CHECK_TEXT = (
     "The keeper of the lighthouse climbs one hundred and twelve steps every evening, winds "
@@ -217,7 +218,7 @@ class Engine:
         if top > 0:
             from chatllm.engine.tokens import TokenRecorder
 
-            recorder = TokenRecorder(context.ctx, self.llama.n_vocab(), top)
+            recorder = TokenRecorder(context.ctx, vocab, self.llama.n_vocab(), top)
 
         def is_end(token: int) -> bool:
             return bool(llama_cpp.llama_vocab_is_eog(vocab, token))
@@ -250,7 +251,7 @@ class Engine:
                     # The counts so far with every delta: a reply stopped midway has them
                     # exact too (each a tuple of two ints: nothing to a token's cost); and
                     # the tokens' records since the last delta, as bytes.
-                    records = recorder.flush() if recorder is not None else b""
+                    records = recorder.flush() if recorder is not None else None
                     yield delta, finish, meter.usage(), records
         finally:
             stream.close()  # type: ignore[union-attr]

@@ -55,6 +55,7 @@ TABLES = (
     Table("users", ("id",), ("id",), "users"),
     Table("threads", ("id",), ("seq",), "threads"),
     Table("steps", ("id",), ("seq",), "steps"),
+    Table("token_records", ("step_id",), ("step_id",), "token records"),
     Table("feedbacks", ("id",), ("id",), "feedbacks"),
     Table("elements", ("id",), ("id",), "elements"),
     Table("presets", ("user_id", "name"), ("user_id", "name"), "presets"),

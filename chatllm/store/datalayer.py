@@ -266,11 +266,17 @@ class ChatDataLayer(BaseDataLayer):
         thread_metadata: dict[str, Any] | None = None,
         elements: Sequence[Element] = (),
         place: Placement | None = None,
+        tokens: bytes | None = None,
     ) -> None:
-        """The app's write of a message (with the thread's metadata and the message's
-        elements, in one transaction), placed in the conversation tree by `place`, else
-        by its kind (chatllm.store.tree.TreeRows.place)."""
-        await self.steps.save_message(step_dict, thread_metadata, elements, place)
+        """The app's write of a message (with the thread's metadata, the message's
+        elements and its token records, in one transaction), placed in the conversation
+        tree by `place`, else by its kind (chatllm.store.tree.TreeRows.place)."""
+        await self.steps.save_message(step_dict, thread_metadata, elements, place, tokens)
+
+    async def token_records(self, thread_id: str, step_id: str) -> bytes | None:
+        """A reply's token records (chatllm.xray.records), if it has any in that thread:
+        read only when its X-ray opens."""
+        return await self.steps.token_records(thread_id, step_id)
 
     @until_first_message
     @writes("the message could not be removed")

@@ -239,4 +239,23 @@ MIGRATIONS: list[Migration] = [
         ),
         then=trees_from_flat_threads,
     ),
+    Migration(
+        name="token records: each reply's tokens and candidates, for the sampling X-ray",
+        statements=(
+            # Apart from the step (a thread opens without reading them); gone with it.
+            Per(
+                sqlite="""CREATE TABLE token_records (
+                step_id TEXT PRIMARY KEY REFERENCES steps(id) ON DELETE CASCADE,
+                thread_id TEXT NOT NULL REFERENCES threads(id) ON DELETE CASCADE,
+                data BLOB NOT NULL
+            )""",
+                postgresql="""CREATE TABLE token_records (
+                step_id TEXT PRIMARY KEY REFERENCES steps(id) ON DELETE CASCADE,
+                thread_id TEXT NOT NULL REFERENCES threads(id) ON DELETE CASCADE,
+                data BYTEA NOT NULL
+            )""",
+            ),
+            "CREATE INDEX token_records_by_thread ON token_records (thread_id)",
+        ),
+    ),
 ]

@@ -76,10 +76,12 @@ class StepRows:
         metadata: dict[str, Any] | None,
         elements: Sequence[Element],
         place: Placement | None = None,
+        tokens: bytes | None = None,
     ) -> None:
-        """A message, the thread's metadata (merged as `update_thread` does) and the
-        message's elements, in one transaction the caller waits for: all of it or none,
-        for one turn of the write lock (SQLite) or one commit (PostgreSQL)."""
+        """A message, the thread's metadata (merged as `update_thread` does), the
+        message's elements and its token records (the X-ray's: chatllm.xray.records), in
+        one transaction the caller waits for: all of it or none, for one turn of the
+        write lock (SQLite) or one commit (PostgreSQL)."""
         thread_id = step_dict.get("threadId")
         if not thread_id:
             raise ValueError(f"step {step_dict.get('id')} has no thread")
@@ -98,9 +100,26 @@ class StepRows:
                         await self.elements.insert_element(
                             conn, element, key, checked_thread=thread_id
                         )
+                    if tokens:
+                        await conn.execute(
+                            sql(
+                                "INSERT INTO token_records (step_id, thread_id, data)"
+                                " VALUES (:step, :thread, :data) ON CONFLICT (step_id)"
+                                " DO UPDATE SET data = excluded.data"
+                            ),
+                            {"step": step_dict["id"], "thread": thread_id, "data": tokens},
+                        )
         except BaseException:
             await self.elements.delete_files(list(stored.values()))
             raise
+
+    async def token_records(self, thread_id: str, step_id: str) -> bytes | None:
+        """A message's token records, if it has any in that thread."""
+        data = await self.db.value(
+            "SELECT data FROM token_records WHERE step_id = :step AND thread_id = :thread",
+            {"step": step_id, "thread": thread_id},
+        )
+        return bytes(data) if data is not None else None
 
     async def upsert_step(self, step: StepDict) -> None:
         thread_id = step.get("threadId")
