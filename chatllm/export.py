@@ -2,7 +2,7 @@
 
 The JSON document describes itself:
 
-    {"format": "chatllm.thread", "version": 2, "exported_at": …,
+    {"format": "chatllm.thread", "version": 3, "exported_at": …,
      "thread": {"id", "name", "created_at", "tags",
                 "active_leaf": the message the conversation stands on (or null),
                 "choices": {a message id, or "" for the first messages: the message
@@ -12,7 +12,7 @@ The JSON document describes itself:
                    "text", "created_at", "is_error",
                    "extra" (any other step metadata, as stored),
                    and for replies: "kind", "reply_to", "finish_reason", "receipt",
-                   "compare", "replay_of"}, …],
+                   "compare", "replay_of", "tokens"}, …],
      "elements": [{"name", "for": a message id, "display", "props"}, …]}
 
 The messages are every branch of the conversation's tree, in the order they were written
@@ -21,6 +21,8 @@ has "attached": false and as "parent" the message it follows (null: a first mess
 another (a notice, an error, a comparison, a replay) has "attached": true and as "parent"
 the message it is shown after (null: before the first). What a page shows is the path from
 the first message to "active_leaf"; at a fork without a choice, the newest branch.
+A reply's "tokens" (version 3) are its token records, what the sampling X-ray shows: the
+store's blob (chatllm.xray.records) in base64, absent where none were recorded.
 Chainlit's run and tool steps around the messages are left out, and so is a reference to a
 message that is no longer there: a message whose parent is gone starts a branch of its
 own, as the store shows it, and a choice naming it is dropped. Only custom elements (the
@@ -28,10 +30,11 @@ receipt and comparison views) travel; uploaded files do not.
 
 An import becomes a new thread of the importing user, with new ids throughout and every
 reference between messages (parent, active_leaf, choices, reply_to, replay_of, an
-element's message) pointed at the new ones. Version 1, written before conversations were
-trees, is still read: no "parent", "attached", "active_leaf" nor "choices", and in the
-metadata "chosen_replies" (a user message id → the reply the conversation continues
-from); the store makes of it the tree such a thread became (chatllm.conversation.flat).
+element's message) pointed at the new ones. Versions 2 (no "tokens") and 1 are still
+read. Version 1, written before conversations were trees, has no "parent", "attached",
+"active_leaf" nor "choices", and in the metadata "chosen_replies" (a user message id →
+the reply the conversation continues from); the store makes of it the tree such a thread
+became (chatllm.conversation.flat).
 
 chatllm.markdown renders a document to read; `python -m chatllm export|import` and the
 chat's Export and Import commands use both.
@@ -40,6 +43,8 @@ chat's Export and Import commands use both.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextvars
 import json
 import uuid
@@ -66,6 +71,7 @@ from chatllm.share import SESSION_KINDS
 from chatllm.store import ChatDataLayer
 from chatllm.store.tree import TREE_DEPTH, TREE_PARENT, TreeChange, served_tree
 from chatllm.store.users import NoSuchUser
+from chatllm.xray.records import TokenRecords, UnreadableRecords
 
 if TYPE_CHECKING:  # the data layer's records; the document itself needs no UI
     from chainlit.element import ElementDict
@@ -74,9 +80,10 @@ if TYPE_CHECKING:  # the data layer's records; the document itself needs no UI
     from chainlit.user import PersistedUser
 
 FORMAT = "chatllm.thread"
-VERSION = 2
-#: The versions an import reads: 1 is a flat thread's, from before trees.
-READABLE = (1, 2)
+VERSION = 3
+#: The versions an import reads: 1 is a flat thread's, from before trees; 2 a tree's
+#: without token records.
+READABLE = (1, 2, 3)
 
 COMPARE = "compare"
 #: Step metadata that has a field of its own in an exported message.
@@ -187,8 +194,23 @@ class MessageEntry(_Strict):
     receipt: dict[str, Any] | None = None
     compare: dict[str, Any] | None = None
     replay_of: str | None = None
+    #: Version 3: the reply's token records, base64 of chatllm.xray.records' blob.
+    tokens: str | None = None
     #: Other step metadata, kept as it was.
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("tokens")
+    @classmethod
+    def _token_records(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                TokenRecords.unpack(base64.b64decode(value, validate=True))
+            except (binascii.Error, UnreadableRecords) as exc:
+                raise ValueError(f"not token records ({exc})") from None
+        return value
+
+    def token_records(self) -> bytes | None:
+        return base64.b64decode(self.tokens) if self.tokens is not None else None
 
     @field_validator("created_at")
     @classmethod
@@ -219,7 +241,7 @@ class ElementEntry(_Strict):
 
 class ThreadDocument(_Strict):
     format: Literal["chatllm.thread"]
-    version: Literal[1, 2]
+    version: Literal[1, 2, 3]
     exported_at: str | None = None
     thread: ThreadInfo
     messages: list[MessageEntry]
@@ -238,7 +260,8 @@ def parse_document(document: object) -> ThreadDocument:
     if type(version) is not int or version not in READABLE:
         raise InvalidDocument(
             f"this export has version {version!r} of the thread format; "
-            f"this chatllm reads versions {' and '.join(map(str, READABLE))}"
+            f"this chatllm reads versions {', '.join(map(str, READABLE[:-1]))}"
+            f" and {READABLE[-1]}"
         )
     try:
         parsed = ThreadDocument.model_validate(document)
@@ -395,19 +418,25 @@ def _location(loc: tuple[int | str, ...]) -> str:
 
 async def export_thread(store: ChatDataLayer, thread_id: str) -> dict[str, Any]:
     """The thread as a self-describing JSON document (see the module's docstring): every
-    branch, not only the one a page shows."""
+    branch, not only the one a page shows, with its replies' token records."""
     thread = await store.whole_thread(thread_id)
     if thread is None:
         raise ThreadNotFound(f"there is no thread {thread_id!r}")
-    return thread_document(thread)
+    return thread_document(thread, await store.thread_token_records(thread_id))
 
 
-def thread_document(thread: ThreadDict) -> dict[str, Any]:
-    """A thread the store read (whole, or a page's path), as the export's document."""
+def thread_document(
+    thread: ThreadDict, tokens: Mapping[str, bytes] | None = None
+) -> dict[str, Any]:
+    """A thread the store read (whole, or a page's path), as the export's document, with
+    `tokens`: its replies' token records by id, where it has them."""
     steps = conversation_steps(thread)
     roles = {step["id"]: ROLE_OF_STEP[step.get("type") or ""] for step in steps}
     places = _places(thread.get("steps") or [], roles)
     messages = [_exported_message(step, *places[step["id"]]) for step in steps]
+    for message in messages:
+        if tokens and message["role"] == "assistant" and message["id"] in tokens:
+            message["tokens"] = base64.b64encode(tokens[message["id"]]).decode("ascii")
     for message in messages:
         # A reference to a message that is gone (or never was one) would point at nothing.
         for key, role in ((REPLY_TO, "user"), (REPLAY_OF, "assistant")):
@@ -624,8 +653,13 @@ async def _write_thread(
         "metadata": {**metadata, FORKED_FROM: dict(origin)} if origin else metadata,
         "tags": list(info.tags),
     }  # type: ignore[typeddict-item]
+    tokens = {
+        new_ids[message.id]: data
+        for message in document.messages
+        if (data := message.token_records()) is not None
+    }
     try:
-        await store.add_thread(thread, steps, elements, tree)
+        await store.add_thread(thread, steps, elements, tree, tokens)
     except StoreError as exc:
         raise StoreError(f"{exc}; nothing was kept") from exc
     return thread_id

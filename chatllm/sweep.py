@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import csv
 import itertools
@@ -129,6 +130,8 @@ class Reply:
     repeat: int
     text: str
     receipt: Receipt
+    #: its token records (the X-ray's: chatllm.xray.records' blob), where it has them
+    tokens: bytes | None = None
 
     @property
     def ok(self) -> bool:
@@ -371,7 +374,14 @@ class Sweep:
         # A failed run is a result too: its receipt says "error" and why; the sweep goes on.
         with contextlib.suppress(ChatLLMError):
             await generation.run([], self.plan.prompt)
-        return Reply(run.cell, run.repeat, generation.text, generation.receipt())
+        records = generation.token_records()
+        return Reply(
+            run.cell,
+            run.repeat,
+            generation.text,
+            generation.receipt(),
+            records.pack() if records is not None else None,
+        )
 
     def finished(self) -> list[Reply]:
         return [reply for reply in self.replies if reply is not None]
@@ -473,13 +483,17 @@ def cell_fields(cell: Cell) -> dict[str, Any]:
 
 
 def reply_record(reply: Reply) -> dict[str, Any]:
-    """A reply as sweep.json holds it: the receipt nested as the app stores it."""
-    return {
+    """A reply as sweep.json holds it: the receipt nested as the app stores it, and its
+    token records as a thread export carries them (base64), where it has them."""
+    record = {
         **cell_fields(reply.cell),
         "repeat": reply.repeat,
         "text": reply.text,
         "receipt": reply.receipt.model_dump(mode="json"),
     }
+    if reply.tokens is not None:
+        record["tokens"] = base64.b64encode(reply.tokens).decode("ascii")
+    return record
 
 
 def reply_columns(plan: SweepPlan) -> list[str]:

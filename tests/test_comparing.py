@@ -345,6 +345,11 @@ async def test_a_fork_is_a_new_conversation_up_to_the_reply_and_the_original_sta
     assert greeting["id"] not in [s["id"] for s in fork["steps"]]  # new ids
     (receipt,) = [e for e in fork["elements"] or [] if e["name"] == "Receipt"]
     assert receipt["props"]["receipt"] == greeting["metadata"]["receipt"]  # receipts kept
+    # ... and its token records, for the X-ray: the reply's own, under the fork's id.
+    (forked_reply,) = [s for s in fork["steps"] if s["type"] == "assistant_message"]
+    assert await app.store.thread_token_records(new_id) == {
+        forked_reply["id"]: await app.store.token_records(tab.session.thread_id, greeting["id"])
+    }
     assert fork["metadata"]["forked_from"] == {
         "thread": tab.session.thread_id,
         "message": greeting["id"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import csv
 import itertools
 import json
@@ -39,6 +40,7 @@ from chatllm.sweep import (
     prepare_out,
     run_sweep,
 )
+from chatllm.xray.records import TokenRecords
 
 PROMPT = "Name a colour."
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -208,6 +210,10 @@ def test_the_json_carries_the_same_replies_and_the_sweep_settings(
                     assert row[f"sampling.{key}"] == as_csv(item)
             else:
                 assert row[name] == as_csv(value)
+        # Each reply's token records, as an export carries them (for its X-ray).
+        records = TokenRecords.unpack(base64.b64decode(reply["tokens"]))
+        drawn = records.rows["token"][: receipt.completion_tokens]
+        assert b"".join(records.pieces[int(t)] for t in drawn).decode() == reply["text"]
 
 
 def test_heatmaps_are_written_as_png_images(fixed: FixedSweeps) -> None:

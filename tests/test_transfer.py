@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from chainlit.element import CustomElement, Text
 from chainlit.step import StepDict
@@ -30,6 +31,7 @@ from chatllm.config import Settings
 from chatllm.conversation.marks import CHOSEN_REPLIES, reply_metadata
 from chatllm.conversation.memory import history_from_steps
 from chatllm.conversation.tree import ATTACHED
+from chatllm.engine.tokens import record_dtype
 from chatllm.errors import StoreError
 from chatllm.export import InvalidDocument, ThreadNotFound, TransferError
 from chatllm.markdown import to_markdown
@@ -39,6 +41,7 @@ from chatllm.store import ChatDataLayer, Database, FileStore
 from chatllm.store.sqlite import YIELD_AFTER
 from chatllm.store.tree import TREE_DEPTH, TREE_PARENT, Placement, served_tree
 from chatllm.store.users import NoSuchUser
+from chatllm.xray.records import TokenRecords
 from tests.conftest import sqlite_only
 from tests.support import BrowserTab, command_env, refuse_inserts, run_command
 
@@ -97,6 +100,20 @@ def message(thread: str, step_id: str, kind: str, text: str, second: int, **extr
         **extra,
     }
     return step  # type: ignore[return-value]
+
+
+def token_blob(pieces: dict[int, bytes]) -> bytes:
+    """A reply's token records as the store keeps them: a token per piece."""
+    ids = list(pieces)
+    rows = np.array(
+        [(i, -0.25, 1.5, [ids[0], ids[1 % len(ids)]], [-0.25, -2.0]) for i in ids],
+        dtype=record_dtype(2),
+    )
+    return TokenRecords(2, rows, pieces).pack()
+
+
+TOKENS_R1 = token_blob({11: "灯".encode(), 12: b" guide", 13: b" ships"})
+TOKENS_R2 = token_blob({21: b"They", 22: b" warn"})
 
 
 async def conversation(store: ChatDataLayer, owner: PersistedUser, thread: str = "t1") -> None:
@@ -206,6 +223,12 @@ async def conversation(store: ChatDataLayer, owner: PersistedUser, thread: str =
         )
     )
     await store.create_element(Text(name="notes", content="a file", for_id="r1", thread_id=thread))
+    # The two replies' token records (their X-ray's), as the app stores them.
+    for reply, blob in (("r1", TOKENS_R1), ("r2", TOKENS_R2)):
+        await store.db.execute(
+            "INSERT INTO token_records (step_id, thread_id, data) VALUES (:s, :t, :d)",
+            {"s": reply, "t": thread, "d": blob},
+        )
 
 
 async def user(store: ChatDataLayer, identifier: str) -> PersistedUser:
@@ -249,7 +272,9 @@ async def test_an_imported_thread_is_the_same_conversation_with_new_ids_for_its_
     ada, bob = await user(store, "ada"), await user(store, "bob")
     await conversation(store, ada)
     document = await export.export_thread(store, "t1")
-    assert (document["format"], document["version"]) == ("chatllm.thread", 2)
+    assert (document["format"], document["version"]) == ("chatllm.thread", 3)
+    carried = {m["id"]: m["tokens"] for m in document["messages"] if "tokens" in m}
+    assert set(carried) == {"r1", "r2"}  # in base64, every branch's
     new_id = await export.import_thread(store, json.loads(json.dumps(document)), "bob")
 
     original, imported = await whole(store, "t1"), await whole(store, new_id)
@@ -276,6 +301,11 @@ async def test_an_imported_thread_is_the_same_conversation_with_new_ids_for_its_
         parent = old[TREE_PARENT]
         assert step[TREE_PARENT] == (None if parent is None else new[parent])
         assert step[TREE_DEPTH] == old[TREE_DEPTH]
+    # The replies' token records came along, byte for byte, under their new ids.
+    assert await store.thread_token_records(new_id) == {
+        new["r1"]: TOKENS_R1,
+        new["r2"]: TOKENS_R2,
+    }
     metadata, old_metadata = imported["metadata"] or {}, original["metadata"] or {}
     assert CHOSEN_REPLIES not in metadata  # the choices are the tree's
     assert metadata["chat_settings"] == old_metadata["chat_settings"]
@@ -534,7 +564,7 @@ def broken(change: str) -> Any:
         case "format":
             document["format"] = "someone.else"
         case "version":
-            document["version"] = 3
+            document["version"] = 4
         case "version text":
             document["version"] = "1"
         case "no messages":
@@ -543,6 +573,8 @@ def broken(change: str) -> Any:
             user_message["role"] = "system"
         case "text":
             reply["text"] = 42
+        case "tokens":
+            reply["tokens"] = "bm90IHRva2Vucw=="  # base64 of "not tokens"
         case "time":
             user_message["created_at"] = "yesterday"
         case "receipt":
@@ -581,13 +613,14 @@ def broken(change: str) -> Any:
     [
         ("list", "not a chatllm thread export"),
         ("format", "not a chatllm thread export"),
-        ("version", "version 3 of the thread format; this chatllm reads versions 1 and 2"),
+        ("version", "version 4 of the thread format; this chatllm reads versions 1, 2 and 3"),
         ("version text", "version '1'"),
         ("no messages", "messages: Field required"),
         ("role", r"messages\[0\]\.role: Input should be 'user' or 'assistant'"),
         ("text", r"messages\[1\]\.text: Input should be a valid string"),
         ("time", r"messages\[0\]\.created_at: .*'yesterday' is not an ISO 8601 time"),
         ("receipt", r"messages\[1\]\.receipt: Input should be a valid dictionary"),
+        ("tokens", r"messages\[1\]\.tokens: Value error, not token records"),
         ("unknown field", r"messages\[1\]\.reply_too: Extra inputs are not permitted"),
         ("reply_to", r"messages\[1\]\.reply_to: 'u9' names no user message"),
         ("reply_to a reply", r"messages\[1\]\.reply_to: 'r1' names no user message"),
@@ -997,6 +1030,8 @@ async def test_the_markdown_shows_every_message_with_its_receipt(store: ChatData
     markdown = to_markdown(document)
     plain = markdown.replace("\\", "")  # the escapes, removed
     assert markdown.startswith("# 灯塔 Lighthouses\n")
+    tokens = [m["tokens"] for m in document["messages"] if "tokens" in m]
+    assert tokens and not any(blob[:40] in markdown for blob in tokens)  # not for reading
     about = plain.splitlines()[2]
     when = r"\d{4}-\d\d-\d\d \d\d:\d\d UTC"
     # The page's messages: the path the conversation stands on, not the variant beside it.
@@ -1403,7 +1438,7 @@ async def test_the_exported_json_file_is_readable_text_with_the_chinese_as_writt
     exported = tmp_path / "lighthouses.json"
     await run(app_data, "export", "t1", "-o", str(exported))
     text = exported.read_text("utf-8")
-    assert text.startswith('{\n  "format": "chatllm.thread",\n  "version": 2,\n')
+    assert text.startswith('{\n  "format": "chatllm.thread",\n  "version": 3,\n')
     assert "請用中文回答。" in text and "\\u" not in text and text.endswith("\n}\n")
     printed = await run(app_data, "export", "t1")
     assert "請用中文回答。" in printed and "\\u" not in printed

@@ -151,7 +151,7 @@ class Branches:
             user = cl.user_session.get("user")
             new_id = await import_thread(
                 self.store,
-                thread_document(path),
+                thread_document(path, await self.store.thread_token_records(thread_id)),
                 user.identifier,
                 lang,
                 name=name,

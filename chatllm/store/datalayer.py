@@ -17,7 +17,7 @@ import functools
 import json
 import logging
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
@@ -316,8 +316,13 @@ class ChatDataLayer(BaseDataLayer):
         steps: Sequence[StepDict],
         elements: Sequence[ElementDict],
         tree: TreeChange | None = None,
+        tokens: Mapping[str, bytes] | None = None,
     ) -> None:
-        await self.threads.add_thread(thread, steps, elements, tree)
+        await self.threads.add_thread(thread, steps, elements, tree, tokens)
+
+    async def thread_token_records(self, thread_id: str) -> dict[str, bytes]:
+        """Every token record of a thread, by its reply's id (an export, a fork)."""
+        return await self.threads.token_records(thread_id)
 
     async def ensure_user(self, identifier: str) -> PersistedUser | None:
         """The stored user `identifier`, stored now if they are not yet."""

@@ -6,7 +6,7 @@ their files, leaving a tombstone so that no late write brings one back.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from chainlit.types import (
@@ -112,15 +112,25 @@ class Threads:
             )
         await self.elements.delete_files(keys)
 
+    async def token_records(self, thread_id: str) -> dict[str, bytes]:
+        """Every token record of the thread, by its reply's id (an export, a fork)."""
+        rows = await self.db.rows(
+            "SELECT step_id, data FROM token_records WHERE thread_id = :thread",
+            {"thread": thread_id},
+        )
+        return {row.step_id: bytes(row.data) for row in rows}
+
     async def add_thread(
         self,
         thread: ThreadDict,
         steps: Sequence[StepDict],
         elements: Sequence[ElementDict],
         tree: TreeChange | None = None,
+        tokens: Mapping[str, bytes] | None = None,
     ) -> None:
         """A whole new thread (an import, a fork) in one transaction, its rows written in
         batches: all of it, or — a failure, a kill — none of it. Ids must be new.
+        `tokens`: a reply's id → its token records (the X-ray's).
 
         Its tree: the steps' own tree fields with `tree`'s leaf and choices; steps without
         any (a flat export) become the tree a flat thread makes, its `chosen_replies`
@@ -182,6 +192,17 @@ class Threads:
                     await conn.execute(
                         sql("INSERT INTO search (rowid, body) VALUES (:key, :body)"), rows
                     )
+            if tokens:
+                await conn.execute(
+                    sql(
+                        "INSERT INTO token_records (step_id, thread_id, data)"
+                        " VALUES (:step, :thread, :data)"
+                    ),
+                    [
+                        {"step": step, "thread": thread["id"], "data": data}
+                        for step, data in tokens.items()
+                    ],
+                )
             if elements:
                 await conn.execute(
                     sql(
