@@ -44,8 +44,9 @@ class Settings(BaseSettings):
         default=10,
         ge=0,
         le=20,
-        description="Candidates recorded with each token of a local reply, for the sampling "
-        "X-ray (their log-probabilities before sampling); 0 records nothing.",
+        description="Candidates recorded with each token of a reply, for the sampling X-ray "
+        "(their log-probabilities before sampling; an endpoint is asked for them as "
+        "top_logprobs); 0 records nothing.",
     )
     n_threads: int | None = Field(
         default=None,

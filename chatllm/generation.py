@@ -21,7 +21,7 @@ from chatllm.errors import BackendError, ChatLLMError
 from chatllm.receipts import Finish, Receipt, prompt_digest
 from chatllm.sampling import Sampling
 from chatllm.streaming import Usage, tokens_listener, usage_listener
-from chatllm.xray.records import TokenRecords
+from chatllm.xray.records import IdSource, TokenRecords
 
 log = logging.getLogger("chatllm")
 
@@ -127,7 +127,10 @@ class Generation:
 
     def token_records(self) -> TokenRecords | None:
         """What the model recorded of each token it drew (None: nothing)."""
-        return TokenRecords.of(self.backend.record_top(), bytes(self.tokens), self.pieces)
+        ids: IdSource = "text" if self.backend.token_ids == "text" else "model"
+        return TokenRecords.of(
+            self.backend.record_top(self.model), bytes(self.tokens), self.pieces, ids
+        )
 
     def _heard_tokens(self, records: bytes, pieces: dict[int, bytes]) -> None:
         self.tokens += records
@@ -180,6 +183,7 @@ class Generation:
             duration_ms=_ms(self._ended - started) if self._ended is not None else None,
             error=self.error,
             not_sent=self.backend.not_sent(self.sampling),
+            token_records="recorded" if self.tokens else self.backend.why_no_records(self.model),
         )
 
     def _count_reply(self) -> int | None:

@@ -105,6 +105,10 @@ class Receipt(BaseModel):
     #: Sampling values the reply's backend was not sent (an endpoint's extras, when the
     #: operator keeps them home): they did not shape it, whatever `sampling` says.
     not_sent: list[str] = Field(default_factory=list)
+    #: Whether each token's probabilities were recorded (the sampling X-ray's), else why
+    #: not: "off" (not asked), "refused" / "ignored" (an endpoint's answer); None: a
+    #: receipt older than the X-ray.
+    token_records: Literal["recorded", "off", "refused", "ignored"] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -146,6 +150,8 @@ class Receipt(BaseModel):
         if self.tokens_per_second is not None:
             parts.append(t("receipt.speed", lang, rate=f"{self.tokens_per_second:.1f}"))
         parts.append(t(f"finish.{self.finish_reason}", lang))
+        if self.token_records in ("refused", "ignored"):
+            parts.append(t(f"receipt.no_records.{self.token_records}", lang))
         return " · ".join(parts)
 
     def backend_text(self, lang: str | None = None) -> str:

@@ -563,6 +563,9 @@ class WireTap:
         self.fail_status = 500
         self.hold_seconds = 0.0  # hold each request this long before forwarding it
         self.released = threading.Event()  # set to let held requests go at once
+        #: JSON body fields left out of what is forwarded: the server never sees them, as
+        #: a server that ignores them would behave (what is recorded is what was sent)
+        self.drop_fields: set[str] = set()
         tap = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -602,8 +605,14 @@ class WireTap:
                     body = b'{"error": {"message": "injected failure"}}'
                     self._answer(tap.fail_status, body, {})
                     return
+                if tap.drop_fields and body:
+                    sent = json.loads(body)
+                    body = json.dumps({k: v for k, v in sent.items() if k not in tap.drop_fields})
+                    body = body.encode()
                 headers = {
-                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in ("host", "connection", "content-length")
                 }
                 request = urllib.request.Request(
                     tap.upstream + self.path,

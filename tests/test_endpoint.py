@@ -9,12 +9,14 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 from langchain_core.callbacks import AsyncCallbackHandler, AsyncCallbackManagerForLLMRun
 from langchain_core.messages import HumanMessage
 from pydantic import SecretStr
 
 from chatllm.backends import Backends
+from chatllm.backends import openai as openai_backend
 from chatllm.backends.local import LocalBackend
 from chatllm.backends.openai import EndpointChat, OpenAIBackend
 from chatllm.chain import build_chain, chain_input
@@ -27,6 +29,7 @@ from chatllm.errors import (
     EndpointNotFound,
     UnknownModel,
 )
+from chatllm.generation import Generation
 from chatllm.sampling import Sampling
 from tests.support import Endpoint, WireTap
 
@@ -352,3 +355,73 @@ async def test_a_base_url_missing_v1_is_reported_as_a_wrong_address(
     assert missing.value.url == root
     with pytest.raises(EndpointNotFound):
         await reply(OpenAIBackend(wrong), Sampling(max_tokens=5))
+
+
+@pytest.fixture
+def fresh_logprobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What earlier tests' endpoints told about token probabilities, forgotten."""
+    monkeypatch.setattr(openai_backend, "LOGPROBS_MISSING", {})
+
+
+async def test_an_endpoint_reply_records_each_tokens_probabilities_for_the_xray(
+    tapped_settings: Settings, tap: WireTap, local: LocalBackend, fresh_logprobs: None
+) -> None:
+    """Asked for (`logprobs`, `top_logprobs` as CHATLLM_XRAY_CANDIDATES says), read from
+    the stream: the same log-probabilities the local engine records for the same reply."""
+    sampling = Sampling(temperature=0.0, max_tokens=12, seed=3)
+    generation = Generation(OpenAIBackend(tapped_settings), "smollm2", sampling)
+    text = await generation.run([], "Name three colours.")
+    (request,) = tap.chat_requests()
+    assert (request.json()["logprobs"], request.json()["top_logprobs"]) == (True, 10)
+    records = generation.token_records()
+    assert records is not None and records.ids == "text"
+    assert generation.receipt().token_records == "recorded"
+    assert b"".join(records.pieces[int(t)] for t in records.rows["token"]).decode() == text
+    # The embedded model on both sides: what the engine records for the same reply (its
+    # end-of-generation token too, which the server does not send).
+    here = Generation(local, local.settings.local_model_name, sampling)
+    assert await here.run([], "Name three colours.") == text
+    local_records = here.token_records()
+    assert local_records is not None
+    ended = here.receipt().finish_reason == "stop"
+    assert len(records) == len(local_records) - ended
+    assert np.allclose(
+        records.rows["logprob"], local_records.rows["logprob"][: len(records)], atol=1e-3
+    )
+    assert np.allclose(
+        records.rows["logprobs"], local_records.rows["logprobs"][: len(records)], atol=1e-3
+    )
+
+
+async def test_an_endpoint_that_ignores_token_probabilities_is_told_once_and_not_asked_again(
+    tapped_settings: Settings, tap: WireTap, fresh_logprobs: None
+) -> None:
+    tap.drop_fields = {"logprobs", "top_logprobs"}  # the server never sees them
+    backend = OpenAIBackend(tapped_settings)
+    for _ in range(2):
+        generation = Generation(backend, "smollm2", Sampling(max_tokens=5, seed=1))
+        assert await generation.run([], "Say hello.")
+        assert generation.token_records() is None
+        receipt = generation.receipt()
+        assert receipt.token_records == "ignored"
+        assert "no token probabilities: the endpoint does not send them" in receipt.summary()
+    first, second = tap.chat_requests()
+    assert first.json()["logprobs"] is True and "logprobs" not in second.json()
+
+
+async def test_an_endpoint_that_refuses_token_probabilities_answers_without_them(
+    tapped_settings: Settings, tap: WireTap, fresh_logprobs: None
+) -> None:
+    backend = OpenAIBackend(tapped_settings)
+    await backend.models()  # listed (and cached) first: the next request is the reply's
+    tap.fail_next, tap.fail_status = 1, 400  # as a server that takes no `logprobs`
+    generation = Generation(backend, "smollm2", Sampling(max_tokens=5, seed=1))
+    assert await generation.run([], "Say hello.")  # the reply goes on
+    assert generation.receipt().token_records == "refused"
+    asked, again = tap.chat_requests()
+    assert asked.json()["logprobs"] is True and "logprobs" not in again.json()
+    later = Generation(backend, "smollm2", Sampling(max_tokens=5, seed=1))
+    await later.run([], "Say hello.")
+    assert "logprobs" not in tap.chat_requests()[-1].json()  # not asked again
+    assert later.receipt().token_records == "refused"
+    assert "拒絕" in later.receipt().summary("zh-TW")

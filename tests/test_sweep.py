@@ -150,6 +150,7 @@ def test_every_reply_is_a_row_with_its_cell_values_and_receipt(
         "error",
         "created_at",
         "not_sent",
+        "token_records",
     ]
     # Grid order: the first axis outermost, then the repeats of each cell.
     expected = list(itertools.product([0.0, 1.2], [0.5, 1.0], [0, 1]))

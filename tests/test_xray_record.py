@@ -53,6 +53,7 @@ async def test_each_token_is_recorded_as_llama_cpp_computes_it(
     text = await generation.run([], QUESTION)
     records = read_records(bytes(generation.tokens), top)
     receipt = generation.receipt()
+    assert receipt.token_records == "recorded"
     assert receipt.completion_tokens is not None
     # Every token drawn, the end-of-generation one too when the model ended the reply.
     ended = receipt.finish_reason == "stop"
@@ -106,7 +107,8 @@ async def test_nothing_is_recorded_when_the_operator_turns_it_off(settings: Sett
     off = LocalBackend(settings.model_copy(update={"xray_candidates": 0}))
     generation = Generation(off, settings.local_model_name, Sampling(max_tokens=4, seed=1))
     assert await generation.run([], QUESTION)
-    assert generation.tokens == b""
+    assert generation.tokens == b"" and generation.token_records() is None
+    assert generation.receipt().token_records == "off"
 
 
 def test_records_pack_into_a_blob_that_reads_back_and_a_broken_one_is_refused() -> None:

@@ -11,7 +11,7 @@ import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
@@ -50,6 +50,9 @@ class ProfileSpec:
         return cls(backend=backend, model=model)
 
 
+TokensMissing = Literal["off", "refused", "ignored"]
+
+
 class Backend(ABC):
     """A source of chat models. Subclasses register with `@register`."""
 
@@ -77,10 +80,20 @@ class Backend(ABC):
     def chat_model(self, model: str, sampling: Sampling) -> BaseChatModel:
         """A chat model that replies with `sampling`'s values."""
 
-    def record_top(self) -> int:
-        """Candidates its chat models record with each token (the sampling X-ray's); 0
-        where they record none."""
+    #: Where its token records' ids come from (chatllm.xray.records.IdSource): the
+    #: model's vocabulary, or the texts an endpoint sends.
+    token_ids = "model"
+
+    def record_top(self, model: str) -> int:
+        """Candidates `model`'s chat models record with each token (the sampling X-ray's);
+        0 where they record none."""
         return 0
+
+    def why_no_records(self, model: str) -> TokensMissing:
+        """Why a reply of `model` has no token records: "off" (not asked for), or, for an
+        endpoint that was asked, "refused" (it answered the request with an error) or
+        "ignored" (it answered without them): told once, not asked again."""
+        return "off"
 
     def not_sent(self, sampling: Sampling) -> list[str]:
         """The sampling values `chat_model` does not pass on to the model (they shape no

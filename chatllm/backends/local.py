@@ -174,10 +174,10 @@ class LocalBackend(Backend):
             engine=self.engine,
             model_name=model,
             sampling=sampling,
-            record_top=self.record_top(),
+            record_top=self.record_top(model),
         )
 
-    def record_top(self) -> int:
+    def record_top(self, model: str) -> int:
         return self.settings.xray_candidates
 
     def context_tokens(self, model: str) -> int:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from typing import Any, cast
 
@@ -24,7 +25,13 @@ from openai._httpx2 import request_exceptions, timeout_exceptions
 from openai._streaming_cleanup import drain_response_async
 from pydantic import Field
 
-from chatllm.backends.base import TEMPLATE_TOKENS_PER_MESSAGE, Backend, draw_seed, register
+from chatllm.backends.base import (
+    TEMPLATE_TOKENS_PER_MESSAGE,
+    Backend,
+    TokensMissing,
+    draw_seed,
+    register,
+)
 from chatllm.config import Settings
 from chatllm.errors import (
     BackendAuthError,
@@ -36,6 +43,10 @@ from chatllm.errors import (
     UnknownModel,
 )
 from chatllm.sampling import Sampling
+from chatllm.streaming import tokens_listener
+from chatllm.xray.records import TextTokens
+
+log = logging.getLogger("chatllm")
 
 
 class EndpointChat(ChatOpenAI):
@@ -50,6 +61,9 @@ class EndpointChat(ChatOpenAI):
     """
 
     stream_chunk_timeout: float | None = Field(default=None, exclude=True)
+    #: Told once whether the endpoint sent the token probabilities asked for (the X-ray's):
+    #: "sent", "refused" or "ignored" (chatllm.backends.openai.OpenAIBackend remembers).
+    on_logprobs: Callable[[str], None] | None = Field(default=None, exclude=True)
 
     def _error(self, exc: openai.APIError) -> BackendError:
         """This app's error for a failed request of this model's."""
@@ -103,12 +117,30 @@ class EndpointChat(ChatOpenAI):
         for option in ("extra_headers", "extra_query", "timeout"):
             if (value := payload.pop(option, None)) is not None:
                 options[option.removeprefix("extra_")] = value
-        response = await self.root_async_client.post(
-            "/chat/completions",
-            body={**payload, **extra_body},
-            cast_to=httpx2.Response,
-            options=cast(Any, options),
-        )
+
+        async def post() -> httpx2.Response:
+            return await self.root_async_client.post(  # type: ignore[no-any-return]
+                "/chat/completions",
+                body={**payload, **extra_body},
+                cast_to=httpx2.Response,
+                options=cast(Any, options),
+            )
+
+        asked = bool(payload.get("logprobs"))
+        try:
+            response = await post()
+        except openai.BadRequestError:
+            if not asked:
+                raise
+            # A server that takes no `logprobs`: asked again without, and told.
+            payload.pop("logprobs", None)
+            payload.pop("top_logprobs", None)
+            response = await post()
+            asked = False
+            self._told_logprobs("refused")
+        heard = tokens_listener.get() if asked else None
+        recorder = TextTokens(int(payload.get("top_logprobs") or 0)) if heard else None
+        given = False
         chunk_class: type[BaseMessageChunk] = AIMessageChunk
         try:
             async for event, data in _server_sent_events(response):
@@ -130,6 +162,11 @@ class EndpointChat(ChatOpenAI):
                     continue  # not a chat completion chunk
                 for choice in chunk.get("choices") or []:
                     choice.setdefault("delta", {})
+                    content = (choice.get("logprobs") or {}).get("content")
+                    if content:
+                        given = True
+                        if recorder is not None and heard is not None:
+                            heard(*recorder.take(content))
                 generation = self._convert_chunk_to_generation_chunk(chunk, chunk_class, {})
                 if generation is None:
                     continue
@@ -140,8 +177,14 @@ class EndpointChat(ChatOpenAI):
                         generation.text, chunk=generation, logprobs=logprobs
                     )
                 yield generation
+            if asked:
+                self._told_logprobs("sent" if given else "ignored")
         finally:
             await response.aclose()
+
+    def _told_logprobs(self, what: str) -> None:
+        if self.on_logprobs is not None:
+            self.on_logprobs(what)
 
     async def _agenerate(self, *args: Any, **kwargs: Any) -> ChatResult:
         try:
@@ -202,6 +245,10 @@ def endpoint_error(
     return BackendError(f"HTTP {status}: {exc.message}" if status else exc.message)
 
 
+#: Endpoints (base URL, model) that were asked for token probabilities and refused the
+#: request or answered without them: not asked again while the app runs.
+LOGPROBS_MISSING: dict[tuple[str, str], TokensMissing] = {}
+
 #: Sampling values OpenAI's API has (the others are extras, which llama.cpp-style servers
 #: read: sent where the operator allows).
 OPENAI_SAMPLING = frozenset(
@@ -254,7 +301,25 @@ class OpenAIBackend(Backend):
         self._models = (now, names)
         return names
 
+    #: an endpoint sends token texts, not ids
+    token_ids = "text"
+
+    def record_top(self, model: str) -> int:
+        if (self.base_url, model) in LOGPROBS_MISSING:
+            return 0  # told once: not asked again
+        return self.settings.xray_candidates
+
+    def why_no_records(self, model: str) -> TokensMissing:
+        return LOGPROBS_MISSING.get((self.base_url, model), "off")
+
+    def _heard_logprobs(self, model: str, what: str) -> None:
+        if what in ("refused", "ignored"):
+            LOGPROBS_MISSING[(self.base_url, model)] = cast(TokensMissing, what)
+            log.info("The endpoint %s %s token probabilities for %s", self.base_url, what, model)
+
     def chat_model(self, model: str, sampling: Sampling) -> BaseChatModel:
+        top = self.record_top(model)
+        recording: dict[str, Any] = {"logprobs": True, "top_logprobs": top} if top else {}
         params = sampling.generation_params()
         if params["seed"] is None:
             params["seed"] = draw_seed()
@@ -276,6 +341,8 @@ class OpenAIBackend(Backend):
             # estimates the counts for those that do not (llama-cpp-python's).
             stream_usage=True,
             extra_body=extra if extra and self.settings.openai_send_extra_sampling else None,
+            on_logprobs=lambda what: self._heard_logprobs(model, what),
+            **recording,
             **standard,
         )
 

@@ -9,10 +9,12 @@ character), then the rows as chatllm.engine.tokens wrote them.
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -25,20 +27,30 @@ class UnreadableRecords(ValueError):
     """A blob that is not token records of a known format."""
 
 
+#: Where a record's ids come from: the model's vocabulary (the local engine), or the
+#: reply's own numbering of the texts an endpoint sent (it sends no ids).
+IdSource = Literal["model", "text"]
+
+
 @dataclass(frozen=True, eq=False)  # arrays have no single truth value: compare views
 class TokenRecords:
-    """Each token a reply drew, with its candidates, and the text of every id named."""
+    """Each token a reply drew, with its candidates, and the text of every id named. A
+    candidate id below 0 is none (an endpoint sent fewer than `top`)."""
 
     top: int
     rows: np.ndarray[Any, Any]
     pieces: dict[int, bytes]
+    ids: IdSource = "model"
 
     @classmethod
-    def of(cls, top: int, data: bytes, pieces: dict[int, bytes]) -> TokenRecords | None:
+    def of(
+        cls, top: int, data: bytes, pieces: dict[int, bytes], ids: IdSource = "model"
+    ) -> TokenRecords | None:
         """The records a generation heard (None: it recorded nothing)."""
         if not data or top <= 0:
             return None
-        return cls(top, np.frombuffer(bytes(data), dtype=record_dtype(top)), dict(pieces))
+        rows = np.frombuffer(bytes(data), dtype=record_dtype(top))
+        return cls(top, rows, dict(pieces), ids)
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
@@ -48,6 +60,7 @@ class TokenRecords:
             {
                 "format": FORMAT,
                 "top": self.top,
+                "ids": self.ids,
                 "count": len(self),
                 "pieces": {str(i): p.hex() for i, p in sorted(self.pieces.items())},
             },
@@ -68,11 +81,14 @@ class TokenRecords:
             if rows.shape[0] != int(header["count"]):
                 raise UnreadableRecords("token records cut short")
             pieces = {int(i): bytes.fromhex(p) for i, p in header["pieces"].items()}
+            ids = header.get("ids", "model")
+            if ids not in ("model", "text"):
+                raise UnreadableRecords(f"token records with ids from {ids!r}")
         except (zlib.error, struct.error, ValueError, KeyError, TypeError) as exc:
             if isinstance(exc, UnreadableRecords):
                 raise
             raise UnreadableRecords(str(exc)) from exc
-        return cls(top, rows, pieces)
+        return cls(top, rows, pieces, ids)
 
     def view(self) -> dict[str, Any]:
         """The records as the X-ray reads them: per token its id, log-probability, the
@@ -81,14 +97,19 @@ class TokenRecords:
         hex bytes (to join parts into characters)."""
         return {
             "top": self.top,
+            "ids": self.ids,
             "tokens": [
                 {
                     "id": int(row["token"]),
                     "logprob": round(float(row["logprob"]), 6),
-                    "entropy": round(float(row["entropy"]), 6),
+                    # None where unknown (an endpoint sends only the top candidates)
+                    "entropy": round(float(row["entropy"]), 6)
+                    if math.isfinite(row["entropy"])
+                    else None,
                     "candidates": [
                         [int(i), round(float(lp), 6)]
                         for i, lp in zip(row["ids"], row["logprobs"], strict=True)
+                        if i >= 0
                     ],
                 }
                 for row in self.rows
@@ -98,3 +119,42 @@ class TokenRecords:
                 for i, p in self.pieces.items()
             },
         }
+
+
+class TextTokens:
+    """An endpoint's token log-probabilities (OpenAI's streamed `logprobs.content`) as
+    records. An endpoint sends texts, not ids, and only its top candidates (no entropy):
+    each distinct text gets an id of this reply's own, in order of first sight.
+    llama_cpp.server sends a part of a character as "" (every such part then shares one
+    id) and `bytes` as null; OpenAI's API sends each text's `bytes`, used where given."""
+
+    def __init__(self, top: int) -> None:
+        self.top = top
+        self.dtype = record_dtype(top)
+        self._ids: dict[bytes, int] = {}
+        self._pieces: dict[int, bytes] = {}
+
+    def _id(self, entry: Mapping[str, Any]) -> int:
+        raw = entry.get("bytes")
+        if isinstance(raw, list) and all(isinstance(b, int) and 0 <= b < 256 for b in raw):
+            piece = bytes(raw)
+        else:
+            piece = str(entry.get("token") or "").encode("utf-8")
+        if piece not in self._ids:
+            self._ids[piece] = len(self._ids)
+            self._pieces[self._ids[piece]] = piece
+        return self._ids[piece]
+
+    def take(self, entries: Sequence[Mapping[str, Any]]) -> tuple[bytes, dict[int, bytes]]:
+        """Records of `entries` (one per token), and the pieces of texts first seen."""
+        rows = []
+        for entry in entries:
+            listed = [c for c in entry.get("top_logprobs") or [] if isinstance(c, Mapping)]
+            listed = listed[: self.top]
+            ids = [self._id(c) for c in listed] + [-1] * (self.top - len(listed))
+            logprobs = [float(c.get("logprob", -math.inf)) for c in listed]
+            logprobs += [-math.inf] * (self.top - len(listed))
+            token = self._id(entry)
+            rows.append((token, float(entry.get("logprob", -math.inf)), math.nan, ids, logprobs))
+        pieces, self._pieces = self._pieces, {}
+        return np.array(rows, dtype=self.dtype).tobytes(), pieces
