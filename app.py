@@ -151,6 +151,11 @@ async def on_fork(action: cl.Action) -> None:
     await (await services.chat()).fork(action)
 
 
+@cl.action_callback("xray")
+async def on_xray(action: cl.Action) -> None:
+    await (await services.chat()).xray(action)
+
+
 @cl.action_callback(DELETE_BRANCH)
 async def on_delete_branch(action: cl.Action) -> None:
     await (await services.chat()).ask_to_delete_branch(action)

@@ -44,6 +44,7 @@ from chatllm.store.datalayer import MAX_THREAD_NAME
 from chatllm.store.files import FileStore
 from chatllm.store.logins import LoginThrottle
 from chatllm.store.users import Users
+from chatllm.xray import XRAY_URL
 
 logger = logging.getLogger(__name__)
 
@@ -75,17 +76,13 @@ def element_files(store: ChatDataLayer, sharing: Sharing) -> APIRouter:
     return router
 
 
-#: Where a reply's token records are read, for its sampling X-ray (issue 27).
-XRAY_PREFIX = "/chatllm/xray"
-
-
 def xray_records(store: ChatDataLayer, sharing: Sharing) -> APIRouter:
     """A reply's token records (chatllm.xray.records), read when its X-ray opens, never
     with the thread: to the thread's author, and to those who may open its share link
     while it is shared (for a reply their page shows)."""
     router = APIRouter()
 
-    @router.get(XRAY_PREFIX + "/{thread_id}/{step_id}")
+    @router.get(XRAY_URL + "/{thread_id}/{step_id}")
     async def xray(thread_id: str, step_id: str, user: CurrentUser) -> JSONResponse:
         if user is None:
             raise HTTPException(status_code=401, detail="Unauthorized")

@@ -1024,6 +1024,51 @@ def test_a_version_is_deleted_after_asking_and_a_fork_opens_as_a_new_conversatio
     expect(sidebar_thread(browser, "Fork: Name a colour of a lemon.")).to_be_visible()
 
 
+def test_the_xray_shows_each_tokens_candidates_and_the_sliders_move_the_cut(
+    local_app: App, browser: Page
+) -> None:
+    """A reply's X-ray: its tokens, coloured; a token's candidates with what each sampler
+    kept; top_p and temperature moved in the view change the kept set at once, with no
+    model call (the page runs the chain: tests/test_xray_view.py)."""
+    fresh_chat(browser, local_app)
+    send(browser, "Name two colours of the sea.")
+    wait_for_reply(browser, 1)
+    asked = len(local_app.replies())
+    browser.get_by_role("button", name="X-ray").last.click()
+    view = browser.locator(".chatllm-xray")
+    expect(view.locator(".chatllm-xray-summary")).to_contain_text("tokens", timeout=30_000)
+    tokens = view.locator(".chatllm-xray-token")
+    assert tokens.count() > 0
+    tokens.first.focus()  # from the keyboard
+    browser.keyboard.press("Enter")
+    expect(tokens.first).to_have_attribute("aria-pressed", "true")
+    table = view.locator(".chatllm-xray-candidates").first
+    expect(table).to_be_visible()
+    kept = table.locator('tr[data-kept="true"]')
+    assert kept.count() >= 1
+    expect(table.locator("tbody tr")).to_have_count(10)  # the 10 candidates recorded
+    shot(browser, "17-xray")
+    view.locator('input[name="top_p"]').fill("0")  # the likeliest alone
+    expect(kept).to_have_count(1)
+    expect(table).to_contain_text("1 kept")
+    expect(table.locator("tbody tr").filter(has_text="Top P")).to_have_count(9)  # by name
+    view.locator('input[name="top_p"]').fill("1")
+    view.locator('input[name="min_p"]').fill("0")
+    view.locator('input[name="top_k"]').fill("0")
+    expect(kept).to_have_count(10)  # nothing cut among the candidates recorded
+    view.locator('input[name="temperature"]').fill("0")  # greedy
+    expect(kept).to_have_count(1)
+    expect(table).to_contain_text("temperature 0")
+    view.get_by_role("button", name="Back to the reply's settings").click()
+    expect(view.locator('input[name="top_p"]')).to_have_value("0.95")
+    shot(browser, "17-xray-moved")
+    assert len(local_app.replies()) == asked  # no model call
+    # After a reload the reply's button opens it again, from the stored records.
+    browser.reload()
+    browser.get_by_role("button", name="X-ray").last.click()
+    expect(browser.locator(".chatllm-xray-summary")).to_contain_text("tokens", timeout=30_000)
+
+
 # ---- accessibility
 
 
@@ -1079,6 +1124,11 @@ def test_the_main_views_have_no_serious_accessibility_violations(
         expect(page.locator(".chatllm-branches")).to_contain_text("2/2", timeout=LONG_WAIT)
         expect(page.locator("#stop-button")).to_have_count(0, timeout=LONG_WAIT)
         views["switcher"] = serious_violations(page)
+        # The reply's X-ray, a token chosen.
+        page.get_by_role("button", name="X-ray" if english else "取樣透視").last.click()
+        page.locator(".chatllm-xray-token").first.click()
+        expect(page.locator(".chatllm-xray-candidates").first).to_be_visible(timeout=30_000)
+        views["x-ray"] = serious_violations(page)
         page.locator("#command-button").click()  # the Tools menu
         page.locator("#command-popover").get_by_text(
             "Branches" if english else "分支", exact=True

@@ -108,14 +108,14 @@ async def test_each_reply_shows_its_receipt_and_buttons_also_after_a_reload(app:
     (shown,) = elements(tab, "Receipt")
     assert shown["forId"] == reply["id"]
     assert "seed 42" in shown["props"]["summary"] and "T 0.3" in shown["props"]["summary"]
-    assert actions_for(tab, reply["id"]) == ["replay", "regenerate", "fork"]
+    assert actions_for(tab, reply["id"]) == ["replay", "regenerate", "fork", "xray"]
 
     again = await reopen(app, tab)
     thread = await app.store.get_thread(tab.session.thread_id)
     assert thread is not None
     (kept,) = [e for e in thread["elements"] if e["name"] == "Receipt"]
     assert kept["forId"] == reply["id"] and kept["props"]["receipt"] == reply["metadata"]["receipt"]
-    assert actions_for(again, reply["id"]) == ["replay", "regenerate", "fork"]
+    assert actions_for(again, reply["id"]) == ["replay", "regenerate", "fork", "xray"]
 
 
 async def test_replay_reruns_a_reply_and_says_the_text_matched(app: ChatApp) -> None:
@@ -251,7 +251,7 @@ async def test_a_regenerated_reply_stands_where_the_first_stood_and_a_switch_bri
     shown = tab.payloads("resume_thread")[-1]
     assert [s["id"] for s in replies([dict(s) for s in shown["steps"]])] == [first["id"]]
     assert switchers(tab)[first["id"]]["next"] == variant["id"]
-    assert actions_for(tab, first["id"])[-3:] == ["replay", "regenerate", "fork"]
+    assert actions_for(tab, first["id"])[-4:] == ["replay", "regenerate", "fork", "xray"]
     # The switch holds after a reload, and the next turn builds on it.
     again = await reopen(app, tab)
     assert live_session().leaf == first["id"]

@@ -37,6 +37,7 @@ from chatllm.chat.session import (
 )
 from chatllm.chat.sharing import Shares
 from chatllm.chat.tasks import as_chat_task
+from chatllm.chat.xray import XRay
 from chatllm.config import Settings
 from chatllm.errors import ChatLLMError, EngineUnavailable, describe
 from chatllm.export import thread_document
@@ -63,6 +64,7 @@ class ChatApp:
         self.panel = Panel(self.presets, self.store)
         self.replies = Replies(self.backends, self.store)
         self.branches = Branches(self.store)
+        self.xray_view = XRay(self.store)
         self.commands = Commands(self.backends, self.store, self.panel)
         self.shares = Shares(self.store, settings.sharing, settings.public_url)
         #: Why some backends were left out of the profiles a user was last offered, by
@@ -276,6 +278,10 @@ class ChatApp:
             # stood, not below it.
             if session.leaf != before:
                 await self.branches.show_path(session)
+
+    async def xray(self, action: cl.Action) -> None:
+        """A reply's sampling X-ray, under it (not a task: it waits for none)."""
+        await self.xray_view.show(action)
 
     async def fork(self, action: cl.Action) -> None:
         """A new conversation from this one's path up to a reply (not a task: it waits

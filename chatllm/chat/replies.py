@@ -38,7 +38,12 @@ from chatllm.xray.records import TokenRecords
 log = logging.getLogger("chatllm")
 
 #: The buttons under a reply, by action name, with their icons (lucide names).
-REPLY_ACTIONS = {"replay": "repeat", "regenerate": "refresh-cw", "fork": "git-fork"}
+REPLY_ACTIONS = {
+    "replay": "repeat",
+    "regenerate": "refresh-cw",
+    "fork": "git-fork",
+    "xray": "scan-eye",
+}
 
 
 def reply_action(name: str, step_id: str, lang: str) -> cl.Action:
@@ -54,7 +59,8 @@ def reply_action(name: str, step_id: str, lang: str) -> cl.Action:
 
 
 def reply_actions(step_id: str, lang: str) -> list[cl.Action]:
-    """The buttons under a reply: replay it, regenerate it, fork the conversation there."""
+    """The buttons under a reply: replay it, regenerate it, fork the conversation there,
+    open its X-ray."""
     return [reply_action(name, step_id, lang) for name in REPLY_ACTIONS]
 
 
