@@ -140,7 +140,7 @@ class EndpointChat(ChatOpenAI):
             self._told_logprobs("refused")
         heard = tokens_listener.get() if asked else None
         recorder = TextTokens(int(payload.get("top_logprobs") or 0)) if heard else None
-        given = False
+        given = spoke = False
         chunk_class: type[BaseMessageChunk] = AIMessageChunk
         try:
             async for event, data in _server_sent_events(response):
@@ -162,6 +162,7 @@ class EndpointChat(ChatOpenAI):
                     continue  # not a chat completion chunk
                 for choice in chunk.get("choices") or []:
                     choice.setdefault("delta", {})
+                    spoke = spoke or bool(choice["delta"].get("content"))
                     content = (choice.get("logprobs") or {}).get("content")
                     if content:
                         given = True
@@ -177,7 +178,7 @@ class EndpointChat(ChatOpenAI):
                         generation.text, chunk=generation, logprobs=logprobs
                     )
                 yield generation
-            if asked:
+            if asked and (given or spoke):  # a reply of no text tells nothing
                 self._told_logprobs("sent" if given else "ignored")
         finally:
             await response.aclose()
