@@ -151,7 +151,11 @@ def wait_for_reply(page: Page, count: int) -> str:
     expect(replies).to_have_count(count, timeout=LONG_WAIT)
     expect(page.locator("#stop-button")).to_have_count(0, timeout=LONG_WAIT)
     reply = replies.nth(count - 1)
-    expect(reply.locator(".chatllm-receipt")).to_have_count(1, timeout=LONG_WAIT)
+    try:
+        expect(reply.locator(".chatllm-receipt")).to_have_count(1, timeout=LONG_WAIT)
+    except AssertionError as exc:  # what came instead (an error shown as a message?)
+        shown = page.locator('[data-step-type="assistant_message"]').all_inner_texts()
+        raise AssertionError(f"no receipt under reply {count}; the page shows {shown}") from exc
     return reply_text(reply)
 
 

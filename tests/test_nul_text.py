@@ -112,6 +112,7 @@ async def test_a_sqlite_store_holding_nul_moves_to_postgresql_and_an_interrupted
             "presets": 1,
             "ended_sessions": 0,
             "deleted_threads": 0,
+            "token_records": 0,
         }
 
         thread = await target.get_thread("t")
