@@ -196,10 +196,11 @@ export default function XRay() {
   return (
     <div className="chatllm-xray mt-2 rounded-md border p-3 text-sm" lang={props.lang}>
       <div className="chatllm-xray-summary font-medium">
-        {labels.summary
-          ?.replace("{bits}", summary.bits.toFixed(2))
-          .replace("{close}", String(summary.close))
-          .replace("{count}", String(tokens.length))}
+        {summary &&
+          labels.summary
+            ?.replace("{bits}", summary.bits.toFixed(2))
+            .replace("{close}", String(summary.close))
+            .replace("{count}", String(tokens.length))}
       </div>
       <div className="chatllm-xray-legend mt-1 flex items-center gap-2 text-xs" aria-hidden="true">
         <span>{labels.sure}</span>
