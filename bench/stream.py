@@ -67,6 +67,7 @@ from chatllm.engine.client import local_engine
 from chatllm.engine.worker import PROMPT_CHUNK
 from chatllm.generation import Generation
 from chatllm.sampling import Sampling
+from chatllm.xray.records import TokenRecords
 
 PROMPT = "Write a long story about a lighthouse keeper."
 SYSTEM = "You are a helpful assistant."
@@ -139,7 +140,7 @@ def app_runner(
     settings: Settings,
     sampling: Sampling,
     reference: list[Run],
-    recorded: list[float] | None = None,
+    recorded: list[Any] | None = None,
 ) -> Callable[[str], Awaitable[Run]]:
     """B (D): one chat turn as `ChatApp.answer` streams it, in a Chainlit websocket context.
 
@@ -182,7 +183,7 @@ def app_runner(
             raise RuntimeError(f"expected a reply cut at max_tokens, got {record.finish_reason}")
         first = max(1, engine.count_tokens(first_chunk))
         if recorded is not None:
-            recorded.append(len(generation.tokens) / max(raw.tokens, 1))
+            recorded.append(generation.token_records())
         return measure(start, socket.stamps, reply.content, tokens=raw.tokens, first=first)
 
     # A task of its own, as Chainlit runs a turn.
@@ -224,6 +225,19 @@ def community_runner(
     return turn
 
 
+def xray_load(records: TokenRecords) -> tuple[float, float]:
+    """A reply's X-ray as its route serves it: the stored blob read and rendered to the
+    page's JSON (chatllm.web), the median ms of 20, and the JSON's KB."""
+    blob = records.pack()
+    times = []
+    body = ""
+    for _ in range(20):
+        start = time.perf_counter()
+        body = json.dumps(TokenRecords.unpack(blob).view())
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times), len(body) / 1024
+
+
 def median(runs: list[Run], field: str) -> float:
     return float(statistics.median(getattr(run, field) for run in runs))
 
@@ -260,7 +274,7 @@ async def main(rounds: int, max_tokens: int, repeat_prompt: bool = False) -> dic
         raw_runs.append(raw_run(llama, sampling, system))
         return raw_runs[-1]
 
-    recorded: list[float] = []
+    recorded: list[Any] = []
     unrecorded = settings.model_copy(update={"xray_candidates": 0})
     paths: dict[str, Callable[[str], Awaitable[Run]]] = {
         "A raw llama-cpp-python": raw_turn,
@@ -306,12 +320,21 @@ async def main(rounds: int, max_tokens: int, repeat_prompt: bool = False) -> dic
     raw, app = runs["A raw llama-cpp-python"], runs["B app chain + Chainlit"]
     rate_pct = 100 * median(app, "rate") / median(raw, "rate")
     off_pct = 100 * median(runs["D app, X-ray off"], "rate") / median(raw, "rate")
-    per_token = statistics.median(recorded) if recorded else 0.0
+    made: list[TokenRecords] = [r for r in recorded if r is not None]
+    per_token = statistics.median(r.rows.nbytes / len(r) for r in made) if kept else 0.0
+    stored = statistics.median(len(r.pack()) / len(r) for r in made) if kept else 0.0
+    load_ms, page_kb = xray_load(made[-1]) if made else (0.0, 0.0)
     print(
         f"\nB records each token for the X-ray ({settings.xray_candidates} candidates): "
-        f"{per_token:.0f} bytes a token; D records none: {off_pct:.1f} % of A "
+        f"{per_token:.0f} bytes a token sent, {stored:.0f} stored (pieces and zlib); "
+        f"D records none: {off_pct:.1f} % of A "
         "(D's TTFT is not comparable: it finds B's prompt in the engine's cache)"
     )
+    if made:
+        print(
+            f"The X-ray of a {len(made[-1])}-token reply: read and rendered for the page in "
+            f"{load_ms:.1f} ms (median of 20), {page_kb:.0f} KB of JSON"
+        )
     added_ms = median(app, "ttft_ms") - median(raw, "ttft_ms")
     paired = sorted(100 * b.rate / a.rate for a, b in zip(raw, app, strict=True))
     print(
@@ -344,6 +367,9 @@ async def main(rounds: int, max_tokens: int, repeat_prompt: bool = False) -> dic
         "app_rate_pct_of_raw": rate_pct,
         "app_xray_off_rate_pct_of_raw": off_pct,
         "xray_bytes_per_token": per_token,
+        "xray_stored_bytes_per_token": stored,
+        "xray_load_ms": load_ms,
+        "xray_page_kb": page_kb,
         "app_added_ttft_ms": added_ms,
         "pass": {
             "rate": rate_pct >= TARGET_RATE_PCT,

@@ -33,6 +33,11 @@ def test_the_streaming_benchmark_compares_the_app_with_raw_llama_cpp(tmp_path: P
         assert run["tokens"] == 24 and run["rate"] > 0 and run["ttft_ms"] > 0
     assert figures["app_rate_pct_of_raw"] > 0
     assert set(figures["pass"]) == {"rate", "ttft"}
+    assert "D app, X-ray off" in runs  # the app recording tokens for the X-ray, and not
+    assert figures["app_xray_off_rate_pct_of_raw"] > 0
+    assert figures["xray_bytes_per_token"] == 12 + 8 * 10  # a record of 10 candidates
+    assert figures["xray_stored_bytes_per_token"] > 0
+    assert figures["xray_load_ms"] > 0 and figures["xray_page_kb"] > 0
 
 
 def test_the_store_writes_benchmark_compares_statements_made_once_with_text_each_time(
