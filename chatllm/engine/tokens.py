@@ -94,6 +94,11 @@ class TokenRecorder:
         self._sent.add(token)
         # special: the end-of-generation token shows as what it is (<|im_end|>)
         n = self._to_piece(self._vocab, token, self._buffer, len(self._buffer), 0, True)
+        if n < 0:  # longer than the buffer: llama.cpp says how long
+            import ctypes
+
+            self._buffer = ctypes.create_string_buffer(-n)
+            n = self._to_piece(self._vocab, token, self._buffer, len(self._buffer), 0, True)
         self._pieces[token] = self._buffer.raw[: max(n, 0)]
 
     def take(self, token: int) -> None:
