@@ -5,6 +5,7 @@ seed; and nothing recorded when the operator turns it off."""
 
 from __future__ import annotations
 
+import json
 import zlib
 
 import numpy as np
@@ -20,7 +21,7 @@ from chatllm.engine.worker import PROMPT_CHUNK
 from chatllm.generation import Generation
 from chatllm.sampling import Sampling
 from chatllm.store import ChatDataLayer
-from chatllm.xray.records import TokenRecords, UnreadableRecords
+from chatllm.xray.records import TextTokens, TokenRecords, UnreadableRecords
 from tests.support import BrowserTab, open_chat, say
 
 QUESTION = "Name three colours of the sea."
@@ -173,3 +174,21 @@ async def test_a_reply_in_the_chat_is_stored_with_each_token_it_drew(app: ChatAp
     assert len(records) == count + (receipt["finish_reason"] == "stop")  # the end's too
     drawn = b"".join(records.pieces[int(t)] for t in records.rows["token"][:count]).decode()
     assert drawn == reply["output"]
+
+
+def test_an_endpoints_odd_logprobs_make_records_the_page_can_read() -> None:
+    """A server's missing log-probability, fewer candidates than asked for, and byte
+    pieces: records whose view is JSON a browser reads (it has no infinity)."""
+    texts = TextTokens(3)
+    data, pieces = texts.take(
+        [
+            {"token": "a", "logprob": None, "top_logprobs": [{"token": "a", "logprob": -0.1}]},
+            {"token": "", "bytes": [230, 181], "logprob": -2.0, "top_logprobs": []},
+        ]
+    )
+    records = TokenRecords.of(3, data, pieces, "text")
+    assert records is not None
+    view = json.loads(json.dumps(records.view(), allow_nan=False))
+    first, second = view["tokens"]
+    assert first["logprob"] is None and first["candidates"] == [[0, -0.1]]
+    assert second["candidates"] == [] and view["pieces"]["1"]["hex"] == "e6b5"

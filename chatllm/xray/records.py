@@ -101,13 +101,13 @@ class TokenRecords:
             "tokens": [
                 {
                     "id": int(row["token"]),
-                    "logprob": round(float(row["logprob"]), 6),
+                    "logprob": _finite(row["logprob"]),
                     # None where unknown (an endpoint sends only the top candidates)
                     "entropy": round(float(row["entropy"]), 6)
                     if math.isfinite(row["entropy"])
                     else None,
                     "candidates": [
-                        [int(i), round(float(lp), 6)]
+                        [int(i), _finite(lp)]
                         for i, lp in zip(row["ids"], row["logprobs"], strict=True)
                         if i >= 0
                     ],
@@ -152,9 +152,22 @@ class TextTokens:
             listed = [c for c in entry.get("top_logprobs") or [] if isinstance(c, Mapping)]
             listed = listed[: self.top]
             ids = [self._id(c) for c in listed] + [-1] * (self.top - len(listed))
-            logprobs = [float(c.get("logprob", -math.inf)) for c in listed]
+            logprobs = [_logprob(c.get("logprob")) for c in listed]
             logprobs += [-math.inf] * (self.top - len(listed))
             token = self._id(entry)
-            rows.append((token, float(entry.get("logprob", -math.inf)), math.nan, ids, logprobs))
+            rows.append((token, _logprob(entry.get("logprob")), math.nan, ids, logprobs))
         pieces, self._pieces = self._pieces, {}
         return np.array(rows, dtype=self.dtype).tobytes(), pieces
+
+
+def _logprob(value: Any) -> float:
+    """A log-probability as a server sent it; one missing or not a number is -inf."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return -math.inf
+
+
+def _finite(value: Any) -> float | None:
+    """For the page's JSON, which has no infinity: None where unknown."""
+    number = float(value)
+    return round(number, 6) if math.isfinite(number) else None
