@@ -13,7 +13,7 @@ from typing import Any
 
 from chatllm.errors import PresetNameMissing, PresetNameTooLong, PresetRefused
 from chatllm.i18n import CATALOGUES, t
-from chatllm.sampling import Sampling
+from chatllm.sampling import LLAMA_CPP_CHAIN, Sampling
 from chatllm.store import Database
 from chatllm.store.presets import PresetRows
 
@@ -37,21 +37,9 @@ MAX_SETS = 4
 MAX_NAME = 60
 MAX_PER_USER = 100
 
-#: What every built-in preset sets besides its own values: the rest of llama.cpp's chain
-#: as llama-cpp-python leaves it (so a preset chosen puts back what another changed).
-CHAIN_AS_LLAMA_CPP = {
-    "min_p": 0.05,
-    "typical_p": 1.0,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
-    "mirostat_mode": 0,
-    "mirostat_tau": 5.0,
-    "mirostat_eta": 0.1,
-}
-
 #: Built-in presets by key; their names are translated (i18n "preset.<key>").
 BUILT_IN: dict[str, dict[str, Any]] = {
-    key: {**CHAIN_AS_LLAMA_CPP, **values}
+    key: {**LLAMA_CPP_CHAIN, **values}  # every value a preset holds: the rest put back
     for key, values in {
         "balanced": {"temperature": 0.7, "top_p": 0.95, "top_k": 40, "repeat_penalty": 1.1},
         # The original project's author found these best for a code assistant.

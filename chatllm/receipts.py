@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from chatllm.clock import utc_now
 from chatllm.i18n import CATALOGUES, t
+from chatllm.sampling import LLAMA_CPP_CHAIN
 
 log = logging.getLogger("chatllm")
 
@@ -39,18 +40,6 @@ SAMPLING_LABELS = (
     "mirostat_eta",
 )
 
-#: What llama-cpp-python used for the values the app did not send before they were
-#: settings (issue 27): a local receipt without them is read with these, the values that
-#: shaped its reply. An endpoint's receipt is not: those values were never sent there.
-LOCAL_DEFAULTS_BEFORE = {
-    "min_p": 0.05,
-    "typical_p": 1.0,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
-    "mirostat_mode": 0,
-    "mirostat_tau": 5.0,
-    "mirostat_eta": 0.1,
-}
 RECEIPT_LABELS = (
     "backend",
     "model",
@@ -113,12 +102,14 @@ class Receipt(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _older_local_receipt(cls, data: Any) -> Any:
+        # A local receipt made before these were settings: read with the values that
+        # shaped its reply. Not an endpoint's: those were never sent there.
         if not isinstance(data, Mapping) or data.get("backend") != "local":
             return data
         sampling = data.get("sampling")
-        if not isinstance(sampling, Mapping) or LOCAL_DEFAULTS_BEFORE.keys() <= sampling.keys():
+        if not isinstance(sampling, Mapping) or LLAMA_CPP_CHAIN.keys() <= sampling.keys():
             return data
-        return {**data, "sampling": {**LOCAL_DEFAULTS_BEFORE, **sampling}}
+        return {**data, "sampling": {**LLAMA_CPP_CHAIN, **sampling}}
 
     @property
     def seed(self) -> int | None:

@@ -145,6 +145,19 @@ class Sampling(BaseModel):
         return low, high, float(step)  # type: ignore[arg-type]
 
 
+#: The rest of llama.cpp's chain as llama-cpp-python leaves it when not sent: what shaped
+#: every local reply before these were settings (chatllm.receipts reads old receipts so),
+#: and what a built-in preset puts back (chatllm.presets). Fixed: not the sliders' defaults.
+LLAMA_CPP_CHAIN: dict[str, float | int] = {
+    "min_p": 0.05,
+    "typical_p": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "mirostat_mode": 0,
+    "mirostat_tau": 5.0,
+    "mirostat_eta": 0.1,
+}
+
 #: The values the settings panel shows on its Advanced tab.
 ADVANCED: tuple[str, ...] = tuple(
     name
