@@ -60,13 +60,9 @@ def element_files(store: ChatDataLayer, sharing: Sharing) -> APIRouter:
     async def element_file(thread_id: str, element_id: str, user: CurrentUser) -> FileResponse:
         if user is None:
             raise HTTPException(status_code=401, detail="Unauthorized")
-        author = await require_author(store, user, thread_id, allow_others=True)
-        if author != user.identifier:
-            thread = await store.get_thread(thread_id)
-            if thread is None or not may_view(thread, user.identifier, sharing):
-                raise HTTPException(status_code=403, detail="Not yours")
-            if element_id not in {e["id"] for e in read_only(thread)["elements"]}:
-                raise HTTPException(status_code=404, detail="Not found")  # the author's alone
+        shown = await shown_to(store, sharing, user, thread_id)
+        if shown is not None and element_id not in {e["id"] for e in shown["elements"]}:
+            raise HTTPException(status_code=404, detail="Not found")  # the author's alone
         stored = await store.element_file(thread_id, element_id)
         if stored is None:
             raise HTTPException(status_code=404, detail="Not found")
@@ -86,13 +82,9 @@ def xray_records(store: ChatDataLayer, sharing: Sharing) -> APIRouter:
     async def xray(thread_id: str, step_id: str, user: CurrentUser) -> JSONResponse:
         if user is None:
             raise HTTPException(status_code=401, detail="Unauthorized")
-        author = await require_author(store, user, thread_id, allow_others=True)
-        if author != user.identifier:
-            thread = await store.get_thread(thread_id)
-            if thread is None or not may_view(thread, user.identifier, sharing):
-                raise HTTPException(status_code=403, detail="Not yours")
-            if step_id not in {s["id"] for s in read_only(thread)["steps"]}:
-                raise HTTPException(status_code=404, detail="Not found")
+        shown = await shown_to(store, sharing, user, thread_id)
+        if shown is not None and step_id not in {s["id"] for s in shown["steps"]}:
+            raise HTTPException(status_code=404, detail="Not found")
         data = await store.token_records(thread_id, step_id)
         if data is None:
             raise HTTPException(status_code=404, detail="No token records")
@@ -106,6 +98,21 @@ def xray_records(store: ChatDataLayer, sharing: Sharing) -> APIRouter:
         return JSONResponse(records.view())
 
     return router
+
+
+async def shown_to(
+    store: ChatDataLayer, sharing: Sharing, user: User | PersistedUser, thread_id: str
+) -> dict[str, Any] | None:
+    """None for the thread's author; for another user who may open its share link while
+    it is shared, the thread as that link shows it (what they may read of it); a 403 for
+    anyone else, a 404 for no such thread."""
+    author = await require_author(store, user, thread_id, allow_others=True)
+    if author == user.identifier:
+        return None
+    thread = await store.get_thread(thread_id)
+    if thread is None or not may_view(thread, user.identifier, sharing):
+        raise HTTPException(status_code=403, detail="Not yours")
+    return read_only(thread)
 
 
 async def require_author(
